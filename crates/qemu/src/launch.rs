@@ -1,0 +1,329 @@
+//! Building QEMU's command line and owning the running process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{QemuError, QmpClient, SerialCapture};
+
+/// How guest instructions run: TCG works everywhere, KVM needs a real host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    #[default]
+    Tcg,
+    Kvm,
+}
+
+impl Accelerator {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Accelerator::Tcg => "tcg",
+            Accelerator::Kvm => "kvm",
+        }
+    }
+}
+
+/// Where guest RAM lives.
+#[derive(Debug, Clone)]
+pub enum RamBackend {
+    /// QEMU's own anonymous memory: what a plain QEMU migration uses.
+    Anonymous,
+    /// A shared-memory file that an mllm agent maps too (`share=on`).
+    SharedFile(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskAttachment {
+    /// Raw image file backing the guest's virtio disk.
+    pub image: PathBuf,
+}
+
+/// Everything needed to start one QEMU process.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub name: String,
+    pub binary: PathBuf,
+    pub accelerator: Accelerator,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub ram: RamBackend,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_cmdline: String,
+    pub disk: Option<DiskAttachment>,
+    /// Named serial ports, in order (ttyS0, ttyS1, ...).
+    pub serial_ports: Vec<String>,
+    /// Start with `-incoming defer`, waiting for a migration stream.
+    pub incoming: bool,
+    /// Holds QMP and serial sockets, logs, and QEMU's stderr.
+    pub run_dir: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl QemuConfig {
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.run_dir.join(format!("{}.qmp", self.name))
+    }
+
+    fn serial_socket(&self, port: &str) -> PathBuf {
+        self.run_dir.join(format!("{}.{port}.sock", self.name))
+    }
+
+    /// The serial log file of `port`, written as lines arrive.
+    pub fn serial_log(&self, port: &str) -> PathBuf {
+        self.run_dir.join(format!("{}.{port}.log", self.name))
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "-name".into(),
+            self.name.clone(),
+            "-accel".into(),
+            self.accelerator.as_arg().into(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            // A panicking guest exits instead of rebooting, so a broken
+            // destination cannot look alive.
+            "-no-reboot".into(),
+            "-smp".into(),
+            self.vcpus.to_string(),
+            "-m".into(),
+            format!("{}M", self.memory_mib),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initrd.display().to_string(),
+            "-append".into(),
+            self.kernel_cmdline.clone(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
+        ];
+        let machine = match &self.ram {
+            RamBackend::Anonymous => "q35".to_owned(),
+            RamBackend::SharedFile(path) => {
+                args.push("-object".into());
+                args.push(format!(
+                    "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
+                    self.memory_mib,
+                    path.display()
+                ));
+                "q35,memory-backend=ram0".to_owned()
+            }
+        };
+        args.push("-machine".into());
+        args.push(machine);
+        for port in &self.serial_ports {
+            args.push("-chardev".into());
+            args.push(format!(
+                "socket,id=ser-{port},path={},server=on,wait=off",
+                self.serial_socket(port).display()
+            ));
+            args.push("-serial".into());
+            args.push(format!("chardev:ser-{port}"));
+        }
+        if let Some(disk) = &self.disk {
+            args.push("-blockdev".into());
+            args.push(format!(
+                "driver=file,filename={},node-name=disk0-file",
+                disk.image.display()
+            ));
+            args.push("-blockdev".into());
+            args.push("driver=raw,file=disk0-file,node-name=disk0".into());
+            args.push("-device".into());
+            args.push("virtio-blk-pci,drive=disk0,id=vdisk0".into());
+        }
+        if self.incoming {
+            args.push("-incoming".into());
+            args.push("defer".into());
+        }
+        args
+    }
+}
+
+/// A running QEMU; killed when dropped so a failed run never leaks VMs.
+pub struct QemuProcess {
+    pub config: QemuConfig,
+    child: Child,
+    pub qmp: QmpClient,
+    serials: Vec<(String, SerialCapture)>,
+}
+
+impl QemuProcess {
+    pub fn start(config: QemuConfig) -> Result<QemuProcess, QemuError> {
+        check_version(&config.binary)?;
+        std::fs::create_dir_all(&config.run_dir).map_err(QemuError::Spawn)?;
+        let stderr_path = config.run_dir.join(format!("{}.stderr", config.name));
+        let stderr = std::fs::File::create(&stderr_path).map_err(QemuError::Spawn)?;
+        tracing::info!(name = %config.name, args = ?config.args(), "starting QEMU");
+        let mut child = Command::new(&config.binary)
+            .args(config.args())
+            .envs(config.env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(QemuError::Spawn)?;
+        let startup = (|| {
+            let qmp = wait_for_qmp(&config, &mut child, &stderr_path)?;
+            let mut serials = Vec::new();
+            for port in &config.serial_ports {
+                let capture = SerialCapture::start(
+                    &config.serial_socket(port),
+                    &config.serial_log(port),
+                    Duration::from_secs(10),
+                )?;
+                serials.push((port.clone(), capture));
+            }
+            Ok((qmp, serials))
+        })();
+        match startup {
+            Ok((qmp, serials)) => Ok(QemuProcess {
+                config,
+                child,
+                qmp,
+                serials,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn serial(&self, port: &str) -> &SerialCapture {
+        &self
+            .serials
+            .iter()
+            .find(|(name, _)| name == port)
+            .unwrap_or_else(|| panic!("no serial port named {port}"))
+            .1
+    }
+
+    /// True while the QEMU process has not exited.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// QMP `quit`, then a kill if QEMU does not exit promptly.
+    pub fn shutdown(mut self) {
+        let _ = self.qmp.execute("quit", serde_json::json!({}));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !self.is_alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        if self.is_alive() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_qmp(
+    config: &QemuConfig,
+    child: &mut Child,
+    stderr_path: &Path,
+) -> Result<QmpClient, QemuError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let socket = config.qmp_socket();
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(QemuError::EarlyExit {
+                status: status.to_string(),
+                stderr: std::fs::read_to_string(stderr_path).unwrap_or_default(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(QemuError::Timeout {
+                what: format!("QMP socket {}", socket.display()),
+                seconds: 20,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    QmpClient::connect(&socket, Duration::from_secs(10))
+}
+
+/// Refuses a missing QEMU, or one older than 10.0 (7.2 loses dirty pages under TCG).
+pub fn check_version(binary: &Path) -> Result<(), QemuError> {
+    let not_installed = || QemuError::NotInstalled {
+        binary: binary.display().to_string(),
+    };
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|_| not_installed())?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text
+        .split_whitespace()
+        .skip_while(|w| *w != "version")
+        .nth(1)
+        .ok_or_else(not_installed)?;
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(not_installed)?;
+    if major < 10 {
+        return Err(QemuError::TooOld {
+            binary: binary.display().to_string(),
+            found: version.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_names_the_install_command() {
+        let err = check_version(Path::new("/nonexistent/qemu-system-x86_64")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("not found"), "{text}");
+        assert!(text.contains("install-deps.sh"), "{text}");
+    }
+
+    #[test]
+    fn shared_ram_is_backed_by_the_named_file() {
+        let config = QemuConfig {
+            name: "src".into(),
+            binary: "qemu-system-x86_64".into(),
+            accelerator: Accelerator::Kvm,
+            memory_mib: 256,
+            vcpus: 1,
+            ram: RamBackend::SharedFile("/dev/shm/x".into()),
+            kernel: "k".into(),
+            initrd: "i".into(),
+            kernel_cmdline: "console=ttyS0".into(),
+            disk: None,
+            serial_ports: vec!["console".into()],
+            incoming: true,
+            run_dir: "/tmp/r".into(),
+            env: vec![],
+        };
+        let args = config.args().join(" ");
+        assert!(args.contains("-accel kvm"));
+        assert!(args.contains("memory-backend-file,id=ram0,size=256M,mem-path=/dev/shm/x,share=on"));
+        assert!(args.contains("q35,memory-backend=ram0"));
+        assert!(args.ends_with("-incoming defer"));
+    }
+}
