@@ -7,7 +7,11 @@ mod sim;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "mllm", version, about = "Live migration of QEMU VMs across slow, high-latency links")]
+#[command(
+    name = "mllm",
+    version,
+    about = "Live migration of QEMU VMs across slow, high-latency links"
+)]
 struct Cli {
     /// More log output (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

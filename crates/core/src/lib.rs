@@ -1,1 +1,14 @@
-//! placeholder
+//! MLLM's decision logic, free of I/O: access traces and their encodings,
+//! synthetic workloads, workingset estimators, prediction metrics and the
+//! migration planner.
+
+pub mod link;
+pub mod metrics;
+pub mod pageset;
+pub mod planner;
+pub mod synth;
+pub mod trace;
+pub mod vm;
+pub mod workingset;
+
+pub use pageset::PageSet;

@@ -89,7 +89,10 @@ impl ImageBuilder {
         let module_root = find_dir(&kernel_tree.join("lib/modules"))?;
         for module in GUEST_MODULES {
             let source = find_file(&module_root, &format!("{module}.ko"))?;
-            copy(&source, &root.join("lib/modules").join(format!("{module}.ko")))?;
+            copy(
+                &source,
+                &root.join("lib/modules").join(format!("{module}.ko")),
+            )?;
         }
         std::fs::write(root.join("init"), INIT_SCRIPT)?;
         set_executable(&root.join("init"))?;
@@ -135,13 +138,15 @@ impl ImageBuilder {
     /// Builds `mllm-guest` as a static binary: the initramfs has no libc.
     fn build_guest_programs(&self) -> Result<PathBuf> {
         let target_dir = self.workspace.join("target/guest");
-        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--quiet", "-p", "mllm-guest"])
-            .args(["--target", "x86_64-unknown-linux-gnu"])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .current_dir(&self.workspace))
+        run(
+            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--release", "--quiet", "-p", "mllm-guest"])
+                .args(["--target", "x86_64-unknown-linux-gnu"])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .current_dir(&self.workspace),
+        )
         .context("building the guest programs (mllm-guest) as a static binary")?;
         Ok(target_dir.join("x86_64-unknown-linux-gnu/release/mllm-guest"))
     }

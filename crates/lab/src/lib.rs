@@ -1,5 +1,20 @@
 //! The migration lab: a real guest, an emulated inter-datacenter link, and
 //! every migration method measured on both.
+//!
+//! - [`image`] builds the guest; [`scenario`] reads what to run;
+//! - [`run`] boots, migrates and measures, using [`qemu_migration`] for
+//!   QEMU's own methods;
+//! - [`analysis`] turns guest output into measurements, [`result`],
+//!   [`report`] and [`plot`] present them.
 
+pub mod analysis;
+pub mod disk;
 pub mod image;
+pub mod method;
 pub mod paths;
+pub mod plot;
+pub mod qemu_migration;
+pub mod report;
+pub mod result;
+pub mod run;
+pub mod scenario;

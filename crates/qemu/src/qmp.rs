@@ -130,7 +130,12 @@ impl QmpClient {
 
     /// All events received so far, oldest first.
     pub fn events(&self) -> Vec<QmpEvent> {
-        self.events.0.lock().expect("qmp events poisoned").events.clone()
+        self.events
+            .0
+            .lock()
+            .expect("qmp events poisoned")
+            .events
+            .clone()
     }
 
     /// Waits for the first event (already received or future) that `matches`.
@@ -168,7 +173,11 @@ impl QmpClient {
     }
 }
 
-fn read_messages(stream: UnixStream, replies: mpsc::Sender<Value>, events: Arc<(Mutex<EventLog>, Condvar)>) {
+fn read_messages(
+    stream: UnixStream,
+    replies: mpsc::Sender<Value>,
+    events: Arc<(Mutex<EventLog>, Condvar)>,
+) {
     let (lock, arrived) = &*events;
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };

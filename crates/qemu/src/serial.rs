@@ -64,7 +64,9 @@ impl SerialCapture {
                     let text = String::from_utf8_lossy(&raw)
                         .trim_end_matches(['\r', '\n'])
                         .to_owned();
-                    sink.lock().expect("serial lines poisoned").push(SerialLine { at_us, text });
+                    sink.lock()
+                        .expect("serial lines poisoned")
+                        .push(SerialLine { at_us, text });
                     raw.clear();
                 }
             })

@@ -1,1 +1,35 @@
-//! placeholder
+//! The protocol between two mllm agents, synchronous over any `Read`/`Write`
+//! (a `TcpStream` in practice).
+//!
+//! A link starts with [`handshake`]: both agents send magic, protocol version, role and
+//! capabilities; a version mismatch fails on both sides, naming both versions, before
+//! anything else is sent. After it, every [`Message`] travels as one checksummed frame
+//! through a [`FrameWriter`] / [`FrameReader`] pair, which also account the bytes of
+//! each message type ([`Traffic`]).
+//!
+//! Guest RAM moves in [`PageBatch`]es built by [`PageBatchBuilder`] (zero pages as
+//! markers, data pages compressed as one block) and read back by [`PageBatchDecoder`].
+
+mod compression;
+mod digest;
+mod error;
+mod frame;
+mod handshake;
+mod message;
+mod page_batch;
+mod traffic;
+
+pub use compression::{Compression, CompressionSetting};
+pub use digest::{PageRangeDigest, RamDigest};
+pub use error::WireError;
+pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
+pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};
+pub use message::{
+    Abort, Ack, DestinationRunning, DeviceState, DeviceStateEnd, FrameType, Message, MessageType,
+    MigrationAccept, MigrationReject, MigrationRequest, Progress, RoundEnd, SwitchoverReady,
+};
+pub use page_batch::{
+    DecodedPages, PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind,
+    MAX_BATCH_PAGES, PAGE_SIZE,
+};
+pub use traffic::{Traffic, TrafficClass, TypeTraffic};

@@ -1,0 +1,278 @@
+//! The migration planner: from the estimators' scores, the link, the VM's sizes
+//! and a downtime target, what to send, in which order, when to switch, and
+//! what it will cost.
+//!
+//! Memory: pages outside the write workingset are pre-copied, never-written
+//! pages first, then the others from coldest to warmest (the warmest go last, so
+//! they have the least time to be dirtied again). The workingset is deferred.
+//! After each pass the workingset is re-estimated with everything observed so
+//! far, and the [`SwitchRule`] decides between another pass over the pages
+//! dirtied outside it and the switch. At the switch, pending pages go hottest
+//! first: as many as the downtime budget allows while the guest is paused, the
+//! rest by post-copy push, with faults served on demand.
+//!
+//! Disk: the used blocks of the read workingset are sent first, before memory,
+//! so the destination holds what the guest reads when it starts there; the
+//! other used blocks are pushed after the switch; unused blocks are never sent.
+
+mod forecast;
+mod order;
+
+pub use forecast::Forecast;
+pub use order::{by_score, Direction};
+
+use serde::{Deserialize, Serialize};
+
+use crate::link::Link;
+use crate::pageset::PageSet;
+use crate::vm::VmLayout;
+use crate::workingset::{Estimator, Goal, Objective};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlannerConfig {
+    /// Longest acceptable pause of the guest (QEMU's default is 300 ms).
+    pub downtime_target_s: f64,
+    /// Length of one tracker interval.
+    pub interval_s: f64,
+    /// Cost of deferring a page, in page transfers (see [`Objective::Migration`]).
+    pub deferral_cost: f64,
+    pub max_passes: u32,
+    /// A pass must shrink the next one by this share to be worth it.
+    pub min_shrink: f64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            downtime_target_s: 0.3,
+            interval_s: 1.0,
+            deferral_cost: 0.5,
+            max_passes: 10,
+            min_shrink: 0.2,
+        }
+    }
+}
+
+/// Everything the planner reads.
+pub struct PlanInput<'a> {
+    pub layout: &'a VmLayout,
+    pub link: Link,
+    pub config: PlannerConfig,
+    pub memory_writes: &'a dyn Estimator,
+    pub disk_reads: Option<&'a dyn Estimator>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationPlan {
+    /// Used blocks of the read workingset, hottest first, sent before memory.
+    pub disk_first: Vec<u32>,
+    /// The first memory pass, in sending order.
+    pub memory_precopy: Vec<u32>,
+    /// The write workingset, hottest first: it waits for the switch.
+    pub memory_deferred: Vec<u32>,
+    /// Used blocks pushed after the switch, in order (read-scored ones first).
+    pub disk_after_switch: Vec<u32>,
+    pub switch: SwitchRule,
+    pub forecast: Forecast,
+}
+
+/// When pre-copy stops.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchRule {
+    /// Bytes that fit in the downtime target besides the device state.
+    pub downtime_budget_bytes: u64,
+    pub max_passes: u32,
+    pub min_shrink: f64,
+}
+
+impl SwitchRule {
+    pub fn new(layout: &VmLayout, link: &Link, config: &PlannerConfig) -> SwitchRule {
+        SwitchRule {
+            downtime_budget_bytes: link
+                .bytes_in(config.downtime_target_s)
+                .saturating_sub(layout.device_state_bytes),
+            max_passes: config.max_passes,
+            min_shrink: config.min_shrink,
+        }
+    }
+
+    /// Switch when the next pass would fit in the downtime budget, would not
+    /// shrink enough against the last one, or the passes are used up.
+    pub fn should_switch(&self, passes_done: u32, last_pass_bytes: u64, next_pass_bytes: u64) -> bool {
+        next_pass_bytes <= self.downtime_budget_bytes
+            || passes_done >= self.max_passes
+            || next_pass_bytes as f64 > (1.0 - self.min_shrink) * last_pass_bytes as f64
+    }
+}
+
+/// What to do when a pre-copy pass ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Pre-copy these pages, in order.
+    Pass(Vec<u32>),
+    Switch(SwitchPlan),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwitchPlan {
+    /// Pages sent while the guest is paused: the hottest pending ones.
+    pub downtime_pages: Vec<u32>,
+    /// Pages pushed after the switch, hottest first.
+    pub postcopy_pages: Vec<u32>,
+    /// Blocks pushed after the pages.
+    pub postcopy_blocks: Vec<u32>,
+}
+
+/// The plan before anything is sent: every page and used block pending.
+pub fn plan(input: &PlanInput) -> MigrationPlan {
+    let layout = input.layout;
+    let all_pages = PageSet::full(layout.memory_pages);
+    let disk_first = disk_workingset(input);
+    let disk_first_bytes = disk_first.len() as u64 * block_size(input);
+    let workingset = memory_workingset(input, &all_pages, disk_first_bytes);
+    let memory_precopy = precopy_order(input, &all_pages, &workingset);
+    let memory_deferred = hottest_first(input.memory_writes, &workingset);
+    let mut disk_pending = layout.disk.as_ref().map(|disk| disk.used.clone());
+    if let Some(pending) = &mut disk_pending {
+        pending.remove_all(&disk_first);
+    }
+    let disk_after_switch = disk_pending.as_ref().map_or_else(Vec::new, |p| disk_order(input, p));
+    let switch = SwitchRule::new(layout, &input.link, &input.config);
+    let forecast = forecast::forecast(
+        input,
+        &switch,
+        &forecast::Transfers {
+            disk_first: &disk_first,
+            precopy: &memory_precopy,
+            deferred: &memory_deferred,
+            disk_after_switch: &disk_after_switch,
+        },
+    );
+    MigrationPlan {
+        disk_first,
+        memory_precopy,
+        memory_deferred,
+        disk_after_switch,
+        switch,
+        forecast,
+    }
+}
+
+/// After a pass: re-estimate the workingset with what the estimator has seen
+/// since, then another pass over the pending pages outside it, or the switch.
+/// `pending_pages` are the pages the destination lacks or holds stale;
+/// `pending_blocks` likewise for used blocks.
+pub fn next_step(
+    input: &PlanInput,
+    pending_pages: &PageSet,
+    pending_blocks: Option<&PageSet>,
+    passes_done: u32,
+    last_pass_bytes: u64,
+) -> Step {
+    let workingset = memory_workingset(input, pending_pages, 0);
+    let mut outside = pending_pages.clone();
+    outside.subtract(&workingset);
+    let next_pass_bytes = outside.count() * u64::from(input.layout.page_size);
+    let rule = SwitchRule::new(input.layout, &input.link, &input.config);
+    if rule.should_switch(passes_done, last_pass_bytes, next_pass_bytes) {
+        Step::Switch(switch_plan(input, pending_pages, pending_blocks))
+    } else {
+        Step::Pass(precopy_order(input, &outside, &PageSet::new(outside.universe())))
+    }
+}
+
+/// Pending pages hottest first, split at the downtime budget; pending blocks
+/// after them.
+pub fn switch_plan(
+    input: &PlanInput,
+    pending_pages: &PageSet,
+    pending_blocks: Option<&PageSet>,
+) -> SwitchPlan {
+    let mut pages = hottest_first(input.memory_writes, pending_pages);
+    let rule = SwitchRule::new(input.layout, &input.link, &input.config);
+    let fit = (rule.downtime_budget_bytes / u64::from(input.layout.page_size)) as usize;
+    let postcopy_pages = pages.split_off(fit.min(pages.len()));
+    SwitchPlan {
+        downtime_pages: pages,
+        postcopy_pages,
+        postcopy_blocks: pending_blocks.map_or_else(Vec::new, |p| disk_order(input, p)),
+    }
+}
+
+/// The write workingset among `pending` pages, for a horizon equal to the rest
+/// of the pre-copy: `ahead_bytes` plus the pending pages outside the
+/// workingset, at link speed. The horizon depends on the workingset, so it is
+/// estimated once with every pending page and refined once.
+fn memory_workingset(input: &PlanInput, pending: &PageSet, ahead_bytes: u64) -> PageSet {
+    let page = u64::from(input.layout.page_size);
+    let predict = |precopy_pages: u64| {
+        let seconds = input.link.transfer_s(ahead_bytes + precopy_pages * page);
+        let goal = Goal {
+            horizon: seconds / input.config.interval_s,
+            objective: Objective::Migration { deferral_cost: input.config.deferral_cost },
+        };
+        let mut workingset = input.memory_writes.predict(&goal);
+        workingset.intersect_with(pending);
+        workingset
+    };
+    let first = predict(pending.count());
+    predict(pending.count() - first.count())
+}
+
+/// Used blocks the guest is expected to read before the background push would
+/// bring them, hottest first.
+fn disk_workingset(input: &PlanInput) -> Vec<u32> {
+    let (Some(disk), Some(reads)) = (&input.layout.disk, input.disk_reads) else {
+        return Vec::new();
+    };
+    let push_s = input.link.transfer_s(disk.used.count() * u64::from(disk.block_size));
+    let goal = Goal { horizon: push_s / input.config.interval_s, objective: Objective::Accuracy };
+    let mut workingset = reads.predict(&goal);
+    workingset.intersect_with(&disk.used);
+    hottest_first(reads, &workingset)
+}
+
+/// Pre-copy order of `pending ∖ workingset`: never-written pages in address
+/// order, then written ones from coldest to warmest.
+fn precopy_order(input: &PlanInput, pending: &PageSet, workingset: &PageSet) -> Vec<u32> {
+    let mut send = pending.clone();
+    send.subtract(workingset);
+    let scored: Vec<(u32, f64)> =
+        input.memory_writes.scored().into_iter().filter(|&(page, _)| send.contains(page)).collect();
+    let mut unscored = send;
+    for &(page, _) in &scored {
+        unscored.remove(page);
+    }
+    let mut order: Vec<u32> = unscored.iter().collect();
+    order.extend(by_score(scored, Direction::Coldest));
+    order
+}
+
+/// `items` hottest first by `estimator`, unscored ones last in address order.
+fn hottest_first(estimator: &dyn Estimator, items: &PageSet) -> Vec<u32> {
+    let scored: Vec<(u32, f64)> =
+        estimator.scored().into_iter().filter(|&(item, _)| items.contains(item)).collect();
+    let mut rest = items.clone();
+    for &(item, _) in &scored {
+        rest.remove(item);
+    }
+    let mut order = by_score(scored, Direction::Hottest);
+    order.extend(rest.iter());
+    order
+}
+
+/// Blocks to push after the switch: read-scored ones hottest first, then the
+/// others in address order (sequential on the source's disk).
+fn disk_order(input: &PlanInput, pending: &PageSet) -> Vec<u32> {
+    match input.disk_reads {
+        Some(reads) => hottest_first(reads, pending),
+        None => pending.iter().collect(),
+    }
+}
+
+fn block_size(input: &PlanInput) -> u64 {
+    input.layout.disk.as_ref().map_or(0, |disk| u64::from(disk.block_size))
+}
+
+#[cfg(test)]
+mod tests;

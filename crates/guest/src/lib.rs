@@ -1,0 +1,22 @@
+//! Programs that run inside the test guest, and the line protocol the host
+//! reads from them (see [`protocol`]).
+//!
+//! The host side needs only [`protocol::parse_line`]; it can depend on this
+//! crate with `default-features = false` to leave out the command-line parser.
+
+pub mod access;
+mod aligned;
+pub mod disk_store;
+pub mod heartbeat;
+pub mod pacing;
+pub mod protocol;
+pub mod record;
+pub mod rng;
+pub mod store;
+pub mod tool_output;
+pub mod units;
+pub mod workload;
+pub mod wrapped;
+pub mod zipf;
+
+pub use protocol::{parse_line, EventWriter, GuestEvent};

@@ -1,0 +1,109 @@
+//! The hook's only thread: accepts the agent's connections one at a time and
+//! answers each request (see [`crate::protocol`]).
+//!
+//! Nothing here runs on QEMU's threads; the ioctls it makes hold QEMU's
+//! memory-map lock only for the length of a page-table walk.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::{protocol, uffd};
+
+/// How long a connected client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed accept, so a persistent error cannot spin a core.
+const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    // A socket file left by an earlier QEMU at this path would make bind fail.
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    UnixListener::bind(path)
+}
+
+pub fn serve(listener: UnixListener) {
+    // The hook's copy of the armed descriptor keeps tracking alive whatever
+    // the agent does with its own copy.
+    let mut armed: Option<OwnedFd> = None;
+    for connection in listener.incoming() {
+        let result = match connection {
+            Ok(stream) => answer(&stream, &mut armed),
+            Err(error) => {
+                std::thread::sleep(ACCEPT_RETRY_DELAY);
+                Err(error)
+            }
+        };
+        if let Err(error) = result {
+            eprintln!("mllm-hook: {error}");
+        }
+    }
+}
+
+fn answer(stream: &UnixStream, armed: &mut Option<OwnedFd>) -> io::Result<()> {
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream.take(protocol::MAX_REQUEST_LEN)).read_line(&mut line)?;
+    let request = match protocol::parse_request(&line, page_size()) {
+        Ok(request) => request,
+        Err(reason) => return send_reply(stream, &protocol::error_reply(&reason), None),
+    };
+    // A restarted agent re-arms: the earlier descriptor must go first, or its
+    // registration of the same range makes the new one fail with EBUSY.
+    drop(armed.take());
+    match uffd::write_protect(request.start, request.len) {
+        Ok(protected) => {
+            let reply = protocol::ok_reply(protected.features);
+            let sent = send_reply(stream, &reply, Some(protected.uffd.as_fd()));
+            *armed = Some(protected.uffd);
+            sent
+        }
+        Err(reason) => send_reply(stream, &protocol::error_reply(&reason), None),
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+/// Sends `reply` as one line, with `fd` attached as SCM_RIGHTS when given.
+fn send_reply(stream: &UnixStream, reply: &str, fd: Option<BorrowedFd>) -> io::Result<()> {
+    let line = format!("{reply}\n");
+    let mut iov = libc::iovec {
+        iov_base: line.as_ptr() as *mut libc::c_void,
+        iov_len: line.len(),
+    };
+    // u64 elements give the control buffer the alignment cmsghdr needs.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is a plain C structure; every pointer stored in it
+    // (iov, control) outlives the sendmsg call, and the control message is
+    // written inside `control`, whose size covers CMSG_SPACE of one int.
+    let sent = unsafe {
+        let mut message: libc::msghdr = std::mem::zeroed();
+        message.msg_iov = &mut iov;
+        message.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            let fd_len = std::mem::size_of::<libc::c_int>() as u32;
+            message.msg_control = control.as_mut_ptr().cast();
+            message.msg_controllen = libc::CMSG_SPACE(fd_len) as usize;
+            let header = libc::CMSG_FIRSTHDR(&message);
+            (*header).cmsg_level = libc::SOL_SOCKET;
+            (*header).cmsg_type = libc::SCM_RIGHTS;
+            (*header).cmsg_len = libc::CMSG_LEN(fd_len) as usize;
+            libc::CMSG_DATA(header)
+                .cast::<libc::c_int>()
+                .write_unaligned(fd.as_raw_fd());
+        }
+        libc::sendmsg(stream.as_raw_fd(), &message, libc::MSG_NOSIGNAL)
+    };
+    match usize::try_from(sent) {
+        Ok(count) if count == line.len() => Ok(()),
+        Ok(_) => Err(io::Error::new(io::ErrorKind::WriteZero, "reply cut short")),
+        Err(_) => Err(io::Error::last_os_error()),
+    }
+}

@@ -1,0 +1,44 @@
+//! Raw, sparse guest disk images: the source's holds `used` bytes of data
+//! from the start of the disk, the rest is never written (holes).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::scenario::DiskSpec;
+
+pub fn create_empty_image(path: &Path, size: u64) -> Result<PathBuf> {
+    let file =
+        File::create(path).with_context(|| format!("creating disk image {}", path.display()))?;
+    file.set_len(size)?;
+    Ok(path.to_owned())
+}
+
+/// Half of every block is pseudo-random, half zero, so compression has an
+/// honest, moderate effect on the disk copy.
+pub fn create_source_image(path: &Path, spec: &DiskSpec) -> Result<PathBuf> {
+    create_empty_image(path, spec.size.as_u64())?;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut remaining = spec.used.as_u64();
+    while remaining > 0 {
+        for chunk in block.chunks_mut(4096) {
+            for byte in &mut chunk[..2048] {
+                // xorshift: fast and deterministic; quality is irrelevant here.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *byte = state as u8;
+            }
+        }
+        let n = remaining.min(block.len() as u64) as usize;
+        file.write_all(&block[..n])
+            .with_context(|| format!("filling disk image {}", path.display()))?;
+        remaining -= n as u64;
+    }
+    file.sync_all()?;
+    Ok(path.to_owned())
+}

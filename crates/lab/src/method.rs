@@ -1,0 +1,62 @@
+//! The migration methods the lab can run and compare.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// QEMU's pre-copy with default parameters.
+    QemuPrecopy,
+    /// QEMU's pre-copy, switched to post-copy after the first full pass.
+    QemuPostcopy,
+    /// As `QemuPostcopy`, with a separate channel so faulted pages overtake the background stream.
+    QemuPostcopyPreempt,
+    /// QEMU's pre-copy with XBZRLE delta compression of re-sent pages.
+    QemuXbzrle,
+    /// QEMU's multifd pre-copy with zstd compression.
+    QemuMultifdZstd,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::QemuPrecopy => "qemu-precopy",
+            Method::QemuPostcopy => "qemu-postcopy",
+            Method::QemuPostcopyPreempt => "qemu-postcopy-preempt",
+            Method::QemuXbzrle => "qemu-xbzrle",
+            Method::QemuMultifdZstd => "qemu-multifd-zstd",
+        }
+    }
+
+    pub fn uses_postcopy(self) -> bool {
+        matches!(self, Method::QemuPostcopy | Method::QemuPostcopyPreempt)
+    }
+
+    /// Migration capabilities both QEMUs must have enabled.
+    pub fn qemu_capabilities(self) -> Vec<&'static str> {
+        match self {
+            Method::QemuPrecopy => vec![],
+            Method::QemuPostcopy => vec!["postcopy-ram"],
+            Method::QemuPostcopyPreempt => vec!["postcopy-ram", "postcopy-preempt"],
+            Method::QemuXbzrle => vec!["xbzrle"],
+            Method::QemuMultifdZstd => vec!["multifd"],
+        }
+    }
+
+    /// Migration parameters both QEMUs must have set.
+    pub fn qemu_parameters(self) -> serde_json::Value {
+        match self {
+            Method::QemuMultifdZstd => serde_json::json!({
+                "multifd-channels": 2,
+                "multifd-compression": "zstd",
+            }),
+            _ => serde_json::json!({}),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

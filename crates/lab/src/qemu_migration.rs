@@ -1,0 +1,281 @@
+//! QEMU's own migration methods, driven over QMP through the lab's link.
+//!
+//! Storage moves the libvirt way because QEMU 10 has no block migration: the
+//! destination exports its empty disk over NBD, the source mirrors into it,
+//! and memory migration pauses before switchover until the mirror is done.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mllm_qemu::qmp::wall_clock_us;
+use mllm_qemu::QemuProcess;
+use serde_json::{json, Value};
+
+use crate::method::Method;
+
+/// Where the source sends each stream; every address is the link's.
+pub struct Route {
+    /// Link address forwarding to the destination's migration port.
+    pub migration_via_link: SocketAddr,
+    pub destination_migration_port: u16,
+    /// Link address forwarding to the destination's NBD server, and its port.
+    pub disk: Option<(SocketAddr, u16)>,
+}
+
+/// What QEMU did, on the host wall clock (µs since the epoch).
+#[derive(Debug, Default, Clone)]
+pub struct QemuOutcome {
+    pub error: Option<String>,
+    pub started_us: u64,
+    pub completed_us: Option<u64>,
+    pub stopped_us: Option<u64>,
+    pub resumed_us: Option<u64>,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub rounds: u64,
+    pub qemu_downtime_ms: Option<u64>,
+}
+
+const QMP_WAIT: Duration = Duration::from_secs(30);
+
+pub fn migrate(
+    method: Method,
+    downtime_target: Duration,
+    timeout: Duration,
+    source: &QemuProcess,
+    destination: &QemuProcess,
+    route: &Route,
+) -> QemuOutcome {
+    let mut outcome = QemuOutcome {
+        started_us: wall_clock_us(),
+        ..QemuOutcome::default()
+    };
+    if let Err(err) = run(
+        method,
+        downtime_target,
+        timeout,
+        source,
+        destination,
+        route,
+        &mut outcome,
+    ) {
+        // The source keeps running: QEMU resumes it on a failed pre-copy, and
+        // a cancelled migration never stopped it.
+        let _ = source.qmp.execute("migrate_cancel", json!({}));
+        if source.config.disk.is_some() {
+            let _ = source.qmp.execute(
+                "block-job-cancel",
+                json!({"device": "mirror0", "force": true}),
+            );
+        }
+        outcome.error = Some(format!("{err:#}"));
+    }
+    outcome
+}
+
+fn run(
+    method: Method,
+    downtime_target: Duration,
+    timeout: Duration,
+    source: &QemuProcess,
+    destination: &QemuProcess,
+    route: &Route,
+    outcome: &mut QemuOutcome,
+) -> Result<()> {
+    let with_disk = route.disk.is_some();
+    configure(method, source, destination, downtime_target, with_disk)?;
+    destination.qmp.execute(
+        "migrate-incoming",
+        json!({"uri": format!("tcp:127.0.0.1:{}", route.destination_migration_port)}),
+    )?;
+    if let Some((nbd_via_link, nbd_port)) = route.disk {
+        start_mirror(source, destination, nbd_via_link, nbd_port)?;
+    }
+    let deadline = Instant::now() + timeout;
+    source.qmp.execute(
+        "migrate",
+        json!({"uri": format!("tcp:{}", route.migration_via_link)}),
+    )?;
+    let mut postcopy_started = false;
+    let mut mirror_completed = false;
+    loop {
+        let info = source.qmp.execute("query-migrate", json!({}))?;
+        record_counters(&info, outcome);
+        let status = info["status"].as_str().unwrap_or("unknown");
+        match status {
+            "completed" => break,
+            "failed" | "cancelled" => bail!(
+                "QEMU migration {status}: {}",
+                info["error-desc"].as_str().unwrap_or("QEMU gave no reason")
+            ),
+            "pre-switchover" if !mirror_completed => {
+                complete_mirror(source, outcome)?;
+                mirror_completed = true;
+                source
+                    .qmp
+                    .execute("migrate-continue", json!({"state": "pre-switchover"}))?;
+            }
+            // Switch once the first full pass has gone out: from then on
+            // every page that is still missing is fetched on demand.
+            "active" if method.uses_postcopy() && !postcopy_started && outcome.rounds >= 2 => {
+                source.qmp.execute("migrate-start-postcopy", json!({}))?;
+                postcopy_started = true;
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "migration did not complete within {} s (status {status}, {} rounds): the guest dirties memory faster than the link sends it",
+                timeout.as_secs(),
+                outcome.rounds
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let completed = source
+        .qmp
+        .wait_event("MIGRATION completed event", QMP_WAIT, |e| {
+            e.name == "MIGRATION" && e.data["status"] == "completed"
+        })?;
+    outcome.completed_us = Some(completed.timestamp_us);
+    let started = outcome.started_us;
+    outcome.stopped_us = source
+        .qmp
+        .events()
+        .iter()
+        .find(|e| e.name == "STOP" && e.timestamp_us >= started)
+        .map(|e| e.timestamp_us);
+    let resumed = destination
+        .qmp
+        .wait_event("RESUME on the destination", QMP_WAIT, |e| {
+            e.name == "RESUME"
+        })
+        .context("the destination never resumed the guest")?;
+    outcome.resumed_us = Some(resumed.timestamp_us);
+    let info = source.qmp.execute("query-migrate", json!({}))?;
+    record_counters(&info, outcome);
+    outcome.qemu_downtime_ms = info["downtime"].as_u64();
+    if with_disk {
+        destination.qmp.execute("nbd-server-stop", json!({}))?;
+    }
+    Ok(())
+}
+
+fn configure(
+    method: Method,
+    source: &QemuProcess,
+    destination: &QemuProcess,
+    downtime_target: Duration,
+    with_disk: bool,
+) -> Result<()> {
+    for (side, qemu) in [("source", source), ("destination", destination)] {
+        let mut capabilities: Vec<Value> = method
+            .qemu_capabilities()
+            .into_iter()
+            .map(|c| json!({"capability": c, "state": true}))
+            .collect();
+        capabilities.push(json!({"capability": "events", "state": true}));
+        if with_disk && side == "source" {
+            capabilities.push(json!({"capability": "pause-before-switchover", "state": true}));
+        }
+        qemu.qmp
+            .execute(
+                "migrate-set-capabilities",
+                json!({"capabilities": capabilities}),
+            )
+            .with_context(|| format!("enabling {method} capabilities on the {side}"))?;
+        let mut parameters = method.qemu_parameters();
+        if side == "source" {
+            parameters["downtime-limit"] = json!(downtime_target.as_millis() as u64);
+        }
+        if parameters.as_object().is_some_and(|p| !p.is_empty()) {
+            qemu.qmp
+                .execute("migrate-set-parameters", parameters)
+                .with_context(|| format!("setting {method} parameters on the {side}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn start_mirror(
+    source: &QemuProcess,
+    destination: &QemuProcess,
+    nbd_via_link: SocketAddr,
+    nbd_port: u16,
+) -> Result<()> {
+    destination.qmp.execute(
+        "nbd-server-start",
+        json!({"addr": {"type": "inet", "data": {"host": "127.0.0.1", "port": nbd_port.to_string()}}}),
+    )?;
+    destination.qmp.execute(
+        "block-export-add",
+        json!({"type": "nbd", "id": "export0", "node-name": "disk0", "name": "disk0", "writable": true}),
+    )?;
+    source.qmp.execute(
+        "blockdev-add",
+        json!({
+            "driver": "nbd",
+            "node-name": "mirror-target",
+            "server": {"type": "inet", "host": nbd_via_link.ip().to_string(), "port": nbd_via_link.port().to_string()},
+            "export": "disk0",
+        }),
+    )?;
+    source.qmp.execute(
+        "blockdev-mirror",
+        json!({"job-id": "mirror0", "device": "disk0", "target": "mirror-target", "sync": "full"}),
+    )?;
+    // Memory migration starts only once the disk copy has caught up, as libvirt does.
+    source.qmp.wait_event(
+        "BLOCK_JOB_READY for the disk mirror",
+        Duration::from_secs(3600),
+        |e| {
+            e.name == "BLOCK_JOB_READY"
+                || (e.name == "BLOCK_JOB_COMPLETED" && e.data["error"].is_string())
+        },
+    )?;
+    if let Some(error) = source
+        .qmp
+        .events()
+        .iter()
+        .find(|e| e.name == "BLOCK_JOB_COMPLETED")
+        .and_then(|e| e.data["error"].as_str().map(str::to_owned))
+    {
+        bail!("disk mirror failed: {error}");
+    }
+    Ok(())
+}
+
+/// Ends the mirror without pivoting: the source keeps its disk, the
+/// destination's copy is now complete.
+fn complete_mirror(source: &QemuProcess, outcome: &mut QemuOutcome) -> Result<()> {
+    let jobs = source.qmp.execute("query-block-jobs", json!({}))?;
+    if let Some(offset) = jobs.get(0).and_then(|j| j["offset"].as_u64()) {
+        outcome.disk_bytes = offset;
+    }
+    source
+        .qmp
+        .execute("block-job-cancel", json!({"device": "mirror0"}))?;
+    let done = source
+        .qmp
+        .wait_event("BLOCK_JOB_COMPLETED for the disk mirror", QMP_WAIT, |e| {
+            e.name == "BLOCK_JOB_COMPLETED" || e.name == "BLOCK_JOB_CANCELLED"
+        })?;
+    if let Some(error) = done.data["error"].as_str() {
+        bail!("disk mirror failed at the switch: {error}");
+    }
+    if let Some(offset) = done.data["offset"].as_u64() {
+        outcome.disk_bytes = offset;
+    }
+    Ok(())
+}
+
+fn record_counters(info: &Value, outcome: &mut QemuOutcome) {
+    let ram = &info["ram"];
+    if let Some(transferred) = ram["transferred"].as_u64() {
+        outcome.memory_bytes = transferred;
+    }
+    if let Some(rounds) = ram["dirty-sync-count"].as_u64() {
+        outcome.rounds = rounds;
+    }
+}

@@ -1,0 +1,80 @@
+//! `result.json`: what one method did to one scenario. Schema: docs/results.md.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub method: String,
+    pub scenario: String,
+    pub success: bool,
+    pub error: Option<String>,
+    /// Start of the migration to the source's release.
+    pub total_time_ms: Option<f64>,
+    /// Source paused (QMP `STOP`) to destination running (QMP `RESUME`).
+    pub downtime_ms: Option<f64>,
+    /// Largest gap between consecutive heartbeats seen by the host.
+    pub guest_gap_ms: Option<f64>,
+    /// Bytes the link carried, both directions.
+    pub link_bytes: u64,
+    pub link_bytes_to_destination: u64,
+    pub link_bytes_to_source: u64,
+    /// Memory bytes the migration sent, by its own count.
+    pub memory_bytes: u64,
+    /// Disk bytes the migration sent, by its own count.
+    pub disk_bytes: u64,
+    /// Memory passes (QEMU's dirty-sync count).
+    pub rounds: u64,
+    /// Downtime as QEMU itself reports it.
+    pub qemu_downtime_ms: Option<u64>,
+    pub workload: WorkloadResult,
+    pub destination: DestinationCheck,
+    /// For a failed migration: was the source VM still running afterwards?
+    pub source_running_after: Option<bool>,
+    pub environment: Environment,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkloadResult {
+    pub baseline_ops_per_s: Option<f64>,
+    pub during_ops_per_s: Option<f64>,
+    pub after_ops_per_s: Option<f64>,
+    /// How much lower throughput was during the migration than before, in percent.
+    pub degradation_pct: Option<f64>,
+}
+
+/// Evidence that the guest survived the move.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DestinationCheck {
+    pub healthy: bool,
+    pub last_source_heartbeat: Option<u64>,
+    pub first_destination_heartbeat: Option<u64>,
+    pub destination_heartbeats: u64,
+    pub verified_after_switch: bool,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Environment {
+    pub guest_image: String,
+    pub accelerator: String,
+    pub link_bandwidth: String,
+    pub link_rtt_ms: f64,
+    pub memory_mib: u64,
+}
+
+impl RunResult {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> Result<RunResult> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a result.json", path.display()))
+    }
+}

@@ -1,0 +1,279 @@
+//! One scenario, one method: boot the source, warm up, start the
+//! destination, migrate through the emulated link, watch the destination,
+//! and measure.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mllm_link::Link;
+use mllm_qemu::qmp::wall_clock_us;
+use mllm_qemu::{DiskAttachment, QemuConfig, QemuProcess, RamBackend};
+
+use crate::analysis::{self, GuestOutput};
+use crate::disk;
+use crate::image::{GuestImage, SERIAL_PORTS};
+use crate::method::Method;
+use crate::plot;
+use crate::qemu_migration::{self, Route};
+use crate::result::{Environment, RunResult};
+use crate::scenario::{Scenario, Workload};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs every method the scenario names, each on a fresh VM from the same
+/// image through the same link settings. One method writes `out/result.json`,
+/// several write `out/<method>/result.json`.
+pub fn run_scenario(scenario: &Scenario, image: &GuestImage, out: &Path) -> Result<Vec<RunResult>> {
+    let mut results = Vec::new();
+    for &method in &scenario.methods {
+        let dir = if scenario.methods.len() == 1 {
+            out.to_owned()
+        } else {
+            out.join(method.name())
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        eprintln!("mllm lab: {} with {method} ...", scenario.name);
+        let result = run_method(scenario, method, image, &dir)?;
+        result.write(&dir.join("result.json"))?;
+        eprintln!("{}", crate::report::summary(&result));
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// Runs one method. Errors are lab failures (QEMU would not start, the guest
+/// would not boot); a migration that fails is a result with `success: false`.
+pub fn run_method(
+    scenario: &Scenario,
+    method: Method,
+    image: &GuestImage,
+    dir: &Path,
+) -> Result<RunResult> {
+    // Unix socket paths are limited to 108 bytes, so sockets live in a short
+    // temporary directory; logs are copied next to result.json at the end.
+    let sockets = tempfile::Builder::new().prefix("mllm-lab-").tempdir()?;
+    let outcome = run_in(scenario, method, image, dir, sockets.path());
+    for entry in std::fs::read_dir(sockets.path())?.flatten() {
+        let name = entry.file_name();
+        let keep = name
+            .to_str()
+            .is_some_and(|n| n.ends_with(".log") || n.ends_with(".stderr"));
+        if keep {
+            let _ = std::fs::copy(entry.path(), dir.join(name));
+        }
+    }
+    outcome
+}
+
+fn run_in(
+    scenario: &Scenario,
+    method: Method,
+    image: &GuestImage,
+    dir: &Path,
+    sockets: &Path,
+) -> Result<RunResult> {
+    let link_config = scenario.link.to_config()?;
+    let source_disk = match &scenario.vm.disk {
+        Some(spec) => Some(disk::create_source_image(
+            &sockets.join("source.img"),
+            spec,
+        )?),
+        None => None,
+    };
+    let destination_disk = match &scenario.vm.disk {
+        Some(spec) => Some(disk::create_empty_image(
+            &sockets.join("destination.img"),
+            spec.size.as_u64(),
+        )?),
+        None => None,
+    };
+    let vm = |name: &str, disk: &Option<PathBuf>, incoming: bool| QemuConfig {
+        name: name.to_owned(),
+        binary: "qemu-system-x86_64".into(),
+        accelerator: scenario.vm.accelerator,
+        memory_mib: scenario.vm.memory.as_u64() >> 20,
+        vcpus: scenario.vm.vcpus,
+        ram: RamBackend::Anonymous,
+        kernel: image.kernel.clone(),
+        initrd: image.initrd.clone(),
+        kernel_cmdline: format!(
+            "console=ttyS0 panic=-1 loglevel=4 {}",
+            scenario.workload.kernel_params()
+        ),
+        disk: disk.as_ref().map(|image| DiskAttachment {
+            image: image.clone(),
+        }),
+        serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
+        incoming,
+        run_dir: sockets.to_owned(),
+        env: vec![],
+    };
+
+    let source = QemuProcess::start(vm("source", &source_disk, false))?;
+    wait_until_booted(&source, &scenario.workload)?;
+    let warmup_started = wall_clock_us();
+    std::thread::sleep(scenario.timing.warmup);
+
+    let destination = QemuProcess::start(vm("destination", &destination_disk, true))?;
+    let link = Link::new(link_config)?;
+    let link_started_us = wall_clock_us();
+    let destination_migration_port = free_port()?;
+    let route = Route {
+        migration_via_link: link.forward(local(destination_migration_port))?,
+        destination_migration_port,
+        disk: match destination_disk {
+            Some(_) => {
+                let nbd_port = free_port()?;
+                Some((link.forward(local(nbd_port))?, nbd_port))
+            }
+            None => None,
+        },
+    };
+    let outcome = qemu_migration::migrate(
+        method,
+        scenario.timing.downtime_target,
+        scenario.timing.migration_timeout,
+        &source,
+        &destination,
+        &route,
+    );
+    let success_so_far = outcome.error.is_none();
+    if success_so_far {
+        std::thread::sleep(scenario.timing.after);
+    }
+    let finished_us = wall_clock_us();
+    let link_stats = link.stats();
+    let timeline = link.timeline();
+    link.shutdown();
+
+    let source_output = output_of(&source);
+    let destination_output = output_of(&destination);
+    let start = outcome.started_us;
+    let end = outcome
+        .completed_us
+        .unwrap_or(finished_us)
+        .max(outcome.resumed_us.unwrap_or(0));
+    let switch = outcome.resumed_us.unwrap_or(end);
+    let expect_verification = !matches!(scenario.workload, Workload::Idle);
+    let destination_check = analysis::check_destination(
+        &source_output,
+        &destination_output,
+        switch,
+        expect_verification,
+    );
+    let source_running_after = (!success_so_far).then(|| is_running(&source));
+
+    let mut error = outcome.error.clone();
+    if success_so_far && !destination_check.healthy {
+        error = Some(format!(
+            "destination guest is broken: {}",
+            destination_check.problems.join("; ")
+        ));
+    }
+    let baseline_from = start
+        .saturating_sub(scenario.timing.baseline_window.as_micros() as u64)
+        .max(warmup_started);
+    let result = RunResult {
+        method: method.name().to_owned(),
+        scenario: scenario.name.clone(),
+        success: error.is_none(),
+        error,
+        total_time_ms: outcome.completed_us.map(|c| (c - start) as f64 / 1000.0),
+        downtime_ms: match (outcome.stopped_us, outcome.resumed_us) {
+            (Some(stop), Some(resume)) => Some(resume.saturating_sub(stop) as f64 / 1000.0),
+            _ => None,
+        },
+        guest_gap_ms: analysis::largest_heartbeat_gap_ms(
+            &source_output,
+            &destination_output,
+            start,
+            finished_us,
+        ),
+        link_bytes: link_stats.bytes_forward + link_stats.bytes_backward,
+        link_bytes_to_destination: link_stats.bytes_forward,
+        link_bytes_to_source: link_stats.bytes_backward,
+        memory_bytes: outcome.memory_bytes,
+        disk_bytes: outcome.disk_bytes,
+        rounds: outcome.rounds,
+        qemu_downtime_ms: outcome.qemu_downtime_ms,
+        workload: analysis::workload_rates(
+            &source_output,
+            &destination_output,
+            baseline_from,
+            start,
+            end,
+            finished_us,
+        ),
+        destination: destination_check,
+        source_running_after,
+        environment: Environment {
+            guest_image: image.description.clone(),
+            accelerator: format!("{:?}", scenario.vm.accelerator).to_lowercase(),
+            link_bandwidth: scenario.link.bandwidth.clone(),
+            link_rtt_ms: scenario.link.rtt.as_secs_f64() * 1000.0,
+            memory_mib: scenario.vm.memory.as_u64() >> 20,
+        },
+    };
+    let phases = plot::Phases {
+        started_us: start,
+        stopped_us: outcome.stopped_us,
+        resumed_us: outcome.resumed_us,
+        completed_us: outcome.completed_us,
+    };
+    let mut all_ops = source_output.ops.clone();
+    all_ops.extend(&destination_output.ops);
+    if let Err(err) = plot::draw(
+        &dir.join("timeline.svg"),
+        &result,
+        &all_ops,
+        &timeline,
+        link_started_us,
+        baseline_from,
+        finished_us,
+        &phases,
+    ) {
+        tracing::warn!("could not draw the timeline plot: {err:#}");
+    }
+    source.shutdown();
+    destination.shutdown();
+    Ok(result)
+}
+
+fn wait_until_booted(vm: &QemuProcess, workload: &Workload) -> Result<()> {
+    vm.serial("heartbeat")
+        .wait_for("first heartbeat", BOOT_TIMEOUT, |l| l.starts_with("HB "))
+        .context("the guest did not boot (see console.log next to result.json)")?;
+    if !matches!(workload, Workload::Idle) {
+        vm.serial("workload")
+            .wait_for("workload READY", BOOT_TIMEOUT, |l| l.starts_with("READY"))
+            .context("the guest workload did not start (see workload.log)")?;
+    }
+    Ok(())
+}
+
+fn output_of(vm: &QemuProcess) -> GuestOutput {
+    GuestOutput::parse(
+        &vm.serial("heartbeat").lines(),
+        &vm.serial("workload").lines(),
+        &vm.serial("console").lines(),
+    )
+}
+
+fn is_running(vm: &QemuProcess) -> bool {
+    vm.qmp
+        .execute("query-status", serde_json::json!({}))
+        .is_ok_and(|s| s["running"].as_bool() == Some(true))
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A port nobody listens on now; QEMU binds it a moment later.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free local TCP port")?;
+    Ok(listener.local_addr()?.port())
+}

@@ -1,0 +1,237 @@
+//! Tracking with soft-dirty bits, as CRIU does: writing `4` to
+//! `/proc/PID/clear_refs` clears them (and write-protects every page), a
+//! later write sets the page's bit 55 in `/proc/PID/pagemap`.
+//!
+//! Reading the bits and clearing them are two separate steps that cover the
+//! whole process, so a write between them would be lost. The process is
+//! therefore stopped (SIGSTOP) for the length of a scan: milliseconds per GiB
+//! of guest RAM. This is the fallback for kernels without `PAGEMAP_SCAN`.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::maps::RamMapping;
+use crate::pages::{push_merged, PageRange, PAGE_SIZE};
+use crate::{ScanStats, TrackingMethod, WriteTracker};
+
+const SOFT_DIRTY_BIT: u64 = 1 << 55;
+const PAGEMAP_ENTRY_LEN: usize = 8;
+/// Pagemap entries read per call: 512 KiB of entries, 256 MiB of guest RAM.
+const ENTRIES_PER_READ: usize = 64 * 1024;
+const CLEAR_SOFT_DIRTY: &[u8] = b"4";
+/// How long a process may take to stop all its threads after SIGSTOP.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct SoftDirtyTracker {
+    pid: i32,
+    ram: RamMapping,
+    pagemap: File,
+    clear_refs: File,
+    entries: Vec<u8>,
+}
+
+impl SoftDirtyTracker {
+    /// Tracks `ram` of process `pid` from now on.
+    pub fn new(pid: i32, ram: RamMapping) -> Result<SoftDirtyTracker> {
+        SoftDirtyTracker::check_kernel_support()?;
+        let pagemap = File::open(format!("/proc/{pid}/pagemap"))
+            .with_context(|| format!("opening /proc/{pid}/pagemap"))?;
+        let mut clear_refs = open_clear_refs(pid)?;
+        clear_soft_dirty(&mut clear_refs)?;
+        Ok(SoftDirtyTracker {
+            pid,
+            ram,
+            pagemap,
+            clear_refs,
+            entries: vec![0; ENTRIES_PER_READ * PAGEMAP_ENTRY_LEN],
+        })
+    }
+
+    /// Checks on a page of this process that a write after clearing sets its
+    /// soft-dirty bit: kernels built without `CONFIG_MEM_SOFT_DIRTY` accept
+    /// the clear but never set the bit.
+    pub fn check_kernel_support() -> Result<()> {
+        let mut page = vec![0u8; 2 * PAGE_SIZE as usize];
+        let offset = page.as_ptr().align_offset(PAGE_SIZE as usize);
+        let page = &mut page[offset..offset + PAGE_SIZE as usize];
+        let pagemap = File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
+        let entry_at = (page.as_ptr() as u64 / PAGE_SIZE) * PAGEMAP_ENTRY_LEN as u64;
+        let soft_dirty = |page: &[u8]| -> Result<bool> {
+            // Read the page so the compiler keeps the writes before this point.
+            std::hint::black_box(page[0]);
+            let mut entry = [0u8; PAGEMAP_ENTRY_LEN];
+            pagemap.read_exact_at(&mut entry, entry_at)?;
+            Ok(u64::from_ne_bytes(entry) & SOFT_DIRTY_BIT != 0)
+        };
+        page[0] = 1;
+        clear_soft_dirty(&mut open_clear_refs(std::process::id() as i32)?)?;
+        ensure!(
+            !soft_dirty(page)?,
+            "clear_refs did not clear the soft-dirty bit"
+        );
+        page[0] = 2;
+        ensure!(
+            soft_dirty(page)?,
+            "a written page has no soft-dirty bit: the kernel lacks CONFIG_MEM_SOFT_DIRTY"
+        );
+        Ok(())
+    }
+}
+
+impl WriteTracker for SoftDirtyTracker {
+    fn method(&self) -> TrackingMethod {
+        TrackingMethod::SoftDirty
+    }
+
+    fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats> {
+        let started = Instant::now();
+        written.clear();
+        let _stopped = Stopped::stop(self.pid)?;
+        let mut kernel_calls = 0;
+        let mut page = 0;
+        while page < self.ram.pages() {
+            let count = (self.ram.pages() - page).min(ENTRIES_PER_READ as u64);
+            let bytes = &mut self.entries[..count as usize * PAGEMAP_ENTRY_LEN];
+            let entry_at = (self.ram.start / PAGE_SIZE + page) * PAGEMAP_ENTRY_LEN as u64;
+            self.pagemap
+                .read_exact_at(bytes, entry_at)
+                .with_context(|| format!("reading /proc/{}/pagemap", self.pid))?;
+            collect_soft_dirty(bytes, page, written);
+            kernel_calls += 1;
+            page += count;
+        }
+        clear_soft_dirty(&mut self.clear_refs)?;
+        Ok(ScanStats {
+            pages_written: written.iter().map(PageRange::len).sum(),
+            ranges: written.len(),
+            kernel_calls: kernel_calls + 1,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+/// Appends the pages whose pagemap entry (in `entries`, the entry of page
+/// `first_page` first) has the soft-dirty bit.
+fn collect_soft_dirty(entries: &[u8], first_page: u64, written: &mut Vec<PageRange>) {
+    for (index, entry) in entries.chunks_exact(PAGEMAP_ENTRY_LEN).enumerate() {
+        let entry = u64::from_ne_bytes(entry.try_into().expect("chunk of 8 bytes"));
+        if entry & SOFT_DIRTY_BIT != 0 {
+            let page = first_page + index as u64;
+            push_merged(written, PageRange::new(page, page + 1));
+        }
+    }
+}
+
+fn open_clear_refs(pid: i32) -> Result<File> {
+    let path = format!("/proc/{pid}/clear_refs");
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {path}"))
+}
+
+fn clear_soft_dirty(clear_refs: &mut File) -> Result<()> {
+    clear_refs
+        .write_all(CLEAR_SOFT_DIRTY)
+        .context("clearing soft-dirty bits through clear_refs")
+}
+
+/// Keeps a process stopped while alive; resumes it on drop unless it was
+/// already stopped by someone else.
+struct Stopped {
+    pid: i32,
+    resume: bool,
+}
+
+impl Stopped {
+    fn stop(pid: i32) -> Result<Stopped> {
+        if all_threads_stopped(pid)? {
+            return Ok(Stopped { pid, resume: false });
+        }
+        signal(pid, libc::SIGSTOP)?;
+        let stopped = Stopped { pid, resume: true };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while !all_threads_stopped(pid)? {
+            if Instant::now() > deadline {
+                bail!("process {pid} did not stop within {STOP_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        Ok(stopped)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if self.resume {
+            if let Err(error) = signal(self.pid, libc::SIGCONT) {
+                tracing::error!(pid = self.pid, %error, "cannot resume the tracked process");
+            }
+        }
+    }
+}
+
+fn signal(pid: i32, signal: libc::c_int) -> Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("sending signal {signal} to process {pid}"));
+    }
+    Ok(())
+}
+
+/// True when no thread of `pid` can run: all stopped (`T`, `t`) or exiting.
+fn all_threads_stopped(pid: i32) -> Result<bool> {
+    let tasks = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // The state follows the command name, which is in parentheses and may
+        // itself contain spaces or parentheses.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if !matches!(state, Some('T' | 't' | 'Z' | 'X')) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(values: &[u64]) -> Vec<u8> {
+        values
+            .iter()
+            .flat_map(|value| value.to_ne_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn soft_dirty_entries_become_merged_ranges() {
+        let present = 1 << 63;
+        let dirty = present | SOFT_DIRTY_BIT;
+        let mut written = vec![PageRange::new(0, 1)];
+        collect_soft_dirty(
+            &entries(&[dirty, dirty, present, 0, dirty, SOFT_DIRTY_BIT]),
+            100,
+            &mut written,
+        );
+        let expected = [
+            PageRange::new(0, 1),
+            PageRange::new(100, 102),
+            PageRange::new(104, 106),
+        ];
+        assert_eq!(written, expected);
+    }
+
+    #[test]
+    fn this_process_is_reported_running() {
+        assert!(!all_threads_stopped(std::process::id() as i32).unwrap());
+    }
+}

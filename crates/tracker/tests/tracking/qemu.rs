@@ -1,0 +1,103 @@
+//! The hook and the tracker on a real QEMU 10 guest (firmware only).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mllm_qemu::qmp::QmpClient;
+use mllm_tracker::{detect, find_ram_mapping, TrackingMethod, WriteTracker, PAGE_SIZE};
+use serde_json::json;
+
+use crate::support::{artifacts, unique_name};
+
+const RAM_MIB: u64 = 256;
+
+/// QEMU with its RAM in /dev/shm and the hook preloaded; killed and cleaned
+/// up on drop, whatever the test's outcome.
+struct Qemu {
+    child: Child,
+    ram_file: PathBuf,
+    qmp_socket: PathBuf,
+    hook_socket: PathBuf,
+}
+
+impl Qemu {
+    fn start_paused() -> Qemu {
+        let ram_file = PathBuf::from("/dev/shm").join(unique_name("qemu.ram"));
+        let qmp_socket = std::env::temp_dir().join(unique_name("qmp.sock"));
+        let hook_socket = std::env::temp_dir().join(unique_name("hook.sock"));
+        let backend = format!(
+            "memory-backend-file,id=ram0,size={RAM_MIB}M,mem-path={},share=on",
+            ram_file.display()
+        );
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-m", &format!("{RAM_MIB}M")])
+            .args(["-object", &backend, "-machine", "pc,memory-backend=ram0"])
+            .args(["-display", "none", "-nodefaults", "-S"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
+            .env("LD_PRELOAD", &artifacts().hook_library)
+            .env("MLLM_HOOK_SOCKET", &hook_socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting qemu-system-x86_64 (QEMU 10 must be installed)");
+        Qemu {
+            child,
+            ram_file,
+            qmp_socket,
+            hook_socket,
+        }
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for path in [&self.ram_file, &self.qmp_socket, &self.hook_socket] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn pages_written(tracker: &mut dyn WriteTracker) -> u64 {
+    let mut written = Vec::new();
+    let stats = tracker.scan(&mut written).expect("scan");
+    let ram_pages = (RAM_MIB << 20) / PAGE_SIZE;
+    assert!(written.iter().all(|range| range.end <= ram_pages));
+    stats.pages_written
+}
+
+fn run_then_wait(qmp: &QmpClient, command: &str, wait: Duration) {
+    qmp.execute(command, json!({})).expect(command);
+    std::thread::sleep(wait);
+}
+
+#[test]
+fn qemu_writes_are_seen_while_it_runs_and_none_while_it_is_stopped() {
+    let qemu = Qemu::start_paused();
+    // QMP answers once the machine, and so its RAM mapping, exists.
+    let qmp = QmpClient::connect(&qemu.qmp_socket, Duration::from_secs(20)).expect("QMP");
+    let pid = qemu.child.id() as i32;
+    let ram = find_ram_mapping(pid, &qemu.ram_file).expect("guest RAM mapping");
+    assert_eq!(ram.len, RAM_MIB << 20);
+    let mut tracker = detect(pid, ram, Some(&qemu.hook_socket)).expect("detect");
+    assert_eq!(tracker.method(), TrackingMethod::PagemapScan);
+
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pages_written(tracker.as_mut()), 0, "paused at start (-S)");
+
+    run_then_wait(&qmp, "cont", Duration::from_millis(1500));
+    let booting = pages_written(tracker.as_mut());
+    assert!(booting > 100, "firmware wrote only {booting} pages");
+
+    run_then_wait(&qmp, "stop", Duration::from_millis(100));
+    pages_written(tracker.as_mut());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(pages_written(tracker.as_mut()), 0, "stopped");
+
+    run_then_wait(&qmp, "cont", Duration::from_millis(500));
+    let running = pages_written(tracker.as_mut());
+    assert!(running > 0, "running again, yet nothing written");
+}

@@ -1,0 +1,220 @@
+//! Every message the agents exchange, in one table: its type code on the wire,
+//! its body, and the traffic class its bytes are accounted under.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::RamDigest;
+use crate::error::WireError;
+use crate::page_batch::PageBatch;
+use crate::traffic::TrafficClass;
+
+/// Source asks the destination to receive a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationRequest {
+    pub vm_name: String,
+    pub ram_bytes: u64,
+    pub page_size: u32,
+    /// Size of each guest disk, in the order the VM attaches them.
+    pub disk_bytes: Vec<u64>,
+    /// Name of the migration policy, e.g. "precopy".
+    pub policy: String,
+}
+
+/// Destination is ready to receive pages for the requested VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationAccept;
+
+/// Destination refuses the migration (e.g. RAM size it cannot provide).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationReject {
+    pub reason: String,
+}
+
+/// Source finished a pre-copy round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundEnd {
+    pub round: u32,
+    /// Pages sent in this round, zero markers included.
+    pub pages: u64,
+}
+
+/// Source tells the destination how far the migration is, for its own progress display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub round: u32,
+    pub bytes_sent: u64,
+    pub bytes_remaining: u64,
+}
+
+/// A chunk of QEMU's device-state migration stream, relayed unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    #[serde(with = "serde_bytes")]
+    pub chunk: Vec<u8>,
+}
+
+/// QEMU's device-state stream is complete; the total lets the destination detect a loss.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStateEnd {
+    pub total_bytes: u64,
+}
+
+/// Source has sent everything the destination needs to start the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverReady;
+
+/// Destination's VM runs: the source may release its copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationRunning;
+
+/// Either side gives up the migration; the source keeps (or resumes) the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Abort {
+    pub reason: String,
+}
+
+/// Generic positive reply to a request that needs no data back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack;
+
+/// Generates `MessageType`, `Message` and their conversions from one table, so a
+/// message cannot be added to one without the others.
+macro_rules! message_table {
+    ($( $code:literal => $name:ident : $class:ident, )+) => {
+        /// Kind of a message, carried as a code in every frame header.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum MessageType {
+            $( $name = $code, )+
+        }
+
+        impl MessageType {
+            pub const ALL: &'static [MessageType] = &[$(MessageType::$name),+];
+
+            pub fn from_code(code: u16) -> Option<Self> {
+                match code {
+                    $( $code => Some(MessageType::$name), )+
+                    _ => None,
+                }
+            }
+
+            pub fn code(self) -> u16 {
+                self as u16
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( MessageType::$name => stringify!($name), )+
+                }
+            }
+
+            pub fn traffic_class(self) -> TrafficClass {
+                match self {
+                    $( MessageType::$name => TrafficClass::$class, )+
+                }
+            }
+        }
+
+        /// One message with its body.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Message {
+            $( $name($name), )+
+        }
+
+        impl Message {
+            pub fn message_type(&self) -> MessageType {
+                match self {
+                    $( Message::$name(_) => MessageType::$name, )+
+                }
+            }
+
+            /// Appends the body's encoding to `out`.
+            pub(crate) fn encode_body(&self, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+                match self {
+                    $( Message::$name(body) => postcard::to_extend(body, out), )+
+                }
+            }
+
+            pub(crate) fn decode_body(
+                message_type: MessageType,
+                payload: &[u8],
+            ) -> Result<Self, WireError> {
+                match message_type {
+                    $( MessageType::$name => decode_exact(message_type, payload).map(Message::$name), )+
+                }
+            }
+        }
+
+        $(
+            impl From<$name> for Message {
+                fn from(body: $name) -> Self {
+                    Message::$name(body)
+                }
+            }
+        )+
+    };
+}
+
+// Codes are part of the protocol: never reuse or renumber one; add new ones at the end.
+message_table! {
+    1 => MigrationRequest: Control,
+    2 => MigrationAccept: Control,
+    3 => MigrationReject: Control,
+    4 => PageBatch: Memory,
+    5 => RoundEnd: Memory,
+    6 => Progress: Control,
+    7 => DeviceState: DeviceState,
+    8 => DeviceStateEnd: DeviceState,
+    9 => SwitchoverReady: Control,
+    10 => DestinationRunning: Control,
+    11 => Abort: Control,
+    12 => RamDigest: Verification,
+    13 => Ack: Control,
+}
+
+/// Decodes a body that must fill the payload exactly: trailing bytes mean the peer
+/// and this agent disagree on the layout, which must not pass silently.
+fn decode_exact<T: DeserializeOwned>(
+    message_type: MessageType,
+    payload: &[u8],
+) -> Result<T, WireError> {
+    let (body, rest) = postcard::take_from_bytes(payload).map_err(|e| WireError::Malformed {
+        message_type,
+        reason: e.to_string(),
+    })?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed {
+            message_type,
+            reason: format!("{} trailing bytes", rest.len()),
+        });
+    }
+    Ok(body)
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The raw type code of a frame, which may not name a known message (corrupted or
+/// newer peer). Displays the message name when it is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameType(pub u16);
+
+impl FrameType {
+    pub fn message_type(self) -> Option<MessageType> {
+        MessageType::from_code(self.0)
+    }
+}
+
+impl fmt::Display for FrameType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.message_type() {
+            Some(message_type) => message_type.fmt(f),
+            None => write!(f, "unknown-type-{:#06x}", self.0),
+        }
+    }
+}

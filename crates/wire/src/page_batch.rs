@@ -1,0 +1,222 @@
+//! Page batches: up to `MAX_BATCH_PAGES` guest pages in one message. Zero pages travel
+//! as markers only; data pages are concatenated and compressed as one block, which
+//! compresses far better than page by page.
+
+use std::slice;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compression::{Compression, CompressionSetting, Compressor, Decompressor};
+use crate::error::WireError;
+use crate::message::MessageType;
+
+pub const PAGE_SIZE: usize = 4096;
+
+/// Upper bound on pages per batch, enforced by the decoder: it caps the memory a
+/// received batch can make the destination allocate (4 MiB of page data).
+pub const MAX_BATCH_PAGES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PageKind {
+    /// All bytes zero; nothing in the payload.
+    Zero,
+    /// The next `PAGE_SIZE` bytes of the decompressed payload.
+    Data,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageEntry {
+    /// Page number within guest RAM (byte offset / `PAGE_SIZE`).
+    pub index: u64,
+    pub kind: PageKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageBatch {
+    pub compression: Compression,
+    pub pages: Vec<PageEntry>,
+    /// The data pages, in entry order, compressed as one block.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
+impl PageBatch {
+    pub fn data_pages(&self) -> usize {
+        self.pages
+            .iter()
+            .filter(|page| page.kind == PageKind::Data)
+            .count()
+    }
+}
+
+/// Collects pages into a batch. Reusable: `finish` empties it for the next batch.
+pub struct PageBatchBuilder {
+    compressor: Compressor,
+    capacity: usize,
+    pages: Vec<PageEntry>,
+    data: Vec<u8>,
+}
+
+impl PageBatchBuilder {
+    /// `capacity` pages per batch, at most `MAX_BATCH_PAGES`.
+    pub fn new(compression: CompressionSetting, capacity: usize) -> Result<Self, WireError> {
+        if !(1..=MAX_BATCH_PAGES).contains(&capacity) {
+            return Err(WireError::BatchCapacity {
+                requested: capacity,
+                max: MAX_BATCH_PAGES,
+            });
+        }
+        Ok(PageBatchBuilder {
+            compressor: Compressor::new(compression)?,
+            capacity,
+            pages: Vec::with_capacity(capacity),
+            data: Vec::with_capacity(capacity * PAGE_SIZE),
+        })
+    }
+
+    /// Adds a page, as a zero marker when all its bytes are zero. Returns true when the
+    /// batch is now full and must be finished before the next push.
+    ///
+    /// # Panics
+    /// If the batch was already full.
+    #[must_use = "a full batch must be finished before the next push"]
+    pub fn push(&mut self, index: u64, page: &[u8; PAGE_SIZE]) -> bool {
+        assert!(!self.is_full(), "push into a full page batch");
+        let kind = if is_zero(page) {
+            PageKind::Zero
+        } else {
+            self.data.extend_from_slice(page);
+            PageKind::Data
+        };
+        self.pages.push(PageEntry { index, kind });
+        self.is_full()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.pages.len() == self.capacity
+    }
+
+    /// Compresses the collected data pages and returns the batch, leaving the builder empty.
+    pub fn finish(&mut self) -> Result<PageBatch, WireError> {
+        let compressed = self.compressor.compress(&self.data)?;
+        // Incompressible pages (encrypted or already compressed data) are sent as they
+        // are: the link carries less and the receiver skips a pointless decompression.
+        let (compression, payload) = match compressed {
+            Some(block) if block.len() < self.data.len() => {
+                self.data.clear();
+                (self.compressor.algorithm(), block)
+            }
+            _ => (
+                Compression::None,
+                std::mem::replace(
+                    &mut self.data,
+                    Vec::with_capacity(self.capacity * PAGE_SIZE),
+                ),
+            ),
+        };
+        let pages = std::mem::replace(&mut self.pages, Vec::with_capacity(self.capacity));
+        Ok(PageBatch {
+            compression,
+            pages,
+            payload,
+        })
+    }
+}
+
+fn is_zero(page: &[u8; PAGE_SIZE]) -> bool {
+    // OR-folding fixed-size chunks lets the compiler vectorise; `iter().all` would stop
+    // at every byte to test for an early exit.
+    page.chunks_exact(64)
+        .all(|chunk| chunk.iter().fold(0, |acc, &byte| acc | byte) == 0)
+}
+
+/// What a page of a decoded batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageContent<'a> {
+    Zero,
+    Data(&'a [u8; PAGE_SIZE]),
+}
+
+/// Decodes batches; reuses its decompression context and buffer across batches.
+pub struct PageBatchDecoder {
+    decompressor: Decompressor,
+    data: Vec<u8>,
+}
+
+impl Default for PageBatchDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PageBatchDecoder {
+    pub fn new() -> Self {
+        PageBatchDecoder {
+            decompressor: Decompressor::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// Validates the batch (page count, payload size) and yields its pages in order.
+    pub fn decode<'a>(&'a mut self, batch: &'a PageBatch) -> Result<DecodedPages<'a>, WireError> {
+        let malformed = |reason: String| WireError::Malformed {
+            message_type: MessageType::PageBatch,
+            reason,
+        };
+        if batch.pages.len() > MAX_BATCH_PAGES {
+            return Err(malformed(format!(
+                "{} pages exceed the batch limit of {MAX_BATCH_PAGES}",
+                batch.pages.len()
+            )));
+        }
+        let expected_len = batch.data_pages() * PAGE_SIZE;
+        self.decompressor
+            .decompress(
+                batch.compression,
+                &batch.payload,
+                expected_len,
+                &mut self.data,
+            )
+            .map_err(malformed)?;
+        Ok(DecodedPages {
+            pages: batch.pages.iter(),
+            data: self.data.chunks_exact(PAGE_SIZE),
+        })
+    }
+}
+
+/// Pages of one decoded batch, as (page index, content).
+pub struct DecodedPages<'a> {
+    pages: slice::Iter<'a, PageEntry>,
+    data: slice::ChunksExact<'a, u8>,
+}
+
+impl<'a> Iterator for DecodedPages<'a> {
+    type Item = (u64, PageContent<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let entry = self.pages.next()?;
+        let content = match entry.kind {
+            PageKind::Zero => PageContent::Zero,
+            PageKind::Data => {
+                let page = self.data.next().expect("decode checked the payload size");
+                PageContent::Data(page.try_into().expect("chunks are PAGE_SIZE long"))
+            }
+        };
+        Some((entry.index, content))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.pages.size_hint()
+    }
+}
+
+impl ExactSizeIterator for DecodedPages<'_> {}

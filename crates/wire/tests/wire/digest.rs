@@ -1,0 +1,32 @@
+use mllm_wire::{RamDigest, PAGE_SIZE};
+
+fn ram(pages: usize) -> Vec<u8> {
+    (0..pages * PAGE_SIZE).map(|i| (i / 3) as u8).collect()
+}
+
+#[test]
+fn equal_ram_has_no_mismatch() {
+    let source = RamDigest::compute(&ram(10), 4);
+    assert_eq!(source.ranges.len(), 3);
+    assert_eq!(source.ranges[2].page_count, 2);
+    assert!(source
+        .mismatches(&RamDigest::compute(&ram(10), 4))
+        .is_empty());
+}
+
+#[test]
+fn one_changed_byte_locates_its_range() {
+    let mut destination = ram(10);
+    destination[5 * PAGE_SIZE + 17] ^= 1;
+    let mismatches =
+        RamDigest::compute(&ram(10), 4).mismatches(&RamDigest::compute(&destination, 4));
+    assert_eq!(mismatches.len(), 1);
+    assert_eq!((mismatches[0].first_page, mismatches[0].page_count), (4, 4));
+}
+
+#[test]
+fn a_different_ram_size_mismatches() {
+    let mismatches = RamDigest::compute(&ram(8), 4).mismatches(&RamDigest::compute(&ram(12), 4));
+    assert_eq!(mismatches.len(), 1);
+    assert_eq!(mismatches[0].first_page, 8);
+}

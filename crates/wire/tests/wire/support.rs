@@ -1,0 +1,85 @@
+//! Helpers shared by the protocol tests.
+
+use mllm_wire::{
+    Abort, Ack, CompressionSetting, DestinationRunning, DeviceState, DeviceStateEnd, FrameReader,
+    FrameWriter, Message, MigrationAccept, MigrationReject, MigrationRequest, PageBatchBuilder,
+    Progress, RamDigest, RoundEnd, SwitchoverReady, WireError, PAGE_SIZE,
+};
+
+/// One message of every type, with non-trivial bodies.
+pub fn sample_messages() -> Vec<Message> {
+    let mut builder = PageBatchBuilder::new(CompressionSetting::Zstd { level: 3 }, 8).unwrap();
+    let _ = builder.push(7, &[0; PAGE_SIZE]);
+    let _ = builder.push(9, &[0xab; PAGE_SIZE]);
+    let batch = builder.finish().unwrap();
+    let ram: Vec<u8> = (0..8 * PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+
+    vec![
+        MigrationRequest {
+            vm_name: "vm-ä1".into(),
+            ram_bytes: 512 << 20,
+            page_size: PAGE_SIZE as u32,
+            disk_bytes: vec![8 << 30, 1 << 20],
+            policy: "precopy".into(),
+        }
+        .into(),
+        MigrationAccept.into(),
+        MigrationReject {
+            reason: "RAM size differs".into(),
+        }
+        .into(),
+        batch.into(),
+        RoundEnd {
+            round: 3,
+            pages: 131_072,
+        }
+        .into(),
+        Progress {
+            round: 2,
+            bytes_sent: u64::MAX,
+            bytes_remaining: 0,
+        }
+        .into(),
+        DeviceState {
+            chunk: (0..3000).map(|i| (i * 7) as u8).collect(),
+        }
+        .into(),
+        DeviceStateEnd {
+            total_bytes: 330_000,
+        }
+        .into(),
+        SwitchoverReady.into(),
+        DestinationRunning.into(),
+        Abort {
+            reason: "destination QEMU exited".into(),
+        }
+        .into(),
+        RamDigest::compute(&ram, 3).into(),
+        Ack.into(),
+    ]
+}
+
+pub fn encode(messages: &[Message]) -> Vec<u8> {
+    let mut writer = FrameWriter::new(Vec::new());
+    for message in messages {
+        writer.send(message).unwrap();
+    }
+    writer.into_inner()
+}
+
+pub fn decode_one(bytes: &[u8]) -> Result<Message, WireError> {
+    FrameReader::new(bytes).recv()
+}
+
+/// A frame with arbitrary header fields and a valid checksum, as a newer or buggy peer
+/// could send it.
+pub fn raw_frame(type_code: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&type_code.to_le_bytes());
+    frame.extend_from_slice(&flags.to_le_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(payload);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&frame);
+    frame.extend_from_slice(&checksum.to_le_bytes());
+    frame
+}
