@@ -1,5 +1,6 @@
 //! `mllm`: live migration of QEMU VMs, memory and disk together, across slow links.
 
+mod agent;
 mod lab;
 mod link;
 mod sim;
@@ -22,6 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the mllm agent on this host: owns local VMs, sends and receives migrations.
+    Agent(agent::AgentArgs),
+    /// Migrate a VM owned by the local agent to another host's agent.
+    Migrate(agent::MigrateArgs),
     /// Build guest images, run migration scenarios and compare results.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -47,6 +52,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
+        Command::Agent(args) => agent::run_agent(args),
+        Command::Migrate(args) => agent::run_migrate(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Link(args) => link::run(args),
         Command::Sim(cmd) => sim::run(cmd),

@@ -77,7 +77,7 @@ impl DiskStore {
         path: &Path,
         range: DiskRange,
         seed: u64,
-        compressibility: f64,
+        random_fraction: f64,
     ) -> io::Result<(DiskStore, IoMode)> {
         range.validate()?;
         let (mut file, mode) = open_direct_or_buffered(path)?;
@@ -96,7 +96,7 @@ impl DiskStore {
         let store = DiskStore {
             file,
             range,
-            format: RecordFormat::new(block_size, seed, compressibility),
+            format: RecordFormat::new(block_size, seed, random_fraction),
             buffer: AlignedBuf::zeroed(MAX_IO_BYTES.max(block_size)),
         };
         Ok((store, mode))

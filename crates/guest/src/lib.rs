@@ -1,6 +1,13 @@
 //! Programs that run inside the test guest, and the line protocol the host
 //! reads from them (see [`protocol`]).
 //!
+//! - [`heartbeat`]: `HB <seq>` at a fixed interval.
+//! - [`workload`] over a [`store::MemStore`] (memload) or a
+//!   [`disk_store::DiskStore`] (diskload): rate-limited reads and writes of
+//!   self-checking [`record`]s, picked by [`access`], with a verification
+//!   sweep spread over each period.
+//! - [`wrapped`]: any command, its throughput read by [`tool_output`].
+//!
 //! The host side needs only [`protocol::parse_line`]; it can depend on this
 //! crate with `default-features = false` to leave out the command-line parser.
 

@@ -49,6 +49,7 @@ enum Command {
     Diskload {
         #[command(flatten)]
         out: Output,
+        /// Block device (or file) to use; the range is overwritten.
         #[arg(long, default_value = "/dev/vdb")]
         device: PathBuf,
         /// First byte of the range (a multiple of 512).
@@ -92,13 +93,14 @@ struct LoadArgs {
     #[arg(long, default_value = "uniform")]
     skew: Skew,
     /// Writes per second (one page or block each); 0 runs as fast as possible.
+    /// Reads come on top, as --read-pct says; with --read-pct 100 this paces the reads.
     #[arg(long, default_value_t = 1000)]
     write_rate: u64,
     /// Percent of operations that are reads (which verify what they read).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     read_pct: u8,
-    /// Zero-filled share of each payload: 0 is all random (incompressible),
-    /// 1 all zeros.
+    /// Share of each page's or block's payload that is random, incompressible
+    /// bytes; the rest is zeros. 0 compresses to nothing, 1 not at all.
     #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
     compressibility: f64,
     /// Seconds per full verification pass (fractions allowed); 0 turns it off.
@@ -120,7 +122,7 @@ impl LoadArgs {
             skew: self.skew,
             write_rate: self.write_rate,
             read_pct: self.read_pct,
-            compressibility: self.compressibility,
+            random_fraction: self.compressibility,
             verify_every,
             seed: self.seed,
         }
@@ -145,7 +147,7 @@ fn memload(out: &mut EventWriter<File>, size: u64, load: &LoadArgs) -> Result<In
         anyhow::bail!("--size {size} must be a positive multiple of {page}");
     }
     let config = load.config("memload");
-    let store = MemStore::new(size / page, config.seed, config.compressibility);
+    let store = MemStore::new(size / page, config.seed, config.random_fraction);
     Ok(Workload::new(store, config).run(out)?)
 }
 
@@ -156,7 +158,7 @@ fn diskload(
     load: &LoadArgs,
 ) -> Result<Infallible> {
     let config = load.config("diskload");
-    let (store, mode) = DiskStore::open(device, range, config.seed, config.compressibility)
+    let (store, mode) = DiskStore::open(device, range, config.seed, config.random_fraction)
         .with_context(|| format!("cannot use {} for the disk workload", device.display()))?;
     if mode == IoMode::Buffered {
         out.info(format!(

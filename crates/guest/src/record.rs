@@ -7,7 +7,7 @@
 //!      8     8  index of the record (page or block number), little-endian
 //!     16     8  version: how often the record has been rewritten, little-endian
 //!     24     8  xxh3-64 of the payload, little-endian
-//!     32     …  payload: random bytes, then zeros
+//!     32     …  payload: random bytes (the random fraction), then zeros
 //! ```
 //!
 //! The payload is a pure function of (seed, index, version), so a reader knows
@@ -75,16 +75,16 @@ impl fmt::Display for Corruption {
 
 impl RecordFormat {
     /// `size` bytes per record (more than the header, a multiple of 8);
-    /// `compressibility` in [0, 1] is the zero-filled share of the payload:
-    /// 0 gives incompressible random payload, 1 an all-zero payload.
-    pub fn new(size: usize, seed: u64, compressibility: f64) -> Self {
+    /// `random_fraction` in [0, 1] is the share of the payload that is random
+    /// (incompressible); the rest is zeros. 0 gives an all-zero payload.
+    pub fn new(size: usize, seed: u64, random_fraction: f64) -> Self {
         assert!(
             size > HEADER_LEN && size.is_multiple_of(8),
             "bad record size {size}"
         );
-        assert!((0.0..=1.0).contains(&compressibility));
+        assert!((0.0..=1.0).contains(&random_fraction));
         let payload_len = size - HEADER_LEN;
-        let random_len = (payload_len as f64 * (1.0 - compressibility)) as usize / 8 * 8;
+        let random_len = (payload_len as f64 * random_fraction) as usize / 8 * 8;
         RecordFormat {
             size,
             seed,
@@ -186,25 +186,25 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic_and_version_dependent() {
-        let format = RecordFormat::new(4096, 1, 0.0);
+        let format = RecordFormat::new(4096, 1, 1.0);
         assert_eq!(filled(&format, 7, 3), filled(&format, 7, 3));
         assert_ne!(filled(&format, 7, 3)[32..], filled(&format, 7, 4)[32..]);
-        let other_seed = RecordFormat::new(4096, 2, 0.0);
+        let other_seed = RecordFormat::new(4096, 2, 1.0);
         assert_ne!(filled(&format, 7, 3)[32..], filled(&other_seed, 7, 3)[32..]);
     }
 
     #[test]
-    fn compressibility_sets_the_zero_share() {
-        let zeros = |c: f64| {
-            let format = RecordFormat::new(4096, 1, c);
+    fn random_fraction_sets_the_random_share() {
+        let zeros = |random_fraction: f64| {
+            let format = RecordFormat::new(4096, 1, random_fraction);
             filled(&format, 0, 0)[HEADER_LEN..]
                 .iter()
                 .filter(|&&b| b == 0)
                 .count()
         };
         let payload = 4096 - HEADER_LEN;
-        assert!(zeros(0.0) < 64, "random bytes are rarely zero");
-        assert_eq!(zeros(1.0), payload);
+        assert!(zeros(1.0) < 64, "random bytes are rarely zero");
+        assert_eq!(zeros(0.0), payload);
         let half = zeros(0.5);
         assert!(half >= payload / 2 && half < payload / 2 + 64, "{half}");
     }

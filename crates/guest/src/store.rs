@@ -37,14 +37,14 @@ pub struct MemStore {
 
 impl MemStore {
     /// An arena of `pages` zero pages; nothing is touched until written.
-    pub fn new(pages: u64, seed: u64, compressibility: f64) -> Self {
+    pub fn new(pages: u64, seed: u64, random_fraction: f64) -> Self {
         let len = usize::try_from(pages)
             .ok()
             .and_then(|p| p.checked_mul(PAGE_SIZE))
             .expect("arena size fits the address space");
         MemStore {
             arena: AlignedBuf::zeroed(len),
-            format: RecordFormat::new(PAGE_SIZE, seed, compressibility),
+            format: RecordFormat::new(PAGE_SIZE, seed, random_fraction),
         }
     }
 

@@ -34,8 +34,8 @@ pub struct WorkloadConfig {
     pub write_rate: u64,
     /// Share of operations (percent) that are reads.
     pub read_pct: u8,
-    /// Zero-filled share of each record's payload, in [0, 1].
-    pub compressibility: f64,
+    /// Share of each record's payload that is random, in [0, 1]; the rest is zeros.
+    pub random_fraction: f64,
     /// Period of the full verification sweep; `None` disables it.
     pub verify_every: Option<Duration>,
     pub seed: u64,
@@ -96,7 +96,7 @@ impl<S: RecordStore> Workload<S> {
         };
         format!(
             "{}: {} {}s of {} bytes, hot {} ({}, {}% of accesses), {rate}, {}% reads, \
-             compressibility {}, verify {verify}, seed {}",
+             random share {}, verify {verify}, seed {}",
             config.name,
             self.store.record_count(),
             self.store.record_kind(),
@@ -105,7 +105,7 @@ impl<S: RecordStore> Workload<S> {
             config.skew,
             config.hot_access_pct,
             config.read_pct,
-            config.compressibility,
+            config.random_fraction,
             config.seed,
         )
     }
@@ -218,16 +218,17 @@ impl<S: RecordStore> Workload<S> {
         out.emit(&GuestEvent::Ready {
             name: self.config.name.to_owned(),
         })?;
-        let config = self.config.clone();
 
         let start = Instant::now();
-        let mut pacer = (config.write_rate > 0).then(|| {
-            let op_rate = self.mix.op_rate_for(config.write_rate as f64);
+        let write_rate = self.config.write_rate;
+        let mut pacer = (write_rate > 0).then(|| {
+            let op_rate = self.mix.op_rate_for(write_rate as f64);
             Pacer::per_second(op_rate, start, CATCH_UP)
         });
         let mut report = Pacer::new(REPORT_INTERVAL, start + REPORT_INTERVAL, 1);
         let mut window_start = start;
-        let mut sweep = config
+        let mut sweep = self
+            .config
             .verify_every
             .map(|period| Sweep::start(period, start, self.corruptions_seen));
         loop {
@@ -277,7 +278,7 @@ mod tests {
             skew: Skew::Zipf(0.99),
             write_rate: 0,
             read_pct,
-            compressibility: 0.5,
+            random_fraction: 0.5,
             verify_every: Some(Duration::from_secs(1)),
             seed: 1,
         }

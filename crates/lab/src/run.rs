@@ -181,7 +181,11 @@ fn run_in(
         scenario: scenario.name.clone(),
         success: error.is_none(),
         error,
-        total_time_ms: outcome.completed_us.map(|c| (c - start) as f64 / 1000.0),
+        // The source may report completion while its last bytes still sit
+        // in the link: the migration is over once the destination runs too.
+        total_time_ms: outcome
+            .completed_us
+            .map(|c| (c.max(outcome.resumed_us.unwrap_or(0)) - start) as f64 / 1000.0),
         downtime_ms: match (outcome.stopped_us, outcome.resumed_us) {
             (Some(stop), Some(resume)) => Some(resume.saturating_sub(stop) as f64 / 1000.0),
             _ => None,

@@ -152,7 +152,7 @@ impl LinkSpec {
 
 /// Phases of a run, all on the source's and destination's wall clock.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timing {
     /// Workload runs this long on the source before migrating; its last
     /// `baseline_window` gives the baseline throughput.

@@ -39,10 +39,15 @@ impl Bottleneck {
 
     /// Queues a chunk of `bytes` (at most the queue size) read at `now`.
     pub(crate) fn admit(&mut self, bytes: usize, now: Instant) -> Admission {
-        debug_assert!(bytes <= self.config.queue_bytes, "chunks never exceed the queue");
+        debug_assert!(
+            bytes <= self.config.queue_bytes,
+            "chunks never exceed the queue"
+        );
         // The chunk fits once the backlog ahead of it is down to the room
         // the queue has besides it.
-        let room_besides = self.config.serialization_time(self.config.queue_bytes - bytes);
+        let room_besides = self
+            .config
+            .serialization_time(self.config.queue_bytes - bytes);
         let fits_at = self.busy_until.checked_sub(room_besides).unwrap_or(now);
         self.busy_until = self.busy_until.max(now) + self.config.serialization_time(bytes);
         Admission {
@@ -74,14 +79,20 @@ mod tests {
     fn idle_line_serializes_at_once_and_back_to_back_chunks_queue() {
         let start = Instant::now();
         let mut line = Bottleneck::new(&link_8_mbit(10_000), start);
-        let at_once = |done| Admission { enters_at: start, serialized_at: start + us(done) };
+        let at_once = |done| Admission {
+            enters_at: start,
+            serialized_at: start + us(done),
+        };
         assert_eq!(line.admit(1_000, start), at_once(1_000));
         assert_eq!(line.admit(500, start), at_once(1_500));
         // After the line went idle, a chunk starts when it arrives.
         let later = start + us(5_000);
         assert_eq!(
             line.admit(100, later),
-            Admission { enters_at: later, serialized_at: later + us(100) }
+            Admission {
+                enters_at: later,
+                serialized_at: later + us(100)
+            }
         );
     }
 
@@ -95,7 +106,10 @@ mod tests {
         // Room for a fourth once the first has left the line.
         assert_eq!(
             line.admit(1_000, start),
-            Admission { enters_at: start + us(1_000), serialized_at: start + us(4_000) }
+            Admission {
+                enters_at: start + us(1_000),
+                serialized_at: start + us(4_000)
+            }
         );
         // A fifth, read at the same time, waits behind the fourth.
         assert_eq!(line.admit(1_000, start).enters_at, start + us(2_000));
@@ -112,7 +126,10 @@ mod tests {
             assert!(admission.enters_at >= now);
             // In the queue: everything ahead of the chunk, and the chunk.
             let occupancy_us = (admission.serialized_at - admission.enters_at).as_micros();
-            assert!(occupancy_us <= queue_bytes as u128, "{occupancy_us} bytes queued");
+            assert!(
+                occupancy_us <= queue_bytes as u128,
+                "{occupancy_us} bytes queued"
+            );
             // A reader reads again after its chunk entered, sometimes later.
             now = admission.enters_at + us(step % 7 * 100);
         }

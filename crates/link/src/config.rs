@@ -101,7 +101,11 @@ impl LinkConfig {
         if self.rtt > MAX_RTT {
             return invalid(
                 "rtt",
-                format!("must be at most {}, got {}", format_duration(MAX_RTT), format_duration(self.rtt)),
+                format!(
+                    "must be at most {}, got {}",
+                    format_duration(MAX_RTT),
+                    format_duration(self.rtt)
+                ),
             );
         }
         if !(MIN_QUEUE_BYTES..=MAX_QUEUE_BYTES).contains(&self.queue_bytes) {
@@ -223,19 +227,67 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let cases: [(&str, LinkConfig); 7] = [
-            ("bandwidth", LinkConfig { bandwidth_bits_per_s: 0, ..LinkConfig::default() }),
-            ("bandwidth", LinkConfig { bandwidth_bits_per_s: u64::MAX, ..LinkConfig::default() }),
-            ("rtt", LinkConfig { rtt: Duration::from_secs(3600), ..LinkConfig::default() }),
-            ("queue", LinkConfig { queue_bytes: 10, ..LinkConfig::default() }),
-            ("jitter", LinkConfig { jitter: Duration::from_millis(30), ..LinkConfig::default() }),
-            ("stall_probability", LinkConfig { stall_probability: f64::NAN, ..LinkConfig::default() }),
-            ("stall_time", LinkConfig { stall_time: Duration::from_secs(600), ..LinkConfig::default() }),
+            (
+                "bandwidth",
+                LinkConfig {
+                    bandwidth_bits_per_s: 0,
+                    ..LinkConfig::default()
+                },
+            ),
+            (
+                "bandwidth",
+                LinkConfig {
+                    bandwidth_bits_per_s: u64::MAX,
+                    ..LinkConfig::default()
+                },
+            ),
+            (
+                "rtt",
+                LinkConfig {
+                    rtt: Duration::from_secs(3600),
+                    ..LinkConfig::default()
+                },
+            ),
+            (
+                "queue",
+                LinkConfig {
+                    queue_bytes: 10,
+                    ..LinkConfig::default()
+                },
+            ),
+            (
+                "jitter",
+                LinkConfig {
+                    jitter: Duration::from_millis(30),
+                    ..LinkConfig::default()
+                },
+            ),
+            (
+                "stall_probability",
+                LinkConfig {
+                    stall_probability: f64::NAN,
+                    ..LinkConfig::default()
+                },
+            ),
+            (
+                "stall_time",
+                LinkConfig {
+                    stall_time: Duration::from_secs(600),
+                    ..LinkConfig::default()
+                },
+            ),
         ];
         for (field, config) in cases {
             let message = config.validate().unwrap_err().to_string();
-            assert!(message.starts_with(&format!("invalid link config: {field}: ")), "{message}");
+            assert!(
+                message.starts_with(&format!("invalid link config: {field}: ")),
+                "{message}"
+            );
         }
-        let zero = LinkConfig { bandwidth_bits_per_s: 0, ..LinkConfig::default() };
+        let zero = LinkConfig {
+            bandwidth_bits_per_s: 0,
+            ..LinkConfig::default()
+        };
         assert_eq!(
             zero.validate().unwrap_err().to_string(),
             "invalid link config: bandwidth: must be between 8kbit/s and 100Gbit/s, got 0bit/s"
@@ -245,7 +297,12 @@ mod tests {
     #[test]
     fn chunks_are_about_a_millisecond_and_fit_the_queue() {
         let at = |bits, queue_bytes| {
-            LinkConfig { bandwidth_bits_per_s: bits, queue_bytes, ..LinkConfig::default() }.chunk_bytes()
+            LinkConfig {
+                bandwidth_bits_per_s: bits,
+                queue_bytes,
+                ..LinkConfig::default()
+            }
+            .chunk_bytes()
         };
         assert_eq!(at(100_000_000, 1 << 20), 12_500);
         assert_eq!(at(1_000_000, 1 << 20), SEGMENT_BYTES);

@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 
 use crate::link::Shared;
 use crate::pipe::{Delivery, Payload, Pipe};
+use crate::priority;
 use crate::propagation::Propagation;
 
 /// A target that does not answer within this is reported and the client
@@ -69,12 +70,15 @@ impl Connection {
     }
 }
 
-/// Relays one accepted client connection to `target` until both directions
-/// have finished or the connection is aborted.
-pub(crate) fn serve(link: &Shared, client: TcpStream, target: SocketAddr) {
-    let accepted_at = Instant::now();
+/// Relays a client connection accepted at `accepted_at` to `target` until
+/// both directions have finished or the connection is aborted.
+pub(crate) fn serve(link: &Shared, client: TcpStream, accepted_at: Instant, target: SocketAddr) {
+    priority::run_relay_thread_ahead();
     // The client's SYN crosses the link before the target sees a connection.
-    if !link.cut.sleep_until(accepted_at + link.config.one_way_delay()) {
+    if !link
+        .cut
+        .sleep_until(accepted_at + link.config.one_way_delay())
+    {
         return;
     }
     let target = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
@@ -115,6 +119,7 @@ pub(crate) fn serve(link: &Shared, client: TcpStream, target: SocketAddr) {
 
 /// Reader: moves the sender's bytes into the link, from `start_at` on.
 fn carry(link: &Shared, connection: &Connection, direction: Direction, start_at: Instant) {
+    priority::run_relay_thread_ahead();
     let pipe = connection.pipe(direction);
     if !pipe.sleep_until(start_at) {
         return;
@@ -134,7 +139,9 @@ fn carry(link: &Shared, connection: &Connection, direction: Direction, start_at:
                 Payload::Abort
             }
         };
-        let admission = link.bottleneck(direction).admit(payload.len(), Instant::now());
+        let admission = link
+            .bottleneck(direction)
+            .admit(payload.len(), Instant::now());
         let at = propagation.arrival(admission.serialized_at, payload.len());
         let last = !matches!(payload, Payload::Data(_));
         pipe.push(Delivery { at, payload });
@@ -148,6 +155,7 @@ fn carry(link: &Shared, connection: &Connection, direction: Direction, start_at:
 
 /// Writer: hands each chunk to the receiver at its arrival time.
 fn deliver(link: &Shared, connection: &Connection, direction: Direction) {
+    priority::run_relay_thread_ahead();
     let pipe = connection.pipe(direction);
     let mut destination = connection.destination(direction);
     while let Some(delivery) = pipe.next_due() {

@@ -9,7 +9,10 @@ pub enum LinkError {
     /// A setting outside what the emulator can honour; `field` is the name
     /// used in the TOML form (see the crate docs).
     #[error("invalid link config: {field}: {problem}")]
-    InvalidConfig { field: &'static str, problem: String },
+    InvalidConfig {
+        field: &'static str,
+        problem: String,
+    },
     #[error("cannot read {input:?} as a {what}: {hint}")]
     Parse {
         what: &'static str,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::de::{self, Unexpected, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::units::{format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size};
+use crate::units::{
+    format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size,
+};
 use crate::{LinkConfig, LinkError};
 
 #[derive(Serialize, Deserialize)]
@@ -31,7 +33,9 @@ impl TryFrom<HumanLinkConfig> for LinkConfig {
 
     fn try_from(human: HumanLinkConfig) -> Result<Self, LinkError> {
         let default = LinkConfig::default();
-        let bandwidth_bits_per_s = human.bandwidth.map_or(default.bandwidth_bits_per_s, |rate| rate.0);
+        let bandwidth_bits_per_s = human
+            .bandwidth
+            .map_or(default.bandwidth_bits_per_s, |rate| rate.0);
         let rtt = human.rtt.map_or(default.rtt, |rtt| rtt.0);
         let config = LinkConfig {
             bandwidth_bits_per_s,
@@ -141,7 +145,10 @@ impl<'de, T> Visitor<'de> for QuantityVisitor<T> {
     }
 
     fn visit_u64<E: de::Error>(self, number: u64) -> Result<T, E> {
-        match self.from_integer.and_then(|from_integer| from_integer(number)) {
+        match self
+            .from_integer
+            .and_then(|from_integer| from_integer(number))
+        {
             Some(value) => Ok(value),
             None => Err(E::invalid_type(Unexpected::Unsigned(number), &self)),
         }
@@ -166,7 +173,8 @@ mod tests {
 
     #[test]
     fn toml_with_units_and_derived_queue() {
-        let scenario: Scenario = toml::from_str("[link]\nbandwidth = \"1Gbit\"\nrtt = \"200ms\"\n").unwrap();
+        let scenario: Scenario =
+            toml::from_str("[link]\nbandwidth = \"1Gbit\"\nrtt = \"200ms\"\n").unwrap();
         let link = scenario.link;
         assert_eq!(link.bandwidth_bits_per_s, 1_000_000_000);
         assert_eq!(link.rtt, Duration::from_millis(200));
@@ -214,13 +222,24 @@ mod tests {
 
     #[test]
     fn bad_input_gets_one_clear_message() {
-        let zero = toml::from_str::<LinkConfig>("bandwidth = \"0Mbit\"").unwrap_err().to_string();
-        assert!(zero.contains("invalid link config: bandwidth: must be between"), "{zero}");
-        let typo = toml::from_str::<LinkConfig>("bandwith = \"10Mbit\"").unwrap_err().to_string();
+        let zero = toml::from_str::<LinkConfig>("bandwidth = \"0Mbit\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            zero.contains("invalid link config: bandwidth: must be between"),
+            "{zero}"
+        );
+        let typo = toml::from_str::<LinkConfig>("bandwith = \"10Mbit\"")
+            .unwrap_err()
+            .to_string();
         assert!(typo.contains("unknown field `bandwith`"), "{typo}");
-        let unit = toml::from_str::<LinkConfig>("rtt = 50").unwrap_err().to_string();
+        let unit = toml::from_str::<LinkConfig>("rtt = 50")
+            .unwrap_err()
+            .to_string();
         assert!(unit.contains("a duration with a unit"), "{unit}");
-        let rate = toml::from_str::<LinkConfig>("bandwidth = \"fast\"").unwrap_err().to_string();
+        let rate = toml::from_str::<LinkConfig>("bandwidth = \"fast\"")
+            .unwrap_err()
+            .to_string();
         assert!(rate.contains("cannot read \"fast\" as a rate"), "{rate}");
     }
 }

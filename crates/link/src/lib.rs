@@ -78,6 +78,7 @@ mod error;
 mod human;
 mod link;
 mod pipe;
+mod priority;
 mod propagation;
 mod sync;
 mod units;
@@ -85,4 +86,6 @@ mod units;
 pub use config::LinkConfig;
 pub use error::LinkError;
 pub use link::{Link, LinkSample, LinkStats};
-pub use units::{format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size};
+pub use units::{
+    format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size,
+};

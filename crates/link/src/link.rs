@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use crate::bottleneck::Bottleneck;
 use crate::connection::{self, Connection, Direction};
+use crate::priority;
 use crate::sync::{lock, Signal};
 use crate::{LinkConfig, LinkError};
 
@@ -120,16 +121,26 @@ impl Link {
     }
 
     /// Like [`Link::forward`], listening on `listen`.
-    pub fn forward_from(&self, listen: SocketAddr, target: SocketAddr) -> Result<SocketAddr, LinkError> {
+    pub fn forward_from(
+        &self,
+        listen: SocketAddr,
+        target: SocketAddr,
+    ) -> Result<SocketAddr, LinkError> {
         let mut listeners = lock(&self.listeners);
         if self.shared.cut.is_raised() {
             return Err(LinkError::Cut);
         }
         let listener = TcpListener::bind(listen).map_err(|source| match source.kind() {
             ErrorKind::AddrInUse => LinkError::PortInUse { addr: listen },
-            _ => LinkError::Listen { addr: listen, source },
+            _ => LinkError::Listen {
+                addr: listen,
+                source,
+            },
         })?;
-        let address = listener.local_addr().map_err(|source| LinkError::Listen { addr: listen, source })?;
+        let address = listener.local_addr().map_err(|source| LinkError::Listen {
+            addr: listen,
+            source,
+        })?;
         let shared = Arc::clone(&self.shared);
         let accept_loop = thread::Builder::new()
             .name(format!("link-accept-{}", address.port()))
@@ -158,7 +169,10 @@ impl Link {
             self.shared.cut.raise();
             listeners.drain(..).collect()
         };
-        for connection in lock(&self.shared.live).drain().map(|(_, connection)| connection) {
+        for connection in lock(&self.shared.live)
+            .drain()
+            .map(|(_, connection)| connection)
+        {
             connection.abort();
         }
         for (address, accept_loop) in listeners {
@@ -216,16 +230,22 @@ impl Shared {
 
     fn stats(&self) -> LinkStats {
         LinkStats {
-            bytes_forward: self.delivered_bytes[Direction::Forward as usize].load(Ordering::Relaxed),
-            bytes_backward: self.delivered_bytes[Direction::Backward as usize].load(Ordering::Relaxed),
+            bytes_forward: self.delivered_bytes[Direction::Forward as usize]
+                .load(Ordering::Relaxed),
+            bytes_backward: self.delivered_bytes[Direction::Backward as usize]
+                .load(Ordering::Relaxed),
             connections: self.connections_accepted.load(Ordering::Relaxed),
         }
     }
 }
 
 fn accept_until_cut(shared: &Arc<Shared>, listener: &TcpListener, target: SocketAddr) {
+    // Connections start their handshake timing when accepted.
+    priority::run_relay_thread_ahead();
     loop {
         let accepted = listener.accept();
+        // Timing starts here, not when the connection's thread gets to run.
+        let accepted_at = Instant::now();
         if shared.cut.is_raised() {
             return;
         }
@@ -245,7 +265,7 @@ fn accept_until_cut(shared: &Arc<Shared>, listener: &TcpListener, target: Socket
         let connection_state = Arc::clone(shared);
         let spawned = thread::Builder::new()
             .name("link-connection".into())
-            .spawn(move || connection::serve(&connection_state, client, target));
+            .spawn(move || connection::serve(&connection_state, client, accepted_at, target));
         match spawned {
             Ok(worker) => {
                 let mut workers = lock(&shared.workers);
@@ -260,8 +280,12 @@ fn accept_until_cut(shared: &Arc<Shared>, listener: &TcpListener, target: Socket
 /// Unblocks an accept loop waiting in accept() so that it sees the cut.
 fn wake_accept(listening: SocketAddr) {
     let reachable = match listening.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, listening.port())),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, listening.port())),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, listening.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, listening.port()))
+        }
         _ => listening,
     };
     if let Err(err) = TcpStream::connect_timeout(&reachable, Duration::from_secs(1)) {
@@ -275,7 +299,8 @@ fn sample_until_stopped(shared: &Shared) {
     let mut deadline = shared.created_at;
     loop {
         let stats = shared.stats();
-        let elapsed_ms = u64::try_from(deadline.duration_since(shared.created_at).as_millis()).unwrap_or(u64::MAX);
+        let elapsed_ms = u64::try_from(deadline.duration_since(shared.created_at).as_millis())
+            .unwrap_or(u64::MAX);
         lock(&shared.timeline).push(LinkSample {
             elapsed_ms,
             bytes_forward: stats.bytes_forward,

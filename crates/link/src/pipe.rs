@@ -123,10 +123,16 @@ impl Pipe {
     }
 
     fn wait<'a>(&self, state: MutexGuard<'a, PipeState>) -> MutexGuard<'a, PipeState> {
-        self.changed.wait(state).unwrap_or_else(PoisonError::into_inner)
+        self.changed
+            .wait(state)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn wait_timeout<'a>(&self, state: MutexGuard<'a, PipeState>, until: Instant) -> MutexGuard<'a, PipeState> {
+    fn wait_timeout<'a>(
+        &self,
+        state: MutexGuard<'a, PipeState>,
+        until: Instant,
+    ) -> MutexGuard<'a, PipeState> {
         let timeout = until.saturating_duration_since(Instant::now());
         self.changed
             .wait_timeout(state, timeout)
@@ -143,7 +149,10 @@ mod tests {
     use std::time::Duration;
 
     fn data(at: Instant, bytes: usize) -> Delivery {
-        Delivery { at, payload: Payload::Data(vec![0; bytes]) }
+        Delivery {
+            at,
+            payload: Payload::Data(vec![0; bytes]),
+        }
     }
 
     #[test]
@@ -171,7 +180,10 @@ mod tests {
         assert!(pipe.wait_for_room(200), "200 bytes fit next to 800");
         assert!(pipe.wait_for_room(500));
         let room_at = Instant::now();
-        assert!(room_at >= took_at.join().unwrap(), "room only after the receiver took its bytes");
+        assert!(
+            room_at >= took_at.join().unwrap(),
+            "room only after the receiver took its bytes"
+        );
     }
 
     #[test]

@@ -39,7 +39,11 @@ impl Propagation {
         if self.jitter_nanos > 0 {
             let offset = self.rng.gen_range(-self.jitter_nanos..=self.jitter_nanos);
             let magnitude = Duration::from_nanos(offset.unsigned_abs());
-            arrival = if offset < 0 { arrival - magnitude } else { arrival + magnitude };
+            arrival = if offset < 0 {
+                arrival - magnitude
+            } else {
+                arrival + magnitude
+            };
         }
         if self.segment_loss > 0.0 {
             let segments = bytes.div_ceil(SEGMENT_BYTES).max(1);
@@ -73,7 +77,10 @@ mod tests {
     #[test]
     fn jitter_stays_within_bounds_and_keeps_order() {
         let jitter = Duration::from_millis(5);
-        let mut path = propagation(LinkConfig { jitter, ..LinkConfig::default() });
+        let mut path = propagation(LinkConfig {
+            jitter,
+            ..LinkConfig::default()
+        });
         let start = Instant::now();
         let one_way = Duration::from_millis(25);
         let mut previous = start;
@@ -86,19 +93,31 @@ mod tests {
             delays.push(arrival - sent);
             previous = arrival;
         }
-        let spread = delays.iter().max().unwrap().saturating_sub(*delays.iter().min().unwrap());
+        let spread = delays
+            .iter()
+            .max()
+            .unwrap()
+            .saturating_sub(*delays.iter().min().unwrap());
         assert!(spread > Duration::from_millis(5), "delays vary: {spread:?}");
     }
 
     #[test]
     fn loss_stalls_the_chunk_and_what_follows() {
         let stall_time = Duration::from_millis(200);
-        let always = LinkConfig { stall_probability: 1.0, stall_time, ..LinkConfig::default() };
+        let always = LinkConfig {
+            stall_probability: 1.0,
+            stall_time,
+            ..LinkConfig::default()
+        };
         let mut path = propagation(always);
         let sent = Instant::now();
         assert_eq!(path.arrival(sent, 10), sent + Duration::from_millis(225));
 
-        let rare = LinkConfig { stall_probability: 0.01, stall_time, ..LinkConfig::default() };
+        let rare = LinkConfig {
+            stall_probability: 0.01,
+            stall_time,
+            ..LinkConfig::default()
+        };
         let mut path = propagation(rare);
         let stalled = (0..10_000)
             .filter(|i| {
@@ -106,7 +125,10 @@ mod tests {
                 path.arrival(sent, SEGMENT_BYTES) > sent + Duration::from_millis(25)
             })
             .count();
-        assert!((50..=150).contains(&stalled), "about 1% of segments: {stalled}");
+        assert!(
+            (50..=150).contains(&stalled),
+            "about 1% of segments: {stalled}"
+        );
         // A 10-segment chunk is stalled with probability 1 - 0.99^10 ≈ 9.6%.
         let stalled = (0..10_000)
             .filter(|i| {
@@ -114,6 +136,9 @@ mod tests {
                 path.arrival(sent, 10 * SEGMENT_BYTES) > sent + Duration::from_millis(25)
             })
             .count();
-        assert!((800..=1_100).contains(&stalled), "about 9.6% of chunks: {stalled}");
+        assert!(
+            (800..=1_100).contains(&stalled),
+            "about 9.6% of chunks: {stalled}"
+        );
     }
 }

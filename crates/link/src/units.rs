@@ -9,7 +9,8 @@ use crate::LinkError;
 const RATE_UNITS: &str = "use bits (bit, kbit, Mbit, Gbit, or b/kb/Mb/Gb, optionally with /s or ps) \
                           or bytes (B, kB, MB, GB, KiB, MiB, GiB, optionally with /s), e.g. \"100Mbit\" or \"12.5MB/s\"";
 const DURATION_UNITS: &str = "use ns, us, ms, s, min or h, e.g. \"50ms\"";
-const SIZE_UNITS: &str = "use B, kB, MB, GB, KiB, MiB or GiB, e.g. \"640KiB\", or a plain number of bytes";
+const SIZE_UNITS: &str =
+    "use B, kB, MB, GB, KiB, MiB or GiB, e.g. \"640KiB\", or a plain number of bytes";
 
 /// Bits per second from text such as "100Mbit", "100Mbit/s", "1Gbit",
 /// "100Mbps" or "12.5MB/s".
@@ -33,7 +34,10 @@ pub fn parse_rate(text: &str) -> Result<u64, LinkError> {
         binary_prefix(prefix).map(|bytes| bytes * 8)
     } else if let Some(prefix) = per_unit.strip_suffix('B') {
         decimal_prefix(prefix).map(|bytes| bytes * 8)
-    } else if let Some(prefix) = per_unit.strip_suffix("bit").or_else(|| per_unit.strip_suffix('b')) {
+    } else if let Some(prefix) = per_unit
+        .strip_suffix("bit")
+        .or_else(|| per_unit.strip_suffix('b'))
+    {
         decimal_prefix(prefix)
     } else {
         None
@@ -93,7 +97,12 @@ pub fn parse_size(text: &str) -> Result<usize, LinkError> {
 pub fn format_rate(bits_per_s: u64) -> String {
     format_scaled(
         bits_per_s,
-        &[(1_000_000_000, "Gbit"), (1_000_000, "Mbit"), (1_000, "kbit"), (1, "bit")],
+        &[
+            (1_000_000_000, "Gbit"),
+            (1_000_000, "Mbit"),
+            (1_000, "kbit"),
+            (1, "bit"),
+        ],
     )
 }
 
@@ -102,7 +111,12 @@ pub fn format_duration(duration: Duration) -> String {
     let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
     format_scaled(
         nanos,
-        &[(1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us"), (1, "ns")],
+        &[
+            (1_000_000_000, "s"),
+            (1_000_000, "ms"),
+            (1_000, "us"),
+            (1, "ns"),
+        ],
     )
 }
 
@@ -110,7 +124,10 @@ pub fn format_duration(duration: Duration) -> String {
 /// so that [`parse_size`] reads the text back exactly.
 pub fn format_size(bytes: usize) -> String {
     let units = [(1usize << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-    match units.iter().find(|(size, _)| bytes >= *size && bytes % size == 0) {
+    match units
+        .iter()
+        .find(|(size, _)| bytes >= *size && bytes.is_multiple_of(*size))
+    {
         Some((size, unit)) => format!("{}{unit}", bytes / size),
         None => format!("{bytes}B"),
     }
@@ -232,7 +249,10 @@ mod tests {
         for (text, duration) in cases {
             assert_eq!(parse_duration(text).unwrap(), duration, "{text}");
         }
-        assert!(parse_duration("50").is_err(), "a bare non-zero number is ambiguous");
+        assert!(
+            parse_duration("50").is_err(),
+            "a bare non-zero number is ambiguous"
+        );
         assert!(parse_duration("50 fortnights").is_err());
     }
 
@@ -242,17 +262,31 @@ mod tests {
         assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
         assert_eq!(parse_size("65536").unwrap(), 65_536);
         assert_eq!(parse_size("1.5KiB").unwrap(), 1_536);
-        assert!(parse_size("64k").is_err(), "ambiguous between 1000 and 1024");
+        assert!(
+            parse_size("64k").is_err(),
+            "ambiguous between 1000 and 1024"
+        );
     }
 
     #[test]
     fn formatting_reads_back_exactly() {
-        for bits in [1, 999, 8_000, 12_345_678, 100_000_000, 2_500_000_000, 40_000_000_001] {
+        for bits in [
+            1,
+            999,
+            8_000,
+            12_345_678,
+            100_000_000,
+            2_500_000_000,
+            40_000_000_001,
+        ] {
             assert_eq!(parse_rate(&format_rate(bits)).unwrap(), bits);
         }
         for nanos in [0, 1, 1_500, 50_000_000, 1_234_567_891, 3_600_000_000_000] {
             let duration = Duration::from_nanos(nanos);
-            assert_eq!(parse_duration(&format_duration(duration)).unwrap(), duration);
+            assert_eq!(
+                parse_duration(&format_duration(duration)).unwrap(),
+                duration
+            );
         }
         for bytes in [0, 1_500, 655_360, 1 << 20, 625_000] {
             assert_eq!(parse_size(&format_size(bytes)).unwrap(), bytes);

@@ -14,7 +14,14 @@ use mllm_link::{Link, LinkConfig, LinkError};
 #[test]
 fn connections_to_several_targets_share_one_bandwidth() {
     let bits_per_s = 40_000_000;
-    let link = link(bits_per_s, 10);
+    // Whoever comes first fills an empty queue: keep that head start small.
+    let link = Link::new(LinkConfig {
+        bandwidth_bits_per_s: bits_per_s,
+        rtt: Duration::from_millis(10),
+        queue_bytes: 64 << 10,
+        ..LinkConfig::default()
+    })
+    .unwrap();
     let bytes = 3_000_000; // 1.2 s for both together
     let transfers: Vec<_> = (0..2)
         .map(|_| {
@@ -35,12 +42,18 @@ fn connections_to_several_targets_share_one_bandwidth() {
     let first_reads: usize = received.iter().map(|r| r.arrivals[0].1).sum();
     let total = (2 * bytes - first_reads) as f64 * 8.0 / (finished - started).as_secs_f64();
     println!("two connections together: {:.3} Mbit/s of 40", total / 1e6);
-    assert!((total / bits_per_s as f64 - 1.0).abs() < 0.05, "{total} bit/s");
+    assert!(
+        (total / bits_per_s as f64 - 1.0).abs() < 0.05,
+        "{total} bit/s"
+    );
     // Fair sharing: when one transfer is done, the other is nearly done too.
     let first_done = received.iter().map(|r| r.last_at()).min().unwrap();
     for one in &received {
         let progress = one.bytes_at(first_done) as f64 / bytes as f64;
-        println!("one connection: {:.1}% received when the first finished", progress * 100.0);
+        println!(
+            "one connection: {:.1}% received when the first finished",
+            progress * 100.0
+        );
         assert!(progress >= 0.9, "fair share: {progress}");
     }
     assert_eq!(link.stats().connections, 2);
@@ -52,7 +65,9 @@ fn pattern(seed: u64, bytes: usize) -> Vec<u8> {
     let mut state = seed;
     (0..bytes)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (state >> 56) as u8
         })
         .collect()
@@ -79,7 +94,10 @@ fn streams_arrive_whole_in_order_and_half_close_propagates() {
         // Read everything first: the client's half-close must arrive.
         let mut received = Vec::new();
         stream.read_to_end(&mut received).unwrap();
-        assert!(received == expected, "target received the client's stream intact");
+        assert!(
+            received == expected,
+            "target received the client's stream intact"
+        );
         stream.write_all(&reply).unwrap();
         stream.shutdown(Shutdown::Write).unwrap();
     });
@@ -88,7 +106,10 @@ fn streams_arrive_whole_in_order_and_half_close_propagates() {
     client.shutdown(Shutdown::Write).unwrap();
     let mut received = Vec::new();
     client.read_to_end(&mut received).unwrap();
-    assert!(received == from_target, "client received the target's stream intact");
+    assert!(
+        received == from_target,
+        "client received the target's stream intact"
+    );
     let stats = link.stats();
     assert_eq!(stats.bytes_forward, from_client.len() as u64);
     assert_eq!(stats.bytes_backward, from_target.len() as u64);
@@ -109,14 +130,19 @@ fn cut_closes_every_connection_and_refuses_new_ones() {
     let cut_at = Instant::now();
     link.cut();
     for client in &mut clients {
-        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         match client.read(&mut [0; 16]) {
             Ok(0) => {}
             Err(err) if err.kind() == ErrorKind::ConnectionReset => {}
             other => panic!("expected the connection closed, got {other:?}"),
         }
     }
-    assert!(cut_at.elapsed() < Duration::from_millis(500), "closed at once");
+    assert!(
+        cut_at.elapsed() < Duration::from_millis(500),
+        "closed at once"
+    );
     let refused = TcpStream::connect(through).unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::ConnectionRefused);
     assert!(matches!(link.forward(echo), Err(LinkError::Cut)));
@@ -127,7 +153,10 @@ fn timeline_samples_cumulative_bytes_every_100_ms() {
     let link = link(8_000_000, 10);
     let (sink, received) = sink();
     let bytes = 300_000; // 0.3 s
-    send_bulk(link.forward(sink).unwrap(), bytes).join().unwrap().unwrap();
+    send_bulk(link.forward(sink).unwrap(), bytes)
+        .join()
+        .unwrap()
+        .unwrap();
     received.join().unwrap();
     thread::sleep(Duration::from_millis(150));
     let timeline = link.timeline();
@@ -136,11 +165,16 @@ fn timeline_samples_cumulative_bytes_every_100_ms() {
         assert_eq!(sample.elapsed_ms, i as u64 * 100);
         assert_eq!(sample.bytes_backward, 0);
     }
-    assert!(timeline.windows(2).all(|pair| pair[0].bytes_forward <= pair[1].bytes_forward));
+    assert!(timeline
+        .windows(2)
+        .all(|pair| pair[0].bytes_forward <= pair[1].bytes_forward));
     assert_eq!(timeline[0].bytes_forward, 0);
     assert_eq!(timeline.last().unwrap().bytes_forward, bytes as u64);
     // At 1 MB/s a full 100 ms interval carries about 100 kB.
-    let steps: Vec<u64> = timeline.windows(2).map(|pair| pair[1].bytes_forward - pair[0].bytes_forward).collect();
+    let steps: Vec<u64> = timeline
+        .windows(2)
+        .map(|pair| pair[1].bytes_forward - pair[0].bytes_forward)
+        .collect();
     assert!(steps.iter().all(|&step| step <= 110_000), "{steps:?}");
     assert!(steps.iter().any(|&step| step >= 90_000), "{steps:?}");
 }
@@ -157,7 +191,10 @@ fn jitter_spreads_round_trips_around_the_rtt() {
     let times = ping(link.forward(echo_server()).unwrap(), 30);
     let (fastest, slowest) = (millis(times[0]), millis(times[times.len() - 1]));
     println!("rtt 20 ms ±5 ms each way: {fastest:.2} to {slowest:.2} ms");
-    assert!(fastest >= 10.0 && slowest <= 32.0, "within rtt ± 2 × jitter");
+    assert!(
+        fastest >= 10.0 && slowest <= 32.0,
+        "within rtt ± 2 × jitter"
+    );
     assert!(slowest - fastest >= 4.0, "round trips vary");
 }
 
@@ -172,7 +209,10 @@ fn a_stall_holds_the_connection_for_the_stall_time() {
     .unwrap();
     let rtt = millis(median(&ping(link.forward(echo_server()).unwrap(), 5)));
     println!("every segment stalled 30 ms on a 20 ms link: rtt {rtt:.2} ms");
-    assert!((80.0..=83.0).contains(&rtt), "20 ms + 2 × 30 ms stall: {rtt:.2} ms");
+    assert!(
+        (80.0..=83.0).contains(&rtt),
+        "20 ms + 2 × 30 ms stall: {rtt:.2} ms"
+    );
 }
 
 #[test]
@@ -183,7 +223,9 @@ fn refused_target_closes_the_client() {
     };
     let link = link(100_000_000, 10);
     let mut client = connect(link.forward(closed_port).unwrap());
-    client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let mut buffer = [0; 8];
     assert!(matches!(client.read(&mut buffer), Ok(0) | Err(_)));
     assert_eq!(link.stats().connections, 1);
@@ -193,7 +235,9 @@ fn refused_target_closes_the_client() {
 fn listen_port_in_use_is_reported() {
     let link = link(100_000_000, 10);
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let error = link.forward_from(busy.local_addr().unwrap(), echo_server()).unwrap_err();
+    let error = link
+        .forward_from(busy.local_addr().unwrap(), echo_server())
+        .unwrap_err();
     assert!(error.to_string().contains("the port is in use"), "{error}");
 }
 
@@ -207,5 +251,9 @@ fn link_is_shareable_and_shuts_down_promptly() {
     thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     link.shutdown();
-    assert!(started.elapsed() < Duration::from_millis(200), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "took {:?}",
+        started.elapsed()
+    );
 }

@@ -110,7 +110,8 @@ impl SwitchRule {
 pub enum Step {
     /// Pre-copy these pages, in order.
     Pass(Vec<u32>),
-    Switch(SwitchPlan),
+    /// Stop the guest; [`switch_plan`] then says what moves when.
+    Switch,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,12 +161,10 @@ pub fn plan(input: &PlanInput) -> MigrationPlan {
 
 /// After a pass: re-estimate the workingset with what the estimator has seen
 /// since, then another pass over the pending pages outside it, or the switch.
-/// `pending_pages` are the pages the destination lacks or holds stale;
-/// `pending_blocks` likewise for used blocks.
+/// `pending_pages` are the pages the destination lacks or holds stale.
 pub fn next_step(
     input: &PlanInput,
     pending_pages: &PageSet,
-    pending_blocks: Option<&PageSet>,
     passes_done: u32,
     last_pass_bytes: u64,
 ) -> Step {
@@ -175,14 +174,14 @@ pub fn next_step(
     let next_pass_bytes = outside.count() * u64::from(input.layout.page_size);
     let rule = SwitchRule::new(input.layout, &input.link, &input.config);
     if rule.should_switch(passes_done, last_pass_bytes, next_pass_bytes) {
-        Step::Switch(switch_plan(input, pending_pages, pending_blocks))
+        Step::Switch
     } else {
         Step::Pass(precopy_order(input, &outside, &PageSet::new(outside.universe())))
     }
 }
 
-/// Pending pages hottest first, split at the downtime budget; pending blocks
-/// after them.
+/// At the switch: pending pages hottest first, split at the downtime budget;
+/// pending blocks (used blocks the destination lacks) after them.
 pub fn switch_plan(
     input: &PlanInput,
     pending_pages: &PageSet,

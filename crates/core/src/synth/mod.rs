@@ -286,11 +286,10 @@ mod tests {
 
     #[test]
     fn scan_advances_through_the_ring() {
-        let spec = WorkloadSpec::Scan { ring: 0.1, speed: 0.25, background: 0.0 };
+        let spec = WorkloadSpec::Scan { ring: 0.125, speed: 0.25, background: 0.0 };
         let workload = Workload::new(spec, N, 2);
         let first = workload.accesses(0);
-        let ring_len = (0.1 * f64::from(N)).round() as usize;
-        assert_eq!(first.len(), ring_len / 4);
+        assert_eq!(first.len(), N as usize / 8 / 4);
         assert_eq!(workload.accesses(4), first, "period is four intervals");
         assert!(workload.accesses(1).iter().all(|item| !first.contains(item)));
     }

@@ -112,7 +112,9 @@ impl Received {
     /// Bytes received by `instant`.
     pub fn bytes_at(&self, instant: Instant) -> usize {
         let arrived = self.arrivals.partition_point(|&(at, _)| at <= instant);
-        arrived.checked_sub(1).map_or(0, |last| self.arrivals[last].1)
+        arrived
+            .checked_sub(1)
+            .map_or(0, |last| self.arrivals[last].1)
     }
 
     /// Rate from the first tenth of the stream to its end, as the receiver
@@ -120,7 +122,11 @@ impl Received {
     /// busy machine (which makes the first reads burst) out of the figure.
     pub fn bits_per_s(&self) -> f64 {
         let tenth = self.bytes() / 10;
-        let (from_at, from_bytes) = *self.arrivals.iter().find(|(_, bytes)| *bytes >= tenth).unwrap();
+        let (from_at, from_bytes) = *self
+            .arrivals
+            .iter()
+            .find(|(_, bytes)| *bytes >= tenth)
+            .unwrap();
         let bytes = (self.bytes() - from_bytes) as f64;
         bytes * 8.0 / (self.last_at() - from_at).as_secs_f64()
     }
@@ -133,7 +139,9 @@ pub fn sink() -> (SocketAddr, JoinHandle<Received>) {
     let receiver = thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
         let mut buffer = vec![0; 256 << 10];
-        let mut received = Received { arrivals: Vec::new() };
+        let mut received = Received {
+            arrivals: Vec::new(),
+        };
         let mut bytes = 0;
         // A reset ends the stream too: tests compare byte counts.
         while let Ok(read @ 1..) = stream.read(&mut buffer) {

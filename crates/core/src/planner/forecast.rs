@@ -1,0 +1,135 @@
+//! What a plan is expected to cost, before it runs.
+//!
+//! The model: every pre-copied page that has a write rate `λ` (from its score
+//! `p`, `λ = -ln(1 - p)` per interval) is dirtied during a pass of `T` seconds
+//! with probability `1 - exp(-λ T / interval)` and then sent again in the next
+//! pass; passes repeat until the [`SwitchRule`] stops them. At the switch the
+//! dirty pages and the workingset are pending: the hottest fill the downtime
+//! budget, the rest are pushed after the switch, then the remaining used
+//! blocks. A pushed item faults if the guest touches it before it arrives.
+//! The link is busy from start to end, so the total time is all bytes at link
+//! speed plus one round trip: half for the last byte to arrive, half for the
+//! destination's confirmation that releases the source.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{PlanInput, SwitchRule};
+use crate::pageset::PageSet;
+use crate::workingset::Estimator;
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forecast {
+    pub total_s: f64,
+    pub downtime_s: f64,
+    /// From the start to the switch.
+    pub precopy_s: f64,
+    pub link_bytes: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub passes: u32,
+    /// Expected post-copy faults: pages written and blocks read before they
+    /// arrive.
+    pub postcopy_faults: f64,
+}
+
+pub(super) struct Transfers<'a> {
+    pub disk_first: &'a [u32],
+    pub precopy: &'a [u32],
+    pub deferred: &'a [u32],
+    pub disk_after_switch: &'a [u32],
+}
+
+pub(super) fn forecast(input: &PlanInput, rule: &SwitchRule, plan: &Transfers) -> Forecast {
+    let link = &input.link;
+    let page = input.layout.page_size as f64;
+    let block = input.layout.disk.as_ref().map_or(0.0, |d| d.block_size as f64);
+    let interval = input.config.interval_s;
+    let write_rates = rates(input.memory_writes);
+
+    let precopied = PageSet::from_items(input.layout.memory_pages, plan.precopy);
+    let cold_rates: Vec<f64> = write_rates
+        .iter()
+        .filter(|(page, _)| precopied.contains(**page))
+        .map(|(_, &rate)| rate)
+        .collect();
+    let mut passes = 1;
+    let mut pass_pages = plan.precopy.len() as f64;
+    let mut precopy_pages = pass_pages;
+    let dirty_after_last_pass = loop {
+        let pass_intervals = pass_pages * page / link.bandwidth_bytes_per_s / interval;
+        let dirty: f64 = cold_rates.iter().map(|rate| 1.0 - (-rate * pass_intervals).exp()).sum();
+        if rule.should_switch(passes, (pass_pages * page) as u64, (dirty * page) as u64) {
+            break dirty;
+        }
+        passes += 1;
+        pass_pages = dirty;
+        precopy_pages += dirty;
+    };
+
+    let pending_pages = dirty_after_last_pass + plan.deferred.len() as f64;
+    let downtime_pages = pending_pages.min((rule.downtime_budget_bytes as f64 / page).floor());
+    let postcopy_pages = pending_pages - downtime_pages;
+    let device_state = input.layout.device_state_bytes as f64;
+
+    // Pushing starts as the paused guest's last bytes leave; each item arrives
+    // one transfer after its predecessor.
+    let seconds_per_page = page / link.bandwidth_bytes_per_s;
+    let skip = downtime_pages as usize;
+    let mut faults: f64 = plan
+        .deferred
+        .iter()
+        .enumerate()
+        .skip(skip)
+        .map(|(position, item)| {
+            let arrival = (position - skip + 1) as f64 * seconds_per_page;
+            fault_probability(write_rates.get(item), arrival / interval)
+        })
+        .sum();
+    if let Some(reads) = input.disk_reads {
+        let read_rates = rates(reads);
+        let memory_push = postcopy_pages * seconds_per_page;
+        let seconds_per_block = block / link.bandwidth_bytes_per_s;
+        faults += plan
+            .disk_after_switch
+            .iter()
+            .enumerate()
+            .map(|(position, item)| {
+                let arrival = memory_push + (position + 1) as f64 * seconds_per_block;
+                fault_probability(read_rates.get(item), arrival / interval)
+            })
+            .sum::<f64>();
+    }
+
+    let memory_bytes = (precopy_pages + pending_pages) * page;
+    let disk_bytes = (plan.disk_first.len() + plan.disk_after_switch.len()) as f64 * block;
+    let link_bytes = memory_bytes + disk_bytes + device_state;
+    let precopy_s = (plan.disk_first.len() as f64 * block + precopy_pages * page)
+        / link.bandwidth_bytes_per_s;
+    Forecast {
+        total_s: link_bytes / link.bandwidth_bytes_per_s + link.rtt_s,
+        downtime_s: (downtime_pages * page + device_state) / link.bandwidth_bytes_per_s
+            + link.rtt_s / 2.0,
+        precopy_s,
+        link_bytes: link_bytes.round() as u64,
+        memory_bytes: memory_bytes.round() as u64,
+        disk_bytes: disk_bytes.round() as u64,
+        passes,
+        postcopy_faults: faults,
+    }
+}
+
+/// Access rate per interval of every scored item, from its per-interval
+/// access probability.
+fn rates(estimator: &dyn Estimator) -> HashMap<u32, f64> {
+    estimator
+        .scored()
+        .into_iter()
+        .map(|(item, p)| (item, -(1.0 - p.min(1.0 - 1e-9)).ln()))
+        .collect()
+}
+
+fn fault_probability(rate: Option<&f64>, intervals: f64) -> f64 {
+    rate.map_or(0.0, |rate| 1.0 - (-rate * intervals).exp())
+}

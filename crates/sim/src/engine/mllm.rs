@@ -1,0 +1,102 @@
+//! MLLM: the planner's decisions, with estimators that keep learning from the
+//! tracker while the migration runs.
+
+use mllm_core::planner::{self, Forecast, PlanInput, PlannerConfig, Step};
+use mllm_core::workingset::Estimator;
+
+use super::queue::{SendQueue, Space};
+use super::strategy::{Strategy, Switch, TransferState};
+use crate::source::GuestInterval;
+
+pub struct Mllm {
+    config: PlannerConfig,
+    memory_writes: Box<dyn Estimator>,
+    disk_reads: Option<Box<dyn Estimator>>,
+    rounds: u64,
+    last_pass_bytes: u64,
+    forecast: Option<Forecast>,
+}
+
+impl Mllm {
+    pub fn new(
+        config: PlannerConfig,
+        memory_writes: Box<dyn Estimator>,
+        disk_reads: Option<Box<dyn Estimator>>,
+    ) -> Self {
+        Mllm { config, memory_writes, disk_reads, rounds: 0, last_pass_bytes: 0, forecast: None }
+    }
+
+    fn input<'a>(&'a self, state: &'a TransferState) -> PlanInput<'a> {
+        PlanInput {
+            layout: &state.layout,
+            link: state.link,
+            config: self.config,
+            memory_writes: self.memory_writes.as_ref(),
+            disk_reads: self.disk_reads.as_deref(),
+        }
+    }
+}
+
+impl Strategy for Mllm {
+    fn copies_unused_blocks(&self) -> bool {
+        false
+    }
+
+    fn observe(&mut self, interval: &GuestInterval) {
+        self.memory_writes.observe(&interval.memory_writes);
+        if let Some(reads) = &mut self.disk_reads {
+            reads.observe(&interval.disk_reads);
+        }
+    }
+
+    fn next_pass(&mut self, state: &TransferState) -> Option<SendQueue> {
+        let page = u64::from(state.layout.page_size);
+        if self.rounds == 0 {
+            let plan = planner::plan(&self.input(state));
+            self.forecast = Some(plan.forecast);
+            self.rounds = 1;
+            self.last_pass_bytes = plan.memory_precopy.len() as u64 * page;
+            return Some(
+                SendQueue::new()
+                    .then(Space::Disk, plan.disk_first)
+                    .then(Space::Memory, plan.memory_precopy),
+            );
+        }
+        let step = planner::next_step(
+            &self.input(state),
+            &state.pending_pages(),
+            self.rounds as u32,
+            self.last_pass_bytes,
+        );
+        match step {
+            Step::Pass(pages) => {
+                self.rounds += 1;
+                self.last_pass_bytes = pages.len() as u64 * page;
+                Some(SendQueue::new().then(Space::Memory, pages))
+            }
+            Step::Switch => None,
+        }
+    }
+
+    fn switch(&mut self, state: &TransferState) -> Switch {
+        let plan = planner::switch_plan(
+            &self.input(state),
+            &state.pending_pages(),
+            state.pending_blocks().as_ref(),
+        );
+        Switch {
+            downtime: SendQueue::new().then(Space::Memory, plan.downtime_pages),
+            postcopy: SendQueue::new()
+                .then(Space::Memory, plan.postcopy_pages)
+                .then(Space::Disk, plan.postcopy_blocks),
+        }
+    }
+
+    fn rounds(&self) -> u64 {
+        self.rounds
+    }
+
+    fn forecast(&self) -> Option<Forecast> {
+        self.forecast
+    }
+}

@@ -1,0 +1,111 @@
+//! What the guest does, interval by interval, during a simulated migration:
+//! from a synthetic workload or from recorded traces.
+
+use mllm_core::synth::{DiskWorkload, DiskWorkloadSpec, MemoryWorkload, WorkloadSpec};
+use mllm_core::trace::{BlockInterval, MemoryTrace, MemoryTraceHeader};
+use mllm_core::vm::DiskLayout;
+
+/// One interval of guest activity.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GuestInterval {
+    pub duration_s: f64,
+    /// Pages written, increasing.
+    pub memory_writes: Vec<u32>,
+    /// Blocks read, increasing.
+    pub disk_reads: Vec<u32>,
+    /// Blocks written, increasing.
+    pub disk_writes: Vec<u32>,
+}
+
+pub trait IntervalSource: Send + Sync {
+    /// Interval `index` of the guest's activity; sources are endless.
+    fn interval(&self, index: u64) -> GuestInterval;
+}
+
+/// Seeded synthetic memory and disk workloads.
+pub struct SyntheticSource {
+    memory: MemoryWorkload,
+    disk: Option<DiskWorkload>,
+    interval_s: f64,
+}
+
+impl SyntheticSource {
+    pub fn new(
+        memory: WorkloadSpec,
+        header: MemoryTraceHeader,
+        disk: Option<(&DiskWorkloadSpec, &DiskLayout)>,
+        interval_s: f64,
+        seed: u64,
+    ) -> Self {
+        let interval_us = (interval_s * 1e6).round() as u64;
+        SyntheticSource {
+            memory: MemoryWorkload::new(memory, header, interval_us, seed),
+            disk: disk.map(|(spec, layout)| DiskWorkload::new(spec, layout, interval_us, seed ^ 0xd15c)),
+            interval_s,
+        }
+    }
+}
+
+impl IntervalSource for SyntheticSource {
+    fn interval(&self, index: u64) -> GuestInterval {
+        let disk = self.disk.as_ref().map(|d| d.interval(index)).unwrap_or_default();
+        GuestInterval {
+            duration_s: self.interval_s,
+            memory_writes: self.memory.interval(index).pages().to_vec(),
+            disk_reads: disk.reads,
+            disk_writes: disk.writes,
+        }
+    }
+}
+
+/// Recorded traces, replayed in a loop when the migration outlasts them (the
+/// guest is assumed to keep doing what it did). A disk trace is folded onto
+/// the memory trace's intervals (the first interval's length).
+pub struct TraceSource {
+    memory: MemoryTrace,
+    disk: Vec<BlockInterval>,
+}
+
+impl TraceSource {
+    pub fn new(memory: MemoryTrace, disk: Vec<BlockInterval>) -> anyhow::Result<Self> {
+        anyhow::ensure!(!memory.intervals.is_empty(), "the memory trace has no interval");
+        anyhow::ensure!(
+            memory.intervals.iter().all(|i| i.duration_us > 0),
+            "the memory trace has an interval of zero length"
+        );
+        Ok(TraceSource { memory, disk })
+    }
+}
+
+impl IntervalSource for TraceSource {
+    fn interval(&self, index: u64) -> GuestInterval {
+        let memory = &self.memory.intervals[(index % self.memory.intervals.len() as u64) as usize];
+        let disk = match self.disk.len() as u64 {
+            0 => BlockInterval::default(),
+            n => self.disk[(index % n) as usize].clone(),
+        };
+        GuestInterval {
+            duration_s: memory.duration_us as f64 / 1e6,
+            memory_writes: memory.pages().to_vec(),
+            disk_reads: disk.reads,
+            disk_writes: disk.writes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mllm_core::trace::WriteInterval;
+
+    #[test]
+    fn trace_source_loops() {
+        let memory = MemoryTrace {
+            header: MemoryTraceHeader { page_size: 4096, page_count: 10 },
+            intervals: vec![WriteInterval::new(500_000, vec![1]), WriteInterval::new(500_000, vec![2])],
+        };
+        let source = TraceSource::new(memory, vec![]).unwrap();
+        assert_eq!(source.interval(3).memory_writes, vec![2]);
+        assert_eq!(source.interval(4).duration_s, 0.5);
+    }
+}
