@@ -1,1 +1,44 @@
-//! placeholder
+//! The mllm agent: moves a VM's guest RAM itself, around an unmodified QEMU
+//! that migrates only its device state.
+//!
+//! Guest RAM lives in a shared-memory file that QEMU maps with `share=on`
+//! and the agent maps too ([`GuestRam`]). The source agent tracks which
+//! pages the guest writes from outside QEMU (`mllm-tracker`, through the
+//! preloaded `mllm-hook`), sends them in pre-copy rounds over one link to the
+//! destination agent, which writes them into the destination's RAM file
+//! before its QEMU runs. At the switch the source VM is stopped, the last
+//! written pages follow, and QEMU migrates its device state with
+//! `x-ignore-shared` through the agents' link. The source lets the VM go only
+//! once the destination reports it running; any failure before that resumes
+//! the source VM with its memory untouched.
+//!
+//! The library is synchronous and thread-based:
+//! - [`migrate_source`] on the source, [`receive_migration`] (or
+//!   [`IncomingMigration`]) on the destination, each given the local
+//!   [`mllm_qemu::QemuProcess`], its RAM file and a connected `TcpStream`;
+//! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
+
+//!
+//! See `crates/agent/README.md` for the protocol sequence and the daemon.
+
+
+mod destination;
+mod device_state;
+mod guest_ram;
+mod peer;
+mod progress;
+mod report;
+mod settings;
+mod source;
+mod vm_setup;
+
+pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
+pub use guest_ram::GuestRam;
+pub use progress::{Phase, Progress};
+pub use report::{DestinationReport, RoundReport, SourceReport, SourceTimings, SwitchReason};
+pub use settings::{parse_compression, BoundAction, PrecopySettings};
+pub use source::migrate_source;
+pub use vm_setup::{
+    find_hook_library, hook_socket_of, make_migratable, ram_file_of, HOOK_LIBRARY_ENV,
+    HOOK_SOCKET_ENV,
+};

@@ -5,7 +5,7 @@
 //! it, so the one that write-protects QEMU's guest RAM must be created inside
 //! QEMU. This library does exactly that on request and nothing else: when
 //! `MLLM_HOOK_SOCKET` names a unix socket path, one thread listens there and
-//! serves requests described in [`protocol`]. When the variable is unset the
+//! serves requests described in `protocol.rs`. When the variable is unset the
 //! library does nothing at all.
 
 mod protocol;
@@ -29,8 +29,8 @@ extern "C" fn start_on_load() {
     };
     // Children QEMU spawns (helper scripts) inherit LD_PRELOAD; without the
     // variable they stay idle instead of stealing the socket path. Changing
-    // the environment is sound here: the loader runs constructors before any
-    // thread exists.
+    // the environment is sound here: the loader runs a preloaded library's
+    // constructors before the program can start any thread.
     std::env::remove_var(SOCKET_ENV);
     if let Err(error) = spawn_server(socket) {
         eprintln!("mllm-hook: cannot start the hook thread: {error}");

@@ -6,6 +6,7 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
@@ -18,10 +19,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
-    // A socket file left by an earlier QEMU at this path would make bind fail.
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
-        _ => {}
+    // A socket left by an earlier QEMU at this path would make bind fail.
+    // Anything else there is not ours to delete: bind reports it.
+    if let Ok(existing) = std::fs::symlink_metadata(path) {
+        if existing.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        }
     }
     UnixListener::bind(path)
 }

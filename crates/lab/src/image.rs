@@ -145,6 +145,9 @@ impl ImageBuilder {
                 .arg("--target-dir")
                 .arg(&target_dir)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            // Debug info would quintuple the initramfs.
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "true")
                 .current_dir(&self.workspace),
         )
         .context("building the guest programs (mllm-guest) as a static binary")?;

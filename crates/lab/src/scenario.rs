@@ -199,7 +199,7 @@ impl Scenario {
     fn validate(&self) -> Result<()> {
         let memory = self.vm.memory.as_u64();
         ensure!(
-            (64 << 20..=64 << 30).contains(&memory) && memory % (1 << 20) == 0,
+            (64 << 20..=64 << 30).contains(&memory) && memory.is_multiple_of(1 << 20),
             "vm.memory = {} is impossible: use whole MiB between 64 MiB and 64 GiB",
             self.vm.memory
         );
@@ -210,7 +210,7 @@ impl Scenario {
         );
         if let Some(disk) = &self.vm.disk {
             ensure!(
-                disk.size.as_u64() >= 1 << 20 && disk.size.as_u64() % 4096 == 0,
+                disk.size.as_u64() >= 1 << 20 && disk.size.as_u64().is_multiple_of(4096),
                 "vm.disk.size = {} must be at least 1 MiB and a multiple of 4 KiB",
                 disk.size
             );

@@ -81,8 +81,8 @@ pub(crate) fn serve(link: &Shared, client: TcpStream, accepted_at: Instant, targ
     {
         return;
     }
-    let target = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
-        Ok(target) => target,
+    let target_stream = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
+        Ok(stream) => stream,
         Err(err) => {
             warn!("link: cannot connect to {target}: {err}; closing the client connection");
             return;
@@ -90,7 +90,7 @@ pub(crate) fn serve(link: &Shared, client: TcpStream, accepted_at: Instant, targ
     };
     // The relay already sends each chunk as one write at its arrival time:
     // Nagle's algorithm would only add delay to small chunks.
-    for stream in [&client, &target] {
+    for stream in [&client, &target_stream] {
         if let Err(err) = stream.set_nodelay(true) {
             debug!("link: cannot set TCP_NODELAY: {err}");
         }
@@ -98,7 +98,7 @@ pub(crate) fn serve(link: &Shared, client: TcpStream, accepted_at: Instant, targ
     let window_bytes = link.config.window_bytes();
     let connection = Arc::new(Connection {
         client,
-        target,
+        target: target_stream,
         pipes: [Pipe::new(window_bytes), Pipe::new(window_bytes)],
     });
     let Some(id) = link.register(&connection) else {

@@ -51,6 +51,11 @@
 //! writing side reaches the receiver, after the data before it, as a
 //! half-close; a reset or a failed write ends the whole connection.
 //!
+//! The relay's threads ask for a low real-time priority (granted to root)
+//! so that busy CPUs, such as QEMU under TCG filling every core during a
+//! migration, do not add their scheduling delays to the link's; without it
+//! they run as ordinary threads and a warning says so once.
+//!
 //! # TOML (and JSON) form
 //! [`LinkConfig`] deserializes from quantities written with units, and
 //! validates while doing so. Every field is optional; unknown fields are

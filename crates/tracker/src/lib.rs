@@ -39,7 +39,8 @@ pub trait WriteTracker: Send {
     /// Replaces the content of `written` with the pages written since the
     /// previous scan (sorted, disjoint, adjacent ranges merged) and restarts
     /// tracking from now. The first scan reports writes since the tracker
-    /// was created.
+    /// was created. After an error, some pages may have been reset without
+    /// being reported: treat all of guest RAM as written.
     fn scan(&mut self, written: &mut Vec<PageRange>) -> anyhow::Result<ScanStats>;
 }
 

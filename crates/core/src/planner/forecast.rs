@@ -51,15 +51,16 @@ pub(super) fn forecast(input: &PlanInput, rule: &SwitchRule, plan: &Transfers) -
     let precopied = PageSet::from_items(input.layout.memory_pages, plan.precopy);
     let cold_rates: Vec<f64> = write_rates
         .iter()
-        .filter(|(page, _)| precopied.contains(**page))
-        .map(|(_, &rate)| rate)
+        .filter(|(page, _)| precopied.contains(*page))
+        .map(|&(_, rate)| rate)
         .collect();
+    let write_rates: HashMap<u32, f64> = write_rates.into_iter().collect();
     let mut passes = 1;
     let mut pass_pages = plan.precopy.len() as f64;
     let mut precopy_pages = pass_pages;
     let dirty_after_last_pass = loop {
         let pass_intervals = pass_pages * page / link.bandwidth_bytes_per_s / interval;
-        let dirty: f64 = cold_rates.iter().map(|rate| 1.0 - (-rate * pass_intervals).exp()).sum();
+        let dirty = cold_rates.iter().fold(0.0, |sum, rate| sum + 1.0 - (-rate * pass_intervals).exp());
         if rule.should_switch(passes, (pass_pages * page) as u64, (dirty * page) as u64) {
             break dirty;
         }
@@ -77,29 +78,18 @@ pub(super) fn forecast(input: &PlanInput, rule: &SwitchRule, plan: &Transfers) -
     // one transfer after its predecessor.
     let seconds_per_page = page / link.bandwidth_bytes_per_s;
     let skip = downtime_pages as usize;
-    let mut faults: f64 = plan
-        .deferred
-        .iter()
-        .enumerate()
-        .skip(skip)
-        .map(|(position, item)| {
-            let arrival = (position - skip + 1) as f64 * seconds_per_page;
-            fault_probability(write_rates.get(item), arrival / interval)
-        })
-        .sum();
+    let mut faults = plan.deferred.iter().enumerate().skip(skip).fold(0.0, |sum, (position, item)| {
+        let arrival = (position - skip + 1) as f64 * seconds_per_page;
+        sum + fault_probability(write_rates.get(item), arrival / interval)
+    });
     if let Some(reads) = input.disk_reads {
-        let read_rates = rates(reads);
+        let read_rates: HashMap<u32, f64> = rates(reads).into_iter().collect();
         let memory_push = postcopy_pages * seconds_per_page;
         let seconds_per_block = block / link.bandwidth_bytes_per_s;
-        faults += plan
-            .disk_after_switch
-            .iter()
-            .enumerate()
-            .map(|(position, item)| {
-                let arrival = memory_push + (position + 1) as f64 * seconds_per_block;
-                fault_probability(read_rates.get(item), arrival / interval)
-            })
-            .sum::<f64>();
+        faults = plan.disk_after_switch.iter().enumerate().fold(faults, |sum, (position, item)| {
+            let arrival = memory_push + (position + 1) as f64 * seconds_per_block;
+            sum + fault_probability(read_rates.get(item), arrival / interval)
+        });
     }
 
     let memory_bytes = (precopy_pages + pending_pages) * page;
@@ -121,8 +111,9 @@ pub(super) fn forecast(input: &PlanInput, rule: &SwitchRule, plan: &Transfers) -
 }
 
 /// Access rate per interval of every scored item, from its per-interval
-/// access probability.
-fn rates(estimator: &dyn Estimator) -> HashMap<u32, f64> {
+/// access probability; in the estimator's (deterministic) order, so sums do
+/// not depend on hashing.
+fn rates(estimator: &dyn Estimator) -> Vec<(u32, f64)> {
     estimator
         .scored()
         .into_iter()

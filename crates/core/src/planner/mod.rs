@@ -72,6 +72,9 @@ pub struct MigrationPlan {
     pub memory_deferred: Vec<u32>,
     /// Used blocks pushed after the switch, in order (read-scored ones first).
     pub disk_after_switch: Vec<u32>,
+    /// The expected pre-copy length, in intervals: the horizon over which a
+    /// page counts as hot for this migration, kept for the later passes.
+    pub horizon: f64,
     pub switch: SwitchRule,
     pub forecast: Forecast,
 }
@@ -130,7 +133,8 @@ pub fn plan(input: &PlanInput) -> MigrationPlan {
     let all_pages = PageSet::full(layout.memory_pages);
     let disk_first = disk_workingset(input);
     let disk_first_bytes = disk_first.len() as u64 * block_size(input);
-    let workingset = memory_workingset(input, &all_pages, disk_first_bytes);
+    let horizon = precopy_horizon(input, &all_pages, disk_first_bytes);
+    let workingset = memory_workingset(input, &all_pages, horizon);
     let memory_precopy = precopy_order(input, &all_pages, &workingset);
     let memory_deferred = hottest_first(input.memory_writes, &workingset);
     let mut disk_pending = layout.disk.as_ref().map(|disk| disk.used.clone());
@@ -154,21 +158,26 @@ pub fn plan(input: &PlanInput) -> MigrationPlan {
         memory_precopy,
         memory_deferred,
         disk_after_switch,
+        horizon,
         switch,
         forecast,
     }
 }
 
 /// After a pass: re-estimate the workingset with what the estimator has seen
-/// since, then another pass over the pending pages outside it, or the switch.
-/// `pending_pages` are the pages the destination lacks or holds stale.
+/// since, over the plan's `horizon`, then another pass over the pending pages
+/// outside it, or the switch. `pending_pages` are the pages the destination
+/// lacks or holds stale. The horizon stays the whole pre-copy's: a page hot at
+/// the migration's time scale stays deferred, rather than being sent again
+/// because the last pass looks short.
 pub fn next_step(
     input: &PlanInput,
     pending_pages: &PageSet,
+    horizon: f64,
     passes_done: u32,
     last_pass_bytes: u64,
 ) -> Step {
-    let workingset = memory_workingset(input, pending_pages, 0);
+    let workingset = memory_workingset(input, pending_pages, horizon);
     let mut outside = pending_pages.clone();
     outside.subtract(&workingset);
     let next_pass_bytes = outside.count() * u64::from(input.layout.page_size);
@@ -198,24 +207,27 @@ pub fn switch_plan(
     }
 }
 
-/// The write workingset among `pending` pages, for a horizon equal to the rest
-/// of the pre-copy: `ahead_bytes` plus the pending pages outside the
-/// workingset, at link speed. The horizon depends on the workingset, so it is
-/// estimated once with every pending page and refined once.
-fn memory_workingset(input: &PlanInput, pending: &PageSet, ahead_bytes: u64) -> PageSet {
+/// The expected pre-copy length in intervals: `ahead_bytes` plus the pending
+/// pages outside the workingset, at link speed. The workingset depends on the
+/// horizon, so it is estimated with every pending page and refined once.
+fn precopy_horizon(input: &PlanInput, pending: &PageSet, ahead_bytes: u64) -> f64 {
     let page = u64::from(input.layout.page_size);
-    let predict = |precopy_pages: u64| {
-        let seconds = input.link.transfer_s(ahead_bytes + precopy_pages * page);
-        let goal = Goal {
-            horizon: seconds / input.config.interval_s,
-            objective: Objective::Migration { deferral_cost: input.config.deferral_cost },
-        };
-        let mut workingset = input.memory_writes.predict(&goal);
-        workingset.intersect_with(pending);
-        workingset
+    let horizon = |precopy_pages: u64| {
+        input.link.transfer_s(ahead_bytes + precopy_pages * page) / input.config.interval_s
     };
-    let first = predict(pending.count());
-    predict(pending.count() - first.count())
+    let first = memory_workingset(input, pending, horizon(pending.count()));
+    horizon(pending.count() - first.count())
+}
+
+/// The write workingset among `pending` pages over `horizon` intervals.
+fn memory_workingset(input: &PlanInput, pending: &PageSet, horizon: f64) -> PageSet {
+    let goal = Goal {
+        horizon,
+        objective: Objective::Migration { deferral_cost: input.config.deferral_cost },
+    };
+    let mut workingset = input.memory_writes.predict(&goal);
+    workingset.intersect_with(pending);
+    workingset
 }
 
 /// Used blocks the guest is expected to read before the background push would

@@ -110,10 +110,10 @@ fn next_step_continues_while_passes_shrink() {
     let memory = Improved::new(PAGES);
     let input = input(&vm, Link::from_mbit(100.0, 50.0), &memory, None);
     let pending = PageSet::from_items(PAGES, &(0..3000).collect::<Vec<_>>());
-    assert_eq!(next_step(&input, &pending, 1, 100 << 20), Step::Pass((0..3000).collect()));
+    assert_eq!(next_step(&input, &pending, 10.0, 1, 100 << 20), Step::Pass((0..3000).collect()));
     let small = PageSet::from_items(PAGES, &[5, 6]);
-    assert_eq!(next_step(&input, &small, 2, 12 << 20), Step::Switch, "two pages fit the budget");
-    assert_eq!(next_step(&input, &pending, 2, 13 << 20), Step::Switch, "not shrinking enough");
+    assert_eq!(next_step(&input, &small, 10.0, 2, 12 << 20), Step::Switch, "two pages fit the budget");
+    assert_eq!(next_step(&input, &pending, 10.0, 2, 13 << 20), Step::Switch, "not shrinking enough");
 }
 
 proptest! {

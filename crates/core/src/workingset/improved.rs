@@ -2,8 +2,9 @@
 //! by recency, and a cut chosen by what the prediction is for.
 //!
 //! Rate. Each item keeps the interval of its last access and a smoothed gap
-//! between its accesses. Until the second access, the silence before the first
-//! one stands in for the gap; the first real gap then replaces it. Its rate is `1 / max(typical gap, current silence)`: an item is
+//! between its accesses. An item accessed only once has no gap yet: it gets
+//! the rate at which such items come back after the same silence, measured
+//! over all of them ([`SecondAccessHazard`], in the spirit of Good–Turing). Its rate is `1 / max(typical gap, current silence)`: an item is
 //! as hot as its usual rhythm, unless it has already been quiet for longer,
 //! which caps the rate (the idea behind LIRS's inter-reference recency). Once
 //! the silence passes `STALE_AFTER` typical gaps, the item is taken to have
@@ -19,14 +20,15 @@
 //! [`Objective::Accuracy`] the cut maximises the expected F1 computed from the
 //! `q` values themselves, so it adapts to how concentrated the accesses are.
 
+use super::hazard::SecondAccessHazard;
 use super::{Estimator, Goal, Objective};
 use crate::pageset::PageSet;
 
 /// Weight of the newest gap in an item's smoothed gap.
 const GAP_SMOOTHING: f32 = 0.3;
-/// Silence, in typical gaps, after which an item is considered gone cold.
-const STALE_AFTER: f64 = 3.0;
-/// Weight of the newest interval in the rate of first-time accesses.
+/// Prior probability that an item accessed before is still in use.
+const ACTIVE_PRIOR: f64 = 0.95;
+/// Weight of the newest interval in the rate of first accesses.
 const NEW_ITEM_SMOOTHING: f64 = 0.2;
 /// Resolution of the expected-F1 search.
 const CUT_BINS: usize = 1000;
@@ -34,8 +36,7 @@ const CUT_BINS: usize = 1000;
 pub struct Improved {
     /// Interval (counted from 1) of each item's last access; 0 = never.
     last: Vec<u32>,
-    /// Smoothed gap between accesses, in intervals; negative while it is only
-    /// the silence before the first access.
+    /// Smoothed gap between accesses, in intervals; 0 until the second access.
     gap: Vec<f32>,
     /// Items ever accessed, so prediction does not scan the whole guest.
     seen: Vec<u32>,
@@ -43,6 +44,7 @@ pub struct Improved {
     /// Smoothed count of items accessed for the first time per interval: the
     /// accesses no workingset can predict.
     new_per_interval: f64,
+    seen_once: SecondAccessHazard,
 }
 
 impl Improved {
@@ -53,28 +55,35 @@ impl Improved {
             seen: Vec::new(),
             now: 0,
             new_per_interval: 0.0,
+            seen_once: SecondAccessHazard::new(),
         }
     }
 
-    /// Expected accesses per interval.
-    pub fn rate(&self, item: u32) -> f64 {
+    /// Probability that `item` is accessed within `horizon` intervals.
+    ///
+    /// An item with a rhythm is either still in use, and then accessed with
+    /// probability `1 - exp(-horizon / gap)`, or gone; the chance it is still
+    /// in use falls with its silence, by how unlikely that silence is under
+    /// geometric gaps of its mean (against a prior that items stay in use).
+    fn access_probability(&self, item: u32, horizon: f64) -> f64 {
         let last = self.last[item as usize];
         if last == 0 {
             return 0.0;
         }
-        let typical = f64::from(self.gap[item as usize].abs());
-        let silence = f64::from(self.now - last + 1);
-        let overdue = silence / typical;
-        let rate = 1.0 / typical.max(silence);
-        if overdue > STALE_AFTER {
-            rate * (STALE_AFTER - overdue).exp()
-        } else {
-            rate
+        let silence = self.now - last + 1;
+        let gap = self.gap[item as usize];
+        if gap == 0.0 {
+            return self.seen_once.return_probability(silence, horizon);
         }
+        let gap = f64::from(gap);
+        let silent_while_active = (-(f64::from(silence) - 1.0) / gap).exp();
+        let weight = ACTIVE_PRIOR * silent_while_active;
+        let active = weight / (weight + 1.0 - ACTIVE_PRIOR);
+        active * (1.0 - (-horizon / gap).exp())
     }
 
-    fn access_probability(&self, item: u32, horizon: f64) -> f64 {
-        1.0 - (-self.rate(item) * horizon).exp()
+    pub(super) fn is_seen(&self, item: u32) -> bool {
+        self.last[item as usize] != 0
     }
 
     /// The workingset restricted to the items `candidates` yields (every seen
@@ -141,25 +150,28 @@ impl Estimator for Improved {
 
     fn observe(&mut self, accessed: &[u32]) {
         self.now += 1;
-        let mut new_items = 0;
+        let mut new_items = 0u32;
         for &item in accessed {
             let (last, gap) = (&mut self.last[item as usize], &mut self.gap[item as usize]);
+            let observed = (self.now - *last) as f32;
             if *last == 0 {
                 self.seen.push(item);
+                self.seen_once.first_access();
                 new_items += 1;
-                *gap = -(self.now as f32);
+            } else if *gap == 0.0 {
+                self.seen_once.second_access(*last);
+                *gap = observed;
             } else {
-                let observed = (self.now - *last) as f32;
-                *gap = if *gap < 0.0 { observed } else { *gap + GAP_SMOOTHING * (observed - *gap) };
+                *gap += GAP_SMOOTHING * (observed - *gap);
             }
             *last = self.now;
         }
-        self.new_per_interval +=
-            NEW_ITEM_SMOOTHING * (f64::from(new_items) - self.new_per_interval);
+        self.seen_once.end_interval(self.now);
+        self.new_per_interval += NEW_ITEM_SMOOTHING * (f64::from(new_items) - self.new_per_interval);
     }
 
     fn score(&self, item: u32) -> f64 {
-        1.0 - (-self.rate(item)).exp()
+        self.access_probability(item, 1.0)
     }
 
     fn scored(&self) -> Vec<(u32, f64)> {

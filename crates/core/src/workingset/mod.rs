@@ -12,6 +12,7 @@
 //! * [`Hierarchical`]: a learned region-level model picks hot 2 MiB regions;
 //!   the improved estimator ranks items inside them only.
 
+mod hazard;
 mod hierarchical;
 mod improved;
 mod lru;

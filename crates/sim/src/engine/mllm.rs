@@ -14,6 +14,8 @@ pub struct Mllm {
     disk_reads: Option<Box<dyn Estimator>>,
     rounds: u64,
     last_pass_bytes: u64,
+    /// The plan's pre-copy horizon, kept for the later passes.
+    horizon: f64,
     forecast: Option<Forecast>,
 }
 
@@ -23,7 +25,15 @@ impl Mllm {
         memory_writes: Box<dyn Estimator>,
         disk_reads: Option<Box<dyn Estimator>>,
     ) -> Self {
-        Mllm { config, memory_writes, disk_reads, rounds: 0, last_pass_bytes: 0, forecast: None }
+        Mllm {
+            config,
+            memory_writes,
+            disk_reads,
+            rounds: 0,
+            last_pass_bytes: 0,
+            horizon: 0.0,
+            forecast: None,
+        }
     }
 
     fn input<'a>(&'a self, state: &'a TransferState) -> PlanInput<'a> {
@@ -54,6 +64,7 @@ impl Strategy for Mllm {
         if self.rounds == 0 {
             let plan = planner::plan(&self.input(state));
             self.forecast = Some(plan.forecast);
+            self.horizon = plan.horizon;
             self.rounds = 1;
             self.last_pass_bytes = plan.memory_precopy.len() as u64 * page;
             return Some(
@@ -65,6 +76,7 @@ impl Strategy for Mllm {
         let step = planner::next_step(
             &self.input(state),
             &state.pending_pages(),
+            self.horizon,
             self.rounds as u32,
             self.last_pass_bytes,
         );

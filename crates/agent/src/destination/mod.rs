@@ -1,0 +1,150 @@
+//! The receiving side: [`receive_migration`], or [`IncomingMigration`] when
+//! the caller must see the request (which VM, how much RAM) before it
+//! starts the destination QEMU.
+
+mod receiver;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use mllm_qemu::qmp::wall_clock_us;
+use mllm_qemu::QemuProcess;
+use mllm_wire::{Message, MigrationAccept, MigrationReject, MigrationRequest, Role, PAGE_SIZE};
+
+use crate::device_state::IncomingDeviceState;
+use crate::guest_ram::GuestRam;
+use crate::peer::{link_failure, PeerLink};
+use crate::report::DestinationReport;
+
+/// Settings of the destination agent.
+#[derive(Debug, Clone)]
+pub struct DestinationSettings {
+    /// Silence from the source for this long means the link is dead.
+    pub link_timeout: Duration,
+}
+
+impl Default for DestinationSettings {
+    fn default() -> Self {
+        DestinationSettings {
+            link_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Receives a migration into `vm`, a QEMU started with `-incoming defer`
+/// and its guest RAM in the shared file `ram_file`, from the source agent
+/// at the other end of `stream`. Returns once the VM runs here.
+///
+/// On failure the destination VM never ran; the caller discards it (kills
+/// the QEMU, removes the RAM file). The source is told why.
+pub fn receive_migration(
+    vm: &QemuProcess,
+    ram_file: &Path,
+    stream: TcpStream,
+    settings: &DestinationSettings,
+) -> Result<DestinationReport> {
+    IncomingMigration::accept(stream, settings)?.receive(vm, ram_file)
+}
+
+/// A migration whose request has arrived but is not yet accepted.
+pub struct IncomingMigration {
+    link: PeerLink,
+    request: MigrationRequest,
+    timeout: Duration,
+    started_us: u64,
+}
+
+impl IncomingMigration {
+    /// Handshake, then the source's request.
+    pub fn accept(stream: TcpStream, settings: &DestinationSettings) -> Result<IncomingMigration> {
+        let started_us = wall_clock_us();
+        let timeout = settings.link_timeout;
+        let mut link = PeerLink::establish(stream, Role::Destination, timeout)?;
+        let request = match link
+            .reader
+            .recv()
+            .map_err(|e| link_failure(e, "source agent", timeout))
+            .context("waiting for the migration request")?
+        {
+            Message::MigrationRequest(request) => request,
+            other => bail!(
+                "the source began with {} instead of a migration request",
+                other.message_type()
+            ),
+        };
+        Ok(IncomingMigration {
+            link,
+            request,
+            timeout,
+            started_us,
+        })
+    }
+
+    pub fn request(&self) -> &MigrationRequest {
+        &self.request
+    }
+
+    /// Refuses the migration, telling the source `reason`.
+    pub fn reject(mut self, reason: &str) -> Result<()> {
+        self.link
+            .writer
+            .send(&Message::MigrationReject(MigrationReject {
+                reason: reason.to_owned(),
+            }))
+            .map_err(|e| link_failure(e, "source agent", self.timeout))
+    }
+
+    /// Checks the request against `vm`, accepts it and receives the VM.
+    pub fn receive(self, vm: &QemuProcess, ram_file: &Path) -> Result<DestinationReport> {
+        let vm_name = self.request.vm_name.clone();
+        let prepared = self.prepare(vm, ram_file);
+        let (ram, device_state) = match prepared {
+            Ok(ready) => ready,
+            Err(error) => {
+                let reason = format!("{error:#}");
+                // The refusal is the error; failing to deliver it adds nothing.
+                let _ = self.reject(&reason);
+                return Err(error.context(format!("refused to receive VM {vm_name}")));
+            }
+        };
+        let IncomingMigration {
+            mut link,
+            timeout,
+            started_us,
+            ..
+        } = self;
+        link.writer
+            .send(&Message::MigrationAccept(MigrationAccept))
+            .map_err(|e| link_failure(e, "source agent", timeout))?;
+        receiver::Receiver::new(vm, ram, device_state, link, timeout, started_us, vm_name.clone())
+            .run()
+            .with_context(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
+    }
+
+    /// Everything that can be checked before a page moves.
+    fn prepare(&self, vm: &QemuProcess, ram_file: &Path) -> Result<(GuestRam, IncomingDeviceState)> {
+        let request = &self.request;
+        if request.policy != "precopy" {
+            bail!("unknown migration policy {:?} (this agent knows precopy)", request.policy);
+        }
+        if request.page_size != PAGE_SIZE as u32 {
+            bail!(
+                "page size differs: the source uses {} bytes, this agent {PAGE_SIZE}",
+                request.page_size
+            );
+        }
+        let ram = GuestRam::open(ram_file)?;
+        if ram.len_bytes() != request.ram_bytes {
+            bail!(
+                "RAM size differs: the source VM has {} MiB, the destination VM {} MiB",
+                request.ram_bytes >> 20,
+                ram.len_bytes() >> 20
+            );
+        }
+        let device_state = IncomingDeviceState::listen(vm)
+            .context("the destination QEMU cannot receive device state")?;
+        Ok((ram, device_state))
+    }
+}

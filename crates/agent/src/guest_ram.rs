@@ -1,0 +1,171 @@
+//! The agent's own view of guest RAM: a shared, writable mapping of the same
+//! shared-memory file QEMU maps with `share=on`, so a byte one side writes is
+//! the byte the other reads.
+//!
+//! QEMU writes this memory concurrently while the guest runs, so the mapping
+//! is only ever accessed through raw-pointer copies: no Rust reference to it
+//! exists while another process may change it.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use mllm_wire::{RamDigest, PAGE_SIZE};
+
+/// Pages per digest range: 1 MiB, so a mismatch points at a small region
+/// while the digest of a 4 GiB guest stays a few thousand entries.
+const DIGEST_PAGES_PER_RANGE: usize = 256;
+
+pub struct GuestRam {
+    path: PathBuf,
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; every access
+// goes through raw-pointer copies whose ranges are bounds-checked, and writes
+// take `&mut self`, so sending or sharing the value between threads adds no
+// hazard beyond the documented concurrent writes of QEMU.
+unsafe impl Send for GuestRam {}
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    /// Maps the whole RAM file `path` shared and read-write.
+    pub fn open(path: &Path) -> Result<GuestRam> {
+        let context = || format!("mapping guest RAM file {}", path.display());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(context)?;
+        let len = usize::try_from(file.metadata().with_context(context)?.len())?;
+        ensure!(
+            len > 0 && len % PAGE_SIZE == 0,
+            "guest RAM file {} is {len} bytes, not a positive multiple of the {PAGE_SIZE}-byte page",
+            path.display()
+        );
+        // SAFETY: a fresh shared mapping of a file we opened read-write; the
+        // kernel picks the address; the result is checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).with_context(context);
+        }
+        Ok(GuestRam {
+            path: path.to_owned(),
+            base: base.cast(),
+            len,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn len_bytes(&self) -> u64 {
+        self.len as u64
+    }
+
+    pub fn pages(&self) -> u64 {
+        (self.len / PAGE_SIZE) as u64
+    }
+
+    fn page_ptr(&self, index: u64) -> *mut u8 {
+        assert!(
+            index < self.pages(),
+            "page {index} outside guest RAM of {} pages",
+            self.pages()
+        );
+        // SAFETY: index < pages, so the offset stays inside the mapping.
+        unsafe { self.base.add(index as usize * PAGE_SIZE) }
+    }
+
+    /// Copies page `index` as it is now; the guest may be changing it, in
+    /// which case the tracker reports the page again.
+    pub fn read_page(&self, index: u64, out: &mut [u8; PAGE_SIZE]) {
+        // SAFETY: page_ptr checked the bounds; `out` is a separate buffer.
+        unsafe { std::ptr::copy_nonoverlapping(self.page_ptr(index), out.as_mut_ptr(), PAGE_SIZE) }
+    }
+
+    pub fn write_page(&mut self, index: u64, data: &[u8; PAGE_SIZE]) {
+        // SAFETY: page_ptr checked the bounds; `data` is a separate buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.page_ptr(index), PAGE_SIZE) }
+    }
+
+    pub fn zero_page(&mut self, index: u64) {
+        // SAFETY: page_ptr checked the bounds.
+        unsafe { std::ptr::write_bytes(self.page_ptr(index), 0, PAGE_SIZE) }
+    }
+
+    /// Digest of every page. Only meaningful while nothing writes the RAM:
+    /// the source VM stopped, the destination VM not yet running.
+    pub fn digest(&self) -> RamDigest {
+        // SAFETY: the mapping is valid for `len` bytes for the life of self.
+        // The caller guarantees no process writes it meanwhile; if one did,
+        // the digest would be wrong, never unsound for this process.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base, self.len) };
+        RamDigest::compute(bytes, DIGEST_PAGES_PER_RANGE)
+    }
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: base and len are the mapping created in `open`.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ram_file(pages: usize) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        file.as_file().set_len((pages * PAGE_SIZE) as u64).unwrap();
+        file
+    }
+
+    #[test]
+    fn two_mappings_of_one_file_see_each_others_writes() {
+        let file = ram_file(4);
+        let mut writer = GuestRam::open(file.path()).unwrap();
+        let reader = GuestRam::open(file.path()).unwrap();
+        assert_eq!(reader.pages(), 4);
+        writer.write_page(2, &[0xab; PAGE_SIZE]);
+        let mut page = [0; PAGE_SIZE];
+        reader.read_page(2, &mut page);
+        assert_eq!(page, [0xab; PAGE_SIZE]);
+        writer.zero_page(2);
+        reader.read_page(2, &mut page);
+        assert_eq!(page, [0; PAGE_SIZE]);
+    }
+
+    #[test]
+    fn digests_differ_exactly_where_a_page_differs() {
+        let (a, b) = (ram_file(600), ram_file(600));
+        let mut left = GuestRam::open(a.path()).unwrap();
+        let right = GuestRam::open(b.path()).unwrap();
+        assert!(left.digest().mismatches(&right.digest()).is_empty());
+        left.write_page(300, &[1; PAGE_SIZE]);
+        let mismatches = left.digest().mismatches(&right.digest());
+        assert_eq!(mismatches.len(), 1);
+        assert_eq!(mismatches[0].first_page, 256);
+    }
+
+    #[test]
+    fn a_file_of_partial_pages_is_refused() {
+        let file = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        file.as_file().set_len(100).unwrap();
+        let err = GuestRam::open(file.path()).err().unwrap();
+        assert!(err.to_string().contains("multiple"), "{err}");
+    }
+}

@@ -1,0 +1,69 @@
+//! The one link between two agents: handshake, then framed messages each way,
+//! with failures worded by what they mean for the migration.
+
+use std::io::{BufReader, ErrorKind};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mllm_wire::{
+    handshake, Capabilities, FrameReader, FrameWriter, Hello, Negotiated, Role, WireError,
+};
+
+pub(crate) struct PeerLink {
+    pub reader: FrameReader<BufReader<TcpStream>>,
+    pub writer: FrameWriter<TcpStream>,
+    pub negotiated: Negotiated,
+    /// Another handle on the socket, to shut it down from any thread and
+    /// so unblock whoever is reading or writing it.
+    pub socket: TcpStream,
+}
+
+impl PeerLink {
+    /// Performs the handshake as `role`. Reads and writes that stall for
+    /// `timeout` fail: the link is then considered dead.
+    pub fn establish(stream: TcpStream, role: Role, timeout: Duration) -> Result<PeerLink> {
+        // Acknowledgements are tiny and the sender measures the link by
+        // them: Nagle's algorithm must not hold them back.
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".into());
+        let mut handshake_stream = stream.try_clone()?;
+        let hello = Hello {
+            role,
+            capabilities: Capabilities::all(),
+        };
+        let negotiated = handshake(&mut handshake_stream, &hello)
+            .map_err(|e| link_failure(e, "peer agent", timeout))
+            .with_context(|| format!("handshake with the agent at {peer}"))?;
+        Ok(PeerLink {
+            reader: FrameReader::new(BufReader::new(stream.try_clone()?)),
+            writer: FrameWriter::new(stream.try_clone()?),
+            negotiated,
+            socket: stream,
+        })
+    }
+}
+
+/// Turns a wire error into the cause an operator needs: cut link, dead
+/// peer, corruption or incompatibility. `peer` names the other side.
+pub(crate) fn link_failure(error: WireError, peer: &str, timeout: Duration) -> anyhow::Error {
+    match error {
+        WireError::Closed => anyhow::anyhow!(
+            "the {peer} closed the link (it exited, was killed, or the link was cut)"
+        ),
+        WireError::Truncated { within } => {
+            anyhow::anyhow!("the link to the {peer} was cut within {within}")
+        }
+        WireError::Io(io) if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            anyhow::anyhow!("the link to the {peer} was silent for {timeout:?}: considered dead")
+        }
+        WireError::Io(io) => anyhow::anyhow!("the link to the {peer} failed: {io}"),
+        // Corruption and incompatibilities: the wire's own wording names them.
+        other => anyhow::Error::new(other),
+    }
+}

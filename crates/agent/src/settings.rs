@@ -1,0 +1,114 @@
+//! What a caller can tune about a migration, with defaults that match QEMU's
+//! own pre-copy where QEMU has an equivalent.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use mllm_wire::{CompressionSetting, MAX_BATCH_PAGES};
+
+/// What to do when pre-copy hits its round or time bound without the
+/// predicted final transfer fitting the downtime target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoundAction {
+    /// Stop the VM and move what is left, exceeding the downtime target.
+    Switch,
+    /// Give up; the source VM keeps running.
+    Abort,
+}
+
+/// Settings of the source agent's pre-copy.
+#[derive(Debug, Clone)]
+pub struct PrecopySettings {
+    /// Switch over once the predicted final transfer fits in this time
+    /// (QEMU's `downtime-limit`, also 300 ms by default).
+    pub downtime_target: Duration,
+    /// How page batches are compressed; falls back to none when the peer
+    /// cannot decode the choice.
+    pub compression: CompressionSetting,
+    /// Pages per batch (at most [`MAX_BATCH_PAGES`]); each batch is
+    /// acknowledged, which is what the link rate is measured from.
+    pub batch_pages: usize,
+    /// Pre-copy rounds after which `on_bound` applies (the final round,
+    /// sent with the VM stopped, is not counted).
+    pub max_rounds: u32,
+    /// Time after which `on_bound` applies; `None` for no bound.
+    pub max_duration: Option<Duration>,
+    pub on_bound: BoundAction,
+    /// Test mode: the destination compares a digest of every page with the
+    /// source's at the switch and refuses to start the VM on a mismatch.
+    pub verify: bool,
+    /// Silence from the peer for this long means the link is dead.
+    pub link_timeout: Duration,
+}
+
+impl Default for PrecopySettings {
+    fn default() -> Self {
+        PrecopySettings {
+            downtime_target: Duration::from_millis(300),
+            compression: CompressionSetting::Zstd { level: 1 },
+            batch_pages: 256,
+            max_rounds: 30,
+            max_duration: None,
+            on_bound: BoundAction::Switch,
+            verify: false,
+            link_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PrecopySettings {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(1..=MAX_BATCH_PAGES).contains(&self.batch_pages) {
+            bail!(
+                "batch_pages is {}, must be within 1..={MAX_BATCH_PAGES}",
+                self.batch_pages
+            );
+        }
+        if self.downtime_target.is_zero() {
+            bail!("the downtime target must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Reads `none`, `lz4`, `zstd` or `zstd:LEVEL`.
+pub fn parse_compression(text: &str) -> Result<CompressionSetting> {
+    match text.split_once(':') {
+        None if text == "none" => Ok(CompressionSetting::None),
+        None if text == "lz4" => Ok(CompressionSetting::Lz4),
+        None if text == "zstd" => Ok(CompressionSetting::Zstd { level: 1 }),
+        Some(("zstd", level)) => Ok(CompressionSetting::Zstd {
+            level: level
+                .parse()
+                .with_context(|| format!("zstd level {level:?} is not a number"))?,
+        }),
+        _ => bail!("unknown compression {text:?}: use none, lz4, zstd or zstd:LEVEL"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_names_parse() {
+        assert_eq!(parse_compression("none").unwrap(), CompressionSetting::None);
+        assert_eq!(parse_compression("lz4").unwrap(), CompressionSetting::Lz4);
+        assert_eq!(
+            parse_compression("zstd:7").unwrap(),
+            CompressionSetting::Zstd { level: 7 }
+        );
+        assert!(parse_compression("gzip").is_err());
+        assert!(parse_compression("zstd:x").is_err());
+    }
+
+    #[test]
+    fn oversized_batches_are_refused() {
+        let settings = PrecopySettings {
+            batch_pages: MAX_BATCH_PAGES + 1,
+            ..PrecopySettings::default()
+        };
+        assert!(settings.validate().is_err());
+        assert!(PrecopySettings::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,299 @@
+//! The sending side: [`migrate_source`].
+
+mod flow;
+mod pipeline;
+mod policy;
+mod precopy;
+mod rate;
+mod reporter;
+mod switchover;
+mod threads;
+
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use mllm_qemu::qmp::wall_clock_us;
+use mllm_qemu::QemuProcess;
+use mllm_tracker::{detect, find_ram_mapping, WriteTracker};
+use mllm_wire::{
+    CompressionSetting, Message, MigrationRequest, Negotiated, Role, TrafficClass, PAGE_SIZE,
+};
+use serde_json::json;
+
+use self::flow::Flow;
+use self::pipeline::Pipeline;
+use self::reporter::Reporter;
+use crate::device_state::ignore_shared_ram;
+use crate::guest_ram::GuestRam;
+use crate::peer::{link_failure, PeerLink};
+use crate::progress::{Phase, Progress};
+use crate::report::{SourceReport, SourceTimings};
+use crate::settings::PrecopySettings;
+use crate::vm_setup::hook_socket_of;
+
+/// Frames queued for the sender thread beyond the one it is writing: enough
+/// to cover compressing the next batch, small next to the link's queue.
+const QUEUED_FRAMES: usize = 4;
+/// How long a cancelled QEMU migration may take to settle before `cont`.
+const CANCEL_SETTLE: Duration = Duration::from_secs(5);
+
+/// Migrates the running VM `vm`, whose guest RAM is the shared file
+/// `ram_file`, to the destination agent at the other end of `stream`, with
+/// pre-copy. `progress` is called at phase changes and about every 100 ms.
+///
+/// On success the destination runs the VM and the source QEMU is left
+/// stopped (its owner quits it). On failure the source VM runs again (or
+/// never stopped) with its memory untouched: the agent only reads it. The
+/// error names the cause and says what became of the source VM.
+///
+/// The QEMU must have been started with shared RAM and the hook preloaded
+/// ([`crate::make_migratable`]).
+pub fn migrate_source(
+    vm: &QemuProcess,
+    ram_file: &Path,
+    stream: TcpStream,
+    settings: &PrecopySettings,
+    progress: &dyn Fn(&Progress),
+) -> Result<SourceReport> {
+    let mut vm_state = VmState::default();
+    match run(vm, ram_file, stream, settings, progress, &mut vm_state) {
+        Ok(report) => Ok(report),
+        Err(error) => {
+            let recovery = recover(vm, &vm_state);
+            Err(error.context(format!(
+                "migration of VM {} failed; {recovery}",
+                vm.config.name
+            )))
+        }
+    }
+}
+
+/// What the migration did to the source VM, so a failure can undo it.
+#[derive(Default)]
+struct VmState {
+    /// The VM was running when the migration began.
+    was_running: bool,
+    /// The migration paused it (or tried to).
+    stopped: bool,
+    /// QEMU's device-state migration was started.
+    qemu_migrating: bool,
+}
+
+/// Everything the pre-copy rounds and the switch-over work with.
+struct SourceContext<'a> {
+    vm: &'a QemuProcess,
+    ram: &'a GuestRam,
+    tracker: Box<dyn WriteTracker>,
+    pipeline: Pipeline<'a>,
+    flow: &'a Flow,
+    settings: &'a PrecopySettings,
+    reporter: Reporter<'a>,
+    vm_state: &'a mut VmState,
+    started: Instant,
+}
+
+impl SourceContext<'_> {
+    /// `pending_bytes`: known to be left beyond the unacknowledged batches.
+    fn report(&mut self, phase: Phase, pending_bytes: f64) {
+        let flow = self.flow.snapshot();
+        self.reporter
+            .report(phase, self.pipeline.round(), flow, pending_bytes as u64);
+    }
+}
+
+fn run(
+    vm: &QemuProcess,
+    ram_file: &Path,
+    stream: TcpStream,
+    settings: &PrecopySettings,
+    progress: &dyn Fn(&Progress),
+    vm_state: &mut VmState,
+) -> Result<SourceReport> {
+    let started = Instant::now();
+    let started_us = wall_clock_us();
+    settings.validate()?;
+    let status = vm.qmp.execute("query-status", json!({}))?;
+    vm_state.was_running = status["running"].as_bool() == Some(true);
+    let ram = GuestRam::open(ram_file)?;
+    let configured = vm.config.memory_mib << 20;
+    ensure!(
+        ram.len_bytes() == configured,
+        "guest RAM file {} holds {} bytes but VM {} has {configured}: wrong file?",
+        ram_file.display(),
+        ram.len_bytes(),
+        vm.config.name
+    );
+    progress(&Progress {
+        phase: Phase::Connecting,
+        round: 0,
+        bytes_sent: 0,
+        bytes_acknowledged: 0,
+        bytes_remaining: ram.len_bytes(),
+        rate_bytes_per_s: None,
+        eta_s: None,
+        elapsed_s: 0.0,
+    });
+    let mut link = PeerLink::establish(stream, Role::Source, settings.link_timeout)?;
+    request_migration(&mut link, vm, &ram, settings.link_timeout)?;
+    let compression = usable_compression(settings.compression, &link.negotiated);
+    ignore_shared_ram(vm)?;
+    let tracker = start_tracking(vm, ram_file)?;
+    let tracking_method = tracker.method().to_string();
+
+    let flow = Flow::default();
+    let PeerLink {
+        reader,
+        writer,
+        socket,
+        ..
+    } = link;
+    let timeout = settings.link_timeout;
+    let (queue, outbox) = sync_channel(QUEUED_FRAMES);
+    let (outcome, sent, received) = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| threads::send_frames(writer, outbox, &flow, &socket, timeout));
+        let receiver = scope.spawn(|| threads::receive_frames(reader, &flow, &socket, timeout));
+        let outcome = (|| -> Result<_> {
+            let mut ctx = SourceContext {
+                vm,
+                ram: &ram,
+                tracker,
+                pipeline: Pipeline::new(queue, &flow, compression, settings.batch_pages)?,
+                flow: &flow,
+                settings,
+                reporter: Reporter::new(progress, started),
+                vm_state,
+                started,
+            };
+            let precopy = precopy::run(&mut ctx)?;
+            let switched = switchover::run(&mut ctx, &precopy.dirty)?;
+            Ok((precopy, switched, ctx.pipeline.into_rounds()))
+        })();
+        if outcome.is_err() {
+            // Unblocks both threads; the closed queue ends the sender too.
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        let sent = sender.join().expect("the sender thread panicked");
+        let received = receiver.join().expect("the receiver thread panicked");
+        (outcome, sent, received)
+    });
+    let (precopy, switched, rounds) = outcome?;
+
+    let pages_sent: u64 = rounds.iter().map(|round| round.pages).sum();
+    Ok(SourceReport {
+        vm_name: vm.config.name.clone(),
+        ram_bytes: ram.len_bytes(),
+        tracking_method,
+        compression: compression.algorithm().to_string(),
+        switch_reason: precopy.reason,
+        pages_sent,
+        // Round 1 sends every page once: every later page is a resend.
+        retransmitted_pages: pages_sent.saturating_sub(ram.pages()),
+        rounds,
+        memory_bytes: sent.class_bytes(TrafficClass::Memory),
+        device_state_bytes: switched.device_state_bytes,
+        link_bytes_sent: sent.total_bytes(),
+        link_bytes_received: received.total_bytes(),
+        rate_bytes_per_s: precopy.rate,
+        verified: settings.verify,
+        timings: SourceTimings {
+            started_us,
+            stopped_us: switched.stopped_us,
+            device_state_sent_us: switched.device_state_sent_us,
+            destination_running_us: switched.destination_running_us,
+        },
+    })
+}
+
+fn request_migration(
+    link: &mut PeerLink,
+    vm: &QemuProcess,
+    ram: &GuestRam,
+    timeout: Duration,
+) -> Result<()> {
+    let failure = |error| link_failure(error, "destination agent", timeout);
+    link.writer
+        .send(&Message::MigrationRequest(MigrationRequest {
+            vm_name: vm.config.name.clone(),
+            ram_bytes: ram.len_bytes(),
+            page_size: PAGE_SIZE as u32,
+            disk_bytes: Vec::new(),
+            policy: "precopy".into(),
+        }))
+        .map_err(failure)
+        .context("sending the migration request")?;
+    match link
+        .reader
+        .recv()
+        .map_err(failure)
+        .context("waiting for the answer to the migration request")?
+    {
+        Message::MigrationAccept(_) => Ok(()),
+        Message::MigrationReject(reject) => {
+            bail!("the destination refused the migration: {}", reject.reason)
+        }
+        other => bail!(
+            "the destination answered the migration request with {}",
+            other.message_type()
+        ),
+    }
+}
+
+/// The configured compression if the destination decodes it, else none.
+fn usable_compression(wanted: CompressionSetting, negotiated: &Negotiated) -> CompressionSetting {
+    if negotiated.supports(wanted.algorithm()) {
+        wanted
+    } else {
+        tracing::warn!(
+            compression = %wanted.algorithm(),
+            "the destination cannot decode this compression; sending pages uncompressed"
+        );
+        CompressionSetting::None
+    }
+}
+
+fn start_tracking(vm: &QemuProcess, ram_file: &Path) -> Result<Box<dyn WriteTracker>> {
+    let pid = vm.pid() as i32;
+    let mapping = find_ram_mapping(pid, ram_file)?;
+    let hook_socket = hook_socket_of(&vm.config);
+    detect(pid, mapping, hook_socket.as_deref()).context("tracking the guest's memory writes")
+}
+
+/// Undoes what the failed migration did to the source VM; says what it did.
+fn recover(vm: &QemuProcess, state: &VmState) -> String {
+    if state.qemu_migrating {
+        let _ = vm.qmp.execute("migrate_cancel", json!({}));
+        wait_for_settled_migration(vm);
+    }
+    if !state.stopped {
+        return "the source VM never stopped".into();
+    }
+    if !state.was_running {
+        return "the source VM stays paused, as it was before".into();
+    }
+    match vm.qmp.execute("cont", json!({})) {
+        Ok(_) => "the source VM was resumed".into(),
+        Err(error) => format!("the source VM could NOT be resumed: {error}"),
+    }
+}
+
+/// A cancelled migration settles asynchronously; `cont` before it has would
+/// be undone by a migration that still completes and pauses the VM.
+fn wait_for_settled_migration(vm: &QemuProcess) {
+    let deadline = Instant::now() + CANCEL_SETTLE;
+    while Instant::now() < deadline {
+        let status = vm
+            .qmp
+            .execute("query-migrate", json!({}))
+            .ok()
+            .and_then(|info| info["status"].as_str().map(str::to_owned));
+        match status.as_deref() {
+            Some("active" | "cancelling" | "setup" | "device") => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            _ => return,
+        }
+    }
+}

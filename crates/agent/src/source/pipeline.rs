@@ -1,0 +1,170 @@
+//! Pages in, batches out: reads pages from guest RAM, packs them into
+//! compressed batches and queues them (and any other message) for the
+//! sender thread, counting what each round sent.
+
+use std::sync::mpsc::SyncSender;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use mllm_wire::{
+    CompressionSetting, Message, PageBatch, PageBatchBuilder, RoundEnd, CHECKSUM_LEN, HEADER_LEN,
+    PAGE_SIZE,
+};
+
+use super::flow::Flow;
+use crate::guest_ram::GuestRam;
+use crate::report::RoundReport;
+
+/// Encoded size of one page entry (varint page index and kind): the batch
+/// size used for flow accounting is estimated, as the encoding is the wire
+/// crate's business; the error is a few bytes per batch.
+const ENTRY_BYTES: u64 = 4;
+/// Encoded batch fields other than entries and payload (compression tag, lengths).
+const BATCH_FIXED_BYTES: u64 = 12;
+
+/// Link bytes a batch takes, framing included (see [`ENTRY_BYTES`]).
+fn estimated_frame_bytes(batch: &PageBatch) -> u64 {
+    (HEADER_LEN + CHECKSUM_LEN) as u64
+        + BATCH_FIXED_BYTES
+        + batch.pages.len() as u64 * ENTRY_BYTES
+        + batch.payload.len() as u64
+}
+
+struct RoundCounter {
+    round: u32,
+    pages: u64,
+    zero_pages: u64,
+    bytes: u64,
+    started: Instant,
+}
+
+pub(crate) struct Pipeline<'a> {
+    queue: SyncSender<Message>,
+    flow: &'a Flow,
+    builder: PageBatchBuilder,
+    page: Box<[u8; PAGE_SIZE]>,
+    current: RoundCounter,
+    rounds: Vec<RoundReport>,
+    /// Over the whole migration: data (non-zero) pages and their share of
+    /// batch bytes, to predict what a dirty page costs.
+    data_pages: u64,
+    data_bytes: u64,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(
+        queue: SyncSender<Message>,
+        flow: &'a Flow,
+        compression: CompressionSetting,
+        batch_pages: usize,
+    ) -> Result<Pipeline<'a>> {
+        Ok(Pipeline {
+            queue,
+            flow,
+            builder: PageBatchBuilder::new(compression, batch_pages)?,
+            page: Box::new([0; PAGE_SIZE]),
+            current: RoundCounter {
+                round: 1,
+                pages: 0,
+                zero_pages: 0,
+                bytes: 0,
+                started: Instant::now(),
+            },
+            rounds: Vec::new(),
+            data_pages: 0,
+            data_bytes: 0,
+        })
+    }
+
+    pub fn round(&self) -> u32 {
+        self.current.round
+    }
+
+    /// Queues any message for the sender, in order after everything before.
+    pub fn send(&mut self, message: Message) -> Result<()> {
+        self.queue
+            .send(message)
+            .map_err(|_| self.flow.cause_or(anyhow!("the sender thread stopped")))
+    }
+
+    /// Reads page `index` now and adds it to the current batch.
+    pub fn send_page(&mut self, ram: &GuestRam, index: u64) -> Result<()> {
+        ram.read_page(index, &mut self.page);
+        if self.builder.push(index, &self.page) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Compresses and queues the pages collected so far.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.builder.is_empty() {
+            return Ok(());
+        }
+        let batch = self.builder.finish()?;
+        let bytes = estimated_frame_bytes(&batch);
+        let data = batch.data_pages() as u64;
+        self.current.pages += batch.pages.len() as u64;
+        self.current.zero_pages += batch.pages.len() as u64 - data;
+        self.current.bytes += bytes;
+        if data > 0 {
+            self.data_pages += data;
+            self.data_bytes += batch.payload.len() as u64 + data * ENTRY_BYTES;
+        }
+        self.flow.queued(bytes);
+        self.send(Message::PageBatch(batch))?;
+        // A failure seen by the I/O threads stops the round at once rather
+        // than when the queue next blocks.
+        self.flow.check()
+    }
+
+    /// Ends the current round; the next pages belong to the next round.
+    pub fn end_round(&mut self, stopped: bool) -> Result<RoundReport> {
+        self.flush()?;
+        let report = RoundReport {
+            round: self.current.round,
+            pages: self.current.pages,
+            zero_pages: self.current.zero_pages,
+            bytes: self.current.bytes,
+            duration_ms: self.current.started.elapsed().as_secs_f64() * 1000.0,
+            stopped,
+        };
+        self.send(Message::RoundEnd(RoundEnd {
+            round: report.round,
+            pages: report.pages,
+        }))?;
+        self.rounds.push(report.clone());
+        self.current = RoundCounter {
+            round: self.current.round + 1,
+            pages: 0,
+            zero_pages: 0,
+            bytes: 0,
+            started: Instant::now(),
+        };
+        Ok(report)
+    }
+
+    /// Expected link bytes of a page the guest wrote: written pages are
+    /// rarely zero, so this is the cost of a data page seen so far.
+    pub fn bytes_per_written_page(&self) -> f64 {
+        if self.data_pages == 0 {
+            (PAGE_SIZE as u64 + ENTRY_BYTES) as f64
+        } else {
+            self.data_bytes as f64 / self.data_pages as f64
+        }
+    }
+
+    /// Expected link bytes of the pages left in the current round: its
+    /// average so far (round 1 has many cheap zero pages), else a data page.
+    pub fn bytes_per_page_this_round(&self) -> f64 {
+        if self.current.pages == 0 {
+            self.bytes_per_written_page()
+        } else {
+            self.current.bytes as f64 / self.current.pages as f64
+        }
+    }
+
+    pub fn into_rounds(self) -> Vec<RoundReport> {
+        self.rounds
+    }
+}

@@ -1,0 +1,118 @@
+//! The switch: stop the VM, send the last written pages (and in test mode a
+//! digest of all of them), relay QEMU's device state, and wait until the
+//! destination says its VM runs.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mllm_qemu::qmp::wall_clock_us;
+use mllm_tracker::PageRange;
+use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message};
+use serde_json::json;
+
+use super::precopy::send_round;
+use super::SourceContext;
+use crate::device_state::OutgoingDeviceState;
+use crate::progress::Phase;
+
+const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+
+pub(super) struct Switched {
+    pub stopped_us: u64,
+    pub device_state_bytes: u64,
+    pub device_state_sent_us: u64,
+    pub destination_running_us: u64,
+}
+
+/// `dirty`: pages written after the last pre-copy round was read.
+pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Switched> {
+    ctx.report(Phase::FinalRound, 0.0);
+    // Marked first: if `stop` fails half-way (a QMP timeout), resuming a
+    // running VM is harmless, leaving a stopped one stopped is not.
+    ctx.vm_state.stopped = true;
+    ctx.vm
+        .qmp
+        .execute("stop", json!({}))
+        .context("stopping the source VM")?;
+    let stopped_us = wall_clock_us();
+    let mut written = Vec::new();
+    ctx.tracker
+        .scan(&mut written)
+        .context("final scan for written pages")?;
+    let last = merge_ranges(dirty, &written);
+    send_round(ctx, Phase::FinalRound, &last, true)?;
+    if ctx.settings.verify {
+        // The sender is still busy with the final pages while this hashes.
+        let digest = ctx.ram.digest();
+        ctx.pipeline.send(Message::RamDigest(digest))?;
+    }
+
+    ctx.report(Phase::DeviceState, 0.0);
+    ctx.vm_state.qemu_migrating = true;
+    let outgoing = OutgoingDeviceState::start(ctx.vm)?;
+    let pipeline = &mut ctx.pipeline;
+    let device_state_bytes = outgoing
+        .relay(ctx.vm, ctx.settings.link_timeout, |chunk| {
+            pipeline.send(Message::DeviceState(DeviceState { chunk }))
+        })
+        .map_err(|error| ctx.flow.cause_or(error))?;
+    ctx.pipeline
+        .send(Message::DeviceStateEnd(DeviceStateEnd {
+            total_bytes: device_state_bytes,
+        }))?;
+    let device_state_sent_us = wall_clock_us();
+
+    // Silence on the link is caught by the receiver's timeout, so waiting
+    // for the last batches needs no bound of its own however many there are.
+    while ctx
+        .flow
+        .wait_until(REPORT_INTERVAL, |flow| flow.unacked_bytes == 0)?
+        .is_none()
+    {
+        ctx.report(Phase::WaitingForDestination, 0.0);
+    }
+    ctx.report(Phase::WaitingForDestination, 0.0);
+    ctx.flow.wait_for_outcome(ctx.settings.link_timeout)?;
+    let destination_running_us = wall_clock_us();
+    // Releases the destination, which pauses its VM again if this never
+    // arrives. From here the VM is the destination's whatever happens, so a
+    // failure to send must not make the source resume: it is ignored.
+    let _ = ctx.pipeline.send(Message::Ack(Ack));
+    ctx.report(Phase::Completed, 0.0);
+    Ok(Switched {
+        stopped_us,
+        device_state_bytes,
+        device_state_sent_us,
+        destination_running_us,
+    })
+}
+
+/// Union of two sorted lists of disjoint ranges, sorted and merged.
+fn merge_ranges(a: &[PageRange], b: &[PageRange]) -> Vec<PageRange> {
+    let mut all: Vec<PageRange> = a.iter().chain(b).copied().collect();
+    all.sort_by_key(|range| range.start);
+    let mut merged: Vec<PageRange> = Vec::with_capacity(all.len());
+    for range in all {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_ranges_cover_each_page_once() {
+        let a = [PageRange::new(0, 4), PageRange::new(10, 12)];
+        let b = [PageRange::new(2, 6), PageRange::new(12, 13), PageRange::new(20, 21)];
+        assert_eq!(
+            merge_ranges(&a, &b),
+            [PageRange::new(0, 6), PageRange::new(10, 13), PageRange::new(20, 21)]
+        );
+        assert!(merge_ranges(&[], &[]).is_empty());
+    }
+}

@@ -1,0 +1,128 @@
+//! Whatever fails before the destination runs, the source VM keeps (or gets
+//! back) its guest, memory intact, and the error names the cause.
+//!
+//! Booting a TCG guest takes seconds, so one source guest lives through
+//! every failure in turn: each step also shows that a failed migration
+//! leaves the source fit for the next attempt (the hook re-arms).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use mllm_agent::{migrate_source, Phase, PrecopySettings, Progress};
+use mllm_wire::{handshake, Capabilities, FrameReader, Hello, Message, Role};
+
+use crate::protocol::{accept_frame_with_bad_checksum, hello_of_version};
+use crate::support::{link_config, migrate, one_vm_pair_at_a_time, Vm, GUEST_MIB};
+
+#[test]
+fn the_source_survives_every_failure_before_the_destination_runs() {
+    let _one_at_a_time = one_vm_pair_at_a_time();
+    let source = Vm::boot_memload("source");
+
+    let error = against_fake_destination(&source, |mut stream| {
+        stream.write_all(&hello_of_version(7)).unwrap();
+    });
+    assert!(error.contains("protocol version mismatch"), "{error}");
+    assert_kept_running(&source, &error, "peer of another protocol version");
+
+    let error = against_fake_destination(&source, |mut stream| {
+        let hello = Hello {
+            role: Role::Destination,
+            capabilities: Capabilities::all(),
+        };
+        handshake(&mut stream, &hello).unwrap();
+        let request = FrameReader::new(&stream).recv().unwrap();
+        assert!(matches!(request, Message::MigrationRequest(_)), "{request:?}");
+        stream.write_all(&accept_frame_with_bad_checksum()).unwrap();
+    });
+    assert!(error.contains("checksum mismatch"), "{error}");
+    assert_kept_running(&source, &error, "frame with a bad checksum");
+
+    let error = migrate_to_new_destination(&source, GUEST_MIB / 2, 1000, |_| false);
+    assert!(error.contains("RAM size differs"), "{error}");
+    assert!(error.contains("256 MiB") && error.contains("128 MiB"), "{error}");
+    assert_kept_running(&source, &error, "destination with less RAM");
+
+    let error = migrate_to_new_destination(&source, GUEST_MIB, 1000, |p| {
+        p.phase == Phase::Precopy && p.round == 1 && p.bytes_acknowledged > 1 << 20
+    });
+    assert_kept_running(&source, &error, "cut in round 1");
+
+    // A target nothing meets keeps pre-copy going round after round.
+    let error = migrate_to_new_destination(&source, GUEST_MIB, 1, |p| {
+        p.phase == Phase::Precopy && p.round >= 3
+    });
+    assert_kept_running(&source, &error, "cut in round 3");
+
+    let error = migrate_to_new_destination(&source, GUEST_MIB, 1000, |p| {
+        p.phase == Phase::DeviceState
+    });
+    assert!(error.contains("was resumed"), "{error}");
+    assert_kept_running(&source, &error, "cut during the device-state transfer");
+}
+
+/// Migrates to a fresh destination of `memory_mib` with a downtime target of
+/// `target_ms`, cutting the link when `cut_when` says; returns the error.
+fn migrate_to_new_destination(
+    source: &Vm,
+    memory_mib: u64,
+    target_ms: u64,
+    cut_when: impl Fn(&Progress) -> bool,
+) -> String {
+    let destination = Vm::incoming("destination", memory_mib);
+    let settings = PrecopySettings {
+        downtime_target: Duration::from_millis(target_ms),
+        verify: true,
+        ..PrecopySettings::default()
+    };
+    let outcome = migrate(source, &destination, link_config(200, 20), &settings, cut_when);
+    let error = outcome.source.err().expect("the migration must fail");
+    let destination_error = outcome
+        .destination
+        .err()
+        .expect("the destination must fail too");
+    assert!(
+        !destination.is_running(),
+        "the destination VM ran: {destination_error:#}"
+    );
+    format!("{error:#}")
+}
+
+/// Runs the source agent against a fake destination that does `fake` with
+/// the connection; returns the source's error.
+fn against_fake_destination(source: &Vm, fake: impl FnOnce(TcpStream) + Send) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    thread::scope(|scope| {
+        scope.spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut keep = stream.try_clone().unwrap();
+            fake(stream);
+            // Hold the connection until the agent hangs up.
+            let mut rest = Vec::new();
+            let _ = keep.read_to_end(&mut rest);
+        });
+        let error = migrate_source(
+            &source.qemu,
+            &source.ram_file,
+            TcpStream::connect(address).unwrap(),
+            &PrecopySettings::default(),
+            &|_| {},
+        )
+        .err()
+        .expect("the migration must fail");
+        format!("{error:#}")
+    })
+}
+
+fn assert_kept_running(source: &Vm, error: &str, step: &str) {
+    println!("{step}: {error}");
+    assert!(
+        error.contains("never stopped") || error.contains("was resumed"),
+        "{step}: the error does not say what became of the source: {error}"
+    );
+    assert!(source.is_running(), "{step}: the source VM is not running");
+    source.assert_alive_and_intact(step);
+}

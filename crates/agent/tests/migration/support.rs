@@ -1,0 +1,283 @@
+//! Real guests for the tests: the lab's guest image booted under QEMU with
+//! shared RAM and the hook, an emulated link between the agents, and a
+//! destination agent on a thread.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use mllm_agent::{
+    make_migratable, migrate_source, receive_migration, DestinationReport, DestinationSettings,
+    PrecopySettings, Progress, SourceReport,
+};
+use mllm_lab::image::{GuestImage, ImageBuilder, SERIAL_PORTS};
+use mllm_lab::paths;
+use mllm_link::{Link, LinkConfig};
+use mllm_qemu::{Accelerator, QemuConfig, QemuProcess, RamBackend};
+use serde_json::json;
+
+pub const GUEST_MIB: u64 = 256;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The memory workload of the brief: 32 MiB written at 500 pages per second,
+/// verified by the guest itself every two seconds.
+const MEMLOAD: &str = "mllm.workload=memload mllm.args=--size=33554432,--write-rate=500";
+
+/// TCG guests are slow enough on two cores without running two pairs at once.
+pub fn one_vm_pair_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn image() -> &'static GuestImage {
+    static IMAGE: OnceLock<GuestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        ImageBuilder::new(&paths::cache_dir(), &paths::workspace_root())
+            .build()
+            .expect("guest image (see `mllm lab setup`)")
+    })
+}
+
+/// Builds `libmllm_hook.so` with the profile and target directory of this
+/// test binary (a cdylib cannot be a dependency), once per process.
+fn hook_library() -> &'static Path {
+    static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+    LIBRARY.get_or_init(|| {
+        let executable = std::env::current_exe().expect("path of the test binary");
+        // The test binary is target/<profile>/deps/<name>.
+        let profile_dir = executable
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary inside target/<profile>/deps");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("unexpected profile directory {}", profile_dir.display()),
+        };
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "mllm-hook", "--profile", profile])
+            .arg("--target-dir")
+            .arg(profile_dir.parent().expect("target directory"))
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the hook failed");
+        profile_dir.join("libmllm_hook.so")
+    })
+}
+
+fn unique(what: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("mllm-agent-test-{}-{n}-{what}", std::process::id())
+}
+
+/// A QEMU whose RAM is a file in /dev/shm, removed with it.
+pub struct Vm {
+    pub qemu: QemuProcess,
+    pub ram_file: PathBuf,
+    _run_dir: tempfile::TempDir,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ram_file);
+    }
+}
+
+impl Vm {
+    fn start(name: &str, memory_mib: u64, incoming: bool, workload: &str) -> Vm {
+        // Unix socket paths are short: QMP and serial sockets go to /tmp.
+        let run_dir = tempfile::Builder::new()
+            .prefix("mllm-agent-")
+            .tempdir()
+            .unwrap();
+        let ram_file = PathBuf::from("/dev/shm").join(unique(name));
+        let mut config = QemuConfig {
+            name: name.to_owned(),
+            binary: "qemu-system-x86_64".into(),
+            accelerator: Accelerator::Tcg,
+            memory_mib,
+            vcpus: 1,
+            ram: RamBackend::Anonymous,
+            kernel: image().kernel.clone(),
+            initrd: image().initrd.clone(),
+            kernel_cmdline: format!("console=ttyS0 panic=-1 loglevel=4 {workload}"),
+            disk: None,
+            serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
+            incoming,
+            run_dir: run_dir.path().to_owned(),
+            env: vec![],
+        };
+        let hook_socket = run_dir.path().join(format!("{name}.hook"));
+        make_migratable(&mut config, &ram_file, hook_library(), &hook_socket);
+        let qemu = QemuProcess::start(config).expect("starting QEMU 10");
+        Vm {
+            qemu,
+            ram_file,
+            _run_dir: run_dir,
+        }
+    }
+
+    /// Boots a guest running the memory workload and waits until it works.
+    pub fn boot_memload(name: &str) -> Vm {
+        let vm = Vm::start(name, GUEST_MIB, false, MEMLOAD);
+        vm.wait_for("heartbeat", "first heartbeat", BOOT_TIMEOUT, "HB ");
+        vm.wait_for("workload", "workload READY", BOOT_TIMEOUT, "READY");
+        vm
+    }
+
+    /// A destination waiting for a migration (`-incoming defer`).
+    pub fn incoming(name: &str, memory_mib: u64) -> Vm {
+        Vm::start(name, memory_mib, true, MEMLOAD)
+    }
+
+    pub fn wait_for(&self, port: &str, what: &str, timeout: Duration, prefix: &str) {
+        self.qemu
+            .serial(port)
+            .wait_for(what, timeout, |line| line.starts_with(prefix))
+            .unwrap_or_else(|e| panic!("{}: {e}", self.qemu.config.name));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.qemu
+            .qmp
+            .execute("query-status", json!({}))
+            .is_ok_and(|status| status["running"].as_bool() == Some(true))
+    }
+
+    /// Heartbeat sequence numbers printed so far, in order.
+    pub fn heartbeats(&self) -> Vec<u64> {
+        self.lines("heartbeat")
+            .iter()
+            .filter_map(|line| line.strip_prefix("HB ")?.trim().parse().ok())
+            .collect()
+    }
+
+    pub fn lines(&self, port: &str) -> Vec<String> {
+        self.qemu
+            .serial(port)
+            .lines()
+            .into_iter()
+            .map(|line| line.text)
+            .collect()
+    }
+
+    /// Waits until the guest printed `count` more heartbeats and one more
+    /// passing self-check of its memory, and found nothing corrupted.
+    pub fn assert_alive_and_intact(&self, what: &str) {
+        let heartbeats = self.heartbeats().len();
+        let verified = self.count_lines("workload", "VERIFY OK");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.heartbeats().len() < heartbeats + 100
+            || self.count_lines("workload", "VERIFY OK") <= verified
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the guest on {} stopped making progress",
+                self.qemu.config.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let corrupt: Vec<String> = self
+            .lines("workload")
+            .into_iter()
+            .filter(|line| line.starts_with("CORRUPT"))
+            .collect();
+        assert!(corrupt.is_empty(), "{what}: guest memory corrupted: {corrupt:?}");
+    }
+
+    fn count_lines(&self, port: &str, prefix: &str) -> usize {
+        self.lines(port)
+            .iter()
+            .filter(|line| line.starts_with(prefix))
+            .count()
+    }
+}
+
+pub fn link_config(megabits: u64, rtt_ms: u64) -> LinkConfig {
+    let bandwidth_bits_per_s = megabits * 1_000_000;
+    let rtt = Duration::from_millis(rtt_ms);
+    LinkConfig {
+        bandwidth_bits_per_s,
+        rtt,
+        queue_bytes: LinkConfig::default_queue_bytes(bandwidth_bits_per_s, rtt),
+        ..LinkConfig::default()
+    }
+}
+
+pub struct Outcome {
+    pub source: Result<SourceReport>,
+    pub destination: Result<DestinationReport>,
+    pub progress: Vec<Progress>,
+}
+
+/// Migrates `source` to `destination` through an emulated link, the
+/// destination agent on its own thread. `cut_when` is asked at every
+/// progress report; the first time it says yes the link is cut.
+pub fn migrate(
+    source: &Vm,
+    destination: &Vm,
+    link: LinkConfig,
+    settings: &PrecopySettings,
+    cut_when: impl Fn(&Progress) -> bool,
+) -> Outcome {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let link = Link::new(link).unwrap();
+    let via_link = link.forward(listener.local_addr().unwrap()).unwrap();
+    let cut = AtomicBool::new(false);
+    let progress = Mutex::new(Vec::new());
+    let on_progress = |update: &Progress| {
+        progress.lock().unwrap().push(update.clone());
+        if !cut.load(Ordering::Relaxed) && cut_when(update) {
+            cut.store(true, Ordering::Relaxed);
+            link.cut();
+        }
+    };
+    let (source_result, destination_result) = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            let stream = accept_within(&listener, Duration::from_secs(20))?;
+            receive_migration(
+                &destination.qemu,
+                &destination.ram_file,
+                stream,
+                &DestinationSettings::default(),
+            )
+        });
+        let stream = TcpStream::connect(via_link).unwrap();
+        let source_result = migrate_source(
+            &source.qemu,
+            &source.ram_file,
+            stream,
+            settings,
+            &on_progress,
+        );
+        (source_result, receiver.join().expect("destination agent panicked"))
+    });
+    Outcome {
+        source: source_result,
+        destination: destination_result,
+        progress: progress.into_inner().unwrap(),
+    }
+}
+
+pub fn accept_within(listener: &TcpListener, timeout: Duration) -> Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() > deadline {
+            bail!("no connection within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

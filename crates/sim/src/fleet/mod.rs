@@ -1,0 +1,189 @@
+//! Many VMs migrating over shared inter-datacenter links.
+//!
+//! Each link runs up to `concurrent` migrations at once and queues the rest,
+//! smallest VM first (it frees its slot soonest). Running migrations share the
+//! link's bandwidth equally, re-divided every interval: time advances in
+//! interval steps, every running migration replaying one interval per step
+//! (in parallel). A migration that finishes mid-step frees its share at the
+//! next step. A VM's own clock includes its downtime, which the fleet clock
+//! ignores: the two drift by at most the downtimes, well under a step each.
+
+mod scenario;
+
+pub use scenario::{FleetScenario, GroupSpec, LinkSpec};
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use mllm_core::link::Link;
+use mllm_core::synth::mix;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Migration;
+use crate::policy::Policy;
+use crate::result::SimResult;
+use crate::run::{self, SimConfig};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetVmResult {
+    pub vm: u32,
+    pub group: String,
+    pub link: String,
+    /// Fleet time at which this VM's migration started.
+    pub start_s: f64,
+    pub result: SimResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetSummary {
+    pub policy: String,
+    pub vms: usize,
+    pub completed: usize,
+    /// Fleet time until the last VM was released.
+    pub makespan_s: f64,
+    /// Per-VM migration time, start to release (queueing excluded).
+    pub mean_total_s: f64,
+    pub p95_total_s: f64,
+    pub mean_downtime_ms: f64,
+    pub p99_downtime_ms: f64,
+    pub max_downtime_ms: f64,
+    pub link_bytes: u64,
+    pub retransmitted_pages: u64,
+    pub postcopy_faults: u64,
+    /// Wall-clock time the simulation took.
+    pub simulated_in_s: f64,
+}
+
+struct FleetVm {
+    index: u32,
+    group: usize,
+    link: usize,
+}
+
+struct Running {
+    vm: u32,
+    link: usize,
+    start_s: f64,
+    migration: Migration,
+}
+
+/// Migrates the whole fleet with `policy`.
+pub fn simulate(scenario: &FleetScenario, policy: Policy) -> (FleetSummary, Vec<FleetVmResult>) {
+    let started = Instant::now();
+    let vms = expand(scenario);
+    let mut queues: Vec<VecDeque<u32>> = vec![VecDeque::new(); scenario.links.len()];
+    let mut order: Vec<&FleetVm> = vms.iter().collect();
+    order.sort_by_key(|vm| (scenario.groups[vm.group].vm.data_bytes(), vm.index));
+    for vm in order {
+        queues[vm.link].push_back(vm.index);
+    }
+
+    let mut running: Vec<Running> = Vec::new();
+    let mut finished: Vec<FleetVmResult> = Vec::new();
+    let mut step: u64 = 0;
+    while running.len() + queues.iter().map(VecDeque::len).sum::<usize>() > 0 {
+        let now = step as f64 * scenario.interval_s;
+        let mut starting = Vec::new();
+        for (link, queue) in queues.iter_mut().enumerate() {
+            let busy = running.iter().filter(|r| r.link == link).count();
+            let free = scenario.links[link].concurrent.saturating_sub(busy);
+            starting.extend(queue.drain(..free.min(queue.len())).map(|vm| (vm, link)));
+        }
+        running.par_extend(starting.into_par_iter().map(|(vm, link)| Running {
+            vm,
+            link,
+            start_s: now,
+            migration: start_vm(scenario, &vms[vm as usize], policy),
+        }));
+
+        let mut sharing = vec![0usize; scenario.links.len()];
+        running.iter().for_each(|r| sharing[r.link] += 1);
+        let shares: Vec<f64> = scenario
+            .links
+            .iter()
+            .zip(&sharing)
+            .map(|(link, &n)| link.bandwidth_mbit * 1e6 / 8.0 / n.max(1) as f64)
+            .collect();
+        running.par_iter_mut().for_each(|r| {
+            r.migration.advance(shares[r.link]);
+        });
+
+        let (done, still): (Vec<Running>, Vec<Running>) =
+            running.into_iter().partition(|r| r.migration.is_done());
+        running = still;
+        finished.extend(done.into_iter().map(|r| {
+            let vm = &vms[r.vm as usize];
+            FleetVmResult {
+                vm: r.vm,
+                group: scenario.groups[vm.group].name.clone(),
+                link: scenario.links[r.link].name.clone(),
+                start_s: r.start_s,
+                result: r.migration.into_result(),
+            }
+        }));
+        step += 1;
+    }
+    finished.sort_by_key(|r| r.vm);
+    let summary = summarize(policy, &finished, started.elapsed().as_secs_f64());
+    (summary, finished)
+}
+
+fn expand(scenario: &FleetScenario) -> Vec<FleetVm> {
+    let mut vms = Vec::new();
+    for (group_index, group) in scenario.groups.iter().enumerate() {
+        let link = scenario.link_index(&group.link).expect("validated fleet file");
+        for _ in 0..group.count {
+            vms.push(FleetVm { index: vms.len() as u32, group: group_index, link });
+        }
+    }
+    vms
+}
+
+fn start_vm(scenario: &FleetScenario, vm: &FleetVm, policy: Policy) -> Migration {
+    let link_spec = &scenario.links[vm.link];
+    let mut config = SimConfig::new(Link::from_mbit(link_spec.bandwidth_mbit, link_spec.rtt_ms));
+    config.planner.downtime_target_s = scenario.downtime_target_ms / 1e3;
+    config.planner.interval_s = scenario.interval_s;
+    config.warmup_intervals = scenario.warmup_intervals;
+    let (layout, source) = scenario.groups[vm.group]
+        .vm
+        .build(scenario.interval_s, mix(scenario.seed, u64::from(vm.index)));
+    run::start(layout, source, policy, &config)
+}
+
+fn summarize(policy: Policy, vms: &[FleetVmResult], simulated_in_s: f64) -> FleetSummary {
+    let results: Vec<&SimResult> = vms.iter().map(|vm| &vm.result).collect();
+    let mut totals: Vec<f64> = results.iter().map(|r| r.total_time_ms / 1e3).collect();
+    let mut downtimes: Vec<f64> = results.iter().map(|r| r.downtime_ms).collect();
+    totals.sort_by(f64::total_cmp);
+    downtimes.sort_by(f64::total_cmp);
+    let count = results.len().max(1) as f64;
+    FleetSummary {
+        policy: policy.to_string(),
+        vms: results.len(),
+        completed: results.iter().filter(|r| r.completed).count(),
+        makespan_s: vms.iter().map(|vm| vm.start_s + vm.result.total_time_ms / 1e3).fold(0.0, f64::max),
+        mean_total_s: totals.iter().sum::<f64>() / count,
+        p95_total_s: percentile(&totals, 0.95),
+        mean_downtime_ms: downtimes.iter().sum::<f64>() / count,
+        p99_downtime_ms: percentile(&downtimes, 0.99),
+        max_downtime_ms: downtimes.last().copied().unwrap_or(0.0),
+        link_bytes: results.iter().map(|r| r.link_bytes).sum(),
+        retransmitted_pages: results.iter().map(|r| r.retransmitted_pages).sum(),
+        postcopy_faults: results.iter().map(|r| r.postcopy_faults).sum(),
+        simulated_in_s,
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests;
