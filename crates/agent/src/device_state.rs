@@ -107,7 +107,9 @@ impl OutgoingDeviceState {
                     return Ok(stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e).context("accepting the source QEMU's migration connection"),
+                Err(e) => {
+                    return Err(e).context("accepting the source QEMU's migration connection")
+                }
             }
             let (status, info) = migration_status(vm)?;
             if matches!(status.as_str(), "failed" | "cancelled") {

@@ -17,11 +17,11 @@
 //!   [`IncomingMigration`]) on the destination, each given the local
 //!   [`mllm_qemu::QemuProcess`], its RAM file and a connected `TcpStream`;
 //! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
-
+//! - [`daemon`] is the long-running `mllm agent` built on them.
 //!
 //! See `crates/agent/README.md` for the protocol sequence and the daemon.
 
-
+pub mod daemon;
 mod destination;
 mod device_state;
 mod guest_ram;

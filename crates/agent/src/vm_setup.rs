@@ -22,7 +22,9 @@ pub fn make_migratable(
     hook_socket: &Path,
 ) {
     config.ram = RamBackend::SharedFile(ram_file.to_owned());
-    config.env.retain(|(name, _)| name != "LD_PRELOAD" && name != HOOK_SOCKET_ENV);
+    config
+        .env
+        .retain(|(name, _)| name != "LD_PRELOAD" && name != HOOK_SOCKET_ENV);
     config
         .env
         .push(("LD_PRELOAD".into(), hook_library.display().to_string()));
@@ -108,7 +110,11 @@ mod tests {
         );
         assert_eq!(ram_file_of(&config), Some(Path::new("/dev/shm/vm.ram")));
         assert_eq!(hook_socket_of(&config), Some(PathBuf::from("/run/vm.hook")));
-        let preloads: Vec<_> = config.env.iter().filter(|(n, _)| n == "LD_PRELOAD").collect();
+        let preloads: Vec<_> = config
+            .env
+            .iter()
+            .filter(|(n, _)| n == "LD_PRELOAD")
+            .collect();
         assert_eq!(preloads.len(), 1);
         assert_eq!(preloads[0].1, "/lib/libmllm_hook.so");
     }

@@ -12,7 +12,12 @@ use mllm_lab::{paths, report, run};
 pub enum LabCommand {
     /// Fetch Debian's kernel and busybox and build the guest image (cached:
     /// rerunning is cheap). QEMU itself comes from scripts/install-deps.sh.
-    Setup,
+    Setup {
+        /// Also build the Debian root disk (redis, fio, sqlite3, stress-ng)
+        /// used by `command` workloads.
+        #[arg(long)]
+        rootfs: bool,
+    },
     /// Boot, warm up, migrate and measure every method a scenario names.
     Run {
         /// Scenario file (TOML); see scenarios/.
@@ -30,11 +35,19 @@ pub enum LabCommand {
 
 pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     match cmd {
-        LabCommand::Setup => {
+        LabCommand::Setup { rootfs } => {
             let image = build_image()?;
             println!("guest image ready: {}", image.description);
             println!("  kernel: {}", image.kernel.display());
             println!("  initrd: {}", image.initrd.display());
+            if rootfs {
+                let root = mllm_lab::rootfs::build_root_disk(&paths::cache_dir())?;
+                println!(
+                    "Debian root disk ready: {} ({} MiB)",
+                    root.image.display(),
+                    root.bytes >> 20
+                );
+            }
             Ok(())
         }
         LabCommand::Run { scenario, out } => {

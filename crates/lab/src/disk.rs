@@ -5,9 +5,12 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use std::process::Command;
 
-use crate::scenario::DiskSpec;
+use anyhow::{ensure, Context, Result};
+
+use crate::scenario::{DiskContent, DiskSpec};
+use crate::{paths, rootfs};
 
 pub fn create_empty_image(path: &Path, size: u64) -> Result<PathBuf> {
     let file =
@@ -16,14 +19,50 @@ pub fn create_empty_image(path: &Path, size: u64) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// The source's disk: generated data or a copy of the Debian root disk.
+pub fn create_source_image(path: &Path, spec: &DiskSpec) -> Result<PathBuf> {
+    match (spec.content, spec.used) {
+        (DiskContent::Debian, _) => copy_root_disk(path, spec.size.as_u64()),
+        (DiskContent::Synthetic, used) => {
+            fill_synthetic(path, spec.size.as_u64(), used.map_or(0, |u| u.as_u64()))
+        }
+    }
+}
+
+fn copy_root_disk(path: &Path, size: u64) -> Result<PathBuf> {
+    let root = rootfs::build_root_disk(&paths::cache_dir())?;
+    ensure!(
+        size >= root.bytes,
+        "vm.disk.size = {} is smaller than the Debian root disk ({} bytes)",
+        size,
+        root.bytes
+    );
+    let status = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&root.image)
+        .arg(path)
+        .status()
+        .context("cannot run cp")?;
+    ensure!(
+        status.success(),
+        "copying the root disk to {} failed",
+        path.display()
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(size)?;
+    Ok(path.to_owned())
+}
+
 /// Half of every block is pseudo-random, half zero, so compression has an
 /// honest, moderate effect on the disk copy.
-pub fn create_source_image(path: &Path, spec: &DiskSpec) -> Result<PathBuf> {
-    create_empty_image(path, spec.size.as_u64())?;
+fn fill_synthetic(path: &Path, size: u64, used: u64) -> Result<PathBuf> {
+    create_empty_image(path, size)?;
     let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
     let mut block = vec![0u8; 1 << 20];
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut remaining = spec.used.as_u64();
+    let mut remaining = used;
     while remaining > 0 {
         for chunk in block.chunks_mut(4096) {
             for byte in &mut chunk[..2048] {

@@ -145,9 +145,9 @@ impl ImageBuilder {
                 .arg("--target-dir")
                 .arg(&target_dir)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            // Debug info would quintuple the initramfs.
-            .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
-            .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+                // Debug info would quintuple the initramfs.
+                .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
+                .env("CARGO_PROFILE_RELEASE_STRIP", "true")
                 .current_dir(&self.workspace),
         )
         .context("building the guest programs (mllm-guest) as a static binary")?;
@@ -263,7 +263,9 @@ fn pack_initramfs(root: &Path, out: &Path) -> Result<()> {
 
 /// PID 1 of the guest. The workload is chosen on the kernel command line:
 /// `mllm.workload=memload mllm.args=--size=128M,--write-rate=2000` (commas
-/// stand for spaces, which the kernel would split).
+/// stand for spaces, which the kernel would split), or
+/// `mllm.workload=command mllm.command=<base64>` with `mllm.root=vda` to run
+/// a shell command inside the Debian root disk.
 const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -277,9 +279,18 @@ workload=$(param mllm.workload)
 args=$(param mllm.args | tr ',' ' ')
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
 stty -F /dev/ttyS2 raw -echo 2>/dev/null
+ip link set lo up
+if [ "$(param mllm.root)" = vda ]; then
+  mount -t ext4 /dev/vda /mnt || echo "mllm-guest: cannot mount the root disk /dev/vda"
+  for d in proc sys dev; do mount --bind /$d /mnt/$d; done
+  mount -t tmpfs tmp /mnt/tmp
+fi
 echo "mllm-guest: init up, workload=${workload:-none}"
 /bin/mllm-guest heartbeat --out /dev/ttyS1 &
-if [ -n "$workload" ]; then
+if [ "$workload" = command ]; then
+  command=$(param mllm.command | base64 -d)
+  /bin/mllm-guest run --out /dev/ttyS2 -- chroot /mnt /bin/sh -c "$command" &
+elif [ -n "$workload" ]; then
   /bin/mllm-guest $workload --out /dev/ttyS2 $args &
 fi
 # PID 1 must never exit: reap children forever.

@@ -16,5 +16,6 @@ pub mod plot;
 pub mod qemu_migration;
 pub mod report;
 pub mod result;
+pub mod rootfs;
 pub mod run;
 pub mod scenario;

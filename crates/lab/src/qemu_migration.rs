@@ -89,10 +89,10 @@ fn run(
         "migrate-incoming",
         json!({"uri": format!("tcp:127.0.0.1:{}", route.destination_migration_port)}),
     )?;
-    if let Some((nbd_via_link, nbd_port)) = route.disk {
-        start_mirror(source, destination, nbd_via_link, nbd_port)?;
-    }
     let deadline = Instant::now() + timeout;
+    if let Some((nbd_via_link, nbd_port)) = route.disk {
+        start_mirror(source, destination, nbd_via_link, nbd_port, timeout)?;
+    }
     source.qmp.execute(
         "migrate",
         json!({"uri": format!("tcp:{}", route.migration_via_link)}),
@@ -203,6 +203,7 @@ fn start_mirror(
     destination: &QemuProcess,
     nbd_via_link: SocketAddr,
     nbd_port: u16,
+    timeout: Duration,
 ) -> Result<()> {
     destination.qmp.execute(
         "nbd-server-start",
@@ -227,8 +228,8 @@ fn start_mirror(
     )?;
     // Memory migration starts only once the disk copy has caught up, as libvirt does.
     source.qmp.wait_event(
-        "BLOCK_JOB_READY for the disk mirror",
-        Duration::from_secs(3600),
+        "BLOCK_JOB_READY for the disk mirror (the guest rewrites its disk faster than the link copies it?)",
+        timeout,
         |e| {
             e.name == "BLOCK_JOB_READY"
                 || (e.name == "BLOCK_JOB_COMPLETED" && e.data["error"].is_string())

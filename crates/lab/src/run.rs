@@ -101,7 +101,7 @@ fn run_in(
         initrd: image.initrd.clone(),
         kernel_cmdline: format!(
             "console=ttyS0 panic=-1 loglevel=4 {}",
-            scenario.workload.kernel_params()
+            scenario.kernel_params()
         ),
         disk: disk.as_ref().map(|image| DiskAttachment {
             image: image.clone(),
@@ -157,7 +157,10 @@ fn run_in(
         .unwrap_or(finished_us)
         .max(outcome.resumed_us.unwrap_or(0));
     let switch = outcome.resumed_us.unwrap_or(end);
-    let expect_verification = !matches!(scenario.workload, Workload::Idle);
+    let expect_verification = matches!(
+        scenario.workload,
+        Workload::Memload(_) | Workload::Diskload(_)
+    );
     let destination_check = analysis::check_destination(
         &source_output,
         &destination_output,

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use base64::prelude::{Engine, BASE64_STANDARD};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
@@ -47,8 +48,22 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct DiskSpec {
     pub size: ByteSize,
-    /// How much of the disk holds data; the rest stays sparse (never written).
-    pub used: ByteSize,
+    #[serde(default)]
+    pub content: DiskContent,
+    /// Synthetic content: how much of the disk, from its start, holds data;
+    /// the rest stays sparse (never written).
+    pub used: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskContent {
+    /// `used` bytes of generated data.
+    #[default]
+    Synthetic,
+    /// The Debian root file system with redis, fio, sqlite3 and stress-ng,
+    /// which `command` workloads run in.
+    Debian,
 }
 
 /// What runs inside the guest, reporting throughput on its workload port.
@@ -59,6 +74,17 @@ pub enum Workload {
     Idle,
     Memload(AccessPattern),
     Diskload(DiskLoad),
+    /// Any shell command inside the Debian root disk; its throughput is
+    /// parsed where the tool reports it (redis-benchmark, fio, ...).
+    Command(CommandLoad),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandLoad {
+    /// Run by `/bin/sh -c` in the root disk, for example
+    /// `redis-server --daemonize yes && redis-benchmark -q -l -t set,get`.
+    pub command: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -214,12 +240,20 @@ impl Scenario {
                 "vm.disk.size = {} must be at least 1 MiB and a multiple of 4 KiB",
                 disk.size
             );
-            ensure!(
-                disk.used <= disk.size,
-                "vm.disk.used = {} is larger than vm.disk.size = {}",
-                disk.used,
-                disk.size
-            );
+            match (disk.content, disk.used) {
+                (DiskContent::Synthetic, None) => {
+                    bail!("vm.disk.used is missing: say how much of the synthetic disk holds data")
+                }
+                (DiskContent::Synthetic, Some(used)) => ensure!(
+                    used <= disk.size,
+                    "vm.disk.used = {used} is larger than vm.disk.size = {}",
+                    disk.size
+                ),
+                (DiskContent::Debian, Some(_)) => bail!(
+                    "vm.disk.used applies to synthetic disks only; a debian disk holds the root file system"
+                ),
+                (DiskContent::Debian, None) => {}
+            }
         }
         match &self.workload {
             Workload::Idle => {}
@@ -238,10 +272,25 @@ impl Scenario {
                     bail!("workload.kind = \"diskload\" needs a [vm.disk] table");
                 };
                 ensure!(
+                    disk.content == DiskContent::Synthetic,
+                    "workload.kind = \"diskload\" overwrites the disk: use vm.disk.content = \"synthetic\""
+                );
+                ensure!(
                     load.length <= disk.size,
                     "workload.length = {} is larger than vm.disk.size = {}",
                     load.length,
                     disk.size
+                );
+            }
+            Workload::Command(load) => {
+                ensure!(!load.command.trim().is_empty(), "workload.command is empty");
+                ensure!(
+                    self.vm
+                        .disk
+                        .as_ref()
+                        .is_some_and(|d| d.content == DiskContent::Debian),
+                    "workload.kind = \"command\" runs inside the Debian root disk: \
+                     set vm.disk = {{ size = \"2GiB\", content = \"debian\" }}"
                 );
             }
         }
@@ -314,11 +363,30 @@ impl AccessPattern {
     }
 }
 
+impl Scenario {
+    /// The kernel command line parameters that make the guest's init mount
+    /// the root disk and start the workload.
+    pub fn kernel_params(&self) -> String {
+        let debian_root = self
+            .vm
+            .disk
+            .as_ref()
+            .is_some_and(|d| d.content == DiskContent::Debian);
+        let root = if debian_root { "mllm.root=vda " } else { "" };
+        format!("{root}{}", self.workload.kernel_params())
+    }
+}
+
 impl Workload {
     /// The kernel command line parameters that make the guest's init start this workload.
     pub fn kernel_params(&self) -> String {
         let (name, mut args) = match self {
             Workload::Idle => return String::new(),
+            // Base64, because the kernel splits its command line at spaces.
+            Workload::Command(load) => {
+                let command = BASE64_STANDARD.encode(&load.command);
+                return format!("mllm.workload=command mllm.command={command}");
+            }
             Workload::Memload(p) => ("memload", p.guest_args()),
             Workload::Diskload(d) => {
                 let mut args = d.pattern.guest_args();
@@ -386,6 +454,30 @@ write_rate = 2000
             format!("{err:#}").to_lowercase().contains("bandwidth"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn command_workload_needs_a_debian_disk_and_encodes_its_command() {
+        let command = r#"
+name = "redis"
+methods = ["qemu-precopy"]
+[vm]
+memory = "512MiB"
+disk = { size = "2GiB", content = "debian" }
+[workload]
+kind = "command"
+command = "redis-benchmark -q -l -t set,get"
+"#;
+        let s = Scenario::parse(command).unwrap();
+        let params = s.kernel_params();
+        assert!(
+            params.starts_with("mllm.root=vda mllm.workload=command mllm.command="),
+            "{params}"
+        );
+        assert_eq!(params.split(' ').count(), 3, "{params}");
+        let synthetic = command.replace(r#"content = "debian""#, r#"used = "1GiB""#);
+        let err = Scenario::parse(&synthetic).unwrap_err();
+        assert!(format!("{err:#}").contains("Debian root disk"), "{err:#}");
     }
 
     #[test]

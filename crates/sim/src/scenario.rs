@@ -51,6 +51,10 @@ fn default_block_kib() -> u32 {
 }
 
 impl VmSpec {
+    pub fn parse(text: &str) -> anyhow::Result<VmSpec> {
+        Ok(toml::from_str(text)?)
+    }
+
     pub fn memory_pages(&self) -> u32 {
         u32::try_from(self.memory_mib * 1024 * 1024 / u64::from(self.page_size))
             .expect("guest RAM beyond 2^32 pages")

@@ -118,16 +118,31 @@ impl IncomingMigration {
         link.writer
             .send(&Message::MigrationAccept(MigrationAccept))
             .map_err(|e| link_failure(e, "source agent", timeout))?;
-        receiver::Receiver::new(vm, ram, device_state, link, timeout, started_us, vm_name.clone())
-            .run()
-            .with_context(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
+        receiver::Receiver::new(
+            vm,
+            ram,
+            device_state,
+            link,
+            timeout,
+            started_us,
+            vm_name.clone(),
+        )
+        .run()
+        .with_context(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
     }
 
     /// Everything that can be checked before a page moves.
-    fn prepare(&self, vm: &QemuProcess, ram_file: &Path) -> Result<(GuestRam, IncomingDeviceState)> {
+    fn prepare(
+        &self,
+        vm: &QemuProcess,
+        ram_file: &Path,
+    ) -> Result<(GuestRam, IncomingDeviceState)> {
         let request = &self.request;
         if request.policy != "precopy" {
-            bail!("unknown migration policy {:?} (this agent knows precopy)", request.policy);
+            bail!(
+                "unknown migration policy {:?} (this agent knows precopy)",
+                request.policy
+            );
         }
         if request.page_size != PAGE_SIZE as u32 {
             bail!(

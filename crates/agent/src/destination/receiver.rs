@@ -99,8 +99,13 @@ impl<'a> Receiver<'a> {
                     self.device_state()?.write(&state.chunk)?;
                 }
                 Message::DeviceStateEnd(end) => return self.start_vm(end.total_bytes),
-                Message::Abort(abort) => bail!("the source aborted the migration: {}", abort.reason),
-                other => bail!("unexpected {} message from the source", other.message_type()),
+                Message::Abort(abort) => {
+                    bail!("the source aborted the migration: {}", abort.reason)
+                }
+                other => bail!(
+                    "unexpected {} message from the source",
+                    other.message_type()
+                ),
             }
         }
     }
@@ -169,7 +174,11 @@ impl<'a> Receiver<'a> {
                 mismatches.len(),
                 theirs.ranges.len(),
                 shown.join(", "),
-                if mismatches.len() > MISMATCHES_SHOWN { ", ..." } else { "" }
+                if mismatches.len() > MISMATCHES_SHOWN {
+                    ", ..."
+                } else {
+                    ""
+                }
             );
         }
         self.verified = true;
@@ -194,9 +203,11 @@ impl<'a> Receiver<'a> {
         let running_us = self
             .vm
             .qmp
-            .wait_event("RESUME of the destination VM", Duration::from_secs(10), |e| {
-                e.name == "RESUME" && e.timestamp_us >= started_us
-            })
+            .wait_event(
+                "RESUME of the destination VM",
+                Duration::from_secs(10),
+                |e| e.name == "RESUME" && e.timestamp_us >= started_us,
+            )
             .map(|event| event.timestamp_us)
             .unwrap_or_else(|_| wall_clock_us());
         if let Err(error) = self.confirm_running() {
@@ -231,7 +242,10 @@ impl<'a> Receiver<'a> {
         self.send(&Message::DestinationRunning(DestinationRunning))?;
         match self.next_message()? {
             Message::Ack(_) => Ok(()),
-            other => bail!("the source answered DestinationRunning with {}", other.message_type()),
+            other => bail!(
+                "the source answered DestinationRunning with {}",
+                other.message_type()
+            ),
         }
     }
 }

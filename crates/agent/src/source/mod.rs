@@ -99,8 +99,15 @@ impl SourceContext<'_> {
     /// `pending_bytes`: known to be left beyond the unacknowledged batches.
     fn report(&mut self, phase: Phase, pending_bytes: f64) {
         let flow = self.flow.snapshot();
+        // After the final round the pipeline already counts the next one.
+        let round = match phase {
+            Phase::DeviceState | Phase::WaitingForDestination | Phase::Completed => {
+                self.pipeline.round() - 1
+            }
+            _ => self.pipeline.round(),
+        };
         self.reporter
-            .report(phase, self.pipeline.round(), flow, pending_bytes as u64);
+            .report(phase, round, flow, pending_bytes as u64);
     }
 }
 

@@ -52,7 +52,10 @@ pub(crate) fn decide(settings: &PrecopySettings, state: &AfterScan) -> Decision 
     }
     let bound = if state.rounds_done >= settings.max_rounds {
         Some(SwitchReason::RoundLimit { predicted_ms })
-    } else if settings.max_duration.is_some_and(|limit| state.elapsed >= limit) {
+    } else if settings
+        .max_duration
+        .is_some_and(|limit| state.elapsed >= limit)
+    {
         Some(SwitchReason::TimeLimit { predicted_ms })
     } else {
         None

@@ -73,7 +73,10 @@ pub(super) fn send_round(
             ctx.pipeline.send_page(ctx.ram, page)?;
             sent += 1;
             if sent % PAGES_PER_REPORT == 0 {
-                ctx.report(phase, (total - sent) as f64 * ctx.pipeline.bytes_per_page_this_round());
+                ctx.report(
+                    phase,
+                    (total - sent) as f64 * ctx.pipeline.bytes_per_page_this_round(),
+                );
             }
         }
     }

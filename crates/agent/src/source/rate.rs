@@ -95,7 +95,15 @@ mod tests {
     fn steady_acknowledgements_give_the_link_rate() {
         let mut rate = DeliveryRate::default();
         // 1 MB every 10 ms: 100 MB/s.
-        acks(&mut rate, Instant::now(), 0, 200, 1_000_000, Duration::from_millis(10), true);
+        acks(
+            &mut rate,
+            Instant::now(),
+            0,
+            200,
+            1_000_000,
+            Duration::from_millis(10),
+            true,
+        );
         let measured = rate.bytes_per_second().unwrap();
         assert!((measured - 100e6).abs() < 1e3, "{measured}");
     }
@@ -104,9 +112,25 @@ mod tests {
     fn idle_time_between_busy_periods_is_not_counted() {
         let mut rate = DeliveryRate::default();
         let start = Instant::now();
-        let (end, total) = acks(&mut rate, start, 0, 50, 1_000_000, Duration::from_millis(10), false);
+        let (end, total) = acks(
+            &mut rate,
+            start,
+            0,
+            50,
+            1_000_000,
+            Duration::from_millis(10),
+            false,
+        );
         // Five idle seconds, then a short burst at the same rate.
-        acks(&mut rate, end + Duration::from_secs(5), total, 10, 1_000_000, Duration::from_millis(10), false);
+        acks(
+            &mut rate,
+            end + Duration::from_secs(5),
+            total,
+            10,
+            1_000_000,
+            Duration::from_millis(10),
+            false,
+        );
         let measured = rate.bytes_per_second().unwrap();
         assert!((measured - 100e6).abs() < 1e3, "{measured}");
     }
@@ -115,9 +139,25 @@ mod tests {
     fn a_rate_change_shows_within_the_window() {
         let mut rate = DeliveryRate::default();
         let start = Instant::now();
-        let (end, total) = acks(&mut rate, start, 0, 300, 1_000_000, Duration::from_millis(10), true);
+        let (end, total) = acks(
+            &mut rate,
+            start,
+            0,
+            300,
+            1_000_000,
+            Duration::from_millis(10),
+            true,
+        );
         // The link drops to 10 MB/s for two seconds.
-        acks(&mut rate, end + Duration::from_millis(100), total, 20, 1_000_000, Duration::from_millis(100), true);
+        acks(
+            &mut rate,
+            end + Duration::from_millis(100),
+            total,
+            20,
+            1_000_000,
+            Duration::from_millis(100),
+            true,
+        );
         let measured = rate.bytes_per_second().unwrap();
         assert!((measured - 10e6).abs() < 1e3, "{measured}");
     }
@@ -126,7 +166,15 @@ mod tests {
     fn too_few_acknowledgements_fall_back_to_the_average() {
         let mut rate = DeliveryRate::default();
         assert_eq!(rate.bytes_per_second(), None);
-        acks(&mut rate, Instant::now(), 0, 3, 1_000_000, Duration::from_millis(100), true);
+        acks(
+            &mut rate,
+            Instant::now(),
+            0,
+            3,
+            1_000_000,
+            Duration::from_millis(100),
+            true,
+        );
         let measured = rate.bytes_per_second().unwrap();
         // Two batches after the first, in 200 ms.
         assert!((measured - 10e6).abs() < 1e3, "{measured}");

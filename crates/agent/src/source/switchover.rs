@@ -56,10 +56,9 @@ pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Sw
             pipeline.send(Message::DeviceState(DeviceState { chunk }))
         })
         .map_err(|error| ctx.flow.cause_or(error))?;
-    ctx.pipeline
-        .send(Message::DeviceStateEnd(DeviceStateEnd {
-            total_bytes: device_state_bytes,
-        }))?;
+    ctx.pipeline.send(Message::DeviceStateEnd(DeviceStateEnd {
+        total_bytes: device_state_bytes,
+    }))?;
     let device_state_sent_us = wall_clock_us();
 
     // Silence on the link is caught by the receiver's timeout, so waiting
@@ -108,10 +107,18 @@ mod tests {
     #[test]
     fn merged_ranges_cover_each_page_once() {
         let a = [PageRange::new(0, 4), PageRange::new(10, 12)];
-        let b = [PageRange::new(2, 6), PageRange::new(12, 13), PageRange::new(20, 21)];
+        let b = [
+            PageRange::new(2, 6),
+            PageRange::new(12, 13),
+            PageRange::new(20, 21),
+        ];
         assert_eq!(
             merge_ranges(&a, &b),
-            [PageRange::new(0, 6), PageRange::new(10, 13), PageRange::new(20, 21)]
+            [
+                PageRange::new(0, 6),
+                PageRange::new(10, 13),
+                PageRange::new(20, 21)
+            ]
         );
         assert!(merge_ranges(&[], &[]).is_empty());
     }

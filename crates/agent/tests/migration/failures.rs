@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use mllm_agent::{migrate_source, Phase, PrecopySettings, Progress};
+use mllm_agent::{migrate_source, GuestRam, Phase, PrecopySettings, Progress};
 use mllm_wire::{handshake, Capabilities, FrameReader, Hello, Message, Role};
 
 use crate::protocol::{accept_frame_with_bad_checksum, hello_of_version};
@@ -34,7 +34,10 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
         };
         handshake(&mut stream, &hello).unwrap();
         let request = FrameReader::new(&stream).recv().unwrap();
-        assert!(matches!(request, Message::MigrationRequest(_)), "{request:?}");
+        assert!(
+            matches!(request, Message::MigrationRequest(_)),
+            "{request:?}"
+        );
         stream.write_all(&accept_frame_with_bad_checksum()).unwrap();
     });
     assert!(error.contains("checksum mismatch"), "{error}");
@@ -42,7 +45,10 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
 
     let error = migrate_to_new_destination(&source, GUEST_MIB / 2, 1000, |_| false);
     assert!(error.contains("RAM size differs"), "{error}");
-    assert!(error.contains("256 MiB") && error.contains("128 MiB"), "{error}");
+    assert!(
+        error.contains("256 MiB") && error.contains("128 MiB"),
+        "{error}"
+    );
     assert_kept_running(&source, &error, "destination with less RAM");
 
     let error = migrate_to_new_destination(&source, GUEST_MIB, 1000, |p| {
@@ -56,20 +62,61 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
     });
     assert_kept_running(&source, &error, "cut in round 3");
 
-    let error = migrate_to_new_destination(&source, GUEST_MIB, 1000, |p| {
-        p.phase == Phase::DeviceState
-    });
+    let error =
+        migrate_to_new_destination(&source, GUEST_MIB, 1000, |p| p.phase == Phase::DeviceState);
     assert!(error.contains("was resumed"), "{error}");
     assert_kept_running(&source, &error, "cut during the device-state transfer");
+
+    let error = migrate_with(&source, GUEST_MIB, 1, |destination, p| {
+        if p.phase == Phase::Precopy && p.round >= 2 {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(destination.qemu.pid() as i32, libc::SIGKILL) };
+        }
+        false
+    });
+    assert!(error.contains("destination QEMU failed"), "{error}");
+    assert_kept_running(&source, &error, "destination QEMU killed");
+
+    let error = migrate_with(&source, GUEST_MIB, 1000, |destination, p| {
+        if p.phase == Phase::FinalRound {
+            corrupt_every_1024th_page(destination);
+        }
+        false
+    });
+    assert!(error.contains("RAM DIGEST MISMATCH"), "{error}");
+    assert!(error.contains("was resumed"), "{error}");
+    assert_kept_running(&source, &error, "destination memory corrupted");
+}
+
+/// Overwrites pages of the destination's RAM behind the agent's back. The
+/// final round resends only the few pages written lately, so most stay wrong.
+fn corrupt_every_1024th_page(destination: &Vm) {
+    let mut ram = GuestRam::open(&destination.ram_file).unwrap();
+    for page in (0..ram.pages()).step_by(1024) {
+        ram.write_page(page, &[0x5a; 4096]);
+    }
 }
 
 /// Migrates to a fresh destination of `memory_mib` with a downtime target of
-/// `target_ms`, cutting the link when `cut_when` says; returns the error.
+/// `target_ms` (in test mode: digests compared), cutting the link when
+/// `cut_when` says; returns the error.
 fn migrate_to_new_destination(
     source: &Vm,
     memory_mib: u64,
     target_ms: u64,
     cut_when: impl Fn(&Progress) -> bool,
+) -> String {
+    migrate_with(source, memory_mib, target_ms, |_, progress| {
+        cut_when(progress)
+    })
+}
+
+/// Like [`migrate_to_new_destination`], `on_progress` also given the destination.
+fn migrate_with(
+    source: &Vm,
+    memory_mib: u64,
+    target_ms: u64,
+    on_progress: impl Fn(&Vm, &Progress) -> bool,
 ) -> String {
     let destination = Vm::incoming("destination", memory_mib);
     let settings = PrecopySettings {
@@ -77,12 +124,17 @@ fn migrate_to_new_destination(
         verify: true,
         ..PrecopySettings::default()
     };
-    let outcome = migrate(source, &destination, link_config(200, 20), &settings, cut_when);
-    let error = outcome.source.err().expect("the migration must fail");
+    let outcome = migrate(
+        source,
+        &destination,
+        link_config(200, 20),
+        &settings,
+        |progress| on_progress(&destination, progress),
+    );
+    let error = outcome.source.expect_err("the migration must fail");
     let destination_error = outcome
         .destination
-        .err()
-        .expect("the destination must fail too");
+        .expect_err("the destination must fail too");
     assert!(
         !destination.is_running(),
         "the destination VM ran: {destination_error:#}"
@@ -111,8 +163,7 @@ fn against_fake_destination(source: &Vm, fake: impl FnOnce(TcpStream) + Send) ->
             &PrecopySettings::default(),
             &|_| {},
         )
-        .err()
-        .expect("the migration must fail");
+        .expect_err("the migration must fail");
         format!("{error:#}")
     })
 }

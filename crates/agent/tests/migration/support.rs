@@ -186,7 +186,10 @@ impl Vm {
             .into_iter()
             .filter(|line| line.starts_with("CORRUPT"))
             .collect();
-        assert!(corrupt.is_empty(), "{what}: guest memory corrupted: {corrupt:?}");
+        assert!(
+            corrupt.is_empty(),
+            "{what}: guest memory corrupted: {corrupt:?}"
+        );
     }
 
     fn count_lines(&self, port: &str, prefix: &str) -> usize {
@@ -254,7 +257,10 @@ pub fn migrate(
             settings,
             &on_progress,
         );
-        (source_result, receiver.join().expect("destination agent panicked"))
+        (
+            source_result,
+            receiver.join().expect("destination agent panicked"),
+        )
     });
     Outcome {
         source: source_result,

@@ -32,8 +32,8 @@ fn without_writes_everything_is_precopied_once_in_address_order() {
     let used_blocks = disk.used.count();
     let vm = layout(Some(disk));
     let link = Link::from_mbit(100.0, 50.0);
-    let memory = Improved::new(PAGES);
-    let reads = Improved::new(4096);
+    let memory = Improved::new(PAGES, 10);
+    let reads = Improved::new(4096, 10);
     let plan = plan(&input(&vm, link, &memory, Some(&reads)));
     assert_eq!(plan.memory_precopy, (0..PAGES).collect::<Vec<_>>());
     assert!(plan.memory_deferred.is_empty() && plan.disk_first.is_empty());
@@ -107,7 +107,7 @@ fn switch_fills_the_downtime_budget_with_the_hottest_pages() {
 #[test]
 fn next_step_continues_while_passes_shrink() {
     let vm = layout(None);
-    let memory = Improved::new(PAGES);
+    let memory = Improved::new(PAGES, 10);
     let input = input(&vm, Link::from_mbit(100.0, 50.0), &memory, None);
     let pending = PageSet::from_items(PAGES, &(0..3000).collect::<Vec<_>>());
     assert_eq!(next_step(&input, &pending, 10.0, 1, 100 << 20), Step::Pass((0..3000).collect()));
@@ -136,7 +136,7 @@ proptest! {
             reads
         }).collect();
         let vm = layout(Some(disk));
-        let memory = Improved::new(PAGES);
+        let memory = Improved::new(PAGES, 10);
         for kind in EstimatorKind::ALL {
             let reads = observed(kind, 4096, &history);
             let input = input(&vm, Link::from_mbit(1000.0, 20.0), &memory, Some(reads.as_ref()));

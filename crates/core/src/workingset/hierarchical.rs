@@ -40,7 +40,7 @@ impl Hierarchical {
     pub fn new(items: u32, horizon: u32) -> Self {
         let coarse = RegionModel::new(items, horizon.max(1));
         Hierarchical {
-            fine: Improved::new(items),
+            fine: Improved::new(items, horizon),
             seen_in_region: vec![Vec::new(); coarse.regions() as usize],
             coarse,
         }

@@ -17,6 +17,7 @@ mod hierarchical;
 mod improved;
 mod lru;
 mod original;
+mod staleness;
 mod window;
 
 pub use hierarchical::Hierarchical;
@@ -103,13 +104,14 @@ impl EstimatorKind {
     }
 
     /// An estimator over `items` items. The windows are 8 intervals; the
-    /// hierarchical model learns to predict regions `horizon` intervals ahead.
+    /// improved and hierarchical estimators calibrate themselves for
+    /// predictions `horizon` intervals ahead.
     pub fn build(self, items: u32, horizon: u32) -> Box<dyn Estimator> {
         match self {
             EstimatorKind::Lru => Box::new(Lru::new(items)),
             EstimatorKind::Denning => Box::new(Denning::new(items, 8)),
             EstimatorKind::Original => Box::new(Original::new(items, 8, 2)),
-            EstimatorKind::Improved => Box::new(Improved::new(items)),
+            EstimatorKind::Improved => Box::new(Improved::new(items, horizon)),
             EstimatorKind::Hierarchical => Box::new(Hierarchical::new(items, horizon)),
         }
     }

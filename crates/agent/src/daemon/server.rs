@@ -1,0 +1,194 @@
+//! `mllm agent`: owns VMs, receives migrations on a TCP port, and takes
+//! requests (list, migrate) on a unix control socket. One thread per
+//! connection: migrations are few and long.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::control::{ControlReply, ControlRequest, MigrateRequest};
+use super::vms::VmHost;
+use crate::destination::{DestinationSettings, IncomingMigration};
+use crate::progress::Progress;
+use crate::report::{DestinationReport, SourceReport};
+use crate::settings::{parse_compression, PrecopySettings};
+use crate::source::migrate_source;
+
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Where peer agents connect to migrate VMs here (HOST:PORT).
+    pub listen: String,
+    pub control_socket: PathBuf,
+    /// Directory of `NAME.toml` VM specs.
+    pub specs: PathBuf,
+    /// Sockets and serial logs of the VMs, one directory each.
+    pub state: PathBuf,
+    /// VMs to boot at start.
+    pub start: Vec<String>,
+    pub hook_library: PathBuf,
+}
+
+/// Runs the daemon until the process is killed.
+pub fn run(options: &DaemonOptions) -> Result<()> {
+    let host = Arc::new(VmHost::new(
+        &options.specs,
+        &options.state,
+        &options.hook_library,
+    )?);
+    for name in &options.start {
+        let vm = host.launch(name, false)?;
+        host.register(name, vm)?;
+        tracing::info!(vm = %name, "VM started");
+    }
+    let migrations = TcpListener::bind(&options.listen)
+        .with_context(|| format!("listening for migrations on {}", options.listen))?;
+    let control = bind_control(&options.control_socket)?;
+    eprintln!(
+        "mllm agent: migrations on {}, control on {}",
+        migrations.local_addr()?,
+        options.control_socket.display()
+    );
+    let incoming_host = Arc::clone(&host);
+    std::thread::Builder::new()
+        .name("migrations".into())
+        .spawn(move || accept_migrations(&incoming_host, &migrations))?;
+    for client in control.incoming() {
+        let client = match client {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::warn!(%error, "control socket accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let host = Arc::clone(&host);
+        std::thread::spawn(move || {
+            if let Err(error) = serve_control(&host, client) {
+                tracing::warn!("control request failed: {error:#}");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn bind_control(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket file left by an earlier agent would make bind fail.
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))
+}
+
+fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a migration failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let host = Arc::clone(host);
+        std::thread::spawn(move || match receive(&host, stream) {
+            Ok(report) => tracing::info!(
+                vm = %report.vm_name,
+                pages = report.pages_received,
+                "migration received; the VM runs here"
+            ),
+            Err(error) => tracing::warn!("incoming migration failed: {error:#}"),
+        });
+    }
+}
+
+/// Receives a VM into a fresh QEMU launched from its spec; on failure the
+/// QEMU is killed and its RAM file removed (dropping it does both).
+fn receive(host: &VmHost, stream: TcpStream) -> Result<DestinationReport> {
+    let incoming = IncomingMigration::accept(stream, &DestinationSettings::default())?;
+    let name = incoming.request().vm_name.clone();
+    let vm = match host.launch(&name, true) {
+        Ok(vm) => vm,
+        Err(error) => {
+            let _ = incoming.reject(&format!("{error:#}"));
+            return Err(error);
+        }
+    };
+    let report = incoming.receive(&vm.qemu, &vm.ram_file)?;
+    host.register(&name, vm)?;
+    Ok(report)
+}
+
+fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
+    let mut line = String::new();
+    BufReader::new(&client).read_line(&mut line)?;
+    let request: ControlRequest =
+        serde_json::from_str(&line).with_context(|| format!("unreadable request {line:?}"))?;
+    // A client that went away must not stop a migration: write errors only
+    // end the replies.
+    let reply = |reply: ControlReply| {
+        let mut text = serde_json::to_string(&reply).expect("replies serialize");
+        text.push('\n');
+        let _ = (&client).write_all(text.as_bytes());
+    };
+    match request {
+        ControlRequest::List => reply(ControlReply::Vms { vms: host.list() }),
+        ControlRequest::Migrate(request) => {
+            match migrate(host, &request, &|progress| {
+                reply(ControlReply::Progress(progress.clone()))
+            }) {
+                Ok(report) => reply(ControlReply::Migrated(Box::new(report))),
+                Err(error) => reply(ControlReply::Error {
+                    message: format!("{error:#}"),
+                }),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn migrate(
+    host: &VmHost,
+    request: &MigrateRequest,
+    on_progress: &dyn Fn(&Progress),
+) -> Result<SourceReport> {
+    if request.policy != "precopy" {
+        bail!(
+            "unknown policy {:?}: this agent knows precopy",
+            request.policy
+        );
+    }
+    let settings = PrecopySettings {
+        downtime_target: Duration::from_millis(request.downtime_ms),
+        compression: parse_compression(&request.compression)?,
+        max_rounds: request.max_rounds,
+        verify: request.verify,
+        ..PrecopySettings::default()
+    };
+    let vm = host.get(&request.vm)?;
+    if vm.migrating.swap(true, Ordering::SeqCst) {
+        bail!("VM {} is already being migrated", request.vm);
+    }
+    let result = TcpStream::connect(&request.to)
+        .with_context(|| format!("connecting to the agent at {}", request.to))
+        .and_then(|stream| {
+            migrate_source(&vm.qemu, &vm.ram_file, stream, &settings, &|progress| {
+                *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+                on_progress(progress);
+            })
+        });
+    *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    vm.migrating.store(false, Ordering::SeqCst);
+    if result.is_ok() {
+        host.release(&request.vm);
+    }
+    result
+}

@@ -1,0 +1,142 @@
+//! The VMs a daemon owns: launched from their specs with shared RAM and the
+//! hook, so any of them can be migrated away, and removed (QEMU quit, RAM
+//! file deleted) once it runs elsewhere.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use anyhow::{bail, Context, Result};
+use mllm_qemu::QemuProcess;
+use serde_json::json;
+
+use super::control::VmInfo;
+use super::spec::VmSpec;
+use crate::progress::Progress;
+use crate::vm_setup::make_migratable;
+
+/// One VM's QEMU and what the daemon knows about it.
+pub struct OwnedVm {
+    pub qemu: QemuProcess,
+    pub ram_file: PathBuf,
+    /// An outgoing migration runs: a second one must wait.
+    pub migrating: AtomicBool,
+    /// The latest progress of the outgoing migration.
+    pub migration: Mutex<Option<Progress>>,
+}
+
+impl Drop for OwnedVm {
+    fn drop(&mut self) {
+        // QEMU (dropped after this) keeps its mapping; the name goes now.
+        let _ = std::fs::remove_file(&self.ram_file);
+    }
+}
+
+pub struct VmHost {
+    specs: PathBuf,
+    state: PathBuf,
+    hook_library: PathBuf,
+    vms: Mutex<HashMap<String, Arc<OwnedVm>>>,
+}
+
+impl VmHost {
+    /// `specs`: where `NAME.toml` specs are; `state`: where sockets and logs
+    /// go (kept short: unix socket paths are limited to 108 bytes).
+    pub fn new(specs: &Path, state: &Path, hook_library: &Path) -> Result<VmHost> {
+        std::fs::create_dir_all(state)
+            .with_context(|| format!("creating state directory {}", state.display()))?;
+        Ok(VmHost {
+            specs: specs.to_owned(),
+            state: state.to_owned(),
+            hook_library: hook_library.to_owned(),
+            vms: Mutex::default(),
+        })
+    }
+
+    fn vms(&self) -> MutexGuard<'_, HashMap<String, Arc<OwnedVm>>> {
+        self.vms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn spec(&self, name: &str) -> Result<VmSpec> {
+        VmSpec::load(&self.specs, name)
+    }
+
+    /// Starts QEMU for VM `name` from its spec; `incoming` waits for a
+    /// migration instead of booting. The VM is not registered yet.
+    pub fn launch(&self, name: &str, incoming: bool) -> Result<OwnedVm> {
+        if self.vms().contains_key(name) {
+            bail!("VM {name} already runs on this host");
+        }
+        let spec = self.spec(name)?;
+        let run_dir = self.state.join(name);
+        std::fs::create_dir_all(&run_dir)?;
+        let ram_file = PathBuf::from("/dev/shm").join(format!(
+            "mllm-{name}-{}-{}.ram",
+            std::process::id(),
+            mllm_qemu::qmp::wall_clock_us()
+        ));
+        let mut config = spec.qemu_config(name, &run_dir, incoming);
+        make_migratable(
+            &mut config,
+            &ram_file,
+            &self.hook_library,
+            &run_dir.join("hook.sock"),
+        );
+        let qemu = QemuProcess::start(config).with_context(|| format!("starting VM {name}"))?;
+        Ok(OwnedVm {
+            qemu,
+            ram_file,
+            migrating: AtomicBool::new(false),
+            migration: Mutex::new(None),
+        })
+    }
+
+    pub fn register(&self, name: &str, vm: OwnedVm) -> Result<()> {
+        let mut vms = self.vms();
+        if vms.contains_key(name) {
+            bail!("VM {name} already runs on this host");
+        }
+        vms.insert(name.to_owned(), Arc::new(vm));
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<OwnedVm>> {
+        self.vms()
+            .get(name)
+            .cloned()
+            .with_context(|| format!("this agent owns no VM named {name}"))
+    }
+
+    /// Quits VM `name`'s QEMU and forgets it: it runs elsewhere now.
+    pub fn release(&self, name: &str) {
+        if let Some(vm) = self.vms().remove(name) {
+            let _ = vm.qemu.qmp.execute("quit", json!({}));
+        }
+    }
+
+    pub fn list(&self) -> Vec<VmInfo> {
+        let mut infos: Vec<VmInfo> = self
+            .vms()
+            .iter()
+            .map(|(name, vm)| VmInfo {
+                name: name.clone(),
+                memory_mib: vm.qemu.config.memory_mib,
+                status: vm
+                    .qemu
+                    .qmp
+                    .execute("query-status", json!({}))
+                    .ok()
+                    .and_then(|s| s["status"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "gone".into()),
+                migration: vm
+                    .migration
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+}
