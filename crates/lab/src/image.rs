@@ -7,6 +7,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::build::{cargo_release, run_command};
+
 /// Kernel modules the guest loads, in dependency order: virtio disk support
 /// and ext4 for an optional root disk are modules in Debian's kernel.
 const GUEST_MODULES: &[&str] = &[
@@ -117,7 +119,7 @@ impl ImageBuilder {
         let debs = self.cache.join("debs");
         std::fs::create_dir_all(&debs)?;
         let spec = format!("{}={}", package.name, package.version);
-        run(Command::new("apt-get").arg("download").arg(&spec).current_dir(&debs))
+        run_command(Command::new("apt-get").arg("download").arg(&spec).current_dir(&debs))
             .with_context(|| format!("downloading Debian package {spec} (is apt configured? run scripts/install-deps.sh)"))?;
         let deb = std::fs::read_dir(&debs)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -129,7 +131,7 @@ impl ImageBuilder {
             .with_context(|| format!("apt-get download left no .deb for {spec}"))?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        run_command(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
         std::fs::remove_file(&deb)?;
         std::fs::write(dir.join(".unpacked"), "")?;
         Ok(dir)
@@ -138,17 +140,13 @@ impl ImageBuilder {
     /// Builds `mllm-guest` as a static binary: the initramfs has no libc.
     fn build_guest_programs(&self) -> Result<PathBuf> {
         let target_dir = self.workspace.join("target/guest");
-        run(
-            Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                .args(["build", "--release", "--quiet", "-p", "mllm-guest"])
+        run_command(
+            cargo_release(&self.workspace, "mllm-guest", "guest")
                 .args(["--target", "x86_64-unknown-linux-gnu"])
-                .arg("--target-dir")
-                .arg(&target_dir)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
                 // Debug info would quintuple the initramfs.
                 .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
-                .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-                .current_dir(&self.workspace),
+                .env("CARGO_PROFILE_RELEASE_STRIP", "true"),
         )
         .context("building the guest programs (mllm-guest) as a static binary")?;
         Ok(target_dir.join("x86_64-unknown-linux-gnu/release/mllm-guest"))
@@ -163,7 +161,7 @@ struct Package {
 
 impl Package {
     fn resolve(name: &str) -> Result<Package> {
-        let output = run(Command::new("apt-cache").args(["policy", name]))?;
+        let output = run_command(Command::new("apt-cache").args(["policy", name]))?;
         let version = output
             .lines()
             .find_map(|l| l.trim().strip_prefix("Candidate:"))
@@ -181,28 +179,13 @@ impl Package {
 
 /// Bookworm's default kernel: the package `linux-image-amd64` depends on.
 fn resolve_kernel_package() -> Result<Package> {
-    let output = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    let output = run_command(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
     let name = output
         .lines()
         .find_map(|l| l.trim().strip_prefix("Depends: "))
         .filter(|n| n.starts_with("linux-image-"))
         .context("cannot resolve linux-image-amd64 to a kernel package; run `apt-get update`")?;
     Package::resolve(name.trim())
-}
-
-fn run(command: &mut Command) -> Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("cannot run {:?}", command.get_program()))?;
-    if !output.status.success() {
-        bail!(
-            "{:?} failed ({}): {}",
-            command,
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

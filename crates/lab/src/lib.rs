@@ -8,9 +8,12 @@
 //!   [`report`] and [`plot`] present them.
 
 pub mod analysis;
+pub mod build;
 pub mod disk;
 pub mod image;
 pub mod method;
+pub mod mllm_migration;
+pub mod outcome;
 pub mod paths;
 pub mod plot;
 pub mod qemu_migration;

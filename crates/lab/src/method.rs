@@ -15,6 +15,9 @@ pub enum Method {
     QemuXbzrle,
     /// QEMU's multifd pre-copy with zstd compression.
     QemuMultifdZstd,
+    /// mllm's agents move guest RAM by pre-copy (the classic policy, the
+    /// base later policies are measured against); QEMU moves device state.
+    MllmPrecopy,
 }
 
 impl Method {
@@ -25,7 +28,13 @@ impl Method {
             Method::QemuPostcopyPreempt => "qemu-postcopy-preempt",
             Method::QemuXbzrle => "qemu-xbzrle",
             Method::QemuMultifdZstd => "qemu-multifd-zstd",
+            Method::MllmPrecopy => "mllm-precopy",
         }
+    }
+
+    /// mllm's agents own the memory data plane (RAM in a shared file, the hook preloaded).
+    pub fn is_mllm(self) -> bool {
+        matches!(self, Method::MllmPrecopy)
     }
 
     pub fn uses_postcopy(self) -> bool {
@@ -35,7 +44,7 @@ impl Method {
     /// Migration capabilities both QEMUs must have enabled.
     pub fn qemu_capabilities(self) -> Vec<&'static str> {
         match self {
-            Method::QemuPrecopy => vec![],
+            Method::QemuPrecopy | Method::MllmPrecopy => vec![],
             Method::QemuPostcopy => vec!["postcopy-ram"],
             Method::QemuPostcopyPreempt => vec!["postcopy-ram", "postcopy-preempt"],
             Method::QemuXbzrle => vec!["xbzrle"],

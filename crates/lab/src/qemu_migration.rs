@@ -4,37 +4,43 @@
 //! destination exports its empty disk over NBD, the source mirrors into it,
 //! and memory migration pauses before switchover until the mirror is done.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use serde_json::{json, Value};
 
 use crate::method::Method;
+use crate::outcome::MigrationOutcome;
 
 /// Where the source sends each stream; every address is the link's.
-pub struct Route {
+struct Route {
     /// Link address forwarding to the destination's migration port.
-    pub migration_via_link: SocketAddr,
-    pub destination_migration_port: u16,
+    migration_via_link: SocketAddr,
+    destination_migration_port: u16,
     /// Link address forwarding to the destination's NBD server, and its port.
-    pub disk: Option<(SocketAddr, u16)>,
+    disk: Option<(SocketAddr, u16)>,
 }
 
-/// What QEMU did, on the host wall clock (µs since the epoch).
-#[derive(Debug, Default, Clone)]
-pub struct QemuOutcome {
-    pub error: Option<String>,
-    pub started_us: u64,
-    pub completed_us: Option<u64>,
-    pub stopped_us: Option<u64>,
-    pub resumed_us: Option<u64>,
-    pub memory_bytes: u64,
-    pub disk_bytes: u64,
-    pub rounds: u64,
-    pub qemu_downtime_ms: Option<u64>,
+impl Route {
+    fn through(link: &Link, with_disk: bool) -> Result<Route> {
+        let destination_migration_port = free_port()?;
+        let disk = match with_disk {
+            true => {
+                let nbd_port = free_port()?;
+                Some((link.forward(local(nbd_port))?, nbd_port))
+            }
+            false => None,
+        };
+        Ok(Route {
+            migration_via_link: link.forward(local(destination_migration_port))?,
+            destination_migration_port,
+            disk,
+        })
+    }
 }
 
 const QMP_WAIT: Duration = Duration::from_secs(30);
@@ -45,21 +51,24 @@ pub fn migrate(
     timeout: Duration,
     source: &QemuProcess,
     destination: &QemuProcess,
-    route: &Route,
-) -> QemuOutcome {
-    let mut outcome = QemuOutcome {
+    link: &Link,
+) -> MigrationOutcome {
+    let mut outcome = MigrationOutcome {
         started_us: wall_clock_us(),
-        ..QemuOutcome::default()
+        ..MigrationOutcome::default()
     };
-    if let Err(err) = run(
-        method,
-        downtime_target,
-        timeout,
-        source,
-        destination,
-        route,
-        &mut outcome,
-    ) {
+    let route = Route::through(link, source.config.disk.is_some());
+    if let Err(err) = route.and_then(|route| {
+        run(
+            method,
+            downtime_target,
+            timeout,
+            source,
+            destination,
+            &route,
+            &mut outcome,
+        )
+    }) {
         // The source keeps running: QEMU resumes it on a failed pre-copy, and
         // a cancelled migration never stopped it.
         let _ = source.qmp.execute("migrate_cancel", json!({}));
@@ -81,7 +90,7 @@ fn run(
     source: &QemuProcess,
     destination: &QemuProcess,
     route: &Route,
-    outcome: &mut QemuOutcome,
+    outcome: &mut MigrationOutcome,
 ) -> Result<()> {
     let with_disk = route.disk.is_some();
     configure(method, source, destination, downtime_target, with_disk)?;
@@ -155,7 +164,7 @@ fn run(
     outcome.resumed_us = Some(resumed.timestamp_us);
     let info = source.qmp.execute("query-migrate", json!({}))?;
     record_counters(&info, outcome);
-    outcome.qemu_downtime_ms = info["downtime"].as_u64();
+    outcome.reported_downtime_ms = info["downtime"].as_u64();
     if with_disk {
         destination.qmp.execute("nbd-server-stop", json!({}))?;
     }
@@ -249,7 +258,7 @@ fn start_mirror(
 
 /// Ends the mirror without pivoting: the source keeps its disk, the
 /// destination's copy is now complete.
-fn complete_mirror(source: &QemuProcess, outcome: &mut QemuOutcome) -> Result<()> {
+fn complete_mirror(source: &QemuProcess, outcome: &mut MigrationOutcome) -> Result<()> {
     let jobs = source.qmp.execute("query-block-jobs", json!({}))?;
     if let Some(offset) = jobs.get(0).and_then(|j| j["offset"].as_u64()) {
         outcome.disk_bytes = offset;
@@ -271,7 +280,7 @@ fn complete_mirror(source: &QemuProcess, outcome: &mut QemuOutcome) -> Result<()
     Ok(())
 }
 
-fn record_counters(info: &Value, outcome: &mut QemuOutcome) {
+fn record_counters(info: &Value, outcome: &mut MigrationOutcome) {
     let ram = &info["ram"];
     if let Some(transferred) = ram["transferred"].as_u64() {
         outcome.memory_bytes = transferred;
@@ -279,4 +288,14 @@ fn record_counters(info: &Value, outcome: &mut QemuOutcome) {
     if let Some(rounds) = ram["dirty-sync-count"].as_u64() {
         outcome.rounds = rounds;
     }
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A port nobody listens on now; QEMU binds it a moment later.
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free local TCP port")?;
+    Ok(listener.local_addr()?.port())
 }

@@ -27,8 +27,13 @@ pub struct RunResult {
     pub disk_bytes: u64,
     /// Memory passes (QEMU's dirty-sync count).
     pub rounds: u64,
-    /// Downtime as QEMU itself reports it.
-    pub qemu_downtime_ms: Option<u64>,
+    /// Downtime as the engine itself reports it (QEMU's `downtime`; for
+    /// mllm, source stopped until the destination's confirmation arrived).
+    pub reported_downtime_ms: Option<u64>,
+    /// Pages sent more than once (mllm's engine counts them).
+    pub retransmitted_pages: Option<u64>,
+    /// How written pages were found (mllm's engine).
+    pub tracking_method: Option<String>,
     pub workload: WorkloadResult,
     pub destination: DestinationCheck,
     /// For a failed migration: was the source VM still running afterwards?

@@ -2,7 +2,6 @@
 //! destination, migrate through the emulated link, watch the destination,
 //! and measure.
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,13 +11,16 @@ use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::{DiskAttachment, QemuConfig, QemuProcess, RamBackend};
 
 use crate::analysis::{self, GuestOutput};
+use crate::build;
 use crate::disk;
 use crate::image::{GuestImage, SERIAL_PORTS};
 use crate::method::Method;
+use crate::mllm_migration::{self, RamFiles};
 use crate::plot;
-use crate::qemu_migration::{self, Route};
+use crate::qemu_migration;
 use crate::result::{Environment, RunResult};
 use crate::scenario::{Scenario, Workload};
+use mllm_agent::make_migratable;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -112,34 +114,64 @@ fn run_in(
         env: vec![],
     };
 
-    let source = QemuProcess::start(vm("source", &source_disk, false))?;
+    let mut source_config = vm("source", &source_disk, false);
+    let mut destination_config = vm("destination", &destination_disk, true);
+    // mllm's agents map guest RAM themselves: it lives in tmpfs files, and
+    // the hook inside QEMU hands them the write tracking.
+    let ram_dir = tempfile::Builder::new()
+        .prefix("mllm-lab-ram-")
+        .tempdir_in("/dev/shm")
+        .context("cannot create guest RAM files in /dev/shm")?;
+    let source_ram = ram_dir.path().join("source.ram");
+    let destination_ram = ram_dir.path().join("destination.ram");
+    if method.is_mllm() {
+        let hook = build::hook_library()?;
+        make_migratable(
+            &mut source_config,
+            &source_ram,
+            &hook,
+            &sockets.join("source.hook"),
+        );
+        make_migratable(
+            &mut destination_config,
+            &destination_ram,
+            &hook,
+            &sockets.join("destination.hook"),
+        );
+    }
+
+    let source = QemuProcess::start(source_config)?;
     wait_until_booted(&source, &scenario.workload)?;
     let warmup_started = wall_clock_us();
     std::thread::sleep(scenario.timing.warmup);
 
-    let destination = QemuProcess::start(vm("destination", &destination_disk, true))?;
+    let destination = QemuProcess::start(destination_config)?;
     let link = Link::new(link_config)?;
     let link_started_us = wall_clock_us();
-    let destination_migration_port = free_port()?;
-    let route = Route {
-        migration_via_link: link.forward(local(destination_migration_port))?,
-        destination_migration_port,
-        disk: match destination_disk {
-            Some(_) => {
-                let nbd_port = free_port()?;
-                Some((link.forward(local(nbd_port))?, nbd_port))
-            }
-            None => None,
-        },
+    let timing = &scenario.timing;
+    let outcome = if method.is_mllm() {
+        let ram = RamFiles {
+            source: &source_ram,
+            destination: &destination_ram,
+        };
+        mllm_migration::migrate(
+            timing.downtime_target,
+            timing.migration_timeout,
+            &source,
+            &destination,
+            &ram,
+            &link,
+        )
+    } else {
+        qemu_migration::migrate(
+            method,
+            timing.downtime_target,
+            timing.migration_timeout,
+            &source,
+            &destination,
+            &link,
+        )
     };
-    let outcome = qemu_migration::migrate(
-        method,
-        scenario.timing.downtime_target,
-        scenario.timing.migration_timeout,
-        &source,
-        &destination,
-        &route,
-    );
     let success_so_far = outcome.error.is_none();
     if success_so_far {
         std::thread::sleep(scenario.timing.after);
@@ -205,7 +237,9 @@ fn run_in(
         memory_bytes: outcome.memory_bytes,
         disk_bytes: outcome.disk_bytes,
         rounds: outcome.rounds,
-        qemu_downtime_ms: outcome.qemu_downtime_ms,
+        reported_downtime_ms: outcome.reported_downtime_ms,
+        retransmitted_pages: outcome.retransmitted_pages,
+        tracking_method: outcome.tracking_method.clone(),
         workload: analysis::workload_rates(
             &source_output,
             &destination_output,
@@ -273,14 +307,4 @@ fn is_running(vm: &QemuProcess) -> bool {
     vm.qmp
         .execute("query-status", serde_json::json!({}))
         .is_ok_and(|s| s["running"].as_bool() == Some(true))
-}
-
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A port nobody listens on now; QEMU binds it a moment later.
-fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free local TCP port")?;
-    Ok(listener.local_addr()?.port())
 }

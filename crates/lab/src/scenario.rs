@@ -294,6 +294,11 @@ impl Scenario {
                 );
             }
         }
+        if self.vm.disk.is_some() {
+            if let Some(method) = self.methods.iter().find(|m| m.is_mllm()) {
+                bail!("{method} does not move disks yet: remove [vm.disk] or use QEMU's methods");
+            }
+        }
         ensure!(
             !self.methods.is_empty(),
             "methods is empty: name at least one migration method"

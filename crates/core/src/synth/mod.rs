@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::{Deserialize, Serialize};
 
+use crate::pageset::PageSet;
 use crate::trace::{MemoryTrace, MemoryTraceHeader, WriteInterval};
 
 /// One access pattern over items `0..n` (pages or blocks).
@@ -160,9 +161,7 @@ impl Workload {
                 self.uniform(&mut rng, background, &mut items);
             }
         }
-        items.sort_unstable();
-        items.dedup();
-        items
+        sorted_unique(items, n)
     }
 
     fn uniform(&self, rng: &mut SmallRng, rate: f64, out: &mut Vec<u32>) {
@@ -198,14 +197,35 @@ fn fraction_of(fraction: f64, n: u32) -> u32 {
     (fraction.clamp(0.0, 1.0) * f64::from(n)).round() as u32
 }
 
-/// Calls `hit(i)` for each `i < len` independently with probability `p`,
-/// jumping over the misses with geometric gaps (cost proportional to the hits).
+/// `items` sorted and de-duplicated; through a bitset when they are many
+/// compared with the universe (a hot set rewritten every interval), which is
+/// linear where sorting is not.
+fn sorted_unique(mut items: Vec<u32>, universe: u32) -> Vec<u32> {
+    if items.len() as u64 * 64 > u64::from(universe) {
+        let set = PageSet::from_items(universe, &items);
+        items.clear();
+        items.extend(set.iter());
+    } else {
+        items.sort_unstable();
+        items.dedup();
+    }
+    items
+}
+
+/// Calls `hit(i)` for each `i < len` independently with probability `p`:
+/// a coin per item when hits are common, otherwise jumping over the misses
+/// with geometric gaps (cost proportional to the hits).
 fn bernoulli_run(rng: &mut SmallRng, p: f64, len: u32, mut hit: impl FnMut(u32)) {
     if p <= 0.0 || len == 0 {
         return;
     }
     if p >= 1.0 {
         (0..len).for_each(hit);
+        return;
+    }
+    if p > 0.25 {
+        let threshold = (p * u64::MAX as f64) as u64;
+        (0..len).filter(|_| rng.gen::<u64>() < threshold).for_each(hit);
         return;
     }
     let log_miss = (1.0 - p).ln();

@@ -84,12 +84,6 @@ impl SecondAccessHazard {
         self.seen_once_at.push(std::mem::take(&mut self.new_items));
     }
 
-    /// Probability that an item seen once comes back in the next interval,
-    /// `silence` intervals after its access.
-    pub fn rate(&self, origin: Origin, silence: u32) -> f64 {
-        self.rate[origin][bucket(silence)]
-    }
-
     /// Probability that an item seen once comes back within `horizon`
     /// intervals from a silence of `silence`: survival through each silence
     /// ahead at that silence's own rate. Items seen once are a mix (the rest
@@ -128,13 +122,13 @@ mod tests {
         hazard.end_interval(1);
         (0..5).for_each(|_| hazard.second_access(1, BUSY));
         hazard.end_interval(2);
-        assert!((hazard.rate(BUSY, 1) - SMOOTHING * 0.5).abs() < 1e-12);
-        assert_eq!(hazard.rate(QUIET, 1), 0.0);
-        assert_eq!(hazard.rate(BUSY, 8), 0.0);
+        assert!((hazard.return_probability(BUSY, 1, 1.0) - SMOOTHING * 0.5).abs() < 1e-12);
+        assert_eq!(hazard.return_probability(QUIET, 1, 1.0), 0.0);
+        assert_eq!(hazard.return_probability(BUSY, 8, 1.0), 0.0);
         // Interval 3: none of the five left comes back after two intervals.
         hazard.end_interval(3);
-        assert_eq!(hazard.rate(BUSY, 2), 0.0);
-        assert!((hazard.rate(BUSY, 1) - 0.25).abs() < 1e-12, "no item was one interval old");
+        assert_eq!(hazard.return_probability(BUSY, 2, 1.0), 0.0);
+        assert!((hazard.return_probability(BUSY, 1, 1.0) - 0.25).abs() < 1e-12, "no item was one interval old");
         // From silence 1, two intervals: 1 at rate 0.25, then 1 at rate 0.
         assert!((hazard.return_probability(BUSY, 1, 2.0) - 0.25).abs() < 1e-12);
         let half = hazard.return_probability(BUSY, 1, 0.5);

@@ -1,0 +1,99 @@
+//! mllm's own engine in the lab: the agents' library moves guest RAM through
+//! the link and relays QEMU's device state, in-process.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use mllm_agent::{
+    migrate_source, receive_migration, BoundAction, DestinationSettings, PrecopySettings,
+    SourceReport,
+};
+use mllm_link::Link;
+use mllm_qemu::qmp::wall_clock_us;
+use mllm_qemu::QemuProcess;
+
+use crate::outcome::MigrationOutcome;
+
+/// Guest RAM files on both sides, on tmpfs.
+pub struct RamFiles<'a> {
+    pub source: &'a Path,
+    pub destination: &'a Path,
+}
+
+pub fn migrate(
+    downtime_target: Duration,
+    timeout: Duration,
+    source: &QemuProcess,
+    destination: &QemuProcess,
+    ram: &RamFiles,
+    link: &Link,
+) -> MigrationOutcome {
+    let started_us = wall_clock_us();
+    match run(downtime_target, timeout, source, destination, ram, link) {
+        Ok((report, running_us)) => MigrationOutcome {
+            error: None,
+            started_us: report.timings.started_us,
+            completed_us: Some(report.timings.destination_running_us),
+            stopped_us: Some(report.timings.stopped_us),
+            resumed_us: Some(running_us),
+            memory_bytes: report.memory_bytes,
+            disk_bytes: 0,
+            rounds: report.rounds.len() as u64,
+            reported_downtime_ms: Some(report.downtime_upper_bound_ms() as u64),
+            retransmitted_pages: Some(report.retransmitted_pages),
+            tracking_method: Some(report.tracking_method),
+        },
+        Err(err) => MigrationOutcome {
+            error: Some(format!("{err:#}")),
+            started_us,
+            ..MigrationOutcome::default()
+        },
+    }
+}
+
+fn run(
+    downtime_target: Duration,
+    timeout: Duration,
+    source: &QemuProcess,
+    destination: &QemuProcess,
+    ram: &RamFiles,
+    link: &Link,
+) -> Result<(SourceReport, u64)> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("destination agent cannot listen")?;
+    let via_link = link.forward(listener.local_addr()?)?;
+    std::thread::scope(|scope| {
+        let destination_side = scope.spawn(|| -> Result<u64> {
+            let (stream, _) = listener.accept()?;
+            let report = receive_migration(
+                destination,
+                ram.destination,
+                stream,
+                &DestinationSettings::default(),
+            )?;
+            Ok(report.running_us)
+        });
+        // Same rule as for QEMU's methods: no bound on rounds, cancelled
+        // (the source keeps running) when the scenario's timeout passes.
+        let settings = PrecopySettings {
+            downtime_target,
+            max_rounds: u32::MAX,
+            max_duration: Some(timeout),
+            on_bound: BoundAction::Abort,
+            // Test mode: every destination page is compared with the source's at the switch.
+            verify: true,
+            ..PrecopySettings::default()
+        };
+        let stream = TcpStream::connect(via_link).context("cannot reach the destination agent")?;
+        let sent = migrate_source(source, ram.source, stream, &settings, &|progress| {
+            tracing::debug!(?progress, "mllm migration progress")
+        });
+        let received = destination_side
+            .join()
+            .map_err(|_| anyhow!("the destination agent panicked"))?;
+        let report = sent?;
+        let running_us = received.context("destination agent")?;
+        Ok((report, running_us))
+    })
+}

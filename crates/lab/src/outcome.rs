@@ -1,0 +1,22 @@
+//! What a migration engine reports back to the lab, whichever engine ran.
+
+/// Instants are host wall-clock µs since the epoch, comparable across both
+/// VMs' QMP events and the serial lines.
+#[derive(Debug, Default, Clone)]
+pub struct MigrationOutcome {
+    pub error: Option<String>,
+    pub started_us: u64,
+    /// The source released the VM.
+    pub completed_us: Option<u64>,
+    pub stopped_us: Option<u64>,
+    pub resumed_us: Option<u64>,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+    pub rounds: u64,
+    /// Downtime as the engine itself reports it (QEMU's `downtime`).
+    pub reported_downtime_ms: Option<u64>,
+    /// Pages sent more than once, where the engine counts them.
+    pub retransmitted_pages: Option<u64>,
+    /// How written pages were found, where the engine tracks them itself.
+    pub tracking_method: Option<String>,
+}
