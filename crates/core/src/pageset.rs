@@ -70,25 +70,15 @@ impl PageSet {
     }
 
     /// Items in increasing order.
-    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+    pub fn iter(&self) -> Items<'_> {
         self.iter_from(0)
     }
 
     /// Items `>= start` in increasing order.
-    pub fn iter_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
-        let first_word = (start / 64) as usize;
-        let first_mask = if start % 64 == 0 { u64::MAX } else { u64::MAX << (start % 64) };
-        self.words.iter().enumerate().skip(first_word).flat_map(move |(index, &word)| {
-            let mut bits = if index == first_word { word & first_mask } else { word };
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let bit = bits.trailing_zeros();
-                bits &= bits - 1;
-                Some(index as u32 * 64 + bit)
-            })
-        })
+    pub fn iter_from(&self, start: u32) -> Items<'_> {
+        let index = (start / 64) as usize;
+        let bits = self.words.get(index).map_or(0, |&word| word & (u64::MAX << (start % 64)));
+        Items { words: &self.words, index, bits }
     }
 
     /// Sets `self = self ∪ other`.
@@ -143,6 +133,28 @@ impl PageSet {
     }
 }
 
+/// The items of a [`PageSet`], increasing.
+pub struct Items<'a> {
+    words: &'a [u64],
+    index: usize,
+    /// Bits of `words[index]` not yet returned.
+    bits: u64,
+}
+
+impl Iterator for Items<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        while self.bits == 0 {
+            self.index += 1;
+            self.bits = *self.words.get(self.index)?;
+        }
+        let bit = self.bits.trailing_zeros();
+        self.bits &= self.bits - 1;
+        Some(self.index as u32 * 64 + bit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +174,8 @@ mod tests {
         let set = PageSet::from_items(200, &[3, 64, 70, 199]);
         assert_eq!(set.iter_from(65).collect::<Vec<_>>(), vec![70, 199]);
         assert_eq!(set.iter_from(64).collect::<Vec<_>>(), vec![64, 70, 199]);
+        assert_eq!(set.iter_from(200).count(), 0);
+        assert_eq!(PageSet::new(0).iter().count(), 0);
     }
 
     proptest! {

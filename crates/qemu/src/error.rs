@@ -10,13 +10,13 @@ pub enum QemuError {
     NotInstalled { binary: String },
     #[error("QEMU at `{binary}` is version {found}; mllm needs 10.0 or newer (run scripts/install-deps.sh)")]
     TooOld { binary: String, found: String },
-    #[error("failed to start QEMU: {0}")]
+    #[error("failed to start QEMU")]
     Spawn(#[source] std::io::Error),
     #[error("QEMU exited during start-up ({status}); its stderr said: {stderr}")]
     EarlyExit { status: String, stderr: String },
     #[error("timed out after {seconds} s waiting for {what}")]
     Timeout { what: String, seconds: u64 },
-    #[error("QMP I/O on {path}: {source}")]
+    #[error("QMP I/O on {path}")]
     QmpIo {
         path: PathBuf,
         #[source]
@@ -30,7 +30,7 @@ pub enum QemuError {
         class: String,
         desc: String,
     },
-    #[error("serial capture on {path}: {source}")]
+    #[error("serial capture on {path}")]
     Serial {
         path: PathBuf,
         #[source]
