@@ -17,6 +17,8 @@
 //!   [`IncomingMigration`]) on the destination, each given the local
 //!   [`mllm_qemu::QemuProcess`], its RAM file and a connected `TcpStream`;
 //! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
+//! - [`record_memory_trace`] records which pages a running VM writes, interval
+//!   by interval, as a migration can too ([`PrecopySettings::trace_file`]);
 //! - [`daemon`] is the long-running `mllm agent` built on them.
 //!
 //! See `crates/agent/README.md` for the protocol sequence and the daemon.
@@ -25,15 +27,18 @@ pub mod daemon;
 mod destination;
 mod device_state;
 mod guest_ram;
+mod memory_trace;
 mod peer;
 mod progress;
 mod report;
 mod settings;
 mod source;
+mod tracking;
 mod vm_setup;
 
 pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
 pub use guest_ram::GuestRam;
+pub use memory_trace::{record_memory_trace, TraceSummary};
 pub use progress::{Phase, Progress};
 pub use report::{DestinationReport, RoundReport, SourceReport, SourceTimings, SwitchReason};
 pub use settings::{parse_compression, BoundAction, PrecopySettings};

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::memory_trace::TraceSummary;
+
 /// One round of page transfer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundReport {
@@ -67,6 +69,9 @@ pub struct SourceReport {
     pub rate_bytes_per_s: Option<f64>,
     /// Whether the destination compared RAM digests (test mode) and found them equal.
     pub verified: bool,
+    /// The memory write trace recorded during pre-copy, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_trace: Option<TraceSummary>,
     pub timings: SourceTimings,
 }
 

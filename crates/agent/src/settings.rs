@@ -1,6 +1,7 @@
 //! What a caller can tune about a migration, with defaults that match QEMU's
 //! own pre-copy where QEMU has an equivalent.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -39,6 +40,14 @@ pub struct PrecopySettings {
     pub verify: bool,
     /// Silence from the peer for this long means the link is dead.
     pub link_timeout: Duration,
+    /// Record the guest's memory writes, from when tracking starts until
+    /// the VM stops, into this file (mllm-core's binary memory trace): one
+    /// interval per tracker scan. If writing it fails, the migration goes on
+    /// and the report says why the trace ended early.
+    pub trace_file: Option<PathBuf>,
+    /// While a trace is recorded, the tracker is scanned at least this
+    /// often, in the middle of rounds too, so intervals stay short.
+    pub trace_interval: Duration,
 }
 
 impl Default for PrecopySettings {
@@ -52,6 +61,8 @@ impl Default for PrecopySettings {
             on_bound: BoundAction::Switch,
             verify: false,
             link_timeout: Duration::from_secs(30),
+            trace_file: None,
+            trace_interval: Duration::from_millis(100),
         }
     }
 }
@@ -66,6 +77,9 @@ impl PrecopySettings {
         }
         if self.downtime_target.is_zero() {
             bail!("the downtime target must be positive");
+        }
+        if self.trace_file.is_some() && self.trace_interval.is_zero() {
+            bail!("the trace interval must be positive");
         }
         Ok(())
     }

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
@@ -20,10 +19,48 @@ use crate::vm_setup::make_migratable;
 pub struct OwnedVm {
     pub qemu: QemuProcess,
     pub ram_file: PathBuf,
-    /// An outgoing migration runs: a second one must wait.
-    pub migrating: AtomicBool,
+    /// What holds the VM's write tracker now, if anything.
+    tracker_user: Mutex<Option<TrackerUser>>,
     /// The latest progress of the outgoing migration.
     pub migration: Mutex<Option<Progress>>,
+}
+
+/// What tracks a VM's memory writes. The hook in QEMU arms one tracker at
+/// a time, so an outgoing migration and a trace recording exclude each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackerUser {
+    Migration,
+    TraceRecording,
+}
+
+impl OwnedVm {
+    /// Holds the VM's write tracker for `user` until the claim is dropped;
+    /// fails while something else holds it.
+    pub fn claim_tracker(&self, user: TrackerUser) -> Result<TrackerClaim<'_>> {
+        let mut holder = self.tracker_user.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = *holder {
+            let what = match current {
+                TrackerUser::Migration => "it is being migrated",
+                TrackerUser::TraceRecording => "a memory trace of it is being recorded",
+            };
+            bail!("VM {} is busy: {what}", self.qemu.config.name);
+        }
+        *holder = Some(user);
+        Ok(TrackerClaim {
+            holder: &self.tracker_user,
+        })
+    }
+}
+
+/// The VM's write tracker is in use while this lives.
+pub struct TrackerClaim<'a> {
+    holder: &'a Mutex<Option<TrackerUser>>,
+}
+
+impl Drop for TrackerClaim<'_> {
+    fn drop(&mut self) {
+        *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl Drop for OwnedVm {
@@ -87,7 +124,7 @@ impl VmHost {
         Ok(OwnedVm {
             qemu,
             ram_file,
-            migrating: AtomicBool::new(false),
+            tracker_user: Mutex::new(None),
             migration: Mutex::new(None),
         })
     }

@@ -8,6 +8,7 @@ mod rate;
 mod reporter;
 mod switchover;
 mod threads;
+mod writes;
 
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
-use mllm_tracker::{detect, find_ram_mapping, WriteTracker};
 use mllm_wire::{
     CompressionSetting, Message, MigrationRequest, Negotiated, Role, TrafficClass, PAGE_SIZE,
 };
@@ -26,13 +26,15 @@ use serde_json::json;
 use self::flow::Flow;
 use self::pipeline::Pipeline;
 use self::reporter::Reporter;
+use self::writes::WriteLog;
 use crate::device_state::ignore_shared_ram;
 use crate::guest_ram::GuestRam;
+use crate::memory_trace::TraceFile;
 use crate::peer::{link_failure, PeerLink};
 use crate::progress::{Phase, Progress};
 use crate::report::{SourceReport, SourceTimings};
 use crate::settings::PrecopySettings;
-use crate::vm_setup::hook_socket_of;
+use crate::tracking::start_tracking;
 
 /// Frames queued for the sender thread beyond the one it is writing: enough
 /// to cover compressing the next batch, small next to the link's queue.
@@ -86,7 +88,7 @@ struct VmState {
 struct SourceContext<'a> {
     vm: &'a QemuProcess,
     ram: &'a GuestRam,
-    tracker: Box<dyn WriteTracker>,
+    writes: WriteLog,
     pipeline: Pipeline<'a>,
     flow: &'a Flow,
     settings: &'a PrecopySettings,
@@ -143,12 +145,19 @@ fn run(
         eta_s: None,
         elapsed_s: 0.0,
     });
+    // Created before anything happens to the VM: a path that cannot be
+    // written fails the migration before it starts.
+    let trace = match &settings.trace_file {
+        Some(path) => Some(TraceFile::create(path, ram.pages())?),
+        None => None,
+    };
     let mut link = PeerLink::establish(stream, Role::Source, settings.link_timeout)?;
     request_migration(&mut link, vm, &ram, settings.link_timeout)?;
     let compression = usable_compression(settings.compression, &link.negotiated);
     ignore_shared_ram(vm)?;
     let tracker = start_tracking(vm, ram_file)?;
     let tracking_method = tracker.method().to_string();
+    let writes = WriteLog::new(tracker, trace, settings.trace_interval);
 
     let flow = Flow::default();
     let PeerLink {
@@ -166,7 +175,7 @@ fn run(
             let mut ctx = SourceContext {
                 vm,
                 ram: &ram,
-                tracker,
+                writes,
                 pipeline: Pipeline::new(queue, &flow, compression, settings.batch_pages)?,
                 flow: &flow,
                 settings,
@@ -176,7 +185,12 @@ fn run(
             };
             let precopy = precopy::run(&mut ctx)?;
             let switched = switchover::run(&mut ctx, &precopy.dirty)?;
-            Ok((precopy, switched, ctx.pipeline.into_rounds()))
+            Ok((
+                precopy,
+                switched,
+                ctx.pipeline.into_rounds(),
+                ctx.writes.finish_trace(),
+            ))
         })();
         if outcome.is_err() {
             // Unblocks both threads; the closed queue ends the sender too.
@@ -186,7 +200,7 @@ fn run(
         let received = receiver.join().expect("the receiver thread panicked");
         (outcome, sent, received)
     });
-    let (precopy, switched, rounds) = outcome?;
+    let (precopy, switched, rounds, memory_trace) = outcome?;
 
     let pages_sent: u64 = rounds.iter().map(|round| round.pages).sum();
     Ok(SourceReport {
@@ -205,6 +219,7 @@ fn run(
         link_bytes_received: received.total_bytes(),
         rate_bytes_per_s: precopy.rate,
         verified: settings.verify,
+        memory_trace,
         timings: SourceTimings {
             started_us,
             stopped_us: switched.stopped_us,
@@ -259,13 +274,6 @@ fn usable_compression(wanted: CompressionSetting, negotiated: &Negotiated) -> Co
         );
         CompressionSetting::None
     }
-}
-
-fn start_tracking(vm: &QemuProcess, ram_file: &Path) -> Result<Box<dyn WriteTracker>> {
-    let pid = vm.pid() as i32;
-    let mapping = find_ram_mapping(pid, ram_file)?;
-    let hook_socket = hook_socket_of(&vm.config);
-    detect(pid, mapping, hook_socket.as_deref()).context("tracking the guest's memory writes")
 }
 
 /// Undoes what the failed migration did to the source VM; says what it did.

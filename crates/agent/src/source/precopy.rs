@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use mllm_tracker::PageRange;
 
 use super::policy::{decide, AfterScan, Decision};
@@ -27,12 +27,9 @@ pub(super) struct PrecopyEnd {
 pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<PrecopyEnd> {
     let everything = [PageRange::new(0, ctx.ram.pages())];
     send_round(ctx, Phase::Precopy, &everything, false)?;
-    let mut dirty = Vec::new();
     loop {
         wait_for_drain(ctx)?;
-        ctx.tracker
-            .scan(&mut dirty)
-            .context("scanning for pages the guest wrote")?;
+        let dirty = ctx.writes.take()?;
         let flow = ctx.flow.snapshot();
         let state = AfterScan {
             rounds_done: ctx.pipeline.round() - 1,
@@ -73,6 +70,10 @@ pub(super) fn send_round(
             ctx.pipeline.send_page(ctx.ram, page)?;
             sent += 1;
             if sent % PAGES_PER_REPORT == 0 {
+                // The final round runs with the VM stopped: nothing to scan.
+                if !stopped {
+                    ctx.writes.scan_if_due()?;
+                }
                 ctx.report(
                     phase,
                     (total - sent) as f64 * ctx.pipeline.bytes_per_page_this_round(),
@@ -94,7 +95,8 @@ pub(super) fn send_round(
 
 /// Waits until what is still in flight could cross within half the downtime
 /// target, so the next scan sees writes up to nearly the moment its pages
-/// can leave, while the link stays busy with the rest.
+/// can leave, while the link stays busy with the rest. Scans for the trace
+/// meanwhile when one is due.
 fn wait_for_drain(ctx: &mut SourceContext<'_>) -> Result<()> {
     let half_target = ctx.settings.downtime_target.as_secs_f64() / 2.0;
     let drained = |flow: &super::flow::FlowSnapshot| match flow.rate {
@@ -102,8 +104,15 @@ fn wait_for_drain(ctx: &mut SourceContext<'_>) -> Result<()> {
         // Without a measured rate, wait for everything.
         None => flow.unacked_bytes == 0,
     };
-    while ctx.flow.wait_until(REPORT_INTERVAL, drained)?.is_none() {
+    loop {
+        let wake = ctx
+            .writes
+            .until_scan_due()
+            .map_or(REPORT_INTERVAL, |due| due.min(REPORT_INTERVAL));
+        if ctx.flow.wait_until(wake, drained)?.is_some() {
+            return Ok(());
+        }
+        ctx.writes.scan_if_due()?;
         ctx.report(Phase::Precopy, 0.0);
     }
-    Ok(())
 }

@@ -11,6 +11,7 @@ use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message};
 use serde_json::json;
 
 use super::precopy::send_round;
+use super::writes::merge_ranges;
 use super::SourceContext;
 use crate::device_state::OutgoingDeviceState;
 use crate::progress::Phase;
@@ -35,10 +36,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Sw
         .execute("stop", json!({}))
         .context("stopping the source VM")?;
     let stopped_us = wall_clock_us();
-    let mut written = Vec::new();
-    ctx.tracker
-        .scan(&mut written)
-        .context("final scan for written pages")?;
+    let written = ctx.writes.take().context("final scan")?;
     let last = merge_ranges(dirty, &written);
     send_round(ctx, Phase::FinalRound, &last, true)?;
     if ctx.settings.verify {
@@ -84,42 +82,4 @@ pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Sw
         device_state_sent_us,
         destination_running_us,
     })
-}
-
-/// Union of two sorted lists of disjoint ranges, sorted and merged.
-fn merge_ranges(a: &[PageRange], b: &[PageRange]) -> Vec<PageRange> {
-    let mut all: Vec<PageRange> = a.iter().chain(b).copied().collect();
-    all.sort_by_key(|range| range.start);
-    let mut merged: Vec<PageRange> = Vec::with_capacity(all.len());
-    for range in all {
-        match merged.last_mut() {
-            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
-            _ => merged.push(range),
-        }
-    }
-    merged
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merged_ranges_cover_each_page_once() {
-        let a = [PageRange::new(0, 4), PageRange::new(10, 12)];
-        let b = [
-            PageRange::new(2, 6),
-            PageRange::new(12, 13),
-            PageRange::new(20, 21),
-        ];
-        assert_eq!(
-            merge_ranges(&a, &b),
-            [
-                PageRange::new(0, 6),
-                PageRange::new(10, 13),
-                PageRange::new(20, 21)
-            ]
-        );
-        assert!(merge_ranges(&[], &[]).is_empty());
-    }
 }

@@ -65,7 +65,9 @@ struct Running {
     vm: u32,
     link: usize,
     start_s: f64,
-    migration: Migration,
+    /// Built on the first step, in parallel with the others' steps: building
+    /// replays the warm-up intervals, as costly as many steps.
+    migration: Option<Migration>,
 }
 
 /// Migrates the whole fleet with `policy`.
@@ -90,11 +92,11 @@ pub fn simulate(scenario: &FleetScenario, policy: Policy) -> (FleetSummary, Vec<
             let free = scenario.links[link].concurrent.saturating_sub(busy);
             starting.extend(queue.drain(..free.min(queue.len())).map(|vm| (vm, link)));
         }
-        running.par_extend(starting.into_par_iter().map(|(vm, link)| Running {
+        running.extend(starting.into_iter().map(|(vm, link)| Running {
             vm,
             link,
             start_s: now,
-            migration: start_vm(scenario, &vms[vm as usize], policy),
+            migration: None,
         }));
 
         let mut sharing = vec![0usize; scenario.links.len()];
@@ -106,11 +108,14 @@ pub fn simulate(scenario: &FleetScenario, policy: Policy) -> (FleetSummary, Vec<
             .map(|(link, &n)| link.bandwidth_mbit * 1e6 / 8.0 / n.max(1) as f64)
             .collect();
         running.par_iter_mut().for_each(|r| {
-            r.migration.advance(shares[r.link]);
+            let vm = &vms[r.vm as usize];
+            let migration = r.migration.get_or_insert_with(|| start_vm(scenario, vm, policy));
+            migration.advance(shares[r.link]);
         });
 
-        let (done, still): (Vec<Running>, Vec<Running>) =
-            running.into_iter().partition(|r| r.migration.is_done());
+        let (done, still): (Vec<Running>, Vec<Running>) = running
+            .into_iter()
+            .partition(|r| r.migration.as_ref().is_some_and(Migration::is_done));
         running = still;
         finished.extend(done.into_iter().map(|r| {
             let vm = &vms[r.vm as usize];
@@ -119,7 +124,7 @@ pub fn simulate(scenario: &FleetScenario, policy: Policy) -> (FleetSummary, Vec<
                 group: scenario.groups[vm.group].name.clone(),
                 link: scenario.links[r.link].name.clone(),
                 start_s: r.start_s,
-                result: r.migration.into_result(),
+                result: r.migration.expect("a finished migration was built").into_result(),
             }
         }));
         step += 1;

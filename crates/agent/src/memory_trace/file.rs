@@ -1,0 +1,143 @@
+//! A binary memory trace file, filled one tracker scan at a time.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use mllm_core::trace::binary::MemoryTraceWriter;
+use mllm_core::trace::{MemoryTraceHeader, WriteInterval};
+use mllm_tracker::{PageRange, PAGE_SIZE};
+use serde::{Deserialize, Serialize};
+
+/// What a recorded trace holds and where it is. The intervals stay in the
+/// file: this is small enough for a JSON report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceSummary {
+    pub path: PathBuf,
+    pub intervals: u64,
+    /// The intervals' lengths summed: from when tracking started to the last scan.
+    pub duration_ms: f64,
+    /// Pages written, summed over intervals (a page written in two
+    /// intervals counts twice).
+    pub page_writes: u64,
+    /// Why recording stopped early, if it did (a migration goes on without
+    /// its trace); the file holds the intervals recorded before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub(crate) struct TraceFile {
+    writer: MemoryTraceWriter<BufWriter<File>>,
+    summary: TraceSummary,
+}
+
+impl TraceFile {
+    /// Creates (or truncates) `path` for a guest of `pages` pages.
+    pub fn create(path: &Path, pages: u64) -> Result<TraceFile> {
+        let context = || format!("creating memory trace {}", path.display());
+        let header = MemoryTraceHeader {
+            page_size: PAGE_SIZE as u32,
+            page_count: u32::try_from(pages)
+                .context("guest RAM has more pages than a trace can index")?,
+        };
+        let file = File::create(path).with_context(context)?;
+        let writer = MemoryTraceWriter::new(BufWriter::new(file), header).with_context(context)?;
+        Ok(TraceFile {
+            writer,
+            summary: TraceSummary {
+                path: path.to_owned(),
+                intervals: 0,
+                duration_ms: 0.0,
+                page_writes: 0,
+                error: None,
+            },
+        })
+    }
+
+    /// Appends one scan: the pages `written` in the `duration` since the
+    /// previous scan.
+    pub fn push(&mut self, duration: Duration, written: &[PageRange]) -> Result<()> {
+        // Page indices fit in u32: they are below the page count of the
+        // header, which `create` checked.
+        let pages: Vec<u32> = written
+            .iter()
+            .flat_map(PageRange::pages)
+            .map(|page| page as u32)
+            .collect();
+        let page_writes = pages.len() as u64;
+        // Readers reject intervals of zero length; two scans within one
+        // microsecond are the only way to get one.
+        let duration_us = (duration.as_micros() as u64).max(1);
+        self.writer
+            .push(&WriteInterval::new(duration_us, pages))
+            .with_context(|| format!("writing memory trace {}", self.summary.path.display()))?;
+        self.summary.intervals += 1;
+        self.summary.duration_ms += duration_us as f64 / 1000.0;
+        self.summary.page_writes += page_writes;
+        Ok(())
+    }
+
+    /// What was recorded so far.
+    pub fn summary(&self) -> &TraceSummary {
+        &self.summary
+    }
+
+    /// Flushes the file.
+    pub fn finish(self) -> Result<TraceSummary> {
+        let summary = self.summary;
+        self.writer
+            .finish()
+            .with_context(|| format!("writing memory trace {}", summary.path.display()))?;
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mllm_core::trace::binary::read_memory;
+
+    #[test]
+    fn scans_read_back_as_intervals_of_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.trace");
+        let mut trace = TraceFile::create(&path, 100).unwrap();
+        let first = [PageRange::new(0, 3), PageRange::new(10, 11)];
+        trace.push(Duration::from_millis(100), &first).unwrap();
+        trace.push(Duration::from_micros(250), &[]).unwrap();
+        trace.push(Duration::ZERO, &[PageRange::new(99, 100)]).unwrap();
+        let summary = trace.finish().unwrap();
+        assert_eq!(summary.intervals, 3);
+        assert_eq!(summary.page_writes, 5);
+        assert!((summary.duration_ms - 100.251).abs() < 1e-9, "{summary:?}");
+
+        let recorded = read_memory(File::open(&path).unwrap()).unwrap();
+        assert_eq!(recorded.header.page_size, 4096);
+        assert_eq!(recorded.header.page_count, 100);
+        let intervals: Vec<(u64, &[u32])> = recorded
+            .intervals
+            .iter()
+            .map(|interval| (interval.duration_us, interval.pages()))
+            .collect();
+        assert_eq!(
+            intervals,
+            [
+                (100_000, &[0, 1, 2, 10][..]),
+                (250, &[][..]),
+                (1, &[99][..])
+            ]
+        );
+    }
+
+    #[test]
+    fn pages_beyond_the_guest_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut trace = TraceFile::create(&dir.path().join("t"), 10).unwrap();
+        let error = trace
+            .push(Duration::from_millis(1), &[PageRange::new(9, 11)])
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("beyond"), "{error:#}");
+    }
+}

@@ -1,0 +1,48 @@
+//! Recording a trace of a VM outside any migration (`mllm trace record`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use mllm_qemu::QemuProcess;
+use mllm_tracker::PAGE_SIZE;
+
+use super::{TraceFile, TraceSummary};
+use crate::tracking::start_tracking;
+
+/// Records which pages the running VM `vm` (guest RAM in the shared file
+/// `ram_file`) writes, one interval every `interval` for `length`, into the
+/// binary memory trace `path`.
+///
+/// Arms the hook inside QEMU, so nothing else may track this VM meanwhile
+/// (see [`crate::daemon`]); a later migration re-arms it.
+pub fn record_memory_trace(
+    vm: &QemuProcess,
+    ram_file: &Path,
+    path: &Path,
+    interval: Duration,
+    length: Duration,
+) -> Result<TraceSummary> {
+    ensure!(!interval.is_zero(), "the trace interval must be positive");
+    let pages = (vm.config.memory_mib << 20) / PAGE_SIZE;
+    let mut trace = TraceFile::create(path, pages)?;
+    let mut tracker = start_tracking(vm, ram_file)?;
+    let started = Instant::now();
+    let mut last_scan = started;
+    let mut written = Vec::new();
+    let mut scans = 0;
+    while last_scan.duration_since(started) < length {
+        scans += 1;
+        // Ticks on a fixed schedule: a late scan makes one interval longer
+        // and the next shorter instead of shifting all that follow.
+        let due = started + interval * scans;
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        tracker
+            .scan(&mut written)
+            .context("scanning for pages the guest wrote")?;
+        let now = Instant::now();
+        trace.push(now.duration_since(last_scan), &written)?;
+        last_scan = now;
+    }
+    trace.finish()
+}
