@@ -8,9 +8,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use mllm_agent::daemon::control::{send_request, ControlReply, ControlRequest, MigrateRequest};
 use mllm_agent::daemon::{self, DaemonOptions};
-use mllm_agent::{find_hook_library, Phase, Progress, SourceReport};
+use mllm_agent::{find_hook_library, Phase, Progress, SourceReport, TraceSummary};
 
-const DEFAULT_CONTROL: &str = "/run/mllm/agent.sock";
+pub(crate) const DEFAULT_CONTROL: &str = "/run/mllm/agent.sock";
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -56,6 +56,10 @@ pub struct MigrateArgs {
     /// Test mode: compare digests of all guest RAM at the switch.
     #[arg(long)]
     verify: bool,
+    /// Record the guest's memory writes during pre-copy into this binary
+    /// trace file (written by the agent), one interval per 100 ms.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
     /// Print progress and the report as JSON lines.
     #[arg(long)]
     json: bool,
@@ -94,6 +98,7 @@ pub fn run_migrate(args: MigrateArgs) -> Result<()> {
             compression: args.compression,
             max_rounds: args.max_rounds,
             verify: args.verify,
+            trace_file: args.trace.as_deref().map(std::path::absolute).transpose()?,
         }),
         _ => bail!("name a VM and --to HOST:PORT, or use --list"),
     };
@@ -115,7 +120,7 @@ pub fn run_migrate(args: MigrateArgs) -> Result<()> {
                     );
                 }
             }
-            ControlReply::Vms { .. } => {}
+            ControlReply::Vms { .. } | ControlReply::TraceRecorded(_) => {}
             ControlReply::Error { message } => failure = Some(message),
         }
         Ok(())
@@ -176,6 +181,9 @@ impl ProgressDisplay {
             report.downtime_upper_bound_ms(),
             report.tracking_method
         );
+        if let Some(trace) = &report.memory_trace {
+            println!("{}", describe_trace(trace));
+        }
     }
 }
 
@@ -200,4 +208,19 @@ fn describe(progress: &Progress) -> String {
 
 fn mebibytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// One line about a recorded trace.
+pub(crate) fn describe_trace(trace: &TraceSummary) -> String {
+    let mut line = format!(
+        "memory trace {}: {} intervals over {:.1} s, {} page writes",
+        trace.path.display(),
+        trace.intervals,
+        trace.duration_ms / 1000.0,
+        trace.page_writes
+    );
+    if let Some(error) = &trace.error {
+        line.push_str(&format!(" (ended early: {error})"));
+    }
+    line
 }

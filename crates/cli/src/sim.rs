@@ -201,6 +201,7 @@ fn print_results(results: &[SimResult]) {
         "resent pages",
         "resent blocks",
         "faults",
+        "fault wait s",
     ]
     .map(String::from)
     .to_vec()];
@@ -221,6 +222,7 @@ fn print_results(results: &[SimResult]) {
             r.retransmitted_pages.to_string(),
             r.retransmitted_blocks.to_string(),
             r.postcopy_faults.to_string(),
+            format!("{:.0}", r.fault_wait_ms / 1e3),
         ]);
     }
     print_table(&rows);

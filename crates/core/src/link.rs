@@ -19,7 +19,11 @@ impl Link {
     /// A link of `mbit` megabits per second (10^6 bits) and `rtt_ms` round trip,
     /// with 100 µs of service per on-demand fetch.
     pub fn from_mbit(mbit: f64, rtt_ms: f64) -> Link {
-        Link { bandwidth_bytes_per_s: mbit * 1e6 / 8.0, rtt_s: rtt_ms / 1e3, fetch_service_s: 1e-4 }
+        Link {
+            bandwidth_bytes_per_s: mbit * 1e6 / 8.0,
+            rtt_s: rtt_ms / 1e3,
+            fetch_service_s: 1e-4,
+        }
     }
 
     pub fn transfer_s(&self, bytes: u64) -> f64 {

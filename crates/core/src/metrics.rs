@@ -32,12 +32,18 @@ impl Confusion {
 
     /// Share of predicted items that were accessed; 1 when nothing was predicted.
     pub fn precision(&self) -> f64 {
-        ratio(self.true_positives, self.true_positives + self.false_positives)
+        ratio(
+            self.true_positives,
+            self.true_positives + self.false_positives,
+        )
     }
 
     /// Share of accessed items that were predicted; 1 when nothing was accessed.
     pub fn recall(&self) -> f64 {
-        ratio(self.true_positives, self.true_positives + self.false_negatives)
+        ratio(
+            self.true_positives,
+            self.true_positives + self.false_negatives,
+        )
     }
 
     pub fn f1(&self) -> f64 {
@@ -77,7 +83,10 @@ mod tests {
         let predicted = PageSet::from_items(10, &[1, 2, 3, 4]);
         let accessed = PageSet::from_items(10, &[3, 4, 5]);
         let c = Confusion::of(&predicted, &accessed);
-        assert_eq!((c.true_positives, c.false_positives, c.false_negatives), (2, 2, 1));
+        assert_eq!(
+            (c.true_positives, c.false_positives, c.false_negatives),
+            (2, 2, 1)
+        );
         assert!((c.precision() - 0.5).abs() < 1e-12);
         assert!((c.recall() - 2.0 / 3.0).abs() < 1e-12);
         assert!((c.f1() - 4.0 / 7.0).abs() < 1e-12);

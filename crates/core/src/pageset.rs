@@ -15,12 +15,18 @@ pub struct PageSet {
 impl PageSet {
     /// The empty set over `0..universe`.
     pub fn new(universe: u32) -> Self {
-        PageSet { universe, words: vec![0; universe.div_ceil(64) as usize] }
+        PageSet {
+            universe,
+            words: vec![0; universe.div_ceil(64) as usize],
+        }
     }
 
     /// The set holding every item of `0..universe`.
     pub fn full(universe: u32) -> Self {
-        let mut set = PageSet { universe, words: vec![u64::MAX; universe.div_ceil(64) as usize] };
+        let mut set = PageSet {
+            universe,
+            words: vec![u64::MAX; universe.div_ceil(64) as usize],
+        };
         set.clear_tail();
         set
     }
@@ -37,8 +43,26 @@ impl PageSet {
     }
 
     pub fn insert(&mut self, item: u32) {
-        assert!(item < self.universe, "item {item} outside universe {}", self.universe);
+        assert!(
+            item < self.universe,
+            "item {item} outside universe {}",
+            self.universe
+        );
         self.words[(item / 64) as usize] |= 1 << (item % 64);
+    }
+
+    /// Inserts `item`; false if it was already there.
+    pub fn insert_new(&mut self, item: u32) -> bool {
+        assert!(
+            item < self.universe,
+            "item {item} outside universe {}",
+            self.universe
+        );
+        let word = &mut self.words[(item / 64) as usize];
+        let bit = 1 << (item % 64);
+        let new = *word & bit == 0;
+        *word |= bit;
+        new
     }
 
     pub fn insert_all(&mut self, items: &[u32]) {
@@ -77,8 +101,15 @@ impl PageSet {
     /// Items `>= start` in increasing order.
     pub fn iter_from(&self, start: u32) -> Items<'_> {
         let index = (start / 64) as usize;
-        let bits = self.words.get(index).map_or(0, |&word| word & (u64::MAX << (start % 64)));
-        Items { words: &self.words, index, bits }
+        let bits = self
+            .words
+            .get(index)
+            .map_or(0, |&word| word & (u64::MAX << (start % 64)));
+        Items {
+            words: &self.words,
+            index,
+            bits,
+        }
     }
 
     /// Sets `self = self ∪ other`.
@@ -108,13 +139,19 @@ impl PageSet {
     /// `|self ∩ other|` without building the intersection.
     pub fn intersection_count(&self, other: &PageSet) -> u64 {
         self.check_same_universe(other);
-        self.words.iter().zip(&other.words).map(|(a, b)| u64::from((a & b).count_ones())).sum()
+        self.words
+            .iter()
+            .zip(&other.words)
+            .map(|(a, b)| u64::from((a & b).count_ones()))
+            .sum()
     }
 
     /// The complement within the universe.
     pub fn complement(&self) -> PageSet {
-        let mut set =
-            PageSet { universe: self.universe, words: self.words.iter().map(|w| !w).collect() };
+        let mut set = PageSet {
+            universe: self.universe,
+            words: self.words.iter().map(|w| !w).collect(),
+        };
         set.clear_tail();
         set
     }
@@ -129,7 +166,10 @@ impl PageSet {
     }
 
     fn check_same_universe(&self, other: &PageSet) {
-        assert_eq!(self.universe, other.universe, "sets over different universes");
+        assert_eq!(
+            self.universe, other.universe,
+            "sets over different universes"
+        );
     }
 }
 
@@ -167,6 +207,14 @@ mod tests {
         assert!(set.contains(129));
         assert!(!set.contains(130));
         assert_eq!(set.complement().count(), 0);
+    }
+
+    #[test]
+    fn insert_new_tells_whether_the_item_was_there() {
+        let mut set = PageSet::new(10);
+        assert!(set.insert_new(3));
+        assert!(!set.insert_new(3));
+        assert_eq!(set.count(), 1);
     }
 
     #[test]

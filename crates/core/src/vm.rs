@@ -46,7 +46,10 @@ impl DiskLayout {
         used_fraction: f64,
         seed: u64,
     ) -> DiskLayout {
-        assert!(used_fraction <= allocated_fraction, "used blocks must be allocated");
+        assert!(
+            used_fraction <= allocated_fraction,
+            "used blocks must be allocated"
+        );
         const EXTENT: u32 = 16;
         let mut allocated = PageSet::new(blocks);
         let mut used = PageSet::new(blocks);
@@ -62,7 +65,11 @@ impl DiskLayout {
                 }
             }
         }
-        DiskLayout { block_size, allocated, used }
+        DiskLayout {
+            block_size,
+            allocated,
+            used,
+        }
     }
 }
 
@@ -76,6 +83,9 @@ mod tests {
         let (allocated, used) = (disk.allocated.count() as f64, disk.used.count() as f64);
         assert!((allocated / 16_000.0 - 0.7).abs() < 0.05, "{allocated}");
         assert!((used / 16_000.0 - 0.4).abs() < 0.05, "{used}");
-        assert_eq!(disk.used.intersection_count(&disk.allocated), disk.used.count());
+        assert_eq!(
+            disk.used.intersection_count(&disk.allocated),
+            disk.used.count()
+        );
     }
 }

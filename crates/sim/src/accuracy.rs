@@ -28,7 +28,14 @@ impl Default for AccuracyConfig {
     /// A 1 GiB guest of 4 KiB pages, 1-second intervals, predictions ten
     /// seconds ahead every five seconds after a 30-second warm-up.
     fn default() -> Self {
-        AccuracyConfig { items: 262_144, intervals: 200, warmup: 30, horizon: 10, every: 5, seed: 1 }
+        AccuracyConfig {
+            items: 262_144,
+            intervals: 200,
+            warmup: 30,
+            horizon: 10,
+            every: 5,
+            seed: 1,
+        }
     }
 }
 
@@ -57,13 +64,22 @@ pub fn table(config: &AccuracyConfig) -> Vec<AccuracyRow> {
         .par_iter()
         .map(|&class| {
             let workload = Workload::new(class.default_spec(), config.items, config.seed);
-            (class, (0..config.intervals).map(|i| workload.accesses(i)).collect())
+            (
+                class,
+                (0..config.intervals)
+                    .map(|i| workload.accesses(i))
+                    .collect(),
+            )
         })
         .collect();
     cases
         .par_iter()
         .map(|&(class, kind)| {
-            let history = &histories.iter().find(|(c, _)| *c == class).expect("history per class").1;
+            let history = &histories
+                .iter()
+                .find(|(c, _)| *c == class)
+                .expect("history per class")
+                .1;
             let mut estimator = kind.build(config.items, config.horizon);
             let mut row = evaluate(estimator.as_mut(), history, config);
             row.class = class.name().to_string();
@@ -74,20 +90,36 @@ pub fn table(config: &AccuracyConfig) -> Vec<AccuracyRow> {
 
 /// Replays `history` into `estimator`, predicting at every prediction point
 /// and scoring against the following `horizon` intervals (micro-averaged).
-pub fn evaluate(estimator: &mut dyn Estimator, history: &[Vec<u32>], config: &AccuracyConfig) -> AccuracyRow {
+pub fn evaluate(
+    estimator: &mut dyn Estimator,
+    history: &[Vec<u32>],
+    config: &AccuracyConfig,
+) -> AccuracyRow {
     let horizon = config.horizon as usize;
-    let goal = Goal { horizon: f64::from(config.horizon), objective: Objective::Accuracy };
+    let goal = Goal {
+        horizon: f64::from(config.horizon),
+        objective: Objective::Accuracy,
+    };
     let mut confusion = Confusion::default();
     let (mut predictions, mut predicted_items) = (0u32, 0u64);
     let (mut predict_time, mut observe_time) = (0.0, 0.0);
     for (t, accessed) in history.iter().enumerate() {
         let t = t as u64;
-        if t >= config.warmup && (t - config.warmup) % config.every == 0 && t as usize + horizon <= history.len() {
+        if t >= config.warmup
+            && (t - config.warmup).is_multiple_of(config.every)
+            && t as usize + horizon <= history.len()
+        {
             let started = Instant::now();
             let predicted = estimator.predict(&goal);
             predict_time += started.elapsed().as_secs_f64();
-            let future: Vec<&[u32]> = history[t as usize..t as usize + horizon].iter().map(Vec::as_slice).collect();
-            confusion.add(Confusion::of(&predicted, &accessed_in(estimator.items(), &future)));
+            let future: Vec<&[u32]> = history[t as usize..t as usize + horizon]
+                .iter()
+                .map(Vec::as_slice)
+                .collect();
+            confusion.add(Confusion::of(
+                &predicted,
+                &accessed_in(estimator.items(), &future),
+            ));
             predictions += 1;
             predicted_items += predicted.count();
         }
@@ -115,7 +147,14 @@ mod tests {
     #[test]
     fn a_perfect_estimator_of_a_fixed_set_scores_one() {
         let history: Vec<Vec<u32>> = (0..40).map(|_| vec![3, 4, 5]).collect();
-        let config = AccuracyConfig { items: 64, intervals: 40, warmup: 5, horizon: 3, every: 2, seed: 0 };
+        let config = AccuracyConfig {
+            items: 64,
+            intervals: 40,
+            warmup: 5,
+            horizon: 3,
+            every: 2,
+            seed: 0,
+        };
         let mut estimator = EstimatorKind::Denning.build(64, 3);
         let row = evaluate(estimator.as_mut(), &history, &config);
         assert_eq!((row.precision, row.recall, row.f1), (1.0, 1.0, 1.0));
@@ -127,11 +166,18 @@ mod tests {
     /// workloads).
     #[test]
     fn improved_beats_original_on_every_class() {
-        let config = AccuracyConfig { items: 32_768, intervals: 90, ..AccuracyConfig::default() };
+        let config = AccuracyConfig {
+            items: 32_768,
+            intervals: 90,
+            ..AccuracyConfig::default()
+        };
         let rows = table(&config);
         for class in WorkloadClass::ALL {
             let f1 = |name: &str| {
-                rows.iter().find(|r| r.class == class.name() && r.estimator == name).expect("row").f1
+                rows.iter()
+                    .find(|r| r.class == class.name() && r.estimator == name)
+                    .expect("row")
+                    .f1
             };
             assert!(
                 f1("improved") > f1("original"),

@@ -30,13 +30,21 @@ impl Policy {
             "precopy" => Some(Policy::Precopy),
             "postcopy" => Some(Policy::Postcopy),
             "hybrid" => Some(Policy::Hybrid),
-            _ => name.strip_prefix("mllm-").and_then(EstimatorKind::from_name).map(Policy::Mllm),
+            _ => name
+                .strip_prefix("mllm-")
+                .and_then(EstimatorKind::from_name)
+                .map(Policy::Mllm),
         }
     }
 
     /// A fresh strategy for one migration of a VM with `blocks` disk blocks
     /// (if any).
-    pub fn strategy(self, memory_pages: u32, blocks: Option<u32>, config: &SimConfig) -> Box<dyn Strategy> {
+    pub fn strategy(
+        self,
+        memory_pages: u32,
+        blocks: Option<u32>,
+        config: &SimConfig,
+    ) -> Box<dyn Strategy> {
         match self {
             Policy::Precopy => Box::new(Precopy::new(config.planner, config.precopy_limits)),
             Policy::Postcopy => Box::new(Postcopy::new(config.planner)),
@@ -87,7 +95,12 @@ mod tests {
         for policy in Policy::all() {
             assert_eq!(Policy::from_name(&policy.to_string()), Some(policy));
         }
-        assert_eq!(Policy::from_name("mllm-improved"), Some(Policy::Mllm(EstimatorKind::Improved)));
-        assert!(Policy::try_from("mllm-magic".to_string()).unwrap_err().contains("mllm-improved"));
+        assert_eq!(
+            Policy::from_name("mllm-improved"),
+            Some(Policy::Mllm(EstimatorKind::Improved))
+        );
+        assert!(Policy::try_from("mllm-magic".to_string())
+            .unwrap_err()
+            .contains("mllm-improved"));
     }
 }

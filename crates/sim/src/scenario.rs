@@ -63,20 +63,30 @@ impl VmSpec {
     /// Bytes a full copy would move: RAM plus allocated disk. Orders a fleet's
     /// queue (smallest first).
     pub fn data_bytes(&self) -> u64 {
-        let disk = self.disk.as_ref().map_or(0.0, |d| d.size_gib * d.allocated * (1u64 << 30) as f64);
+        let disk = self
+            .disk
+            .as_ref()
+            .map_or(0.0, |d| d.size_gib * d.allocated * (1u64 << 30) as f64);
         self.memory_mib * 1024 * 1024 + disk as u64
     }
 
     /// The VM's layout and guest activity; `seed` picks the disk layout and
     /// the workloads' random streams.
     pub fn build(&self, interval_s: f64, seed: u64) -> (Arc<VmLayout>, Arc<dyn IntervalSource>) {
-        let header = MemoryTraceHeader { page_size: self.page_size, page_count: self.memory_pages() };
+        let header = MemoryTraceHeader {
+            page_size: self.page_size,
+            page_count: self.memory_pages(),
+        };
         let disk = self.disk.as_ref().map(|spec| {
             let block_size = spec.block_kib * 1024;
-            let blocks = (spec.size_gib * (1u64 << 30) as f64 / f64::from(block_size)).round() as u32;
+            let blocks =
+                (spec.size_gib * (1u64 << 30) as f64 / f64::from(block_size)).round() as u32;
             let layout =
                 DiskLayout::synthetic(blocks, block_size, spec.allocated, spec.used, mix(seed, 7));
-            let workload = DiskWorkloadSpec { reads: spec.reads.clone(), writes: spec.writes.clone() };
+            let workload = DiskWorkloadSpec {
+                reads: spec.reads.clone(),
+                writes: spec.writes.clone(),
+            };
             (layout, workload)
         });
         let source = SyntheticSource::new(
@@ -127,8 +137,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = toml::from_str::<VmSpec>("memory_mib = 64\nworkload = { class = \"uniform\", rate = 0.1 }\nmemory_gib = 1\n")
-            .unwrap_err();
+        let err = toml::from_str::<VmSpec>(
+            "memory_mib = 64\nworkload = { class = \"uniform\", rate = 0.1 }\nmemory_gib = 1\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("memory_gib"), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! What the guest does, interval by interval, during a simulated migration:
 //! from a synthetic workload or from recorded traces.
 
-use mllm_core::synth::{DiskWorkload, DiskWorkloadSpec, MemoryWorkload, WorkloadSpec};
+use mllm_core::synth::{DiskWorkload, DiskWorkloadSpec, Workload, WorkloadSpec};
 use mllm_core::trace::{BlockInterval, MemoryTrace, MemoryTraceHeader};
 use mllm_core::vm::DiskLayout;
 
@@ -24,7 +24,7 @@ pub trait IntervalSource: Send + Sync {
 
 /// Seeded synthetic memory and disk workloads.
 pub struct SyntheticSource {
-    memory: MemoryWorkload,
+    memory: Workload,
     disk: Option<DiskWorkload>,
     interval_s: f64,
 }
@@ -39,8 +39,9 @@ impl SyntheticSource {
     ) -> Self {
         let interval_us = (interval_s * 1e6).round() as u64;
         SyntheticSource {
-            memory: MemoryWorkload::new(memory, header, interval_us, seed),
-            disk: disk.map(|(spec, layout)| DiskWorkload::new(spec, layout, interval_us, seed ^ 0xd15c)),
+            memory: Workload::new(memory, header.page_count, seed),
+            disk: disk
+                .map(|(spec, layout)| DiskWorkload::new(spec, layout, interval_us, seed ^ 0xd15c)),
             interval_s,
         }
     }
@@ -48,10 +49,14 @@ impl SyntheticSource {
 
 impl IntervalSource for SyntheticSource {
     fn interval(&self, index: u64) -> GuestInterval {
-        let disk = self.disk.as_ref().map(|d| d.interval(index)).unwrap_or_default();
+        let disk = self
+            .disk
+            .as_ref()
+            .map(|d| d.interval(index))
+            .unwrap_or_default();
         GuestInterval {
             duration_s: self.interval_s,
-            memory_writes: self.memory.interval(index).pages().to_vec(),
+            memory_writes: self.memory.accesses(index),
             disk_reads: disk.reads,
             disk_writes: disk.writes,
         }
@@ -68,7 +73,10 @@ pub struct TraceSource {
 
 impl TraceSource {
     pub fn new(memory: MemoryTrace, disk: Vec<BlockInterval>) -> anyhow::Result<Self> {
-        anyhow::ensure!(!memory.intervals.is_empty(), "the memory trace has no interval");
+        anyhow::ensure!(
+            !memory.intervals.is_empty(),
+            "the memory trace has no interval"
+        );
         anyhow::ensure!(
             memory.intervals.iter().all(|i| i.duration_us > 0),
             "the memory trace has an interval of zero length"
@@ -101,8 +109,14 @@ mod tests {
     #[test]
     fn trace_source_loops() {
         let memory = MemoryTrace {
-            header: MemoryTraceHeader { page_size: 4096, page_count: 10 },
-            intervals: vec![WriteInterval::new(500_000, vec![1]), WriteInterval::new(500_000, vec![2])],
+            header: MemoryTraceHeader {
+                page_size: 4096,
+                page_count: 10,
+            },
+            intervals: vec![
+                WriteInterval::new(500_000, vec![1]),
+                WriteInterval::new(500_000, vec![2]),
+            ],
         };
         let source = TraceSource::new(memory, vec![]).unwrap();
         assert_eq!(source.interval(3).memory_writes, vec![2]);

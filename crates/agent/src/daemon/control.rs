@@ -151,6 +151,9 @@ mod tests {
         });
         let line = serde_json::to_string(&record).unwrap();
         assert!(line.contains(r#""request":"record-trace""#), "{line}");
-        assert_eq!(serde_json::from_str::<ControlRequest>(&line).unwrap(), record);
+        assert_eq!(
+            serde_json::from_str::<ControlRequest>(&line).unwrap(),
+            record
+        );
     }
 }

@@ -1,20 +1,20 @@
 //! `mllm agent`: owns VMs, receives migrations on a TCP port, and takes
-//! requests (list, migrate) on a unix control socket. One thread per
-//! connection: migrations are few and long.
+//! requests (list, migrate, record a trace) on a unix control socket. One
+//! thread per connection: migrations and recordings are few and long.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
-use super::control::{ControlReply, ControlRequest, MigrateRequest};
-use super::vms::VmHost;
+use super::control::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest};
+use super::vms::{TrackerUser, VmHost};
 use crate::destination::{DestinationSettings, IncomingMigration};
+use crate::memory_trace::{record_memory_trace, TraceSummary};
 use crate::progress::Progress;
 use crate::report::{DestinationReport, SourceReport};
 use crate::settings::{parse_compression, PrecopySettings};
@@ -151,6 +151,12 @@ fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
                 }),
             }
         }
+        ControlRequest::RecordTrace(request) => match record_trace(host, &request) {
+            Ok(summary) => reply(ControlReply::TraceRecorded(summary)),
+            Err(error) => reply(ControlReply::Error {
+                message: format!("{error:#}"),
+            }),
+        },
     }
     Ok(())
 }
@@ -166,17 +172,19 @@ fn migrate(
             request.policy
         );
     }
+    if let Some(path) = &request.trace_file {
+        ensure_absolute(path)?;
+    }
     let settings = PrecopySettings {
         downtime_target: Duration::from_millis(request.downtime_ms),
         compression: parse_compression(&request.compression)?,
         max_rounds: request.max_rounds,
         verify: request.verify,
+        trace_file: request.trace_file.clone(),
         ..PrecopySettings::default()
     };
     let vm = host.get(&request.vm)?;
-    if vm.migrating.swap(true, Ordering::SeqCst) {
-        bail!("VM {} is already being migrated", request.vm);
-    }
+    let claim = vm.tracker.claim(&request.vm, TrackerUser::Migration)?;
     let result = TcpStream::connect(&request.to)
         .with_context(|| format!("connecting to the agent at {}", request.to))
         .and_then(|stream| {
@@ -186,9 +194,37 @@ fn migrate(
             })
         });
     *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    vm.migrating.store(false, Ordering::SeqCst);
+    drop(claim);
     if result.is_ok() {
         host.release(&request.vm);
     }
     result
+}
+
+fn record_trace(host: &VmHost, request: &RecordTraceRequest) -> Result<TraceSummary> {
+    ensure_absolute(&request.out)?;
+    let length = Duration::try_from_secs_f64(request.seconds)
+        .ok()
+        .filter(|length| !length.is_zero())
+        .with_context(|| format!("cannot record for {} seconds", request.seconds))?;
+    let vm = host.get(&request.vm)?;
+    let _claim = vm.tracker.claim(&request.vm, TrackerUser::TraceRecording)?;
+    record_memory_trace(
+        &vm.qemu,
+        &vm.ram_file,
+        &request.out,
+        Duration::from_millis(request.interval_ms),
+        length,
+    )
+}
+
+/// The agent writes files its clients name: a relative path would be
+/// resolved against the agent's working directory, not the client's.
+fn ensure_absolute(path: &Path) -> Result<()> {
+    ensure!(
+        path.is_absolute(),
+        "the agent writes {}: give an absolute path",
+        path.display()
+    );
+    Ok(())
 }

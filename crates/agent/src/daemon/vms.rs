@@ -19,8 +19,8 @@ use crate::vm_setup::make_migratable;
 pub struct OwnedVm {
     pub qemu: QemuProcess,
     pub ram_file: PathBuf,
-    /// What holds the VM's write tracker now, if anything.
-    tracker_user: Mutex<Option<TrackerUser>>,
+    /// Who uses the VM's write tracker now, if anyone.
+    pub tracker: TrackerSlot,
     /// The latest progress of the outgoing migration.
     pub migration: Mutex<Option<Progress>>,
 }
@@ -33,33 +33,34 @@ pub enum TrackerUser {
     TraceRecording,
 }
 
-impl OwnedVm {
-    /// Holds the VM's write tracker for `user` until the claim is dropped;
-    /// fails while something else holds it.
-    pub fn claim_tracker(&self, user: TrackerUser) -> Result<TrackerClaim<'_>> {
-        let mut holder = self.tracker_user.lock().unwrap_or_else(|e| e.into_inner());
+#[derive(Default)]
+pub struct TrackerSlot(Mutex<Option<TrackerUser>>);
+
+impl TrackerSlot {
+    /// Holds VM `vm`'s tracker for `user` until the claim is dropped; fails
+    /// while someone else holds it.
+    pub fn claim(&self, vm: &str, user: TrackerUser) -> Result<TrackerClaim<'_>> {
+        let mut holder = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = *holder {
             let what = match current {
                 TrackerUser::Migration => "it is being migrated",
                 TrackerUser::TraceRecording => "a memory trace of it is being recorded",
             };
-            bail!("VM {} is busy: {what}", self.qemu.config.name);
+            bail!("VM {vm} is busy: {what}");
         }
         *holder = Some(user);
-        Ok(TrackerClaim {
-            holder: &self.tracker_user,
-        })
+        Ok(TrackerClaim { slot: self })
     }
 }
 
 /// The VM's write tracker is in use while this lives.
 pub struct TrackerClaim<'a> {
-    holder: &'a Mutex<Option<TrackerUser>>,
+    slot: &'a TrackerSlot,
 }
 
 impl Drop for TrackerClaim<'_> {
     fn drop(&mut self) {
-        *self.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.slot.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -124,7 +125,7 @@ impl VmHost {
         Ok(OwnedVm {
             qemu,
             ram_file,
-            tracker_user: Mutex::new(None),
+            tracker: TrackerSlot::default(),
             migration: Mutex::new(None),
         })
     }
@@ -175,5 +176,27 @@ impl VmHost {
             .collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_tracker_user_at_a_time() {
+        let slot = TrackerSlot::default();
+        let migration = slot.claim("web", TrackerUser::Migration).unwrap();
+        let refused = slot
+            .claim("web", TrackerUser::TraceRecording)
+            .err()
+            .unwrap();
+        assert_eq!(refused.to_string(), "VM web is busy: it is being migrated");
+        drop(migration);
+        let recording = slot.claim("web", TrackerUser::TraceRecording).unwrap();
+        let refused = slot.claim("web", TrackerUser::Migration).err().unwrap();
+        assert!(refused.to_string().contains("trace"), "{refused}");
+        drop(recording);
+        assert!(slot.claim("web", TrackerUser::Migration).is_ok());
     }
 }

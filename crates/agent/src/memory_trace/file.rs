@@ -107,7 +107,9 @@ mod tests {
         let first = [PageRange::new(0, 3), PageRange::new(10, 11)];
         trace.push(Duration::from_millis(100), &first).unwrap();
         trace.push(Duration::from_micros(250), &[]).unwrap();
-        trace.push(Duration::ZERO, &[PageRange::new(99, 100)]).unwrap();
+        trace
+            .push(Duration::ZERO, &[PageRange::new(99, 100)])
+            .unwrap();
         let summary = trace.finish().unwrap();
         assert_eq!(summary.intervals, 3);
         assert_eq!(summary.page_writes, 5);

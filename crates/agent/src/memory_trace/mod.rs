@@ -6,8 +6,10 @@
 //! a VM that is not migrating (`mllm trace record`).
 
 mod file;
+mod schedule;
 mod standalone;
 
 pub(crate) use file::TraceFile;
 pub use file::TraceSummary;
+pub(crate) use schedule::ScanSchedule;
 pub use standalone::record_memory_trace;

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use mllm_qemu::QemuProcess;
 use mllm_tracker::PAGE_SIZE;
 
-use super::{TraceFile, TraceSummary};
+use super::{ScanSchedule, TraceFile, TraceSummary};
 use crate::tracking::start_tracking;
 
 /// Records which pages the running VM `vm` (guest RAM in the shared file
@@ -28,20 +28,17 @@ pub fn record_memory_trace(
     let mut trace = TraceFile::create(path, pages)?;
     let mut tracker = start_tracking(vm, ram_file)?;
     let started = Instant::now();
+    let mut schedule = ScanSchedule::new(started, interval);
     let mut last_scan = started;
     let mut written = Vec::new();
-    let mut scans = 0;
     while last_scan.duration_since(started) < length {
-        scans += 1;
-        // Ticks on a fixed schedule: a late scan makes one interval longer
-        // and the next shorter instead of shifting all that follow.
-        let due = started + interval * scans;
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        std::thread::sleep(schedule.until_due(Instant::now()));
         tracker
             .scan(&mut written)
             .context("scanning for pages the guest wrote")?;
         let now = Instant::now();
         trace.push(now.duration_since(last_scan), &written)?;
+        schedule.scanned(now);
         last_scan = now;
     }
     trace.finish()

@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use mllm_tracker::{PageRange, WriteTracker};
 
-use crate::memory_trace::{TraceFile, TraceSummary};
+use crate::memory_trace::{ScanSchedule, TraceFile, TraceSummary};
 
 enum Recording {
     Off,
     On {
         trace: TraceFile,
-        /// Longest time between two scans.
-        interval: Duration,
+        schedule: ScanSchedule,
     },
     /// Writing the trace failed; the file holds the intervals before.
     Failed(TraceSummary),
@@ -34,22 +33,23 @@ pub(crate) struct WriteLog {
 
 impl WriteLog {
     /// `tracker` was started just now; `trace`, if any, gets an interval
-    /// per scan, at least one every `trace_interval`.
+    /// per scan, scans being due every `trace_interval`.
     pub fn new(
         tracker: Box<dyn WriteTracker>,
         trace: Option<TraceFile>,
         trace_interval: Duration,
     ) -> WriteLog {
+        let started = Instant::now();
         WriteLog {
             tracker,
             recording: match trace {
                 Some(trace) => Recording::On {
                     trace,
-                    interval: trace_interval,
+                    schedule: ScanSchedule::new(started, trace_interval),
                 },
                 None => Recording::Off,
             },
-            last_scan: Instant::now(),
+            last_scan: started,
             pending: Vec::new(),
             scanned: Vec::new(),
         }
@@ -58,15 +58,13 @@ impl WriteLog {
     /// Time left until the trace needs its next scan; `None` when no trace
     /// is recorded.
     pub fn until_scan_due(&self) -> Option<Duration> {
-        match self.recording {
-            Recording::On { interval, .. } => {
-                Some(interval.saturating_sub(self.last_scan.elapsed()))
-            }
+        match &self.recording {
+            Recording::On { schedule, .. } => Some(schedule.until_due(Instant::now())),
             _ => None,
         }
     }
 
-    /// Scans if the trace's interval has passed since the last scan.
+    /// Scans if the trace's next scan is due.
     pub fn scan_if_due(&mut self) -> Result<()> {
         if self.until_scan_due() == Some(Duration::ZERO) {
             self.scan()?;
@@ -85,18 +83,20 @@ impl WriteLog {
             .scan(&mut self.scanned)
             .context("scanning for pages the guest wrote")?;
         let now = Instant::now();
-        self.record(now.duration_since(self.last_scan));
+        self.record(now);
         self.last_scan = now;
         self.pending = merge_ranges(&self.pending, &self.scanned);
         Ok(())
     }
 
-    /// A trace that cannot be written is given up, not the migration.
-    fn record(&mut self, duration: Duration) {
-        let Recording::On { trace, .. } = &mut self.recording else {
+    /// Adds the scan that ended at `now` to the trace. A trace that cannot
+    /// be written is given up, not the migration.
+    fn record(&mut self, now: Instant) {
+        let Recording::On { trace, schedule } = &mut self.recording else {
             return;
         };
-        if let Err(error) = trace.push(duration, &self.scanned) {
+        schedule.scanned(now);
+        if let Err(error) = trace.push(now.duration_since(self.last_scan), &self.scanned) {
             tracing::warn!("memory trace abandoned, the migration goes on: {error:#}");
             let summary = TraceSummary {
                 error: Some(format!("{error:#}")),
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(writes.take().unwrap(), [PageRange::new(3, 5)]);
 
         let summary = writes.finish_trace().unwrap();
-        assert_eq!((summary.intervals, summary.page_writes), (4, 8));
+        assert_eq!((summary.intervals, summary.page_writes), (4, 9));
         assert_eq!(summary.error, None);
         let recorded = read_memory(std::fs::File::open(&path).unwrap()).unwrap();
         let pages: Vec<&[u32]> = recorded.intervals.iter().map(|i| i.pages()).collect();

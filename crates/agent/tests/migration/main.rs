@@ -5,3 +5,4 @@ mod failures;
 mod protocol;
 mod real_guest;
 mod support;
+mod trace;

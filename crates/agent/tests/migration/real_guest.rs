@@ -1,16 +1,23 @@
 //! A guest running the memory workload moves and keeps running.
 
+use std::fs::File;
+
 use mllm_agent::{Phase, PrecopySettings};
+use mllm_core::trace::binary::read_memory;
 
 use crate::support::{link_config, migrate, one_vm_pair_at_a_time, Vm, GUEST_MIB};
+use crate::trace::assert_sees_the_workload;
 
 #[test]
 fn a_memload_guest_moves_with_equal_digests_and_keeps_its_heartbeat() {
     let _one_at_a_time = one_vm_pair_at_a_time();
     let source = Vm::boot_memload("source");
     let destination = Vm::incoming("destination", GUEST_MIB);
+    let trace_dir = tempfile::tempdir().unwrap();
+    let trace_path = trace_dir.path().join("memory.trace");
     let settings = PrecopySettings {
         verify: true,
+        trace_file: Some(trace_path.clone()),
         ..PrecopySettings::default()
     };
     let outcome = migrate(
@@ -51,6 +58,21 @@ fn a_memload_guest_moves_with_equal_digests_and_keeps_its_heartbeat() {
         report.memory_bytes < GUEST_MIB << 20,
         "zero pages and compression should keep memory bytes below the RAM size"
     );
+    // The trace covers pre-copy, from tracking armed to the VM stopped, in
+    // intervals of about 100 ms, rounds long or short.
+    let summary = report.memory_trace.as_ref().expect("trace summary");
+    assert_eq!(summary.error, None);
+    let trace = read_memory(File::open(&trace_path).unwrap()).unwrap();
+    assert_eq!(summary.intervals, trace.intervals.len() as u64);
+    let precopy_ms = (report.timings.stopped_us - report.timings.started_us) as f64 / 1000.0;
+    assert!(
+        summary.duration_ms <= precopy_ms && summary.duration_ms > precopy_ms - 1000.0,
+        "trace of {:.0} ms for a pre-copy of {precopy_ms:.0} ms",
+        summary.duration_ms
+    );
+    let longest_ms = trace.intervals.iter().map(|i| i.duration_us).max().unwrap() as f64 / 1e3;
+    assert!(longest_ms <= 250.0, "an interval of {longest_ms:.1} ms");
+    assert_sees_the_workload(&trace.intervals);
     let phases: Vec<Phase> = outcome.progress.iter().map(|p| p.phase).collect();
     assert_eq!(phases.first(), Some(&Phase::Connecting));
     assert_eq!(phases.last(), Some(&Phase::Completed));

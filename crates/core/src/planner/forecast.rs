@@ -11,13 +11,11 @@
 //! speed plus one round trip: half for the last byte to arrive, half for the
 //! destination's confirmation that releases the source.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
+use super::scores::Scores;
 use super::{PlanInput, SwitchRule};
 use crate::pageset::PageSet;
-use crate::workingset::Estimator;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Forecast {
@@ -41,26 +39,32 @@ pub(super) struct Transfers<'a> {
     pub disk_after_switch: &'a [u32],
 }
 
-pub(super) fn forecast(input: &PlanInput, rule: &SwitchRule, plan: &Transfers) -> Forecast {
+pub(super) fn forecast(
+    input: &PlanInput,
+    rule: &SwitchRule,
+    plan: &Transfers,
+    writes: &Scores,
+    reads: Option<&Scores>,
+) -> Forecast {
     let link = &input.link;
     let page = input.layout.page_size as f64;
-    let block = input.layout.disk.as_ref().map_or(0.0, |d| d.block_size as f64);
+    let block = input
+        .layout
+        .disk
+        .as_ref()
+        .map_or(0.0, |d| d.block_size as f64);
     let interval = input.config.interval_s;
-    let write_rates = rates(input.memory_writes);
 
     let precopied = PageSet::from_items(input.layout.memory_pages, plan.precopy);
-    let cold_rates: Vec<f64> = write_rates
-        .iter()
-        .filter(|(page, _)| precopied.contains(*page))
-        .map(|&(_, rate)| rate)
-        .collect();
-    let write_rates: HashMap<u32, f64> = write_rates.into_iter().collect();
+    let cold_rates: Vec<f64> = writes.among(&precopied).map(|(_, p)| rate(p)).collect();
     let mut passes = 1;
     let mut pass_pages = plan.precopy.len() as f64;
     let mut precopy_pages = pass_pages;
     let dirty_after_last_pass = loop {
         let pass_intervals = pass_pages * page / link.bandwidth_bytes_per_s / interval;
-        let dirty = cold_rates.iter().fold(0.0, |sum, rate| sum + 1.0 - (-rate * pass_intervals).exp());
+        let dirty = cold_rates
+            .iter()
+            .fold(0.0, |sum, rate| sum + 1.0 - (-rate * pass_intervals).exp());
         if rule.should_switch(passes, (pass_pages * page) as u64, (dirty * page) as u64) {
             break dirty;
         }
@@ -78,25 +82,33 @@ pub(super) fn forecast(input: &PlanInput, rule: &SwitchRule, plan: &Transfers) -
     // one transfer after its predecessor.
     let seconds_per_page = page / link.bandwidth_bytes_per_s;
     let skip = downtime_pages as usize;
-    let mut faults = plan.deferred.iter().enumerate().skip(skip).fold(0.0, |sum, (position, item)| {
-        let arrival = (position - skip + 1) as f64 * seconds_per_page;
-        sum + fault_probability(write_rates.get(item), arrival / interval)
-    });
-    if let Some(reads) = input.disk_reads {
-        let read_rates: HashMap<u32, f64> = rates(reads).into_iter().collect();
+    let mut faults =
+        plan.deferred
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .fold(0.0, |sum, (position, &item)| {
+                let arrival = (position - skip + 1) as f64 * seconds_per_page;
+                sum + fault_probability(writes.get(item), arrival / interval)
+            });
+    if let Some(reads) = reads {
         let memory_push = postcopy_pages * seconds_per_page;
         let seconds_per_block = block / link.bandwidth_bytes_per_s;
-        faults = plan.disk_after_switch.iter().enumerate().fold(faults, |sum, (position, item)| {
-            let arrival = memory_push + (position + 1) as f64 * seconds_per_block;
-            sum + fault_probability(read_rates.get(item), arrival / interval)
-        });
+        faults =
+            plan.disk_after_switch
+                .iter()
+                .enumerate()
+                .fold(faults, |sum, (position, &item)| {
+                    let arrival = memory_push + (position + 1) as f64 * seconds_per_block;
+                    sum + fault_probability(reads.get(item), arrival / interval)
+                });
     }
 
     let memory_bytes = (precopy_pages + pending_pages) * page;
     let disk_bytes = (plan.disk_first.len() + plan.disk_after_switch.len()) as f64 * block;
     let link_bytes = memory_bytes + disk_bytes + device_state;
-    let precopy_s = (plan.disk_first.len() as f64 * block + precopy_pages * page)
-        / link.bandwidth_bytes_per_s;
+    let precopy_s =
+        (plan.disk_first.len() as f64 * block + precopy_pages * page) / link.bandwidth_bytes_per_s;
     Forecast {
         total_s: link_bytes / link.bandwidth_bytes_per_s + link.rtt_s,
         downtime_s: (downtime_pages * page + device_state) / link.bandwidth_bytes_per_s
@@ -110,17 +122,13 @@ pub(super) fn forecast(input: &PlanInput, rule: &SwitchRule, plan: &Transfers) -
     }
 }
 
-/// Access rate per interval of every scored item, from its per-interval
-/// access probability; in the estimator's (deterministic) order, so sums do
-/// not depend on hashing.
-fn rates(estimator: &dyn Estimator) -> Vec<(u32, f64)> {
-    estimator
-        .scored()
-        .into_iter()
-        .map(|(item, p)| (item, -(1.0 - p.min(1.0 - 1e-9)).ln()))
-        .collect()
+/// Accesses per interval of an item accessed with probability `p` in one.
+fn rate(p: f64) -> f64 {
+    -(1.0 - p.min(1.0 - 1e-9)).ln()
 }
 
-fn fault_probability(rate: Option<&f64>, intervals: f64) -> f64 {
-    rate.map_or(0.0, |rate| 1.0 - (-rate * intervals).exp())
+/// Probability of an access within `intervals` for an item whose per-interval
+/// probability is `p`.
+fn fault_probability(p: f64, intervals: f64) -> f64 {
+    1.0 - (-rate(p) * intervals).exp()
 }

@@ -17,9 +17,11 @@
 
 mod forecast;
 mod order;
+mod scores;
 
 pub use forecast::Forecast;
-pub use order::{by_score, Direction};
+
+use scores::Scores;
 
 use serde::{Deserialize, Serialize};
 
@@ -101,7 +103,12 @@ impl SwitchRule {
 
     /// Switch when the next pass would fit in the downtime budget, would not
     /// shrink enough against the last one, or the passes are used up.
-    pub fn should_switch(&self, passes_done: u32, last_pass_bytes: u64, next_pass_bytes: u64) -> bool {
+    pub fn should_switch(
+        &self,
+        passes_done: u32,
+        last_pass_bytes: u64,
+        next_pass_bytes: u64,
+    ) -> bool {
         next_pass_bytes <= self.downtime_budget_bytes
             || passes_done >= self.max_passes
             || next_pass_bytes as f64 > (1.0 - self.min_shrink) * last_pass_bytes as f64
@@ -130,28 +137,38 @@ pub struct SwitchPlan {
 /// The plan before anything is sent: every page and used block pending.
 pub fn plan(input: &PlanInput) -> MigrationPlan {
     let layout = input.layout;
+    let memory_scores = Scores::of(input.memory_writes);
+    let disk_scores = input.disk_reads.map(Scores::of);
     let all_pages = PageSet::full(layout.memory_pages);
-    let disk_first = disk_workingset(input);
+    let disk_first = disk_workingset(input, disk_scores.as_ref());
     let disk_first_bytes = disk_first.len() as u64 * block_size(input);
     let horizon = precopy_horizon(input, &all_pages, disk_first_bytes);
     let workingset = memory_workingset(input, &all_pages, horizon);
-    let memory_precopy = precopy_order(input, &all_pages, &workingset);
-    let memory_deferred = hottest_first(input.memory_writes, &workingset);
-    let mut disk_pending = layout.disk.as_ref().map(|disk| disk.used.clone());
-    if let Some(pending) = &mut disk_pending {
-        pending.remove_all(&disk_first);
-    }
-    let disk_after_switch = disk_pending.as_ref().map_or_else(Vec::new, |p| disk_order(input, p));
+    let mut precopied = all_pages;
+    precopied.subtract(&workingset);
+    let memory_precopy = memory_scores.coldest_first(&precopied);
+    let memory_deferred = memory_scores.hottest_first(&workingset);
+    let disk_after_switch = match &layout.disk {
+        Some(disk) => {
+            let mut pending = disk.used.clone();
+            pending.remove_all(&disk_first);
+            disk_order(disk_scores.as_ref(), &pending)
+        }
+        None => Vec::new(),
+    };
     let switch = SwitchRule::new(layout, &input.link, &input.config);
+    let transfers = forecast::Transfers {
+        disk_first: &disk_first,
+        precopy: &memory_precopy,
+        deferred: &memory_deferred,
+        disk_after_switch: &disk_after_switch,
+    };
     let forecast = forecast::forecast(
         input,
         &switch,
-        &forecast::Transfers {
-            disk_first: &disk_first,
-            precopy: &memory_precopy,
-            deferred: &memory_deferred,
-            disk_after_switch: &disk_after_switch,
-        },
+        &transfers,
+        &memory_scores,
+        disk_scores.as_ref(),
     );
     MigrationPlan {
         disk_first,
@@ -185,7 +202,7 @@ pub fn next_step(
     if rule.should_switch(passes_done, last_pass_bytes, next_pass_bytes) {
         Step::Switch
     } else {
-        Step::Pass(precopy_order(input, &outside, &PageSet::new(outside.universe())))
+        Step::Pass(Scores::of(input.memory_writes).coldest_first(&outside))
     }
 }
 
@@ -196,14 +213,16 @@ pub fn switch_plan(
     pending_pages: &PageSet,
     pending_blocks: Option<&PageSet>,
 ) -> SwitchPlan {
-    let mut pages = hottest_first(input.memory_writes, pending_pages);
+    let mut pages = Scores::of(input.memory_writes).hottest_first(pending_pages);
     let rule = SwitchRule::new(input.layout, &input.link, &input.config);
     let fit = (rule.downtime_budget_bytes / u64::from(input.layout.page_size)) as usize;
     let postcopy_pages = pages.split_off(fit.min(pages.len()));
+    let disk_scores = input.disk_reads.map(Scores::of);
     SwitchPlan {
         downtime_pages: pages,
         postcopy_pages,
-        postcopy_blocks: pending_blocks.map_or_else(Vec::new, |p| disk_order(input, p)),
+        postcopy_blocks: pending_blocks
+            .map_or_else(Vec::new, |p| disk_order(disk_scores.as_ref(), p)),
     }
 }
 
@@ -223,7 +242,9 @@ fn precopy_horizon(input: &PlanInput, pending: &PageSet, ahead_bytes: u64) -> f6
 fn memory_workingset(input: &PlanInput, pending: &PageSet, horizon: f64) -> PageSet {
     let goal = Goal {
         horizon,
-        objective: Objective::Migration { deferral_cost: input.config.deferral_cost },
+        objective: Objective::Migration {
+            deferral_cost: input.config.deferral_cost,
+        },
     };
     let mut workingset = input.memory_writes.predict(&goal);
     workingset.intersect_with(pending);
@@ -232,57 +253,38 @@ fn memory_workingset(input: &PlanInput, pending: &PageSet, horizon: f64) -> Page
 
 /// Used blocks the guest is expected to read before the background push would
 /// bring them, hottest first.
-fn disk_workingset(input: &PlanInput) -> Vec<u32> {
-    let (Some(disk), Some(reads)) = (&input.layout.disk, input.disk_reads) else {
+fn disk_workingset(input: &PlanInput, scores: Option<&Scores>) -> Vec<u32> {
+    let (Some(disk), Some(reads), Some(scores)) = (&input.layout.disk, input.disk_reads, scores)
+    else {
         return Vec::new();
     };
-    let push_s = input.link.transfer_s(disk.used.count() * u64::from(disk.block_size));
-    let goal = Goal { horizon: push_s / input.config.interval_s, objective: Objective::Accuracy };
+    let push_s = input
+        .link
+        .transfer_s(disk.used.count() * u64::from(disk.block_size));
+    let goal = Goal {
+        horizon: push_s / input.config.interval_s,
+        objective: Objective::Accuracy,
+    };
     let mut workingset = reads.predict(&goal);
     workingset.intersect_with(&disk.used);
-    hottest_first(reads, &workingset)
-}
-
-/// Pre-copy order of `pending ∖ workingset`: never-written pages in address
-/// order, then written ones from coldest to warmest.
-fn precopy_order(input: &PlanInput, pending: &PageSet, workingset: &PageSet) -> Vec<u32> {
-    let mut send = pending.clone();
-    send.subtract(workingset);
-    let scored: Vec<(u32, f64)> =
-        input.memory_writes.scored().into_iter().filter(|&(page, _)| send.contains(page)).collect();
-    let mut unscored = send;
-    for &(page, _) in &scored {
-        unscored.remove(page);
-    }
-    let mut order: Vec<u32> = unscored.iter().collect();
-    order.extend(by_score(scored, Direction::Coldest));
-    order
-}
-
-/// `items` hottest first by `estimator`, unscored ones last in address order.
-fn hottest_first(estimator: &dyn Estimator, items: &PageSet) -> Vec<u32> {
-    let scored: Vec<(u32, f64)> =
-        estimator.scored().into_iter().filter(|&(item, _)| items.contains(item)).collect();
-    let mut rest = items.clone();
-    for &(item, _) in &scored {
-        rest.remove(item);
-    }
-    let mut order = by_score(scored, Direction::Hottest);
-    order.extend(rest.iter());
-    order
+    scores.hottest_first(&workingset)
 }
 
 /// Blocks to push after the switch: read-scored ones hottest first, then the
 /// others in address order (sequential on the source's disk).
-fn disk_order(input: &PlanInput, pending: &PageSet) -> Vec<u32> {
-    match input.disk_reads {
-        Some(reads) => hottest_first(reads, pending),
+fn disk_order(scores: Option<&Scores>, pending: &PageSet) -> Vec<u32> {
+    match scores {
+        Some(scores) => scores.hottest_first(pending),
         None => pending.iter().collect(),
     }
 }
 
 fn block_size(input: &PlanInput) -> u64 {
-    input.layout.disk.as_ref().map_or(0, |disk| u64::from(disk.block_size))
+    input
+        .layout
+        .disk
+        .as_ref()
+        .map_or(0, |disk| u64::from(disk.block_size))
 }
 
 #[cfg(test)]

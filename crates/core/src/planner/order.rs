@@ -11,9 +11,9 @@ pub enum Direction {
 }
 
 /// `items` (with their scores in `[0, 1]`) sorted by bucketed score, starting
-/// from the coldest or the hottest; stable for equal buckets.
-pub fn by_score(mut items: Vec<(u32, f64)>, first: Direction) -> Vec<u32> {
-    items.sort_unstable_by_key(|&(item, _)| item);
+/// from the coldest or the hottest; stable, so items of one bucket keep their
+/// order.
+pub fn by_score(items: &[(u32, f64)], first: Direction) -> Vec<u32> {
     let bucket = |score: f64| {
         let b = ((score.clamp(0.0, 1.0) * BUCKETS as f64) as usize).min(BUCKETS - 1);
         match first {
@@ -22,14 +22,14 @@ pub fn by_score(mut items: Vec<(u32, f64)>, first: Direction) -> Vec<u32> {
         }
     };
     let mut starts = vec![0usize; BUCKETS + 1];
-    for &(_, score) in &items {
+    for &(_, score) in items {
         starts[bucket(score) + 1] += 1;
     }
     for b in 0..BUCKETS {
         starts[b + 1] += starts[b];
     }
     let mut ordered = vec![0u32; items.len()];
-    for &(item, score) in &items {
+    for &(item, score) in items {
         let slot = &mut starts[bucket(score)];
         ordered[*slot] = item;
         *slot += 1;
@@ -42,9 +42,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sorts_both_ways_with_address_order_for_ties() {
-        let items = vec![(5, 0.5), (1, 0.9), (3, 0.5), (2, 0.1)];
-        assert_eq!(by_score(items.clone(), Direction::Coldest), vec![2, 3, 5, 1]);
-        assert_eq!(by_score(items, Direction::Hottest), vec![1, 3, 5, 2]);
+    fn sorts_both_ways_keeping_the_order_of_ties() {
+        let items = [(1, 0.9), (2, 0.1), (3, 0.5), (5, 0.5)];
+        assert_eq!(by_score(&items, Direction::Coldest), vec![2, 3, 5, 1]);
+        assert_eq!(by_score(&items, Direction::Hottest), vec![1, 3, 5, 2]);
     }
 }

@@ -8,7 +8,12 @@ use crate::workingset::{EstimatorKind, Improved};
 const PAGES: u32 = 8192;
 
 fn layout(disk: Option<DiskLayout>) -> VmLayout {
-    VmLayout { page_size: 4096, memory_pages: PAGES, disk, device_state_bytes: 300_000 }
+    VmLayout {
+        page_size: 4096,
+        memory_pages: PAGES,
+        disk,
+        device_state_bytes: 300_000,
+    }
 }
 
 fn input<'a>(
@@ -17,7 +22,13 @@ fn input<'a>(
     memory: &'a dyn Estimator,
     disk: Option<&'a dyn Estimator>,
 ) -> PlanInput<'a> {
-    PlanInput { layout, link, config: PlannerConfig::default(), memory_writes: memory, disk_reads: disk }
+    PlanInput {
+        layout,
+        link,
+        config: PlannerConfig::default(),
+        memory_writes: memory,
+        disk_reads: disk,
+    }
 }
 
 fn observed(kind: EstimatorKind, items: u32, history: &[Vec<u32>]) -> Box<dyn Estimator> {
@@ -53,43 +64,90 @@ fn hot_pages_are_deferred_and_never_written_pages_go_first() {
     let history: Vec<Vec<u32>> = (0..20).map(|_| hot.clone()).collect();
     let vm = layout(None);
     let memory = observed(EstimatorKind::Improved, PAGES, &history);
-    let plan = plan(&input(&vm, Link::from_mbit(100.0, 50.0), memory.as_ref(), None));
-    assert_eq!(plan.memory_deferred.iter().copied().collect::<std::collections::BTreeSet<_>>(),
-        hot.iter().copied().collect());
+    let plan = plan(&input(
+        &vm,
+        Link::from_mbit(100.0, 50.0),
+        memory.as_ref(),
+        None,
+    ));
+    assert_eq!(
+        plan.memory_deferred
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        hot.iter().copied().collect()
+    );
     assert_eq!(plan.memory_precopy.len() as u32, PAGES - 100);
-    assert_eq!(plan.memory_precopy[..1000], (0..1000).collect::<Vec<_>>()[..]);
+    assert_eq!(
+        plan.memory_precopy[..1000],
+        (0..1000).collect::<Vec<_>>()[..]
+    );
     // A hundred pages fit in the downtime budget: no post-copy, no faults.
     assert_eq!(plan.forecast.postcopy_faults, 0.0);
     let paused_for_state = 300_000.0 / 12.5e6 + 0.025;
     let expected = paused_for_state + 100.0 * 4096.0 / 12.5e6;
-    assert!((plan.forecast.downtime_s - expected).abs() < 1e-9, "{}", plan.forecast.downtime_s);
+    assert!(
+        (plan.forecast.downtime_s - expected).abs() < 1e-9,
+        "{}",
+        plan.forecast.downtime_s
+    );
 }
 
 #[test]
 fn a_slower_link_defers_warmer_pages() {
     // Page 7 is written every 30 intervals, page 9 every interval.
-    let history: Vec<Vec<u32>> = (0..120).map(|i| if i % 30 == 0 { vec![7, 9] } else { vec![9] }).collect();
+    let history: Vec<Vec<u32>> = (0..120)
+        .map(|i| if i % 30 == 0 { vec![7, 9] } else { vec![9] })
+        .collect();
     let vm = layout(None);
     let memory = observed(EstimatorKind::Improved, PAGES, &history);
-    let deferred = |mbit| plan(&input(&vm, Link::from_mbit(mbit, 50.0), memory.as_ref(), None)).memory_deferred;
-    assert_eq!(deferred(10_000.0), Vec::<u32>::new(), "a 0.03 s pre-copy sends even the hot page");
-    assert_eq!(deferred(100.0), vec![9], "a 2.7 s pre-copy defers the hot page only");
-    assert_eq!(deferred(10.0), vec![9, 7], "a 27 s pre-copy defers the warm one too, after the hot one");
+    let deferred = |mbit| {
+        plan(&input(
+            &vm,
+            Link::from_mbit(mbit, 50.0),
+            memory.as_ref(),
+            None,
+        ))
+        .memory_deferred
+    };
+    assert_eq!(
+        deferred(10_000.0),
+        Vec::<u32>::new(),
+        "a 0.03 s pre-copy sends even the hot page"
+    );
+    assert_eq!(
+        deferred(100.0),
+        vec![9],
+        "a 2.7 s pre-copy defers the hot page only"
+    );
+    assert_eq!(
+        deferred(10.0),
+        vec![9, 7],
+        "a 27 s pre-copy defers the warm one too, after the hot one"
+    );
 }
 
 #[test]
 fn switch_rule_stops_on_budget_stall_or_pass_limit() {
-    let rule = SwitchRule { downtime_budget_bytes: 1000, max_passes: 5, min_shrink: 0.2 };
+    let rule = SwitchRule {
+        downtime_budget_bytes: 1000,
+        max_passes: 5,
+        min_shrink: 0.2,
+    };
     assert!(rule.should_switch(1, 1_000_000, 900));
-    assert!(rule.should_switch(1, 1_000_000, 850_000), "shrinking by 15% is a stall");
+    assert!(
+        rule.should_switch(1, 1_000_000, 850_000),
+        "shrinking by 15% is a stall"
+    );
     assert!(!rule.should_switch(1, 1_000_000, 700_000));
     assert!(rule.should_switch(5, 1_000_000, 10_000));
 }
 
 #[test]
 fn switch_fills_the_downtime_budget_with_the_hottest_pages() {
-    let history: Vec<Vec<u32>> =
-        (0..40).map(|i| (0..2000).filter(|p| i % (1 + p / 500) == 0).collect()).collect();
+    let history: Vec<Vec<u32>> = (0..40)
+        .map(|i| (0..2000).filter(|p| i % (1 + p / 500) == 0).collect())
+        .collect();
     let vm = layout(None);
     let memory = observed(EstimatorKind::Improved, PAGES, &history);
     let link = Link::from_mbit(100.0, 50.0);
@@ -110,10 +168,21 @@ fn next_step_continues_while_passes_shrink() {
     let memory = Improved::new(PAGES, 10);
     let input = input(&vm, Link::from_mbit(100.0, 50.0), &memory, None);
     let pending = PageSet::from_items(PAGES, &(0..3000).collect::<Vec<_>>());
-    assert_eq!(next_step(&input, &pending, 10.0, 1, 100 << 20), Step::Pass((0..3000).collect()));
+    assert_eq!(
+        next_step(&input, &pending, 10.0, 1, 100 << 20),
+        Step::Pass((0..3000).collect())
+    );
     let small = PageSet::from_items(PAGES, &[5, 6]);
-    assert_eq!(next_step(&input, &small, 10.0, 2, 12 << 20), Step::Switch, "two pages fit the budget");
-    assert_eq!(next_step(&input, &pending, 10.0, 2, 13 << 20), Step::Switch, "not shrinking enough");
+    assert_eq!(
+        next_step(&input, &small, 10.0, 2, 12 << 20),
+        Step::Switch,
+        "two pages fit the budget"
+    );
+    assert_eq!(
+        next_step(&input, &pending, 10.0, 2, 13 << 20),
+        Step::Switch,
+        "not shrinking enough"
+    );
 }
 
 proptest! {

@@ -49,7 +49,12 @@ impl DiskWorkload {
         }
         // Ranks are increasing and `used_blocks` is sorted, so the mapped
         // blocks stay increasing and unique.
-        let to_blocks = |ranks: Vec<u32>| ranks.into_iter().map(|r| self.used_blocks[r as usize]).collect();
+        let to_blocks = |ranks: Vec<u32>| {
+            ranks
+                .into_iter()
+                .map(|r| self.used_blocks[r as usize])
+                .collect()
+        };
         BlockInterval {
             reads: to_blocks(self.reads.accesses(index)),
             writes: to_blocks(self.writes.accesses(index)),
@@ -63,7 +68,10 @@ impl DiskWorkload {
         for index in 0..count {
             let interval = self.interval(index);
             let start = records.len();
-            for (op, blocks) in [(DiskOp::Read, &interval.reads), (DiskOp::Write, &interval.writes)] {
+            for (op, blocks) in [
+                (DiskOp::Read, &interval.reads),
+                (DiskOp::Write, &interval.writes),
+            ] {
                 for &block in blocks {
                     let jitter = mix(self.seed ^ u64::from(block), index) % self.interval_us;
                     records.push(DiskAccess {
@@ -76,7 +84,12 @@ impl DiskWorkload {
             }
             records[start..].sort_by_key(|r| r.time_us);
         }
-        DiskTrace { header: DiskTraceHeader { disk_bytes: self.disk_bytes }, records }
+        DiskTrace {
+            header: DiskTraceHeader {
+                disk_bytes: self.disk_bytes,
+            },
+            records,
+        }
     }
 }
 
@@ -87,7 +100,10 @@ mod tests {
     fn workload() -> (DiskWorkload, DiskLayout) {
         let layout = DiskLayout::synthetic(8192, 4096, 0.8, 0.5, 1);
         let spec = DiskWorkloadSpec {
-            reads: WorkloadSpec::Zipf { exponent: 1.0, rate: 0.02 },
+            reads: WorkloadSpec::Zipf {
+                exponent: 1.0,
+                rate: 0.02,
+            },
             writes: WorkloadSpec::Uniform { rate: 0.005 },
         };
         (DiskWorkload::new(&spec, &layout, 1_000_000, 3), layout)
@@ -99,7 +115,11 @@ mod tests {
         for index in 0..5 {
             let interval = workload.interval(index);
             assert!(!interval.reads.is_empty() && !interval.writes.is_empty());
-            assert!(interval.reads.iter().chain(&interval.writes).all(|&b| layout.used.contains(b)));
+            assert!(interval
+                .reads
+                .iter()
+                .chain(&interval.writes)
+                .all(|&b| layout.used.contains(b)));
         }
     }
 

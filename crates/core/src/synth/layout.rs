@@ -25,7 +25,10 @@ impl ScatteredLayout {
         let full_regions = universe / REGION_ITEMS;
         let mut region_order: Vec<u32> = (0..full_regions).collect();
         region_order.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(seed));
-        ScatteredLayout { universe, region_order }
+        ScatteredLayout {
+            universe,
+            region_order,
+        }
     }
 
     /// The item holding popularity rank `rank` (0 = hottest); a bijection on

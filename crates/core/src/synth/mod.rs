@@ -31,14 +31,29 @@ pub enum WorkloadSpec {
     /// A contiguous hot set of `hot * n` items, each accessed with
     /// `hot_probability` per interval, that jumps elsewhere every
     /// `phase_intervals`; plus `background * n` uniform draws.
-    Phases { hot: f64, hot_probability: f64, phase_intervals: u32, background: f64 },
+    Phases {
+        hot: f64,
+        hot_probability: f64,
+        phase_intervals: u32,
+        background: f64,
+    },
     /// A cursor sweeping a ring buffer of `ring * n` items, covering `speed` of
     /// the ring per interval (a log or a copy loop); plus uniform background.
-    Scan { ring: f64, speed: f64, background: f64 },
+    Scan {
+        ring: f64,
+        speed: f64,
+        background: f64,
+    },
     /// A stationary hot set and a warm set (ranks laid out by
     /// [`ScatteredLayout`]), each item accessed with its set's probability per
     /// interval; plus uniform background.
-    HotSet { hot: f64, hot_probability: f64, warm: f64, warm_probability: f64, background: f64 },
+    HotSet {
+        hot: f64,
+        hot_probability: f64,
+        warm: f64,
+        warm_probability: f64,
+        background: f64,
+    },
 }
 
 /// The synthetic classes every estimator is judged on.
@@ -72,21 +87,30 @@ impl WorkloadClass {
     }
 
     pub fn from_name(name: &str) -> Option<WorkloadClass> {
-        WorkloadClass::ALL.into_iter().find(|class| class.name() == name)
+        WorkloadClass::ALL
+            .into_iter()
+            .find(|class| class.name() == name)
     }
 
     /// The reference write pattern of the class, for 1-second intervals.
     pub fn default_spec(self) -> WorkloadSpec {
         match self {
             WorkloadClass::Uniform => WorkloadSpec::Uniform { rate: 0.005 },
-            WorkloadClass::Zipf => WorkloadSpec::Zipf { exponent: 1.0, rate: 0.01 },
+            WorkloadClass::Zipf => WorkloadSpec::Zipf {
+                exponent: 1.0,
+                rate: 0.01,
+            },
             WorkloadClass::Phases => WorkloadSpec::Phases {
                 hot: 0.03,
                 hot_probability: 0.5,
                 phase_intervals: 20,
                 background: 0.001,
             },
-            WorkloadClass::Scan => WorkloadSpec::Scan { ring: 0.1, speed: 0.05, background: 0.001 },
+            WorkloadClass::Scan => WorkloadSpec::Scan {
+                ring: 0.1,
+                speed: 0.05,
+                background: 0.001,
+            },
             // The write-heavy hot set of the reference comparison: 6% of RAM
             // written at 60% per second, 12% at 5%.
             WorkloadClass::HotSet => WorkloadSpec::HotSet {
@@ -112,7 +136,12 @@ impl Workload {
     pub fn new(spec: WorkloadSpec, items: u32, seed: u64) -> Self {
         assert!(items > 0, "a workload needs at least one item");
         let layout = ScatteredLayout::new(items, mix(seed, u64::MAX));
-        Workload { spec, items, seed, layout }
+        Workload {
+            spec,
+            items,
+            seed,
+            layout,
+        }
     }
 
     pub fn items(&self) -> u32 {
@@ -134,14 +163,25 @@ impl Workload {
                     self.layout.item(rank)
                 }));
             }
-            WorkloadSpec::Phases { hot, hot_probability, phase_intervals, background } => {
+            WorkloadSpec::Phases {
+                hot,
+                hot_probability,
+                phase_intervals,
+                background,
+            } => {
                 let hot_len = fraction_of(hot, n).max(1);
                 let phase = index / u64::from(phase_intervals.max(1));
                 let start = (mix(self.seed ^ 0x9e37, phase) % u64::from(n - hot_len + 1)) as u32;
-                bernoulli_run(&mut rng, hot_probability, hot_len, |i| items.push(start + i));
+                bernoulli_run(&mut rng, hot_probability, hot_len, |i| {
+                    items.push(start + i)
+                });
                 self.uniform(&mut rng, background, &mut items);
             }
-            WorkloadSpec::Scan { ring, speed, background } => {
+            WorkloadSpec::Scan {
+                ring,
+                speed,
+                background,
+            } => {
                 let ring_len = fraction_of(ring, n).max(1);
                 let ring_start = (mix(self.seed ^ 0x5ca7, 0) % u64::from(n - ring_len + 1)) as u32;
                 let step = fraction_of(speed, ring_len).max(1);
@@ -149,7 +189,13 @@ impl Workload {
                 items.extend((0..step).map(|i| ring_start + (cursor + i) % ring_len));
                 self.uniform(&mut rng, background, &mut items);
             }
-            WorkloadSpec::HotSet { hot, hot_probability, warm, warm_probability, background } => {
+            WorkloadSpec::HotSet {
+                hot,
+                hot_probability,
+                warm,
+                warm_probability,
+                background,
+            } => {
                 let hot_len = fraction_of(hot, n);
                 let warm_len = fraction_of(warm, n).min(n - hot_len);
                 bernoulli_run(&mut rng, hot_probability, hot_len, |rank| {
@@ -179,7 +225,11 @@ pub struct MemoryWorkload {
 
 impl MemoryWorkload {
     pub fn new(spec: WorkloadSpec, header: MemoryTraceHeader, interval_us: u64, seed: u64) -> Self {
-        MemoryWorkload { header, interval_us, workload: Workload::new(spec, header.page_count, seed) }
+        MemoryWorkload {
+            header,
+            interval_us,
+            workload: Workload::new(spec, header.page_count, seed),
+        }
     }
 
     pub fn interval(&self, index: u64) -> WriteInterval {
@@ -188,7 +238,10 @@ impl MemoryWorkload {
 
     /// The first `count` intervals as a trace.
     pub fn trace(&self, count: u64) -> MemoryTrace {
-        MemoryTrace { header: self.header, intervals: (0..count).map(|i| self.interval(i)).collect() }
+        MemoryTrace {
+            header: self.header,
+            intervals: (0..count).map(|i| self.interval(i)).collect(),
+        }
     }
 }
 
@@ -225,7 +278,9 @@ fn bernoulli_run(rng: &mut SmallRng, p: f64, len: u32, mut hit: impl FnMut(u32))
     }
     if p > 0.25 {
         let threshold = (p * u64::MAX as f64) as u64;
-        (0..len).filter(|_| rng.gen::<u64>() < threshold).for_each(hit);
+        (0..len)
+            .filter(|_| rng.gen::<u64>() < threshold)
+            .for_each(hit);
         return;
     }
     let log_miss = (1.0 - p).ln();
@@ -262,7 +317,10 @@ mod tests {
             let a = Workload::new(class.default_spec(), N, 7);
             let b = Workload::new(class.default_spec(), N, 7);
             assert_eq!(a.accesses(13), b.accesses(13), "{}", class.name());
-            assert_ne!(a.accesses(13), Workload::new(class.default_spec(), N, 8).accesses(13));
+            assert_ne!(
+                a.accesses(13),
+                Workload::new(class.default_spec(), N, 8).accesses(13)
+            );
         }
     }
 
@@ -288,7 +346,10 @@ mod tests {
         let workload = Workload::new(spec, N, 5);
         let mean = (0..20).map(|i| workload.accesses(i).len()).sum::<usize>() as f64 / 20.0;
         let expected = 0.5 * 0.1 * f64::from(N);
-        assert!((mean - expected).abs() < 0.03 * expected, "mean {mean}, expected {expected}");
+        assert!(
+            (mean - expected).abs() < 0.03 * expected,
+            "mean {mean}, expected {expected}"
+        );
     }
 
     #[test]
@@ -306,22 +367,43 @@ mod tests {
 
     #[test]
     fn scan_advances_through_the_ring() {
-        let spec = WorkloadSpec::Scan { ring: 0.125, speed: 0.25, background: 0.0 };
+        let spec = WorkloadSpec::Scan {
+            ring: 0.125,
+            speed: 0.25,
+            background: 0.0,
+        };
         let workload = Workload::new(spec, N, 2);
         let first = workload.accesses(0);
         assert_eq!(first.len(), N as usize / 8 / 4);
         assert_eq!(workload.accesses(4), first, "period is four intervals");
-        assert!(workload.accesses(1).iter().all(|item| !first.contains(item)));
+        assert!(workload
+            .accesses(1)
+            .iter()
+            .all(|item| !first.contains(item)));
     }
 
     #[test]
     fn zipf_concentrates_on_few_regions() {
-        let workload = Workload::new(WorkloadSpec::Zipf { exponent: 1.2, rate: 0.02 }, N, 4);
+        let workload = Workload::new(
+            WorkloadSpec::Zipf {
+                exponent: 1.2,
+                rate: 0.02,
+            },
+            N,
+            4,
+        );
         let items = workload.accesses(0);
         let mut regions: Vec<u32> = items.iter().map(|i| i / REGION_ITEMS).collect();
         regions.dedup();
         let hottest = ScatteredLayout::new(N, mix(4, u64::MAX)).item(0) / REGION_ITEMS;
-        let in_hottest = items.iter().filter(|&&i| i / REGION_ITEMS == hottest).count();
-        assert!(in_hottest * 4 > items.len(), "{in_hottest} of {} in the hottest region", items.len());
+        let in_hottest = items
+            .iter()
+            .filter(|&&i| i / REGION_ITEMS == hottest)
+            .count();
+        assert!(
+            in_hottest * 4 > items.len(),
+            "{in_hottest} of {} in the hottest region",
+            items.len()
+        );
     }
 }

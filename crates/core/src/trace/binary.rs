@@ -38,7 +38,10 @@ impl<W: Write> MemoryTraceWriter<W> {
         out.write_all(&MEMORY_VERSION.to_le_bytes())?;
         out.write_all(&header.page_size.to_le_bytes())?;
         out.write_all(&header.page_count.to_le_bytes())?;
-        Ok(MemoryTraceWriter { out, page_count: header.page_count })
+        Ok(MemoryTraceWriter {
+            out,
+            page_count: header.page_count,
+        })
     }
 
     pub fn push(&mut self, interval: &WriteInterval) -> Result<(), TraceError> {
@@ -92,8 +95,10 @@ pub fn write_memory(trace: &MemoryTrace, out: impl Write) -> Result<(), TraceErr
 pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
     let mut input = BufReader::new(input);
     read_header(&mut input, MEMORY_MAGIC, "memory", MEMORY_VERSION)?;
-    let header =
-        MemoryTraceHeader { page_size: read_u32(&mut input)?, page_count: read_u32(&mut input)? };
+    let header = MemoryTraceHeader {
+        page_size: read_u32(&mut input)?,
+        page_count: read_u32(&mut input)?,
+    };
     let mut intervals = Vec::new();
     while let Some(duration_us) = varint::read_u64_or_end(&mut input)? {
         let run_count = varint::read_u64(&mut input)?;
@@ -144,14 +149,20 @@ pub fn read_disk(input: impl Read) -> Result<DiskTrace, TraceError> {
     read_header(&mut input, DISK_MAGIC, "disk", DISK_VERSION)?;
     let mut disk_bytes = [0u8; 8];
     read_exact(&mut input, &mut disk_bytes)?;
-    let header = DiskTraceHeader { disk_bytes: u64::from_le_bytes(disk_bytes) };
+    let header = DiskTraceHeader {
+        disk_bytes: u64::from_le_bytes(disk_bytes),
+    };
     let mut records = Vec::new();
     let (mut time_us, mut previous_end) = (0u64, 0u64);
     while !input.fill_buf()?.is_empty() {
         let op = match varint::read_byte(&mut input)? {
             0 => DiskOp::Read,
             1 => DiskOp::Write,
-            other => return Err(TraceError::Invalid(format!("unknown disk operation {other}"))),
+            other => {
+                return Err(TraceError::Invalid(format!(
+                    "unknown disk operation {other}"
+                )))
+            }
         };
         time_us += varint::read_u64(&mut input)?;
         let offset = previous_end as i64 + varint::read_i64(&mut input)?;
@@ -160,7 +171,12 @@ pub fn read_disk(input: impl Read) -> Result<DiskTrace, TraceError> {
         let length = u32::try_from(varint::read_u64(&mut input)?)
             .map_err(|_| TraceError::Invalid("request longer than 4 GiB".into()))?;
         previous_end = offset + u64::from(length);
-        records.push(DiskAccess { time_us, op, offset, length });
+        records.push(DiskAccess {
+            time_us,
+            op,
+            offset,
+            length,
+        });
     }
     let trace = DiskTrace { header, records };
     trace.validate()?;
@@ -176,7 +192,9 @@ fn read_header(
     let mut found = [0u8; 8];
     read_exact(input, &mut found)?;
     if found != magic {
-        return Err(TraceError::BadMagic { found: String::from_utf8_lossy(&found).into_owned() });
+        return Err(TraceError::BadMagic {
+            found: String::from_utf8_lossy(&found).into_owned(),
+        });
     }
     let mut version = [0u8; 2];
     read_exact(input, &mut version)?;
@@ -211,7 +229,10 @@ mod tests {
 
     fn memory_trace() -> MemoryTrace {
         MemoryTrace {
-            header: MemoryTraceHeader { page_size: 4096, page_count: 1000 },
+            header: MemoryTraceHeader {
+                page_size: 4096,
+                page_count: 1000,
+            },
             intervals: vec![
                 WriteInterval::new(100_000, vec![0, 1, 2, 3, 500, 999]),
                 WriteInterval::new(100_000, vec![]),
@@ -223,7 +244,10 @@ mod tests {
     #[test]
     fn clustered_writes_are_compact() {
         let trace = MemoryTrace {
-            header: MemoryTraceHeader { page_size: 4096, page_count: 1 << 20 },
+            header: MemoryTraceHeader {
+                page_size: 4096,
+                page_count: 1 << 20,
+            },
             intervals: vec![WriteInterval::new(1_000_000, (4096..8192).collect())],
         };
         let mut bytes = Vec::new();
@@ -249,7 +273,14 @@ mod tests {
         write_memory(&memory_trace(), &mut bytes).unwrap();
         bytes[8] = 2;
         let err = read_memory(&bytes[..]).unwrap_err();
-        assert!(matches!(err, TraceError::UnsupportedVersion { found: 2, supported: 1, .. }));
+        assert!(matches!(
+            err,
+            TraceError::UnsupportedVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ));
         assert_eq!(
             err.to_string(),
             "memory trace version 2 is not supported (this build reads version 1)"
@@ -258,10 +289,16 @@ mod tests {
 
     #[test]
     fn a_disk_trace_is_not_read_as_memory() {
-        let trace = DiskTrace { header: DiskTraceHeader { disk_bytes: 4096 }, records: vec![] };
+        let trace = DiskTrace {
+            header: DiskTraceHeader { disk_bytes: 4096 },
+            records: vec![],
+        };
         let mut bytes = Vec::new();
         write_disk(&trace, &mut bytes).unwrap();
-        assert!(matches!(read_memory(&bytes[..]), Err(TraceError::BadMagic { .. })));
+        assert!(matches!(
+            read_memory(&bytes[..]),
+            Err(TraceError::BadMagic { .. })
+        ));
     }
 
     #[test]
@@ -269,7 +306,10 @@ mod tests {
         let mut bytes = Vec::new();
         write_memory(&memory_trace(), &mut bytes).unwrap();
         bytes.pop();
-        assert!(matches!(read_memory(&bytes[..]), Err(TraceError::Truncated)));
+        assert!(matches!(
+            read_memory(&bytes[..]),
+            Err(TraceError::Truncated)
+        ));
     }
 
     proptest! {

@@ -177,8 +177,14 @@ pub enum Encoding {
 pub enum TraceError {
     #[error("not an mllm trace: it starts with {found:?}; expected \"MLLM-MEM\" or \"MLLM-DSK\" (binary) or a \"mllm memory trace\" or \"mllm disk trace\" line (text)")]
     BadMagic { found: String },
-    #[error("{kind} trace version {found} is not supported (this build reads version {supported})")]
-    UnsupportedVersion { kind: &'static str, found: u32, supported: u32 },
+    #[error(
+        "{kind} trace version {found} is not supported (this build reads version {supported})"
+    )]
+    UnsupportedVersion {
+        kind: &'static str,
+        found: u32,
+        supported: u32,
+    },
     #[error("the trace ends in the middle of a record")]
     Truncated,
     #[error("line {line}: {message}")]
@@ -195,7 +201,10 @@ pub fn read_trace(reader: impl Read) -> Result<(Trace, Encoding), TraceError> {
     let mut reader = BufReader::new(reader);
     let head = reader.fill_buf()?;
     if head.starts_with(&binary::MEMORY_MAGIC) {
-        Ok((Trace::Memory(binary::read_memory(reader)?), Encoding::Binary))
+        Ok((
+            Trace::Memory(binary::read_memory(reader)?),
+            Encoding::Binary,
+        ))
     } else if head.starts_with(&binary::DISK_MAGIC) {
         Ok((Trace::Disk(binary::read_disk(reader)?), Encoding::Binary))
     } else if head.starts_with(text::MEMORY_HEADER.as_bytes()) {
@@ -203,7 +212,9 @@ pub fn read_trace(reader: impl Read) -> Result<(Trace, Encoding), TraceError> {
     } else if head.starts_with(text::DISK_HEADER.as_bytes()) {
         Ok((Trace::Disk(text::read_disk(reader)?), Encoding::Text))
     } else {
-        Err(TraceError::BadMagic { found: String::from_utf8_lossy(&head[..head.len().min(8)]).into_owned() })
+        Err(TraceError::BadMagic {
+            found: String::from_utf8_lossy(&head[..head.len().min(8)]).into_owned(),
+        })
     }
 }
 
@@ -220,7 +231,10 @@ mod tests {
     #[test]
     fn validate_rejects_page_beyond_ram() {
         let trace = MemoryTrace {
-            header: MemoryTraceHeader { page_size: 4096, page_count: 4 },
+            header: MemoryTraceHeader {
+                page_size: 4096,
+                page_count: 4,
+            },
             intervals: vec![WriteInterval::new(1, vec![4])],
         };
         assert!(matches!(trace.validate(), Err(TraceError::Invalid(_))));
@@ -229,11 +243,28 @@ mod tests {
     #[test]
     fn block_intervals_split_requests_across_blocks_and_intervals() {
         let trace = DiskTrace {
-            header: DiskTraceHeader { disk_bytes: 1 << 20 },
+            header: DiskTraceHeader {
+                disk_bytes: 1 << 20,
+            },
             records: vec![
-                DiskAccess { time_us: 10, op: DiskOp::Read, offset: 4000, length: 200 },
-                DiskAccess { time_us: 20, op: DiskOp::Write, offset: 0, length: 4096 },
-                DiskAccess { time_us: 2_500, op: DiskOp::Read, offset: 8192, length: 1 },
+                DiskAccess {
+                    time_us: 10,
+                    op: DiskOp::Read,
+                    offset: 4000,
+                    length: 200,
+                },
+                DiskAccess {
+                    time_us: 20,
+                    op: DiskOp::Write,
+                    offset: 0,
+                    length: 4096,
+                },
+                DiskAccess {
+                    time_us: 2_500,
+                    op: DiskOp::Read,
+                    offset: 8192,
+                    length: 1,
+                },
             ],
         };
         let intervals = trace.block_intervals(4096, 1_000);

@@ -34,7 +34,10 @@ pub fn write_memory(trace: &MemoryTrace, mut out: impl Write) -> Result<(), Trac
     writeln!(out, "{MEMORY_HEADER} v{VERSION}")?;
     writeln!(out, "page_size {}", trace.header.page_size)?;
     writeln!(out, "page_count {}", trace.header.page_count)?;
-    writeln!(out, "# duration_us, then written pages; a-b is the inclusive range")?;
+    writeln!(
+        out,
+        "# duration_us, then written pages; a-b is the inclusive range"
+    )?;
     for interval in &trace.intervals {
         let mut line = interval.duration_us.to_string();
         let mut pages = interval.pages().iter().copied().peekable();
@@ -44,7 +47,11 @@ pub fn write_memory(trace: &MemoryTrace, mut out: impl Write) -> Result<(), Trac
                 end = pages.next().unwrap_or(end);
             }
             line.push(' ');
-            line.push_str(&if start == end { start.to_string() } else { format!("{start}-{end}") });
+            line.push_str(&if start == end {
+                start.to_string()
+            } else {
+                format!("{start}-{end}")
+            });
         }
         writeln!(out, "{line}")?;
     }
@@ -57,16 +64,25 @@ pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
     lines.expect_header(MEMORY_HEADER, "memory")?;
     let page_size = lines.keyed_value("page_size")?;
     let page_count = lines.keyed_value("page_count")?;
-    let header = MemoryTraceHeader { page_size, page_count };
+    let header = MemoryTraceHeader {
+        page_size,
+        page_count,
+    };
     let mut intervals = Vec::new();
     while let Some((line_number, line)) = lines.next_content()? {
-        let syntax = |message: String| TraceError::Syntax { line: line_number, message };
+        let syntax = |message: String| TraceError::Syntax {
+            line: line_number,
+            message,
+        };
         let mut fields = line.split_whitespace();
         let duration_us = parse(fields.next().unwrap_or(""), "duration").map_err(syntax)?;
         let mut pages = Vec::new();
         for field in fields {
             let (start, end): (u32, u32) = match field.split_once('-') {
-                Some((a, b)) => (parse(a, "page").map_err(syntax)?, parse(b, "page").map_err(syntax)?),
+                Some((a, b)) => (
+                    parse(a, "page").map_err(syntax)?,
+                    parse(b, "page").map_err(syntax)?,
+                ),
                 None => {
                     let page = parse(field, "page").map_err(syntax)?;
                     (page, page)
@@ -93,7 +109,11 @@ pub fn write_disk(trace: &DiskTrace, mut out: impl Write) -> Result<(), TraceErr
             DiskOp::Read => 'R',
             DiskOp::Write => 'W',
         };
-        writeln!(out, "{} {op} {} {}", record.time_us, record.offset, record.length)?;
+        writeln!(
+            out,
+            "{} {op} {} {}",
+            record.time_us, record.offset, record.length
+        )?;
     }
     out.flush()?;
     Ok(())
@@ -105,10 +125,15 @@ pub fn read_disk(input: impl Read) -> Result<DiskTrace, TraceError> {
     let disk_bytes = lines.keyed_value("disk_bytes")?;
     let mut records = Vec::new();
     while let Some((line_number, line)) = lines.next_content()? {
-        let syntax = |message: String| TraceError::Syntax { line: line_number, message };
+        let syntax = |message: String| TraceError::Syntax {
+            line: line_number,
+            message,
+        };
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [time, op, offset, length] = fields[..] else {
-            return Err(syntax(format!("expected `time_us op offset length`, found {line:?}")));
+            return Err(syntax(format!(
+                "expected `time_us op offset length`, found {line:?}"
+            )));
         };
         let op = match op {
             "R" => DiskOp::Read,
@@ -122,13 +147,18 @@ pub fn read_disk(input: impl Read) -> Result<DiskTrace, TraceError> {
             length: parse(length, "length").map_err(syntax)?,
         });
     }
-    let trace = DiskTrace { header: DiskTraceHeader { disk_bytes }, records };
+    let trace = DiskTrace {
+        header: DiskTraceHeader { disk_bytes },
+        records,
+    };
     trace.validate()?;
     Ok(trace)
 }
 
 fn parse<T: std::str::FromStr>(field: &str, what: &str) -> Result<T, String> {
-    field.parse().map_err(|_| format!("{what} {field:?} is not a valid number"))
+    field
+        .parse()
+        .map_err(|_| format!("{what} {field:?} is not a valid number"))
 }
 
 /// Numbered lines with comments and blank lines skipped.
@@ -139,7 +169,10 @@ struct Lines<R> {
 
 impl<R: Read> Lines<R> {
     fn new(input: R) -> Self {
-        Lines { input: BufReader::new(input), number: 0 }
+        Lines {
+            input: BufReader::new(input),
+            number: 0,
+        }
     }
 
     fn next_content(&mut self) -> Result<Option<(usize, String)>, TraceError> {
@@ -171,17 +204,24 @@ impl<R: Read> Lines<R> {
             message: format!("version {version:?} is not a number"),
         })?;
         if version != VERSION {
-            return Err(TraceError::UnsupportedVersion { kind, found: version, supported: VERSION });
+            return Err(TraceError::UnsupportedVersion {
+                kind,
+                found: version,
+                supported: VERSION,
+            });
         }
         Ok(())
     }
 
     fn keyed_value<T: std::str::FromStr>(&mut self, key: &str) -> Result<T, TraceError> {
         let (line, content) = self.next_content()?.ok_or(TraceError::Truncated)?;
-        let value = content.strip_prefix(key).map(str::trim).ok_or_else(|| TraceError::Syntax {
-            line,
-            message: format!("expected `{key} <number>`, found {content:?}"),
-        })?;
+        let value = content
+            .strip_prefix(key)
+            .map(str::trim)
+            .ok_or_else(|| TraceError::Syntax {
+                line,
+                message: format!("expected `{key} <number>`, found {content:?}"),
+            })?;
         parse(value, key).map_err(|message| TraceError::Syntax { line, message })
     }
 }
@@ -202,7 +242,9 @@ mod tests {
         assert!(trace.intervals[1].pages().is_empty());
         let mut text = Vec::new();
         write_memory(&trace, &mut text).unwrap();
-        assert!(String::from_utf8(text.clone()).unwrap().contains("\n1000000 0-15 27 100-200\n"));
+        assert!(String::from_utf8(text.clone())
+            .unwrap()
+            .contains("\n1000000 0-15 27 100-200\n"));
         assert_eq!(read_memory(&text[..]).unwrap(), trace);
     }
 
@@ -226,26 +268,47 @@ mod tests {
     fn disk_text_round_trips_and_reports_line_numbers() {
         let text = "mllm disk trace v1\ndisk_bytes 1048576\n# t op off len\n10 R 0 4096\n20 W 65536 8192\n";
         let trace = read_disk(text.as_bytes()).unwrap();
-        assert_eq!(trace.records[1], DiskAccess { time_us: 20, op: DiskOp::Write, offset: 65536, length: 8192 });
+        assert_eq!(
+            trace.records[1],
+            DiskAccess {
+                time_us: 20,
+                op: DiskOp::Write,
+                offset: 65536,
+                length: 8192
+            }
+        );
         let mut out = Vec::new();
         write_disk(&trace, &mut out).unwrap();
         assert_eq!(read_disk(&out[..]).unwrap(), trace);
 
         let bad = "mllm disk trace v1\ndisk_bytes 1048576\n10 X 0 4096\n";
         let err = read_disk(bad.as_bytes()).unwrap_err();
-        assert_eq!(err.to_string(), "line 3: operation \"X\" is neither R nor W");
+        assert_eq!(
+            err.to_string(),
+            "line 3: operation \"X\" is neither R nor W"
+        );
     }
 
     #[test]
     fn wrong_text_version_is_rejected() {
         let err = read_memory("mllm memory trace v7\npage_size 4096\n".as_bytes()).unwrap_err();
-        assert!(matches!(err, TraceError::UnsupportedVersion { found: 7, supported: 1, .. }));
+        assert!(matches!(
+            err,
+            TraceError::UnsupportedVersion {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn page_beyond_guest_is_a_syntax_error() {
         let text = "mllm memory trace v1\npage_size 4096\npage_count 10\n100 5-10\n";
-        assert!(matches!(read_memory(text.as_bytes()), Err(TraceError::Syntax { line: 4, .. })));
+        assert!(matches!(
+            read_memory(text.as_bytes()),
+            Err(TraceError::Syntax { line: 4, .. })
+        ));
     }
 
     #[test]

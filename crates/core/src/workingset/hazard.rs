@@ -90,7 +90,10 @@ impl SecondAccessHazard {
     /// of a new hot set, one-off writes) whose rate falls as silence grows, so
     /// a constant rate would overstate it.
     pub fn return_probability(&self, origin: Origin, silence: u32, horizon: f64) -> f64 {
-        let (start, end) = (f64::from(silence.max(1)), f64::from(silence.max(1)) + horizon);
+        let (start, end) = (
+            f64::from(silence.max(1)),
+            f64::from(silence.max(1)) + horizon,
+        );
         let mut log_survival = 0.0;
         for (b, &rate) in self.rate[origin].iter().enumerate() {
             let (low, high) = ((1u64 << b) as f64, (1u64 << (b + 1)) as f64);
@@ -109,7 +112,10 @@ mod tests {
 
     #[test]
     fn buckets_are_powers_of_two() {
-        assert_eq!([bucket(1), bucket(2), bucket(3), bucket(4), bucket(8)], [0, 1, 1, 2, 3]);
+        assert_eq!(
+            [bucket(1), bucket(2), bucket(3), bucket(4), bucket(8)],
+            [0, 1, 1, 2, 3]
+        );
     }
 
     #[test]
@@ -128,7 +134,10 @@ mod tests {
         // Interval 3: none of the five left comes back after two intervals.
         hazard.end_interval(3);
         assert_eq!(hazard.return_probability(BUSY, 2, 1.0), 0.0);
-        assert!((hazard.return_probability(BUSY, 1, 1.0) - 0.25).abs() < 1e-12, "no item was one interval old");
+        assert!(
+            (hazard.return_probability(BUSY, 1, 1.0) - 0.25).abs() < 1e-12,
+            "no item was one interval old"
+        );
         // From silence 1, two intervals: 1 at rate 0.25, then 1 at rate 0.
         assert!((hazard.return_probability(BUSY, 1, 2.0) - 0.25).abs() < 1e-12);
         let half = hazard.return_probability(BUSY, 1, 0.5);

@@ -83,8 +83,9 @@ impl Estimator for Hierarchical {
 
     fn predict(&self, goal: &Goal) -> PageSet {
         let busy = self.busy_regions();
-        let candidates =
-            busy.iter().flat_map(|&region| self.seen_in_region[region as usize].iter().copied());
+        let candidates = busy
+            .iter()
+            .flat_map(|&region| self.seen_in_region[region as usize].iter().copied());
         self.fine.predict_among(goal, candidates)
     }
 }
@@ -138,8 +139,12 @@ impl RegionModel {
                 _ => per_region.push((region, 1)),
             }
         }
-        self.fast.iter_mut().for_each(|a| *a *= 1.0 - FAST_SMOOTHING);
-        self.slow.iter_mut().for_each(|a| *a *= 1.0 - SLOW_SMOOTHING);
+        self.fast
+            .iter_mut()
+            .for_each(|a| *a *= 1.0 - FAST_SMOOTHING);
+        self.slow
+            .iter_mut()
+            .for_each(|a| *a *= 1.0 - SLOW_SMOOTHING);
         for &(region, count) in &per_region {
             let r = region as usize;
             self.fast[r] += FAST_SMOOTHING * count as f32;
@@ -158,7 +163,8 @@ impl RegionModel {
                 self.train(&features);
             }
         }
-        self.pending.push_back((0..self.regions()).map(|r| self.features(r)).collect());
+        self.pending
+            .push_back((0..self.regions()).map(|r| self.features(r)).collect());
     }
 
     /// One batch gradient step of the logistic loss: the snapshot taken
@@ -166,7 +172,11 @@ impl RegionModel {
     fn train(&mut self, features: &[[f32; FEATURES]]) {
         let mut gradient = [0.0; FEATURES];
         for (region, x) in features.iter().enumerate() {
-            let label = if self.recent_accesses[region] >= BUSY_ACCESSES { 1.0 } else { 0.0 };
+            let label = if self.recent_accesses[region] >= BUSY_ACCESSES {
+                1.0
+            } else {
+                0.0
+            };
             let error = label - logistic(&self.weights, x);
             for (g, &xi) in gradient.iter_mut().zip(x) {
                 *g += error * f64::from(xi);
@@ -185,7 +195,12 @@ impl RegionModel {
             0 => 0.0,
             last => 1.0 / (self.now - last + 1) as f32,
         };
-        [1.0, self.fast[r].ln_1p() / scale, self.slow[r].ln_1p() / scale, recency]
+        [
+            1.0,
+            self.fast[r].ln_1p() / scale,
+            self.slow[r].ln_1p() / scale,
+            recency,
+        ]
     }
 
     fn probability(&self, region: u32) -> f64 {
@@ -194,7 +209,11 @@ impl RegionModel {
 }
 
 fn logistic(weights: &[f64; FEATURES], x: &[f32; FEATURES]) -> f64 {
-    let z: f64 = weights.iter().zip(x).map(|(w, &xi)| w * f64::from(xi)).sum();
+    let z: f64 = weights
+        .iter()
+        .zip(x)
+        .map(|(w, &xi)| w * f64::from(xi))
+        .sum();
     1.0 / (1.0 + (-z).exp())
 }
 
@@ -206,7 +225,9 @@ mod tests {
     #[test]
     fn only_regions_in_use_are_busy() {
         let mut estimator = Hierarchical::new(REGION_ITEMS * 8, 4);
-        let busy: Vec<u32> = (0..40).chain(3 * REGION_ITEMS..3 * REGION_ITEMS + 40).collect();
+        let busy: Vec<u32> = (0..40)
+            .chain(3 * REGION_ITEMS..3 * REGION_ITEMS + 40)
+            .collect();
         for interval in 0..30 {
             let mut accessed = busy.clone();
             // A stray write elsewhere now and then does not make a region busy.
@@ -215,7 +236,10 @@ mod tests {
             estimator.observe(&accessed);
         }
         assert_eq!(estimator.busy_regions(), vec![0, 3]);
-        let goal = Goal { horizon: 4.0, objective: Objective::Accuracy };
+        let goal = Goal {
+            horizon: 4.0,
+            objective: Objective::Accuracy,
+        };
         assert_eq!(estimator.predict(&goal).iter().collect::<Vec<_>>(), busy);
     }
 
@@ -226,7 +250,11 @@ mod tests {
         for _ in 0..200 {
             estimator.observe(&(0..64).collect::<Vec<_>>());
         }
-        assert!(estimator.coarse.probability(2) < 0.05, "{}", estimator.coarse.probability(2));
+        assert!(
+            estimator.coarse.probability(2) < 0.05,
+            "{}",
+            estimator.coarse.probability(2)
+        );
         assert_eq!(estimator.busy_regions(), vec![0]);
     }
 }

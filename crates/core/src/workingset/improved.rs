@@ -85,7 +85,11 @@ impl Improved {
             return 0.0;
         }
         if self.gap[item as usize] == 0.0 {
-            return self.seen_once.return_probability(self.origin(item), self.now - last + 1, horizon);
+            return self.seen_once.return_probability(
+                self.origin(item),
+                self.now - last + 1,
+                horizon,
+            );
         }
         self.rhythm_probability(item, horizon)
     }
@@ -99,10 +103,16 @@ impl Improved {
     /// [`Self::access_probability`] of every candidate; the seen-once
     /// probabilities, which depend only on origin and silence, are computed
     /// once per silence.
-    fn probabilities(&self, candidates: impl Iterator<Item = u32>, horizon: f64) -> Vec<(u32, f64)> {
+    fn probabilities(
+        &self,
+        candidates: impl Iterator<Item = u32>,
+        horizon: f64,
+    ) -> Vec<(u32, f64)> {
         let silences = self.now.min(TABULATED_SILENCES) + 1;
         let table: Vec<[f64; 2]> = (0..=silences)
-            .map(|s| [QUIET, BUSY].map(|origin| self.seen_once.return_probability(origin, s, horizon)))
+            .map(|s| {
+                [QUIET, BUSY].map(|origin| self.seen_once.return_probability(origin, s, horizon))
+            })
             .collect();
         candidates
             .map(|item| {
@@ -146,7 +156,11 @@ impl Improved {
 
     /// The workingset restricted to the items `candidates` yields (every seen
     /// item, or those of some regions).
-    pub(super) fn predict_among(&self, goal: &Goal, candidates: impl Iterator<Item = u32>) -> PageSet {
+    pub(super) fn predict_among(
+        &self,
+        goal: &Goal,
+        candidates: impl Iterator<Item = u32>,
+    ) -> PageSet {
         let horizon = goal.horizon.max(f64::MIN_POSITIVE);
         let probabilities = self.probabilities(candidates, horizon);
         let threshold = match goal.objective {
@@ -240,7 +254,8 @@ impl Estimator for Improved {
             },
         );
         self.staleness = staleness;
-        self.new_per_interval += NEW_ITEM_SMOOTHING * (f64::from(new_items) - self.new_per_interval);
+        self.new_per_interval +=
+            NEW_ITEM_SMOOTHING * (f64::from(new_items) - self.new_per_interval);
     }
 
     fn score(&self, item: u32) -> f64 {
@@ -248,11 +263,9 @@ impl Estimator for Improved {
     }
 
     fn scored(&self) -> Vec<(u32, f64)> {
-        self.seen
-            .iter()
-            .map(|&item| (item, self.score(item)))
-            .filter(|&(_, score)| score > 0.0)
-            .collect()
+        let mut scored = self.probabilities(self.seen.iter().copied(), 1.0);
+        scored.retain(|&(_, score)| score > 0.0);
+        scored
     }
 
     fn predict(&self, goal: &Goal) -> PageSet {
@@ -264,7 +277,11 @@ impl Estimator for Improved {
 mod tests {
     use super::*;
 
-    fn observe_pattern(estimator: &mut Improved, intervals: u32, pattern: impl Fn(u32) -> Vec<u32>) {
+    fn observe_pattern(
+        estimator: &mut Improved,
+        intervals: u32,
+        pattern: impl Fn(u32) -> Vec<u32>,
+    ) {
         for interval in 0..intervals {
             estimator.observe(&pattern(interval));
         }
@@ -274,10 +291,21 @@ mod tests {
     fn gaps_follow_the_rhythm() {
         let mut estimator = Improved::new(10, 4);
         // Item 1 every interval, item 2 every fourth.
-        observe_pattern(&mut estimator, 40, |i| if i % 4 == 0 { vec![1, 2] } else { vec![1] });
+        observe_pattern(&mut estimator, 40, |i| {
+            if i % 4 == 0 {
+                vec![1, 2]
+            } else {
+                vec![1]
+            }
+        });
         assert_eq!(estimator.gap[1], 1.0);
         assert!((estimator.gap[2] - 4.0).abs() < 1e-6);
-        assert!(estimator.score(1) > 2.0 * estimator.score(2), "{} {}", estimator.score(1), estimator.score(2));
+        assert!(
+            estimator.score(1) > 2.0 * estimator.score(2),
+            "{} {}",
+            estimator.score(1),
+            estimator.score(2)
+        );
         assert!(estimator.score(2) > 0.0);
     }
 
@@ -286,9 +314,20 @@ mod tests {
         let mut estimator = Improved::new(100, 5);
         observe_pattern(&mut estimator, 30, |_| (0..10).collect());
         observe_pattern(&mut estimator, 5, |_| (50..60).collect());
-        let goal = Goal { horizon: 5.0, objective: Objective::Accuracy };
-        assert_eq!(estimator.predict(&goal).iter().collect::<Vec<_>>(), (50..60).collect::<Vec<_>>());
-        assert!(estimator.score(0) < 0.5 * estimator.score(55), "{} {}", estimator.score(0), estimator.score(55));
+        let goal = Goal {
+            horizon: 5.0,
+            objective: Objective::Accuracy,
+        };
+        assert_eq!(
+            estimator.predict(&goal).iter().collect::<Vec<_>>(),
+            (50..60).collect::<Vec<_>>()
+        );
+        assert!(
+            estimator.score(0) < 0.5 * estimator.score(55),
+            "{} {}",
+            estimator.score(0),
+            estimator.score(55)
+        );
     }
 
     #[test]
@@ -303,17 +342,34 @@ mod tests {
         });
         let fresh_hot = 64 * 5;
         let fresh_stray = 5 * REGION_ITEMS + 5;
-        assert!(estimator.score(fresh_hot) > 0.5, "{}", estimator.score(fresh_hot));
-        assert!(estimator.score(fresh_stray) < 0.05, "{}", estimator.score(fresh_stray));
+        assert!(
+            estimator.score(fresh_hot) > 0.5,
+            "{}",
+            estimator.score(fresh_hot)
+        );
+        assert!(
+            estimator.score(fresh_stray) < 0.05,
+            "{}",
+            estimator.score(fresh_stray)
+        );
     }
 
     #[test]
     fn longer_migration_horizon_defers_warmer_items() {
         let mut estimator = Improved::new(10, 10);
         // Item 1 every 20 intervals: warm.
-        observe_pattern(&mut estimator, 100, |i| if i % 20 == 0 { vec![1, 2] } else { vec![2] });
+        observe_pattern(&mut estimator, 100, |i| {
+            if i % 20 == 0 {
+                vec![1, 2]
+            } else {
+                vec![2]
+            }
+        });
         let defer = |horizon| {
-            let goal = Goal { horizon, objective: Objective::Migration { deferral_cost: 0.5 } };
+            let goal = Goal {
+                horizon,
+                objective: Objective::Migration { deferral_cost: 0.5 },
+            };
             estimator.predict(&goal).contains(1)
         };
         assert!(!defer(5.0), "a short pre-copy should send a warm page");
@@ -325,8 +381,13 @@ mod tests {
         // A ring of 40 items scanned 10 per interval: each has a 1/4 chance per
         // interval; over 4 intervals the whole ring is rewritten.
         let mut estimator = Improved::new(100, 4);
-        observe_pattern(&mut estimator, 40, |i| ((i % 4) * 10..(i % 4) * 10 + 10).collect());
-        let goal = Goal { horizon: 4.0, objective: Objective::Accuracy };
+        observe_pattern(&mut estimator, 40, |i| {
+            ((i % 4) * 10..(i % 4) * 10 + 10).collect()
+        });
+        let goal = Goal {
+            horizon: 4.0,
+            objective: Objective::Accuracy,
+        };
         assert_eq!(estimator.predict(&goal).count(), 40);
     }
 }

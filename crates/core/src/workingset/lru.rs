@@ -19,7 +19,12 @@ const FOOTPRINT_SMOOTHING: f64 = 0.2;
 
 impl Lru {
     pub fn new(items: u32) -> Self {
-        Lru { last_access: vec![0; items as usize], seen: Vec::new(), now: 0, footprint: 0.0 }
+        Lru {
+            last_access: vec![0; items as usize],
+            seen: Vec::new(),
+            now: 0,
+            footprint: 0.0,
+        }
     }
 }
 
@@ -57,7 +62,10 @@ impl Estimator for Lru {
     }
 
     fn scored(&self) -> Vec<(u32, f64)> {
-        self.seen.iter().map(|&item| (item, self.score(item))).collect()
+        self.seen
+            .iter()
+            .map(|&item| (item, self.score(item)))
+            .collect()
     }
 
     /// The `footprint × horizon` most recently used items (whole intervals at
@@ -98,9 +106,15 @@ mod tests {
         for interval in 0..10u32 {
             lru.observe(&[interval * 2, interval * 2 + 1]);
         }
-        let goal = Goal { horizon: 3.0, objective: Objective::Accuracy };
+        let goal = Goal {
+            horizon: 3.0,
+            objective: Objective::Accuracy,
+        };
         // Two items per interval over three intervals: the last three intervals.
-        assert_eq!(lru.predict(&goal).iter().collect::<Vec<_>>(), vec![14, 15, 16, 17, 18, 19]);
+        assert_eq!(
+            lru.predict(&goal).iter().collect::<Vec<_>>(),
+            vec![14, 15, 16, 17, 18, 19]
+        );
         assert!(lru.score(19) > lru.score(10));
         assert_eq!(lru.score(50), 0.0);
     }

@@ -6,10 +6,11 @@
 //! * [`Denning`]: Denning's working set; items accessed in the last τ intervals.
 //! * [`Original`]: the original MLLM rule; items accessed in at least θ of the
 //!   last τ intervals.
-//! * [`Improved`]: this project's estimator; a per-item access rate from
-//!   inter-access gaps, aged by recency, turned into a probability of access
-//!   within the horizon, with the cut chosen by the objective (see its docs).
-//! * [`Hierarchical`]: a learned region-level model picks hot 2 MiB regions;
+//! * [`Improved`]: this project's estimator; each item's rhythm (its mean gap
+//!   between accesses), calibrated by a staleness curve learned from the
+//!   guest, turned into a probability of access within the horizon, with the
+//!   cut chosen by the objective (see its docs).
+//! * [`Hierarchical`]: a learned region-level model picks busy 2 MiB regions;
 //!   the improved estimator ranks items inside them only.
 
 mod hazard;
@@ -100,7 +101,9 @@ impl EstimatorKind {
     }
 
     pub fn from_name(name: &str) -> Option<EstimatorKind> {
-        EstimatorKind::ALL.into_iter().find(|kind| kind.name() == name)
+        EstimatorKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == name)
     }
 
     /// An estimator over `items` items. The windows are 8 intervals; the
@@ -124,9 +127,18 @@ mod tests {
     use proptest::prelude::*;
 
     const GOALS: [Goal; 3] = [
-        Goal { horizon: 10.0, objective: Objective::Accuracy },
-        Goal { horizon: 1.0, objective: Objective::Accuracy },
-        Goal { horizon: 80.0, objective: Objective::Migration { deferral_cost: 0.5 } },
+        Goal {
+            horizon: 10.0,
+            objective: Objective::Accuracy,
+        },
+        Goal {
+            horizon: 1.0,
+            objective: Objective::Accuracy,
+        },
+        Goal {
+            horizon: 80.0,
+            objective: Objective::Migration { deferral_cost: 0.5 },
+        },
     ];
 
     proptest! {
@@ -174,7 +186,11 @@ mod tests {
             }
             let predicted = estimator.predict(&GOALS[0]);
             assert_eq!(predicted.iter().collect::<Vec<_>>(), hot, "{}", kind.name());
-            assert!(estimator.score(150) > estimator.score(50), "{}", kind.name());
+            assert!(
+                estimator.score(150) > estimator.score(50),
+                "{}",
+                kind.name()
+            );
         }
     }
 

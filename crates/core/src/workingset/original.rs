@@ -12,7 +12,9 @@ pub struct Denning {
 
 impl Denning {
     pub fn new(items: u32, window: u8) -> Self {
-        Denning { counts: WindowCounts::new(items, window) }
+        Denning {
+            counts: WindowCounts::new(items, window),
+        }
     }
 }
 
@@ -51,8 +53,14 @@ pub struct Original {
 
 impl Original {
     pub fn new(items: u32, window: u8, threshold: u8) -> Self {
-        assert!(threshold >= 1 && threshold <= window, "threshold must be within the window");
-        Original { counts: WindowCounts::new(items, window), threshold }
+        assert!(
+            threshold >= 1 && threshold <= window,
+            "threshold must be within the window"
+        );
+        Original {
+            counts: WindowCounts::new(items, window),
+            threshold,
+        }
     }
 }
 
@@ -104,7 +112,10 @@ mod tests {
     use super::*;
     use crate::workingset::Objective;
 
-    const GOAL: Goal = Goal { horizon: 5.0, objective: Objective::Accuracy };
+    const GOAL: Goal = Goal {
+        horizon: 5.0,
+        objective: Objective::Accuracy,
+    };
 
     #[test]
     fn original_needs_threshold_hits_denning_one() {
@@ -115,7 +126,10 @@ mod tests {
             denning.observe(accessed);
         }
         assert_eq!(original.predict(&GOAL).iter().collect::<Vec<_>>(), vec![2]);
-        assert_eq!(denning.predict(&GOAL).iter().collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            denning.predict(&GOAL).iter().collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(original.score(2), 0.5);
     }
 

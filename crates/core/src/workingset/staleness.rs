@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 /// quiet regions, then in busy ones.
 const OVERDUE_BUCKETS: usize = 12;
 const BUCKETS: usize = 2 * OVERDUE_BUCKETS;
-const SAMPLE: usize = 512;
+const SAMPLE: usize = 256;
 /// Pseudo-observations of the prior, which holds until evidence arrives.
 const PSEUDO_COUNT: f64 = 4.0;
 /// Prior probability that an item is still in use, before its silence is
@@ -34,10 +34,18 @@ pub struct StalenessCurve {
     horizon: u32,
     accessed: [f64; BUCKETS],
     predicted: [f64; BUCKETS],
-    /// Samples waiting for their outcome: the interval they were drawn at, and
-    /// per item its bucket and rhythm prediction.
-    pending: VecDeque<(u32, Vec<(u32, usize, f64)>)>,
+    /// The factor per bucket, from the evidence so far.
+    factors: [f64; BUCKETS],
+    /// Samples waiting for their outcome, with the interval they were drawn at.
+    pending: VecDeque<(u32, Vec<Sample>)>,
     rng: u64,
+}
+
+/// A sampled item: its bucket and its rhythm's prediction at the time.
+struct Sample {
+    item: u32,
+    bucket: usize,
+    prediction: f64,
 }
 
 /// What the curve knows of an item.
@@ -55,6 +63,7 @@ impl StalenessCurve {
             horizon: horizon.max(1),
             accessed: [0.0; BUCKETS],
             predicted: [0.0; BUCKETS],
+            factors: std::array::from_fn(prior),
             pending: VecDeque::new(),
             rng: 0x9e37_79b9_7f4a_7c15,
         }
@@ -62,8 +71,7 @@ impl StalenessCurve {
 
     /// The calibration factor for an item.
     pub fn factor(&self, item: Overdue) -> f64 {
-        let b = bucket(item);
-        (self.accessed[b] + PSEUDO_COUNT * prior(b)) / (self.predicted[b] + PSEUDO_COUNT)
+        self.factors[bucket(item)]
     }
 
     /// Closes interval `now`: settles the samples drawn `horizon` intervals
@@ -82,11 +90,15 @@ impl StalenessCurve {
                 let (drawn_at, samples) = self.pending.pop_front().unwrap_or_default();
                 self.accessed.iter_mut().for_each(|a| *a *= DECAY);
                 self.predicted.iter_mut().for_each(|p| *p *= DECAY);
-                for (item, b, prediction) in samples {
-                    self.predicted[b] += prediction;
-                    if last_access(item) > drawn_at {
-                        self.accessed[b] += 1.0;
+                for sample in samples {
+                    self.predicted[sample.bucket] += sample.prediction;
+                    if last_access(sample.item) > drawn_at {
+                        self.accessed[sample.bucket] += 1.0;
                     }
+                }
+                for b in 0..BUCKETS {
+                    self.factors[b] = (self.accessed[b] + PSEUDO_COUNT * prior(b))
+                        / (self.predicted[b] + PSEUDO_COUNT);
                 }
             }
         }
@@ -96,7 +108,11 @@ impl StalenessCurve {
         let horizon = f64::from(self.horizon);
         let samples = (0..SAMPLE)
             .filter_map(|_| candidate((self.next_random() % count as u64) as usize))
-            .map(|(item, overdue)| (item, bucket(overdue), 1.0 - (-horizon / overdue.gap).exp()))
+            .map(|(item, overdue)| Sample {
+                item,
+                bucket: bucket(overdue),
+                prediction: 1.0 - (-horizon / overdue.gap).exp(),
+            })
             .collect();
         self.pending.push_back((now, samples));
     }
@@ -134,7 +150,11 @@ mod tests {
     use super::*;
 
     fn quiet(silence: u32, gap: f64) -> Overdue {
-        Overdue { silence, gap, busy_region: false }
+        Overdue {
+            silence,
+            gap,
+            busy_region: false,
+        }
     }
 
     #[test]
@@ -143,7 +163,13 @@ mod tests {
         assert_eq!(bucket(quiet(2, 2.0)), 3);
         assert_eq!(bucket(quiet(9, 2.0)), 5);
         assert_eq!(bucket(quiet(100_000, 1.0)), OVERDUE_BUCKETS - 1);
-        assert_eq!(bucket(Overdue { busy_region: true, ..quiet(9, 2.0) }), OVERDUE_BUCKETS + 5);
+        assert_eq!(
+            bucket(Overdue {
+                busy_region: true,
+                ..quiet(9, 2.0)
+            }),
+            OVERDUE_BUCKETS + 5
+        );
     }
 
     #[test]
@@ -154,10 +180,27 @@ mod tests {
         for now in 5..40 {
             curve.end_interval(now, |_| 1, 10, |i| Some((i as u32, quiet(now, 1.0))));
         }
-        assert!(curve.factor(quiet(30, 1.0)) < 0.01, "{}", curve.factor(quiet(30, 1.0)));
-        assert!((curve.factor(quiet(1, 8.0)) - IN_USE_PRIOR).abs() < 1e-12, "no evidence for fresh items");
-        let busy = Overdue { busy_region: true, ..quiet(30, 1.0) };
-        assert_eq!(curve.factor(busy), prior(bucket(busy)), "no evidence in busy regions");
-        assert!(prior(bucket(busy)) < 1e-3, "30 gaps of silence: surely gone");
+        assert!(
+            curve.factor(quiet(30, 1.0)) < 0.01,
+            "{}",
+            curve.factor(quiet(30, 1.0))
+        );
+        assert!(
+            (curve.factor(quiet(1, 8.0)) - IN_USE_PRIOR).abs() < 1e-12,
+            "no evidence for fresh items"
+        );
+        let busy = Overdue {
+            busy_region: true,
+            ..quiet(30, 1.0)
+        };
+        assert_eq!(
+            curve.factor(busy),
+            prior(bucket(busy)),
+            "no evidence in busy regions"
+        );
+        assert!(
+            prior(bucket(busy)) < 1e-3,
+            "30 gaps of silence: surely gone"
+        );
     }
 }

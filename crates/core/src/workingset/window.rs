@@ -63,6 +63,9 @@ mod tests {
         counts.push(&[2]);
         assert_eq!((counts.count(1), counts.count(2)), (1, 2));
         counts.push(&[3]);
-        assert_eq!((counts.count(1), counts.count(2), counts.count(3)), (0, 1, 1));
+        assert_eq!(
+            (counts.count(1), counts.count(2), counts.count(3)),
+            (0, 1, 1)
+        );
     }
 }

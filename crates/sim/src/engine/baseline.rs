@@ -18,7 +18,10 @@ pub struct PrecopyLimits {
 
 impl Default for PrecopyLimits {
     fn default() -> Self {
-        PrecopyLimits { max_rounds: 30, max_sent_ratio: 3.0 }
+        PrecopyLimits {
+            max_rounds: 30,
+            max_sent_ratio: 3.0,
+        }
     }
 }
 
@@ -28,7 +31,9 @@ fn downtime_budget(state: &TransferState, config: &PlannerConfig) -> u64 {
 }
 
 fn pending_blocks_in_order(state: &TransferState) -> Vec<u32> {
-    state.pending_blocks().map_or_else(Vec::new, |blocks| blocks.iter().collect())
+    state
+        .pending_blocks()
+        .map_or_else(Vec::new, |blocks| blocks.iter().collect())
 }
 
 /// Iterative pre-copy: pass after pass over what was dirtied, until the rest
@@ -42,7 +47,11 @@ pub struct Precopy {
 
 impl Precopy {
     pub fn new(config: PlannerConfig, limits: PrecopyLimits) -> Self {
-        Precopy { config, limits, rounds: 0 }
+        Precopy {
+            config,
+            limits,
+            rounds: 0,
+        }
     }
 }
 
@@ -66,7 +75,10 @@ impl Strategy for Precopy {
     }
 
     fn switch(&mut self, state: &TransferState) -> Switch {
-        Switch { downtime: state.pending_in_address_order(), postcopy: SendQueue::new() }
+        Switch {
+            downtime: state.pending_in_address_order(),
+            postcopy: SendQueue::new(),
+        }
     }
 
     fn rounds(&self) -> u64 {
@@ -83,7 +95,10 @@ pub struct Postcopy {
 
 impl Postcopy {
     pub fn new(config: PlannerConfig) -> Self {
-        Postcopy { config, disk_passes: 0 }
+        Postcopy {
+            config,
+            disk_passes: 0,
+        }
     }
 }
 
@@ -109,9 +124,17 @@ impl Strategy for Postcopy {
 }
 
 /// Another disk mirror pass while the dirty blocks do not fit the downtime.
-fn mirror_pass(state: &TransferState, config: &PlannerConfig, passes: &mut u64) -> Option<SendQueue> {
+fn mirror_pass(
+    state: &TransferState,
+    config: &PlannerConfig,
+    passes: &mut u64,
+) -> Option<SendQueue> {
     let blocks = pending_blocks_in_order(state);
-    let block = state.layout.disk.as_ref().map_or(0, |d| u64::from(d.block_size));
+    let block = state
+        .layout
+        .disk
+        .as_ref()
+        .map_or(0, |d| u64::from(d.block_size));
     let bytes = blocks.len() as u64 * block;
     let limit = PrecopyLimits::default().max_rounds;
     if bytes <= downtime_budget(state, config) || *passes >= limit {
@@ -132,7 +155,11 @@ pub struct Hybrid {
 
 impl Hybrid {
     pub fn new(config: PlannerConfig) -> Self {
-        Hybrid { config, rounds: 0, disk_passes: 0 }
+        Hybrid {
+            config,
+            rounds: 0,
+            disk_passes: 0,
+        }
     }
 }
 

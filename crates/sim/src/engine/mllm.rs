@@ -52,6 +52,10 @@ impl Strategy for Mllm {
         false
     }
 
+    fn learns(&self) -> bool {
+        true
+    }
+
     fn observe(&mut self, interval: &GuestInterval) {
         self.memory_writes.observe(&interval.memory_writes);
         if let Some(reads) = &mut self.disk_reads {

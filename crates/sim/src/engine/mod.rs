@@ -65,8 +65,8 @@ pub struct Migration {
 }
 
 impl Migration {
-    /// A migration starting at interval `start_interval` of `source`; the
-    /// strategy has seen the intervals before it.
+    /// A migration starting at interval `start_interval` of `source`; a
+    /// strategy that learns is shown the intervals before it first.
     pub fn new(
         method: String,
         layout: Arc<VmLayout>,
@@ -76,11 +76,17 @@ impl Migration {
         start_interval: u64,
         max_duration_s: f64,
     ) -> Migration {
-        for index in 0..start_interval {
-            strategy.observe(&source.interval(index));
+        if strategy.learns() {
+            for index in 0..start_interval {
+                strategy.observe(&source.interval(index));
+            }
         }
         let disk_valid = layout.disk.as_ref().map(|disk| {
-            let copied = if strategy.copies_unused_blocks() { &disk.allocated } else { &disk.used };
+            let copied = if strategy.copies_unused_blocks() {
+                &disk.allocated
+            } else {
+                &disk.used
+            };
             copied.complement()
         });
         let sent_blocks = layout.disk.as_ref().map(|disk| PageSet::new(disk.blocks()));
@@ -179,7 +185,10 @@ impl Migration {
 
     fn switch(&mut self, stop: f64) {
         self.result.precopy_ms = stop * 1e3;
-        let Switch { mut downtime, postcopy } = self.strategy.switch(&self.state);
+        let Switch {
+            mut downtime,
+            postcopy,
+        } = self.strategy.switch(&self.state);
         self.link_free_at = stop;
         while let Some((space, item)) = downtime.next(|space, item| !self.is_valid(space, item)) {
             self.send(space, item);
@@ -247,28 +256,29 @@ impl Migration {
 
     fn send(&mut self, space: Space, item: u32) {
         let bytes = self.item_bytes(space);
-        self.link_free_at += self.state.link.transfer_s(bytes);
+        self.link_free_at += bytes as f64 / self.state.link.bandwidth_bytes_per_s;
         self.result.link_bytes += bytes;
-        let (valid, sent) = match space {
+        let (valid, sent, retransmitted) = match space {
             Space::Memory => {
                 self.result.memory_bytes += bytes;
                 self.state.memory_bytes_sent += bytes;
-                (&mut self.state.memory_valid, &mut self.sent_pages)
+                let counter = &mut self.result.retransmitted_pages;
+                (&mut self.state.memory_valid, &mut self.sent_pages, counter)
             }
             Space::Disk => {
                 self.result.disk_bytes += bytes;
                 let disk = "a block was sent for a VM without disk";
-                (self.state.disk_valid.as_mut().expect(disk), self.sent_blocks.as_mut().expect(disk))
+                let counter = &mut self.result.retransmitted_blocks;
+                (
+                    self.state.disk_valid.as_mut().expect(disk),
+                    self.sent_blocks.as_mut().expect(disk),
+                    counter,
+                )
             }
         };
         valid.insert(item);
-        if sent.contains(item) {
-            match space {
-                Space::Memory => self.result.retransmitted_pages += 1,
-                Space::Disk => self.result.retransmitted_blocks += 1,
-            }
-        } else {
-            sent.insert(item);
+        if !sent.insert_new(item) {
+            *retransmitted += 1;
         }
     }
 
@@ -291,7 +301,11 @@ impl Migration {
 
     fn finish_if_complete(&mut self) -> bool {
         let complete = self.state.memory_valid.complement().is_empty()
-            && self.state.disk_valid.as_ref().map_or(true, |valid| valid.complement().is_empty());
+            && self
+                .state
+                .disk_valid
+                .as_ref()
+                .is_none_or(|valid| valid.complement().is_empty());
         if complete {
             self.phase = Phase::Done;
             self.result.completed = true;
@@ -307,7 +321,12 @@ impl Migration {
     fn item_bytes(&self, space: Space) -> u64 {
         match space {
             Space::Memory => u64::from(self.state.layout.page_size),
-            Space::Disk => self.state.layout.disk.as_ref().map_or(0, |d| u64::from(d.block_size)),
+            Space::Disk => self
+                .state
+                .layout
+                .disk
+                .as_ref()
+                .map_or(0, |d| u64::from(d.block_size)),
         }
     }
 }
@@ -315,7 +334,10 @@ impl Migration {
 fn is_valid(state: &TransferState, space: Space, item: u32) -> bool {
     match space {
         Space::Memory => state.memory_valid.contains(item),
-        Space::Disk => state.disk_valid.as_ref().map_or(true, |valid| valid.contains(item)),
+        Space::Disk => state
+            .disk_valid
+            .as_ref()
+            .is_none_or(|valid| valid.contains(item)),
     }
 }
 

@@ -62,6 +62,9 @@ mod tests {
         while let Some(item) = queue.next(|space, item| !(space == Space::Disk && item == 5)) {
             sent.push(item);
         }
-        assert_eq!(sent, vec![(Space::Disk, 4), (Space::Memory, 1), (Space::Memory, 2)]);
+        assert_eq!(
+            sent,
+            vec![(Space::Disk, 4), (Space::Memory, 1), (Space::Memory, 2)]
+        );
     }
 }

@@ -34,16 +34,26 @@ impl TransferState {
 
     pub fn pending_bytes(&self) -> u64 {
         let page = u64::from(self.layout.page_size);
-        let block = self.layout.disk.as_ref().map_or(0, |d| u64::from(d.block_size));
+        let block = self
+            .layout
+            .disk
+            .as_ref()
+            .map_or(0, |d| u64::from(d.block_size));
         self.pending_pages().count() * page
-            + self.pending_blocks().map_or(0, |blocks| blocks.count() * block)
+            + self
+                .pending_blocks()
+                .map_or(0, |blocks| blocks.count() * block)
     }
 
     /// Pending blocks then pending pages, in address order.
     pub fn pending_in_address_order(&self) -> SendQueue {
         use super::queue::Space;
         SendQueue::new()
-            .then(Space::Disk, self.pending_blocks().map_or_else(Vec::new, |b| b.iter().collect()))
+            .then(
+                Space::Disk,
+                self.pending_blocks()
+                    .map_or_else(Vec::new, |b| b.iter().collect()),
+            )
             .then(Space::Memory, self.pending_pages().iter().collect())
     }
 }
@@ -59,8 +69,14 @@ pub trait Strategy: Send {
     /// Whether the disk copy includes allocated blocks the guest does not use.
     fn copies_unused_blocks(&self) -> bool;
 
-    /// Sees each interval the guest runs on the source (and the warm-up ones
-    /// before the migration).
+    /// Whether the policy learns from the guest's activity: only then is it
+    /// shown the intervals before the migration.
+    fn learns(&self) -> bool {
+        false
+    }
+
+    /// Sees each interval the guest runs on the source (and, if it learns,
+    /// the warm-up ones before the migration).
     fn observe(&mut self, _interval: &GuestInterval) {}
 
     /// Called at the start and whenever the queue runs dry before the switch:

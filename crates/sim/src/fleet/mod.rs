@@ -7,6 +7,7 @@
 //! (in parallel). A migration that finishes mid-step frees its share at the
 //! next step. A VM's own clock includes its downtime, which the fleet clock
 //! ignores: the two drift by at most the downtimes, well under a step each.
+//! A VM uses one link, so links are simulated independently, in parallel.
 
 mod scenario;
 
@@ -63,7 +64,6 @@ struct FleetVm {
 
 struct Running {
     vm: u32,
-    link: usize,
     start_s: f64,
     /// Built on the first step, in parallel with the others' steps: building
     /// replays the warm-up intervals, as costly as many steps.
@@ -74,43 +74,48 @@ struct Running {
 pub fn simulate(scenario: &FleetScenario, policy: Policy) -> (FleetSummary, Vec<FleetVmResult>) {
     let started = Instant::now();
     let vms = expand(scenario);
-    let mut queues: Vec<VecDeque<u32>> = vec![VecDeque::new(); scenario.links.len()];
-    let mut order: Vec<&FleetVm> = vms.iter().collect();
-    order.sort_by_key(|vm| (scenario.groups[vm.group].vm.data_bytes(), vm.index));
-    for vm in order {
-        queues[vm.link].push_back(vm.index);
-    }
+    let mut finished: Vec<FleetVmResult> = (0..scenario.links.len())
+        .into_par_iter()
+        .flat_map(|link| simulate_link(scenario, &vms, link, policy))
+        .collect();
+    finished.sort_by_key(|r| r.vm);
+    let summary = summarize(policy, &finished, started.elapsed().as_secs_f64());
+    (summary, finished)
+}
 
+/// The migrations over one link: they share nothing with other links'.
+fn simulate_link(
+    scenario: &FleetScenario,
+    vms: &[FleetVm],
+    link: usize,
+    policy: Policy,
+) -> Vec<FleetVmResult> {
+    let spec = &scenario.links[link];
+    let mut queue: Vec<&FleetVm> = vms.iter().filter(|vm| vm.link == link).collect();
+    queue.sort_by_key(|vm| (scenario.groups[vm.group].vm.data_bytes(), vm.index));
+    let mut queue: VecDeque<&FleetVm> = queue.into();
     let mut running: Vec<Running> = Vec::new();
-    let mut finished: Vec<FleetVmResult> = Vec::new();
+    let mut finished = Vec::new();
     let mut step: u64 = 0;
-    while running.len() + queues.iter().map(VecDeque::len).sum::<usize>() > 0 {
+    while !running.is_empty() || !queue.is_empty() {
         let now = step as f64 * scenario.interval_s;
-        let mut starting = Vec::new();
-        for (link, queue) in queues.iter_mut().enumerate() {
-            let busy = running.iter().filter(|r| r.link == link).count();
-            let free = scenario.links[link].concurrent.saturating_sub(busy);
-            starting.extend(queue.drain(..free.min(queue.len())).map(|vm| (vm, link)));
-        }
-        running.extend(starting.into_iter().map(|(vm, link)| Running {
-            vm,
-            link,
+        let free = spec
+            .concurrent
+            .saturating_sub(running.len())
+            .min(queue.len());
+        running.extend(queue.drain(..free).map(|vm| Running {
+            vm: vm.index,
             start_s: now,
             migration: None,
         }));
 
-        let mut sharing = vec![0usize; scenario.links.len()];
-        running.iter().for_each(|r| sharing[r.link] += 1);
-        let shares: Vec<f64> = scenario
-            .links
-            .iter()
-            .zip(&sharing)
-            .map(|(link, &n)| link.bandwidth_mbit * 1e6 / 8.0 / n.max(1) as f64)
-            .collect();
+        let share = spec.bandwidth_mbit * 1e6 / 8.0 / running.len() as f64;
         running.par_iter_mut().for_each(|r| {
             let vm = &vms[r.vm as usize];
-            let migration = r.migration.get_or_insert_with(|| start_vm(scenario, vm, policy));
-            migration.advance(shares[r.link]);
+            let migration = r
+                .migration
+                .get_or_insert_with(|| start_vm(scenario, vm, policy));
+            migration.advance(share);
         });
 
         let (done, still): (Vec<Running>, Vec<Running>) = running
@@ -118,28 +123,34 @@ pub fn simulate(scenario: &FleetScenario, policy: Policy) -> (FleetSummary, Vec<
             .partition(|r| r.migration.as_ref().is_some_and(Migration::is_done));
         running = still;
         finished.extend(done.into_iter().map(|r| {
-            let vm = &vms[r.vm as usize];
             FleetVmResult {
                 vm: r.vm,
-                group: scenario.groups[vm.group].name.clone(),
-                link: scenario.links[r.link].name.clone(),
+                group: scenario.groups[vms[r.vm as usize].group].name.clone(),
+                link: spec.name.clone(),
                 start_s: r.start_s,
-                result: r.migration.expect("a finished migration was built").into_result(),
+                result: r
+                    .migration
+                    .expect("a finished migration was built")
+                    .into_result(),
             }
         }));
         step += 1;
     }
-    finished.sort_by_key(|r| r.vm);
-    let summary = summarize(policy, &finished, started.elapsed().as_secs_f64());
-    (summary, finished)
+    finished
 }
 
 fn expand(scenario: &FleetScenario) -> Vec<FleetVm> {
     let mut vms = Vec::new();
     for (group_index, group) in scenario.groups.iter().enumerate() {
-        let link = scenario.link_index(&group.link).expect("validated fleet file");
+        let link = scenario
+            .link_index(&group.link)
+            .expect("validated fleet file");
         for _ in 0..group.count {
-            vms.push(FleetVm { index: vms.len() as u32, group: group_index, link });
+            vms.push(FleetVm {
+                index: vms.len() as u32,
+                group: group_index,
+                link,
+            });
         }
     }
     vms
@@ -168,7 +179,10 @@ fn summarize(policy: Policy, vms: &[FleetVmResult], simulated_in_s: f64) -> Flee
         policy: policy.to_string(),
         vms: results.len(),
         completed: results.iter().filter(|r| r.completed).count(),
-        makespan_s: vms.iter().map(|vm| vm.start_s + vm.result.total_time_ms / 1e3).fold(0.0, f64::max),
+        makespan_s: vms
+            .iter()
+            .map(|vm| vm.start_s + vm.result.total_time_ms / 1e3)
+            .fold(0.0, f64::max),
         mean_total_s: totals.iter().sum::<f64>() / count,
         p95_total_s: percentile(&totals, 0.95),
         mean_downtime_ms: downtimes.iter().sum::<f64>() / count,

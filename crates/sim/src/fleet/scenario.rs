@@ -86,7 +86,10 @@ fn default_downtime_target_ms() -> f64 {
 }
 
 fn default_policies() -> Vec<Policy> {
-    vec![Policy::Precopy, Policy::Mllm(mllm_core::workingset::EstimatorKind::Improved)]
+    vec![
+        Policy::Precopy,
+        Policy::Mllm(mllm_core::workingset::EstimatorKind::Improved),
+    ]
 }
 
 impl FleetScenario {
@@ -97,19 +100,38 @@ impl FleetScenario {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        ensure!(!self.links.is_empty(), "a fleet needs at least one [[link]]");
+        ensure!(
+            !self.links.is_empty(),
+            "a fleet needs at least one [[link]]"
+        );
         ensure!(self.interval_s > 0.0, "interval_s must be positive");
         for link in &self.links {
-            ensure!(link.bandwidth_mbit > 0.0, "link {}: bandwidth must be positive", link.name);
-            ensure!(link.concurrent > 0, "link {}: concurrent must be at least 1", link.name);
+            ensure!(
+                link.bandwidth_mbit > 0.0,
+                "link {}: bandwidth must be positive",
+                link.name
+            );
+            ensure!(
+                link.concurrent > 0,
+                "link {}: concurrent must be at least 1",
+                link.name
+            );
         }
         for group in &self.groups {
             if self.link_index(&group.link).is_none() {
-                bail!("group {} uses link {:?}, which no [[link]] defines", group.name, group.link);
+                bail!(
+                    "group {} uses link {:?}, which no [[link]] defines",
+                    group.name,
+                    group.link
+                );
             }
             ensure!(group.count > 0, "group {} has no VM", group.name);
             if let Some(disk) = &group.vm.disk {
-                ensure!(disk.used <= disk.allocated, "group {}: used exceeds allocated", group.name);
+                ensure!(
+                    disk.used <= disk.allocated,
+                    "group {}: used exceeds allocated",
+                    group.name
+                );
             }
         }
         Ok(())
@@ -160,7 +182,10 @@ mod tests {
 
     #[test]
     fn unknown_policy_is_an_error() {
-        let text = FLEET.replace("name = \"tiny\"", "name = \"tiny\"\npolicies = [\"teleport\"]");
+        let text = FLEET.replace(
+            "name = \"tiny\"",
+            "name = \"tiny\"\npolicies = [\"teleport\"]",
+        );
         let err = FleetScenario::parse(&text).unwrap_err();
         assert!(format!("{err:#}").contains("teleport"), "{err:#}");
     }

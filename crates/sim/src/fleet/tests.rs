@@ -39,19 +39,40 @@ const FLEET: &str = r#"
 #[test]
 fn every_vm_migrates_once_and_queues_respect_concurrency() {
     let scenario = FleetScenario::parse(FLEET).unwrap();
-    for policy in [Policy::Precopy, Policy::Mllm(mllm_core::workingset::EstimatorKind::Improved)] {
+    for policy in [
+        Policy::Precopy,
+        Policy::Mllm(mllm_core::workingset::EstimatorKind::Improved),
+    ] {
         let (summary, vms) = simulate(&scenario, policy);
         assert_eq!((summary.vms, summary.completed), (6, 6), "{policy}");
-        assert_eq!(vms.iter().map(|v| v.vm).collect::<Vec<_>>(), (0..6).collect::<Vec<_>>());
+        assert_eq!(
+            vms.iter().map(|v| v.vm).collect::<Vec<_>>(),
+            (0..6).collect::<Vec<_>>()
+        );
         // Link b takes one migration at a time: its two VMs do not overlap.
         let on_b: Vec<&FleetVmResult> = vms.iter().filter(|v| v.link == "b").collect();
         let first_end = on_b[0].start_s.min(on_b[1].start_s)
-            + on_b.iter().min_by(|x, y| x.start_s.total_cmp(&y.start_s)).unwrap().result.total_time_ms / 1e3;
+            + on_b
+                .iter()
+                .min_by(|x, y| x.start_s.total_cmp(&y.start_s))
+                .unwrap()
+                .result
+                .total_time_ms
+                / 1e3;
         let second_start = on_b[0].start_s.max(on_b[1].start_s);
-        assert!(second_start >= first_end, "{policy}: {second_start} < {first_end}");
-        let latest_end = vms.iter().map(|v| v.start_s + v.result.total_time_ms / 1e3).fold(0.0, f64::max);
+        assert!(
+            second_start >= first_end,
+            "{policy}: {second_start} < {first_end}"
+        );
+        let latest_end = vms
+            .iter()
+            .map(|v| v.start_s + v.result.total_time_ms / 1e3)
+            .fold(0.0, f64::max);
         assert_eq!(summary.makespan_s, latest_end);
-        assert_eq!(summary.link_bytes, vms.iter().map(|v| v.result.link_bytes).sum::<u64>());
+        assert_eq!(
+            summary.link_bytes,
+            vms.iter().map(|v| v.result.link_bytes).sum::<u64>()
+        );
     }
 }
 
