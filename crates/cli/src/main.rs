@@ -4,6 +4,7 @@ mod agent;
 mod lab;
 mod link;
 mod sim;
+mod trace;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +36,9 @@ enum Command {
     /// Trace-driven simulation of migration policies, for one VM or a fleet.
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// Record memory write traces of VMs the local agent runs.
+    #[command(subcommand)]
+    Trace(trace::TraceCommand),
 }
 
 fn main() {
@@ -57,6 +61,7 @@ fn main() {
         Command::Lab(cmd) => lab::run(cmd),
         Command::Link(args) => link::run(args),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Trace(cmd) => trace::run(cmd),
     };
     if let Err(err) = outcome {
         // ripgrep-style: one line per cause, no backtrace noise.

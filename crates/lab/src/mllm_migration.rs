@@ -1,5 +1,7 @@
 //! mllm's own engine in the lab: the agents' library moves guest RAM through
-//! the link and relays QEMU's device state, in-process.
+//! the link and relays QEMU's device state, in-process, and records the
+//! guest's memory writes during pre-copy as a trace (`memory.trace` next to
+//! `result.json`), which the simulator can replay.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -22,6 +24,11 @@ pub struct RamFiles<'a> {
     pub destination: &'a Path,
 }
 
+/// The name of the memory write trace in a run's directory.
+pub const TRACE_FILE: &str = "memory.trace";
+
+/// Migrates by mllm pre-copy and records the guest's memory writes, one
+/// interval per 100 ms, into `trace_file`.
 pub fn migrate(
     downtime_target: Duration,
     timeout: Duration,
@@ -29,9 +36,22 @@ pub fn migrate(
     destination: &QemuProcess,
     ram: &RamFiles,
     link: &Link,
+    trace_file: &Path,
 ) -> MigrationOutcome {
     let started_us = wall_clock_us();
-    match run(downtime_target, timeout, source, destination, ram, link) {
+    let settings = PrecopySettings {
+        downtime_target,
+        // Same rule as for QEMU's methods: no bound on rounds, cancelled
+        // (the source keeps running) when the scenario's timeout passes.
+        max_rounds: u32::MAX,
+        max_duration: Some(timeout),
+        on_bound: BoundAction::Abort,
+        // Test mode: every destination page is compared with the source's at the switch.
+        verify: true,
+        trace_file: Some(trace_file.to_owned()),
+        ..PrecopySettings::default()
+    };
+    match run(&settings, source, destination, ram, link) {
         Ok((report, running_us)) => MigrationOutcome {
             error: None,
             started_us: report.timings.started_us,
@@ -54,8 +74,7 @@ pub fn migrate(
 }
 
 fn run(
-    downtime_target: Duration,
-    timeout: Duration,
+    settings: &PrecopySettings,
     source: &QemuProcess,
     destination: &QemuProcess,
     ram: &RamFiles,
@@ -74,19 +93,8 @@ fn run(
             )?;
             Ok(report.running_us)
         });
-        // Same rule as for QEMU's methods: no bound on rounds, cancelled
-        // (the source keeps running) when the scenario's timeout passes.
-        let settings = PrecopySettings {
-            downtime_target,
-            max_rounds: u32::MAX,
-            max_duration: Some(timeout),
-            on_bound: BoundAction::Abort,
-            // Test mode: every destination page is compared with the source's at the switch.
-            verify: true,
-            ..PrecopySettings::default()
-        };
         let stream = TcpStream::connect(via_link).context("cannot reach the destination agent")?;
-        let sent = migrate_source(source, ram.source, stream, &settings, &|progress| {
+        let sent = migrate_source(source, ram.source, stream, settings, &|progress| {
             tracing::debug!(?progress, "mllm migration progress")
         });
         let received = destination_side
@@ -94,6 +102,9 @@ fn run(
             .map_err(|_| anyhow!("the destination agent panicked"))?;
         let report = sent?;
         let running_us = received.context("destination agent")?;
+        if let Some(error) = report.memory_trace.as_ref().and_then(|t| t.error.as_ref()) {
+            tracing::warn!("the memory trace ended early: {error}");
+        }
         Ok((report, running_us))
     })
 }

@@ -161,6 +161,7 @@ fn run_in(
             &destination,
             &ram,
             &link,
+            &dir.join(mllm_migration::TRACE_FILE),
         )
     } else {
         qemu_migration::migrate(
