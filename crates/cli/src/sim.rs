@@ -6,7 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use mllm_core::link::Link;
 use mllm_core::synth::{MemoryWorkload, WorkloadClass};
@@ -16,7 +16,7 @@ use mllm_core::PageSet;
 use mllm_sim::accuracy::{self, AccuracyConfig, AccuracyRow};
 use mllm_sim::fleet::{self, FleetScenario, FleetSummary};
 use mllm_sim::scenario::VmSpec;
-use mllm_sim::source::{IntervalSource, TraceSource};
+use mllm_sim::source::{zero_pages_outside_writes, IntervalSource, TraceSource};
 use mllm_sim::{compare, Policy, SimConfig, SimResult};
 
 #[derive(Subcommand)]
@@ -64,6 +64,18 @@ pub struct RunArgs {
     /// Disk block size for --disk-trace.
     #[arg(long, default_value_t = 64)]
     block_kib: u32,
+    /// Link bytes of a page holding data, header included, for --trace
+    /// (default: the page size plus a 4-byte header, uncompressed). From an
+    /// agent's report: (memory_bytes - 4 * zero pages) / (pages_sent - zero
+    /// pages), zero pages summed over its rounds.
+    #[arg(long, requires = "trace")]
+    bytes_per_page: Option<u32>,
+    /// Share of the pages that hold zeros at the start, for --trace: each is
+    /// sent as a 4-byte marker until written. Placed evenly among the pages
+    /// the trace never writes. From an agent's report: round 1's zero_pages
+    /// over its pages.
+    #[arg(long, requires = "trace", default_value_t = 0.0)]
+    zero_fraction: f64,
     #[command(flatten)]
     link: LinkArgs,
     /// Tracker interval for synthetic workloads.
@@ -96,7 +108,7 @@ struct LinkArgs {
 fn run_one(args: RunArgs) -> anyhow::Result<()> {
     let interval_s = args.interval_ms as f64 / 1e3;
     let (layout, source, description) = if let Some(path) = &args.trace {
-        let (layout, source) = trace_vm(path, args.disk_trace.as_deref(), args.block_kib)?;
+        let (layout, source) = trace_vm(path, &args)?;
         (layout, source, format!("trace {}", path.display()))
     } else {
         let spec = match &args.vm {
@@ -135,13 +147,17 @@ fn run_one(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A VM replaying recorded traces: the memory trace's guest, and a disk of the
-/// disk trace's size whose blocks all count as used.
+/// A VM replaying recorded traces: the memory trace's guest, priced as
+/// `--bytes-per-page` and `--zero-fraction` say, and a disk of the disk
+/// trace's size whose blocks all count as used.
 fn trace_vm(
     memory: &Path,
-    disk: Option<&Path>,
-    block_kib: u32,
+    args: &RunArgs,
 ) -> anyhow::Result<(Arc<VmLayout>, Arc<dyn IntervalSource>)> {
+    ensure!(
+        (0.0..=1.0).contains(&args.zero_fraction),
+        "--zero-fraction must be between 0 and 1"
+    );
     let Trace::Memory(memory_trace) = read_trace(memory)? else {
         bail!(
             "{} is a disk trace; --trace takes a memory trace",
@@ -154,8 +170,8 @@ fn trace_vm(
         .intervals
         .first()
         .map_or(1, |i| i.duration_us.max(1));
-    let block_size = block_kib * 1024;
-    let (disk_layout, disk_intervals) = match disk {
+    let block_size = args.block_kib * 1024;
+    let (disk_layout, disk_intervals) = match &args.disk_trace {
         Some(path) => {
             let Trace::Disk(disk_trace) = read_trace(path)? else {
                 bail!(
@@ -177,12 +193,15 @@ fn trace_vm(
         }
         None => (None, Vec::new()),
     };
-    let layout = VmLayout {
-        page_size: header.page_size,
-        memory_pages: header.page_count,
-        disk: disk_layout,
-        device_state_bytes: 330 * 1024,
-    };
+    let mut layout =
+        VmLayout::uncompressed(header.page_size, header.page_count, disk_layout, 330 * 1024);
+    if let Some(bytes) = args.bytes_per_page {
+        ensure!(bytes > 0, "--bytes-per-page must be above zero");
+        layout.page_cost.data_bytes = bytes;
+    }
+    let zero_pages = (args.zero_fraction * f64::from(header.page_count)).round() as u64;
+    layout.zero_pages = zero_pages_outside_writes(&memory_trace, zero_pages)
+        .with_context(|| format!("--zero-fraction {}", args.zero_fraction))?;
     let source = TraceSource::new(memory_trace, disk_intervals)?;
     Ok((Arc::new(layout), Arc::new(source)))
 }

@@ -156,6 +156,22 @@ impl PageSet {
         set
     }
 
+    /// `count` of the items, evenly spaced in increasing order (all of them
+    /// when there are fewer).
+    pub fn evenly_spaced(&self, count: u64) -> PageSet {
+        let total = self.count();
+        let count = count.min(total);
+        let mut chosen = PageSet::new(self.universe);
+        for (index, item) in (0u64..).zip(self.iter()) {
+            // The item whose position crosses the next multiple of
+            // total / count is taken: exactly `count` of them.
+            if (index + 1) * count / total > index * count / total {
+                chosen.insert(item);
+            }
+        }
+        chosen
+    }
+
     fn clear_tail(&mut self) {
         let used_bits = self.universe % 64;
         if used_bits != 0 {
@@ -215,6 +231,16 @@ mod tests {
         assert!(set.insert_new(3));
         assert!(!set.insert_new(3));
         assert_eq!(set.count(), 1);
+    }
+
+    #[test]
+    fn evenly_spaced_takes_every_nth_item() {
+        let odd = PageSet::from_items(20, &[1, 3, 5, 7, 9, 11, 13, 15]);
+        let items = |set: PageSet| set.iter().collect::<Vec<_>>();
+        assert_eq!(items(odd.evenly_spaced(4)), vec![3, 7, 11, 15]);
+        assert_eq!(items(odd.evenly_spaced(3)).len(), 3);
+        assert_eq!(odd.evenly_spaced(0).count(), 0);
+        assert_eq!(odd.evenly_spaced(100), odd);
     }
 
     #[test]

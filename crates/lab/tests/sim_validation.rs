@@ -4,17 +4,18 @@
 //! downtime target, must land within 15 % of the measured total time and
 //! link bytes. Boots real guests under TCG: about a minute.
 //!
-//! The simulator sends every page at one size, where the live engine elides
-//! zero pages and compresses batches with zstd: the simulated page size is
-//! the live run's memory bytes per page sent (docs/sim-validation.md).
+//! The live engine sends a zero page as a 4-byte marker and compresses the
+//! others with zstd; the simulator is given the run's costs: as many zero
+//! pages as the agent's first round found, and the link bytes of a data page
+//! the run measured (docs/sim-validation.md).
 
 use std::fs::File;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use mllm_core::link::Link as ModelLink;
 use mllm_core::trace::binary::read_memory;
 use mllm_core::trace::MemoryTrace;
-use mllm_core::vm::VmLayout;
+use mllm_core::vm::{PageCost, VmLayout, PAGE_HEADER_BYTES};
 use mllm_lab::image::ImageBuilder;
 use mllm_lab::method::Method;
 use mllm_lab::mllm_migration::TRACE_FILE;
@@ -23,8 +24,11 @@ use mllm_lab::result::RunResult;
 use mllm_lab::run::run_method;
 use mllm_lab::scenario::Scenario;
 use mllm_sim::engine::PrecopyLimits;
-use mllm_sim::source::TraceSource;
+use mllm_sim::source::{zero_pages_outside_writes, TraceSource};
 use mllm_sim::{simulate, Policy, SimConfig, SimResult};
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata};
 
 /// Issue 4's bound on the simulator's error against a measured run.
 const TOLERANCE: f64 = 0.15;
@@ -64,6 +68,7 @@ downtime_target = "300ms"
 
 #[test]
 fn simulated_precopy_of_the_recorded_trace_matches_the_measured_run() {
+    tracing::subscriber::set_global_default(RoundLog).expect("the only subscriber");
     let scenario = scenario();
     let image = ImageBuilder::new(&paths::cache_dir(), &paths::workspace_root())
         .build()
@@ -76,8 +81,20 @@ fn simulated_precopy_of_the_recorded_trace_matches_the_measured_run() {
     let trace = read_memory(File::open(&trace_path).expect("the run wrote its trace"))
         .expect("a readable memory trace");
     assert_covers_precopy_finely(&trace, &measured);
+    let rounds = ROUNDS.lock().unwrap().clone();
+    println!("rounds queued by the agent: {rounds:?}");
+    assert_eq!(
+        rounds.len() as u64,
+        measured.rounds,
+        "a round the log missed"
+    );
+    assert_eq!(
+        rounds.iter().map(|r| r.pages).sum::<u64>(),
+        u64::from(trace.header.page_count) + measured.retransmitted_pages.unwrap(),
+        "pages sent, by the rounds and by the result"
+    );
 
-    let simulated = simulate_precopy(&scenario, &measured, trace);
+    let simulated = simulate_precopy(&scenario, &measured, &rounds, trace);
     let measured_total_ms = measured.total_time_ms.expect("total time");
     let rows = [
         (
@@ -165,20 +182,35 @@ fn assert_covers_precopy_finely(trace: &MemoryTrace, measured: &RunResult) {
 }
 
 /// The simulator's pre-copy on the recorded trace, with the run's link,
-/// downtime target and bounds, and the bytes per page the run measured.
-fn simulate_precopy(scenario: &Scenario, measured: &RunResult, trace: MemoryTrace) -> SimResult {
+/// downtime target and bounds, and the page costs the run measured.
+fn simulate_precopy(
+    scenario: &Scenario,
+    measured: &RunResult,
+    rounds: &[QueuedRound],
+    trace: MemoryTrace,
+) -> SimResult {
     let pages = trace.header.page_count;
-    // Every page once in round 1, then each resend.
-    let pages_sent = u64::from(pages) + measured.retransmitted_pages.expect("pages resent");
-    let bytes_per_page = measured.memory_bytes as f64 / pages_sent as f64;
-    let layout = VmLayout {
-        page_size: bytes_per_page.round() as u32,
-        memory_pages: pages,
-        disk: None,
+    let pages_sent: u64 = rounds.iter().map(|r| r.pages).sum();
+    let zero_sent: u64 = rounds.iter().map(|r| r.zero_pages).sum();
+    // Zero pages cost their marker; the rest of the memory bytes (batch
+    // framing included) is the data pages'.
+    let zero_bytes = zero_sent * u64::from(PAGE_HEADER_BYTES);
+    let data_bytes = (measured.memory_bytes - zero_bytes) as f64 / (pages_sent - zero_sent) as f64;
+    let mut layout = VmLayout::uncompressed(
+        trace.header.page_size,
+        pages,
+        None,
         // QEMU's device state and the agents' own messages: what crossed
         // the link besides page batches.
-        device_state_bytes: measured.link_bytes_to_destination - measured.memory_bytes,
+        measured.link_bytes_to_destination - measured.memory_bytes,
+    );
+    layout.page_cost = PageCost {
+        data_bytes: data_bytes.round() as u32,
+        zero_bytes: PAGE_HEADER_BYTES,
     };
+    // Round 1 reads every page once: its zero pages are those zero at the start.
+    layout.zero_pages =
+        zero_pages_outside_writes(&trace, rounds[0].zero_pages).expect("room for the zero pages");
     let bandwidth_bits = mllm_link::parse_rate(&scenario.link.bandwidth).unwrap() as f64;
     let link = ModelLink::from_mbit(bandwidth_bits / 1e6, scenario.link.rtt.as_secs_f64() * 1e3);
     let mut config = SimConfig::new(link);
@@ -193,8 +225,10 @@ fn simulate_precopy(scenario: &Scenario, measured: &RunResult, trace: MemoryTrac
     };
     config.max_duration_s = scenario.timing.migration_timeout.as_secs_f64();
     println!(
-        "simulated: {pages} pages of {} bytes on the link, {} bytes of device state, {link:?}",
-        layout.page_size, layout.device_state_bytes
+        "simulated: {pages} pages, {} zero, a data page {} bytes on the link, {} bytes of device state, {link:?}",
+        layout.zero_pages.count(),
+        layout.page_cost.data_bytes,
+        layout.device_state_bytes
     );
     let source = TraceSource::new(trace, Vec::new()).expect("a replayable trace");
     simulate(Arc::new(layout), Arc::new(source), Policy::Precopy, &config)
@@ -202,4 +236,69 @@ fn simulate_precopy(scenario: &Scenario, measured: &RunResult, trace: MemoryTrac
 
 fn relative_error(model: f64, measured: f64) -> f64 {
     (model - measured) / measured
+}
+
+/// One round as the agent queued it.
+#[derive(Clone, Copy, Debug, Default)]
+struct QueuedRound {
+    pages: u64,
+    zero_pages: u64,
+}
+
+/// The rounds of the run, from the agent's `round queued` log events: the
+/// lab's result keeps only totals, and the simulator needs zero pages apart.
+static ROUNDS: Mutex<Vec<QueuedRound>> = Mutex::new(Vec::new());
+
+/// A subscriber that keeps the agent's `round queued` events in [`ROUNDS`].
+struct RoundLog;
+
+impl tracing::Subscriber for RoundLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.is_event()
+            && metadata.target().starts_with("mllm_agent")
+            && *metadata.level() <= Level::INFO
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        // Never called: no span is enabled.
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = RoundFields::default();
+        event.record(&mut fields);
+        if fields.message == "round queued" {
+            ROUNDS.lock().unwrap().push(fields.round);
+        }
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+#[derive(Default)]
+struct RoundFields {
+    message: String,
+    round: QueuedRound,
+}
+
+impl Visit for RoundFields {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "pages" => self.round.pages = value,
+            "zero_pages" => self.round.zero_pages = value,
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.message = format!("{value:?}");
+        }
+    }
 }

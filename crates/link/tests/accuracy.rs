@@ -104,9 +104,10 @@ fn serialization_then_propagation() {
     let spread = millis(received.last_at() - received.first_at());
     println!("first byte at {first:.2} ms, last {spread:.2} ms later");
     // The handshake's 100 ms round trip, one 1448-byte chunk at the line
-    // rate, then 50 ms of propagation.
+    // rate, then 50 ms of propagation; the upper bound leaves room for the
+    // test's own (normal-priority) threads waking late on a busy machine.
     assert!(
-        (151.4..=155.0).contains(&first),
+        (151.4..=157.0).contains(&first),
         "first byte at {first:.2} ms"
     );
     // The other 98 552 bytes at 1 byte per µs.

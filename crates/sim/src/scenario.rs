@@ -96,12 +96,12 @@ impl VmSpec {
             interval_s,
             seed,
         );
-        let layout = VmLayout {
-            page_size: self.page_size,
-            memory_pages: header.page_count,
-            disk: disk.map(|(layout, _)| layout),
-            device_state_bytes: self.device_state_kib * 1024,
-        };
+        let layout = VmLayout::uncompressed(
+            self.page_size,
+            header.page_count,
+            disk.map(|(layout, _)| layout),
+            self.device_state_kib * 1024,
+        );
         (Arc::new(layout), Arc::new(source))
     }
 }

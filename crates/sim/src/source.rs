@@ -4,6 +4,7 @@
 use mllm_core::synth::{DiskWorkload, DiskWorkloadSpec, Workload, WorkloadSpec};
 use mllm_core::trace::{BlockInterval, MemoryTrace, MemoryTraceHeader};
 use mllm_core::vm::DiskLayout;
+use mllm_core::PageSet;
 
 /// One interval of guest activity.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -101,13 +102,32 @@ impl IntervalSource for TraceSource {
     }
 }
 
+/// `count` pages taken as zero at the start of a migration replaying
+/// `trace`, when only their number is known (the agent reports how many
+/// zero pages its first round sent): never pages the trace writes, which
+/// hold data when they are sent again, and evenly spread over the others,
+/// where they lie being unknown. Fails if the trace leaves fewer unwritten.
+pub fn zero_pages_outside_writes(trace: &MemoryTrace, count: u64) -> anyhow::Result<PageSet> {
+    let mut unwritten = PageSet::full(trace.header.page_count);
+    for interval in &trace.intervals {
+        unwritten.remove_all(interval.pages());
+    }
+    anyhow::ensure!(
+        count <= unwritten.count(),
+        "{count} zero pages asked for, but the trace writes all but {} of its {} pages",
+        unwritten.count(),
+        trace.header.page_count
+    );
+    Ok(unwritten.evenly_spaced(count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use mllm_core::trace::WriteInterval;
 
     #[test]
-    fn trace_source_loops() {
+    fn trace_source_loops_and_places_zero_pages_outside_its_writes() {
         let memory = MemoryTrace {
             header: MemoryTraceHeader {
                 page_size: 4096,
@@ -118,6 +138,10 @@ mod tests {
                 WriteInterval::new(500_000, vec![2]),
             ],
         };
+        let zero = zero_pages_outside_writes(&memory, 4).unwrap();
+        assert_eq!(zero.iter().collect::<Vec<_>>(), vec![3, 5, 7, 9]);
+        let err = zero_pages_outside_writes(&memory, 9).unwrap_err();
+        assert!(err.to_string().contains("all but 8"), "{err}");
         let source = TraceSource::new(memory, vec![]).unwrap();
         assert_eq!(source.interval(3).memory_writes, vec![2]);
         assert_eq!(source.interval(4).duration_s, 0.5);

@@ -47,7 +47,9 @@ pub(super) fn forecast(
     reads: Option<&Scores>,
 ) -> Forecast {
     let link = &input.link;
-    let page = input.layout.page_size as f64;
+    // The first pass moves pages as they are at the start (zero pages as
+    // markers); what is sent again or deferred was written: data pages.
+    let page = f64::from(input.layout.page_cost.data_bytes);
     let block = input
         .layout
         .disk
@@ -58,19 +60,19 @@ pub(super) fn forecast(
     let precopied = PageSet::from_items(input.layout.memory_pages, plan.precopy);
     let cold_rates: Vec<f64> = writes.among(&precopied).map(|(_, p)| rate(p)).collect();
     let mut passes = 1;
-    let mut pass_pages = plan.precopy.len() as f64;
-    let mut precopy_pages = pass_pages;
+    let mut pass_bytes = input.layout.copy_bytes(&precopied) as f64;
+    let mut precopy_bytes = pass_bytes;
     let dirty_after_last_pass = loop {
-        let pass_intervals = pass_pages * page / link.bandwidth_bytes_per_s / interval;
+        let pass_intervals = pass_bytes / link.bandwidth_bytes_per_s / interval;
         let dirty = cold_rates
             .iter()
             .fold(0.0, |sum, rate| sum + 1.0 - (-rate * pass_intervals).exp());
-        if rule.should_switch(passes, (pass_pages * page) as u64, (dirty * page) as u64) {
+        if rule.should_switch(passes, pass_bytes as u64, (dirty * page) as u64) {
             break dirty;
         }
         passes += 1;
-        pass_pages = dirty;
-        precopy_pages += dirty;
+        pass_bytes = dirty * page;
+        precopy_bytes += pass_bytes;
     };
 
     let pending_pages = dirty_after_last_pass + plan.deferred.len() as f64;
@@ -104,11 +106,11 @@ pub(super) fn forecast(
                 });
     }
 
-    let memory_bytes = (precopy_pages + pending_pages) * page;
+    let memory_bytes = precopy_bytes + pending_pages * page;
     let disk_bytes = (plan.disk_first.len() + plan.disk_after_switch.len()) as f64 * block;
     let link_bytes = memory_bytes + disk_bytes + device_state;
     let precopy_s =
-        (plan.disk_first.len() as f64 * block + precopy_pages * page) / link.bandwidth_bytes_per_s;
+        (plan.disk_first.len() as f64 * block + precopy_bytes) / link.bandwidth_bytes_per_s;
     Forecast {
         total_s: link_bytes / link.bandwidth_bytes_per_s + link.rtt_s,
         downtime_s: (downtime_pages * page + device_state) / link.bandwidth_bytes_per_s

@@ -197,7 +197,9 @@ pub fn next_step(
     let workingset = memory_workingset(input, pending_pages, horizon);
     let mut outside = pending_pages.clone();
     outside.subtract(&workingset);
-    let next_pass_bytes = outside.count() * u64::from(input.layout.page_size);
+    // Pages pending after the first pass were written, or are the deferred
+    // workingset: data pages.
+    let next_pass_bytes = outside.count() * u64::from(input.layout.page_cost.data_bytes);
     let rule = SwitchRule::new(input.layout, &input.link, &input.config);
     if rule.should_switch(passes_done, last_pass_bytes, next_pass_bytes) {
         Step::Switch
@@ -215,7 +217,7 @@ pub fn switch_plan(
 ) -> SwitchPlan {
     let mut pages = Scores::of(input.memory_writes).hottest_first(pending_pages);
     let rule = SwitchRule::new(input.layout, &input.link, &input.config);
-    let fit = (rule.downtime_budget_bytes / u64::from(input.layout.page_size)) as usize;
+    let fit = (rule.downtime_budget_bytes / u64::from(input.layout.page_cost.data_bytes)) as usize;
     let postcopy_pages = pages.split_off(fit.min(pages.len()));
     let disk_scores = input.disk_reads.map(Scores::of);
     SwitchPlan {
@@ -230,12 +232,15 @@ pub fn switch_plan(
 /// pages outside the workingset, at link speed. The workingset depends on the
 /// horizon, so it is estimated with every pending page and refined once.
 fn precopy_horizon(input: &PlanInput, pending: &PageSet, ahead_bytes: u64) -> f64 {
-    let page = u64::from(input.layout.page_size);
-    let horizon = |precopy_pages: u64| {
-        input.link.transfer_s(ahead_bytes + precopy_pages * page) / input.config.interval_s
+    let horizon = |precopied: &PageSet| {
+        input
+            .link
+            .transfer_s(ahead_bytes + input.layout.copy_bytes(precopied))
+            / input.config.interval_s
     };
-    let first = memory_workingset(input, pending, horizon(pending.count()));
-    horizon(pending.count() - first.count())
+    let mut precopied = pending.clone();
+    precopied.subtract(&memory_workingset(input, pending, horizon(pending)));
+    horizon(&precopied)
 }
 
 /// The write workingset among `pending` pages over `horizon` intervals.

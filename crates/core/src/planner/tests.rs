@@ -8,12 +8,7 @@ use crate::workingset::{EstimatorKind, Improved};
 const PAGES: u32 = 8192;
 
 fn layout(disk: Option<DiskLayout>) -> VmLayout {
-    VmLayout {
-        page_size: 4096,
-        memory_pages: PAGES,
-        disk,
-        device_state_bytes: 300_000,
-    }
+    VmLayout::uncompressed(4096, PAGES, disk, 300_000)
 }
 
 fn input<'a>(
@@ -41,7 +36,9 @@ fn observed(kind: EstimatorKind, items: u32, history: &[Vec<u32>]) -> Box<dyn Es
 fn without_writes_everything_is_precopied_once_in_address_order() {
     let disk = DiskLayout::synthetic(4096, 65536, 0.8, 0.5, 1);
     let used_blocks = disk.used.count();
-    let vm = layout(Some(disk));
+    let mut vm = layout(Some(disk));
+    // A quarter of the pages are zero: markers in the first pass.
+    vm.zero_pages = PageSet::full(PAGES).evenly_spaced(u64::from(PAGES / 4));
     let link = Link::from_mbit(100.0, 50.0);
     let memory = Improved::new(PAGES, 10);
     let reads = Improved::new(4096, 10);
@@ -52,7 +49,8 @@ fn without_writes_everything_is_precopied_once_in_address_order() {
     let f = plan.forecast;
     assert_eq!(f.passes, 1);
     assert_eq!(f.postcopy_faults, 0.0);
-    let bytes = vm.memory_bytes() + used_blocks * 65536 + vm.device_state_bytes;
+    let memory_bytes = u64::from(PAGES / 4) * 4 + u64::from(PAGES * 3 / 4) * 4100;
+    let bytes = memory_bytes + used_blocks * 65536 + vm.device_state_bytes;
     assert_eq!(f.link_bytes, bytes);
     assert!((f.total_s - (bytes as f64 / 12.5e6 + 0.05)).abs() < 1e-9);
     assert!((f.downtime_s - (300_000.0 / 12.5e6 + 0.025)).abs() < 1e-9);
@@ -85,7 +83,7 @@ fn hot_pages_are_deferred_and_never_written_pages_go_first() {
     // A hundred pages fit in the downtime budget: no post-copy, no faults.
     assert_eq!(plan.forecast.postcopy_faults, 0.0);
     let paused_for_state = 300_000.0 / 12.5e6 + 0.025;
-    let expected = paused_for_state + 100.0 * 4096.0 / 12.5e6;
+    let expected = paused_for_state + 100.0 * 4100.0 / 12.5e6;
     assert!(
         (plan.forecast.downtime_s - expected).abs() < 1e-9,
         "{}",
@@ -155,7 +153,11 @@ fn switch_fills_the_downtime_budget_with_the_hottest_pages() {
     let pending = PageSet::from_items(PAGES, &(0..2000).collect::<Vec<_>>());
     let plan = switch_plan(&input, &pending, None);
     let budget = SwitchRule::new(&vm, &link, &input.config).downtime_budget_bytes;
-    assert_eq!(plan.downtime_pages.len() as u64, budget / 4096);
+    assert_eq!(
+        plan.downtime_pages.len() as u64,
+        budget / 4100,
+        "data pages"
+    );
     assert_eq!(plan.downtime_pages.len() + plan.postcopy_pages.len(), 2000);
     // Pages 0..500 are written every interval: they are the hottest.
     assert!(plan.downtime_pages[..500].iter().all(|&p| p < 500));

@@ -64,13 +64,12 @@ impl Strategy for Mllm {
     }
 
     fn next_pass(&mut self, state: &TransferState) -> Option<SendQueue> {
-        let page = u64::from(state.layout.page_size);
         if self.rounds == 0 {
             let plan = planner::plan(&self.input(state));
             self.forecast = Some(plan.forecast);
             self.horizon = plan.horizon;
             self.rounds = 1;
-            self.last_pass_bytes = plan.memory_precopy.len() as u64 * page;
+            self.last_pass_bytes = state.pages_bytes(&plan.memory_precopy);
             return Some(
                 SendQueue::new()
                     .then(Space::Disk, plan.disk_first)
@@ -87,7 +86,7 @@ impl Strategy for Mllm {
         match step {
             Step::Pass(pages) => {
                 self.rounds += 1;
-                self.last_pass_bytes = pages.len() as u64 * page;
+                self.last_pass_bytes = state.pages_bytes(&pages);
                 Some(SendQueue::new().then(Space::Memory, pages))
             }
             Step::Switch => None,

@@ -10,6 +10,17 @@
 //! seeded hash in proportion to the elapsed share: those before the stop dirty
 //! the source, the others happen on the destination.
 //!
+//! Tracker. A pass is planned from a scan of the dirty-page tracker, which
+//! reports every page written since the previous scan, also those the last
+//! pass sent after the write: a bitmap cannot order a write and a read that
+//! both fell between two scans. Those pages are pending again at the next
+//! scan (before each pass and at the stop) and are sent again, as QEMU and
+//! mllm's agent send them. The disk mirror has no such scans: a block's dirty
+//! bit is cleared as it is copied, so only writes after its copy send it again.
+//!
+//! Link cost. A page costs its layout's data bytes, or only a marker while it
+//! still holds the zeros it held at the start; a written page holds data.
+//!
 //! Switch. With the guest paused, the policy's downtime items and the device
 //! state are sent; the guest resumes half a round trip after the last of them
 //! leaves. Downtime is that span.
@@ -52,6 +63,8 @@ pub struct Migration {
     source: Arc<dyn IntervalSource>,
     strategy: Box<dyn Strategy>,
     state: TransferState,
+    /// Pages written since the tracker's last scan.
+    written_since_scan: PageSet,
     sent_pages: PageSet,
     sent_blocks: Option<PageSet>,
     queue: SendQueue,
@@ -93,6 +106,7 @@ impl Migration {
         let state = TransferState {
             memory_valid: PageSet::new(layout.memory_pages),
             disk_valid,
+            zero_pages: layout.zero_pages.clone(),
             layout: layout.clone(),
             link,
             memory_bytes_sent: 0,
@@ -103,6 +117,7 @@ impl Migration {
             source,
             strategy,
             state,
+            written_since_scan: PageSet::new(layout.memory_pages),
             sent_pages: PageSet::new(layout.memory_pages),
             sent_blocks,
             queue: SendQueue::new(),
@@ -164,6 +179,7 @@ impl Migration {
         let start = self.now;
         let end = start + interval.duration_s;
         while !self.send_until(end) {
+            self.scan();
             if let Some(pass) = self.strategy.next_pass(&self.state) {
                 self.queue = pass;
                 continue;
@@ -184,6 +200,9 @@ impl Migration {
     }
 
     fn switch(&mut self, stop: f64) {
+        // The last scan, with the guest stopped: what it wrote since the one
+        // before is sent while it is paused.
+        self.scan();
         self.result.precopy_ms = stop * 1e3;
         let Switch {
             mut downtime,
@@ -255,7 +274,7 @@ impl Migration {
     }
 
     fn send(&mut self, space: Space, item: u32) {
-        let bytes = self.item_bytes(space);
+        let bytes = self.item_bytes(space, item);
         self.link_free_at += bytes as f64 / self.state.link.bandwidth_bytes_per_s;
         self.result.link_bytes += bytes;
         let (valid, sent, retransmitted) = match space {
@@ -288,15 +307,27 @@ impl Migration {
         self.link_free_at = self.link_free_at.max(self.now);
         self.send(space, item);
         self.result.postcopy_faults += 1;
-        self.result.fault_wait_ms += self.state.link.fetch_s(self.item_bytes(space)) * 1e3;
+        self.result.fault_wait_ms += self.state.link.fetch_s(self.item_bytes(space, item)) * 1e3;
     }
 
-    /// Writes on the source invalidate the destination's copy.
+    /// Writes on the source invalidate the destination's copy, and give the
+    /// page data and a mark in the tracker.
     fn dirty(&mut self, interval: &GuestInterval) {
-        self.state.memory_valid.remove_all(&interval.memory_writes);
+        let pages = &interval.memory_writes;
+        self.state.memory_valid.remove_all(pages);
+        self.state.zero_pages.remove_all(pages);
+        self.written_since_scan.insert_all(pages);
         if let Some(valid) = &mut self.state.disk_valid {
             valid.remove_all(&interval.disk_writes);
         }
+    }
+
+    /// A scan of the tracker: every page written since the previous one is
+    /// pending, even if a pass sent it after the write.
+    fn scan(&mut self) {
+        let universe = self.written_since_scan.universe();
+        let written = std::mem::replace(&mut self.written_since_scan, PageSet::new(universe));
+        self.state.memory_valid.subtract(&written);
     }
 
     fn finish_if_complete(&mut self) -> bool {
@@ -318,9 +349,9 @@ impl Migration {
         is_valid(&self.state, space, item)
     }
 
-    fn item_bytes(&self, space: Space) -> u64 {
+    fn item_bytes(&self, space: Space, item: u32) -> u64 {
         match space {
-            Space::Memory => u64::from(self.state.layout.page_size),
+            Space::Memory => self.state.page_bytes(item),
             Space::Disk => self
                 .state
                 .layout

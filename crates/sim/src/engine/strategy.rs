@@ -20,6 +20,9 @@ pub struct TransferState {
     /// Blocks whose current content the destination holds (holes, and for
     /// policies that skip them, unused blocks, count as held).
     pub disk_valid: Option<PageSet>,
+    /// Pages that still hold only zeros on the source: zero at the start and
+    /// not written since.
+    pub zero_pages: PageSet,
     pub memory_bytes_sent: u64,
 }
 
@@ -32,14 +35,27 @@ impl TransferState {
         self.disk_valid.as_ref().map(PageSet::complement)
     }
 
+    /// Link bytes of page `page` as it is now.
+    pub fn page_bytes(&self, page: u32) -> u64 {
+        self.layout.page_cost.bytes(self.zero_pages.contains(page))
+    }
+
+    /// Link bytes of `pages` as they are now.
+    pub fn pages_bytes(&self, pages: &[u32]) -> u64 {
+        pages.iter().map(|&page| self.page_bytes(page)).sum()
+    }
+
     pub fn pending_bytes(&self) -> u64 {
-        let page = u64::from(self.layout.page_size);
+        let pages = self.pending_pages();
+        let zero = pages.intersection_count(&self.zero_pages);
+        let cost = self.layout.page_cost;
         let block = self
             .layout
             .disk
             .as_ref()
             .map_or(0, |d| u64::from(d.block_size));
-        self.pending_pages().count() * page
+        zero * u64::from(cost.zero_bytes)
+            + (pages.count() - zero) * u64::from(cost.data_bytes)
             + self
                 .pending_blocks()
                 .map_or(0, |blocks| blocks.count() * block)

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use mllm_core::link::Link;
 use mllm_core::synth::WorkloadSpec;
+use mllm_core::vm::PageCost;
 use mllm_core::workingset::EstimatorKind;
 
 use super::*;
@@ -51,7 +52,17 @@ fn without_writes_every_policy_takes_its_bytes_over_bandwidth_plus_one_rtt() {
         rate: 0.01,
     };
     for with_disk in [false, true] {
-        let (layout, source) = vm(32, IDLE, with_disk.then(|| disk(reads.clone(), IDLE)));
+        let (mut layout, source) = vm(32, IDLE, with_disk.then(|| disk(reads.clone(), IDLE)));
+        if with_disk {
+            // Compressed pages, a third of them zero: each priced by its kind.
+            let vm = Arc::make_mut(&mut layout);
+            vm.page_cost = PageCost {
+                data_bytes: 1800,
+                zero_bytes: 4,
+            };
+            vm.zero_pages =
+                PageSet::full(vm.memory_pages).evenly_spaced(u64::from(vm.memory_pages / 3));
+        }
         let config = config(100.0);
         for policy in Policy::all() {
             let result = simulate(layout.clone(), source.clone(), policy, &config);
@@ -65,7 +76,8 @@ fn without_writes_every_policy_takes_its_bytes_over_bandwidth_plus_one_rtt() {
                 Policy::Mllm(_) => d.used.count(),
                 _ => d.allocated.count(),
             });
-            let expected = layout.memory_bytes() + disk_blocks * 65536 + layout.device_state_bytes;
+            let memory = layout.copy_bytes(&PageSet::full(layout.memory_pages));
+            let expected = memory + disk_blocks * 65536 + layout.device_state_bytes;
             assert_eq!(result.link_bytes, expected, "{policy} sent each item once");
             assert_eq!(
                 result.retransmitted_pages + result.retransmitted_blocks,
@@ -128,7 +140,10 @@ fn postcopy_faults_on_pages_written_before_they_arrive() {
         result.retransmitted_pages, 0,
         "post-copy sends each page once"
     );
-    assert_eq!(result.memory_bytes, layout.memory_bytes());
+    assert_eq!(
+        result.memory_bytes,
+        layout.copy_bytes(&PageSet::full(layout.memory_pages))
+    );
     assert!(result.downtime_ms < 300.0);
     assert!(result.fault_wait_ms >= result.postcopy_faults as f64 * 50.0);
 }
@@ -207,4 +222,48 @@ fn a_stop_splits_the_interval_in_proportion() {
     assert!((after.duration_s - 0.75).abs() < 1e-12);
     let (none, all) = split_at(&interval, 3, 0.0);
     assert!(none.memory_writes.is_empty() && all.memory_writes.len() == 10_000);
+}
+
+/// The guest writes the given pages at the end of the given 1-second intervals.
+struct Writes(Vec<(u64, Vec<u32>)>);
+
+impl IntervalSource for Writes {
+    fn interval(&self, index: u64) -> GuestInterval {
+        let written = self.0.iter().find(|(at, _)| *at == index);
+        GuestInterval {
+            duration_s: 1.0,
+            memory_writes: written.map_or_else(Vec::new, |(_, pages)| pages.clone()),
+            ..GuestInterval::default()
+        }
+    }
+}
+
+#[test]
+fn precopy_resends_what_the_tracker_reports_at_each_pages_cost() {
+    // 1000 pages, the odd ones zero: round 1 carries 2 MB over 10 Mbit/s
+    // (1.6 s) and has read pages 0..625 when the first interval ends.
+    let mut layout = VmLayout::uncompressed(4096, 1000, None, 0);
+    layout.page_cost = PageCost {
+        data_bytes: 4000,
+        zero_bytes: 4,
+    };
+    layout.zero_pages = PageSet::full(1000).evenly_spaced(500);
+    assert!(layout.zero_pages.contains(1) && layout.zero_pages.contains(999));
+    // Page 0 (data) and page 1 (zero) are written after round 1 read them,
+    // page 999 (zero) before: it is read as data, and resent all the same,
+    // since the tracker reports it at the scan after round 1.
+    let source = Writes(vec![(0, vec![0, 1, 999])]);
+    let mut config = config(10.0);
+    config.warmup_intervals = 0;
+    let result = simulate(Arc::new(layout), Arc::new(source), Policy::Precopy, &config);
+    assert!(result.completed);
+    assert_eq!(result.rounds, 1, "the three pages fit the downtime budget");
+    assert_eq!(result.retransmitted_pages, 3, "{result:?}");
+    let round_one = 500 * 4000 + 499 * 4 + 4000;
+    assert_eq!(result.memory_bytes, round_one + 3 * 4000);
+    let seconds = result.link_bytes as f64 / 1.25e6 + 0.05;
+    assert!(
+        (result.total_time_ms / 1e3 - seconds).abs() < 1e-9,
+        "{result:?}"
+    );
 }

@@ -1,0 +1,449 @@
+//! Two `mllm agent` daemons as real processes, driven with `mllm migrate`
+//! as an operator would: a lab guest started by agent A moves to agent B
+//! (with RAM digests compared) and keeps its heartbeat there, after a
+//! migration to an address where nothing listens failed and left it
+//! running on A.
+//!
+//! Each daemon runs in its own process group with its QEMUs, so dropping
+//! its guard kills all of them, whatever assertion failed.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use mllm_agent::daemon::control::{ControlReply, VmInfo};
+use mllm_agent::{Phase, Progress, SourceReport};
+use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
+use mllm_lab::paths;
+
+const GUEST_MIB: u64 = 256;
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Artifacts {
+    mllm: PathBuf,
+    hook_library: PathBuf,
+}
+
+/// Builds the `mllm` binary and `libmllm_hook.so` with the profile and
+/// target directory of this test binary (neither can be a dependency of an
+/// integration test of this crate), once per process.
+fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let executable = std::env::current_exe().expect("path of the test binary");
+        // The test binary is target/<profile>/deps/<name>.
+        let profile_dir = executable
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary inside target/<profile>/deps");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("unexpected profile directory {}", profile_dir.display()),
+        };
+        let status = Command::new(env!("CARGO"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--profile", profile, "--target-dir"])
+            .arg(profile_dir.parent().expect("target directory"))
+            .args(["-p", "mllm-hook", "-p", "mllm-cli"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building mllm and the hook failed");
+        Artifacts {
+            mllm: profile_dir.join("mllm"),
+            hook_library: profile_dir.join("libmllm_hook.so"),
+        }
+    })
+}
+
+/// A `mllm agent` process and the QEMUs it started, all killed on drop.
+struct Agent {
+    name: &'static str,
+    child: Child,
+    control: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    /// Where it receives migrations, as it printed.
+    listen: SocketAddr,
+}
+
+impl Agent {
+    /// Starts an agent with its files under `dir/name`, listening on a port
+    /// of its choosing, and waits until its control socket is up.
+    fn start(name: &'static str, dir: &Path, specs: &Path, start: &[&str]) -> Agent {
+        let home = dir.join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        let control = home.join("agent.sock");
+        let state = home.join("vms");
+        let log = home.join("agent.log");
+        let mut command = Command::new(&artifacts().mllm);
+        command
+            .args(["-v", "agent", "--listen", "127.0.0.1:0", "--control"])
+            .arg(&control)
+            .arg("--vms")
+            .arg(specs)
+            .arg("--state")
+            .arg(&state)
+            .arg("--hook")
+            .arg(&artifacts().hook_library);
+        for vm in start {
+            command.args(["--start", vm]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(File::create(home.join("agent.out")).unwrap())
+            .stderr(File::create(&log).unwrap())
+            // Its own process group, which its QEMUs inherit: one kill ends
+            // them all.
+            .process_group(0)
+            .spawn()
+            .expect("starting mllm agent");
+        let mut agent = Agent {
+            name,
+            child,
+            control,
+            state,
+            log,
+            listen: "0.0.0.0:0".parse().unwrap(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        agent.listen = loop {
+            let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            let announced = log.lines().find_map(|line| {
+                let rest = line.strip_prefix("mllm agent: migrations on ")?;
+                rest.split(',').next()?.parse::<SocketAddr>().ok()
+            });
+            if let Some(address) = announced {
+                if agent.control.exists() {
+                    break address;
+                }
+            }
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("agent {name} exited ({status}):\n{log}");
+            }
+            assert!(Instant::now() < deadline, "agent {name} not up:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        agent
+    }
+
+    /// Runs `mllm migrate ARGS --control <this agent's socket>`.
+    fn client(&self, args: &[&str]) -> ClientRun {
+        let dir = tempfile::tempdir().unwrap();
+        let stdout = dir.path().join("stdout");
+        let stderr = dir.path().join("stderr");
+        let mut child = Command::new(&artifacts().mllm)
+            .arg("migrate")
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("running mllm migrate");
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mllm migrate {args:?} took more than {CLIENT_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        ClientRun {
+            status,
+            stdout: std::fs::read_to_string(stdout).unwrap(),
+            stderr: std::fs::read_to_string(stderr).unwrap(),
+        }
+    }
+
+    /// `mllm migrate --list --json`.
+    fn list(&self) -> Vec<VmInfo> {
+        let run = self.client(&["--list", "--json"]);
+        assert!(run.status.success(), "--list on {}: {run:?}", self.name);
+        match run.replies().as_slice() {
+            [ControlReply::Vms { vms }] => vms.clone(),
+            other => panic!("--list on {}: {other:?}", self.name),
+        }
+    }
+
+    /// The serial log of `port` of VM `vm`, as the agent captures it.
+    fn serial_log(&self, vm: &str, port: &str) -> PathBuf {
+        self.state.join(vm).join(format!("{vm}.{port}.log"))
+    }
+
+    /// Heartbeat sequence numbers VM `vm` printed here, complete lines only.
+    fn heartbeats(&self, vm: &str) -> Vec<u64> {
+        let text = std::fs::read_to_string(self.serial_log(vm, "heartbeat")).unwrap_or_default();
+        let complete = text.rsplit_once('\n').map_or("", |(lines, _)| lines);
+        complete
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("HB ")?.trim().parse().ok())
+            .collect()
+    }
+
+    /// Waits until VM `vm` printed `count` more heartbeats here.
+    fn wait_for_heartbeats(&self, vm: &str, count: usize, timeout: Duration, what: &str) {
+        let before = self.heartbeats(vm).len();
+        let deadline = Instant::now() + timeout;
+        while self.heartbeats(vm).len() < before + count {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no {count} heartbeats of {vm} on agent {} within {timeout:?} (had {before})",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on the process group this guard created.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+        // Killed, the agent could not remove its VMs' RAM files.
+        if let Ok(entries) = std::fs::read_dir("/dev/shm") {
+            let marker = format!("-{pid}-");
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("mllm-") && name.contains(&marker) && name.ends_with(".ram") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("--- log of agent {} ---\n{log}", self.name);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ClientRun {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl ClientRun {
+    /// Every line of `--json` output, as the reply it prints.
+    fn replies(&self) -> Vec<ControlReply> {
+        self.stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not a reply: {line:?}: {e}"))
+            })
+            .collect()
+    }
+}
+
+/// A local address where nothing listens: the kernel refuses connections.
+fn dead_address() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn write_spec(specs: &Path, name: &str) {
+    let image = ImageBuilder::new(&paths::cache_dir(), &paths::workspace_root())
+        .build()
+        .expect("guest image (see `mllm lab setup`)");
+    let ports: Vec<String> = SERIAL_PORTS.iter().map(|p| format!("{p:?}")).collect();
+    std::fs::create_dir_all(specs).unwrap();
+    std::fs::write(
+        specs.join(format!("{name}.toml")),
+        format!(
+            "memory_mib = {GUEST_MIB}\n\
+             kernel = {:?}\n\
+             initrd = {:?}\n\
+             cmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
+             serial_ports = [{}]\n\
+             accelerator = \"tcg\"\n",
+            image.kernel.display().to_string(),
+            image.initrd.display().to_string(),
+            ports.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+fn status_of(vms: &[VmInfo], name: &str) -> Option<String> {
+    vms.iter()
+        .find(|vm| vm.name == name)
+        .map(|vm| vm.status.clone())
+}
+
+#[test]
+fn a_vm_moves_between_two_agents_through_mllm_migrate() {
+    let started = Instant::now();
+    artifacts();
+    // Unix socket paths are short: everything goes to a directory in /tmp.
+    let dir = tempfile::Builder::new()
+        .prefix("mllm-daemon-")
+        .tempdir()
+        .unwrap();
+    let specs = dir.path().join("specs");
+    write_spec(&specs, "vm1");
+    // Guards drop in reverse order: A (the guest's first home) first.
+    let b = Agent::start("B", dir.path(), &specs, &[]);
+    let a = Agent::start("A", dir.path(), &specs, &["vm1"]);
+    a.wait_for_heartbeats("vm1", 50, BOOT_TIMEOUT, "boot on A");
+    println!("{:.1} s: vm1 boots on A", started.elapsed().as_secs_f64());
+
+    let on_a = a.list();
+    assert_eq!(on_a.len(), 1, "{on_a:?}");
+    assert_eq!(on_a[0].name, "vm1");
+    assert_eq!(on_a[0].memory_mib, GUEST_MIB);
+    assert_eq!(on_a[0].status, "running");
+    assert_eq!(on_a[0].migration, None);
+    assert_eq!(b.list(), []);
+
+    // Nothing listens there: a clear error naming the address, and the VM
+    // runs on where it was.
+    let nowhere = dead_address().to_string();
+    let failed = a.client(&["vm1", "--to", &nowhere, "--verify"]);
+    assert!(!failed.status.success(), "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .contains(&format!("connecting to the agent at {nowhere}"))
+            && failed.stderr.contains("refused"),
+        "{failed:?}"
+    );
+    assert_eq!(status_of(&a.list(), "vm1").as_deref(), Some("running"));
+    a.wait_for_heartbeats("vm1", 50, Duration::from_secs(30), "after the failure");
+    assert_eq!(b.list(), []);
+
+    // To itself: A's own migration port refuses a VM that runs there.
+    let itself = a.client(&["vm1", "--to", &a.listen.to_string()]);
+    assert!(!itself.status.success(), "{itself:?}");
+    assert!(
+        itself.stderr.contains("VM vm1 already runs on this host"),
+        "{itself:?}"
+    );
+    assert_eq!(status_of(&a.list(), "vm1").as_deref(), Some("running"));
+    a.wait_for_heartbeats("vm1", 50, Duration::from_secs(30), "after refusing itself");
+
+    // A VM the agent does not own.
+    let unknown = a.client(&["vm2", "--to", &b.listen.to_string()]);
+    assert!(!unknown.status.success(), "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("this agent owns no VM named vm2"),
+        "{unknown:?}"
+    );
+
+    // The migration, with progress and the report as JSON lines.
+    let run = a.client(&["vm1", "--to", &b.listen.to_string(), "--verify", "--json"]);
+    assert!(run.status.success(), "{run:?}");
+    println!("{:.1} s: vm1 migrated", started.elapsed().as_secs_f64());
+    let replies = run.replies();
+    let progress: Vec<&Progress> = replies
+        .iter()
+        .filter_map(|reply| match reply {
+            ControlReply::Progress(progress) => Some(progress),
+            _ => None,
+        })
+        .collect();
+    let report: &SourceReport = match replies.last() {
+        Some(ControlReply::Migrated(report)) => report,
+        other => panic!("last reply {other:?}"),
+    };
+    println!("{}", serde_json::to_string_pretty(report).unwrap());
+    assert_eq!(progress.len() + 1, replies.len(), "{replies:?}");
+    assert_eq!(progress.first().map(|p| p.phase), Some(Phase::Connecting));
+    assert_eq!(progress.last().map(|p| p.phase), Some(Phase::Completed));
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.phase == Phase::Precopy && p.round >= 1 && p.bytes_sent > 0),
+        "{progress:?}"
+    );
+    assert!(progress
+        .windows(2)
+        .all(|w| w[0].bytes_sent <= w[1].bytes_sent));
+    let last = progress.last().unwrap();
+    assert!(last.bytes_sent >= report.memory_bytes, "{last:?}");
+    assert_eq!(report.vm_name, "vm1");
+    assert_eq!(report.ram_bytes, GUEST_MIB << 20);
+    assert!(report.verified, "digests were not compared");
+    assert!(report.pages_sent >= (GUEST_MIB << 20) / 4096);
+    assert!(report.device_state_bytes > 10_000);
+
+    // vm1 runs on B now, and A forgot it.
+    let on_b = b.list();
+    assert_eq!(
+        status_of(&on_b, "vm1").as_deref(),
+        Some("running"),
+        "{on_b:?}"
+    );
+    assert_eq!(on_b[0].memory_mib, GUEST_MIB);
+    assert_eq!(a.list(), []);
+    let table = b.client(&["--list"]);
+    assert!(table.status.success(), "{table:?}");
+    assert!(
+        table.stdout.contains("vm1") && table.stdout.contains("running"),
+        "{table:?}"
+    );
+    let gone = a.client(&["vm1", "--to", &b.listen.to_string()]);
+    assert!(
+        !gone.status.success() && gone.stderr.contains("owns no VM named vm1"),
+        "{gone:?}"
+    );
+
+    let (last_on_a, first_on_b) = assert_heartbeat_moved(&a, &b, "vm1");
+    println!(
+        "{:.1} s: heartbeat {last_on_a} last on A, {first_on_b} first on B; {} rounds, downtime <= {:.0} ms",
+        started.elapsed().as_secs_f64(),
+        report.rounds.len(),
+        report.downtime_upper_bound_ms()
+    );
+
+    // And back: a VM B received migrates out again (its QEMU was launched
+    // for an incoming migration), into A's state directory of before.
+    let back = b.client(&["vm1", "--to", &a.listen.to_string(), "--json"]);
+    assert!(back.status.success(), "{back:?}");
+    match back.replies().last() {
+        Some(ControlReply::Migrated(report)) => assert!(!report.verified),
+        other => panic!("last reply {other:?}"),
+    }
+    assert_eq!(status_of(&a.list(), "vm1").as_deref(), Some("running"));
+    assert_eq!(b.list(), []);
+    let (last_on_b, first_on_a) = assert_heartbeat_moved(&b, &a, "vm1");
+    println!(
+        "{:.1} s: back on A, heartbeat {last_on_b} last on B, {first_on_a} first on A",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The heartbeat of `vm` goes on at `to` where it stopped at `from`: 100
+/// more, contiguous, starting after the last one `from` captured (a line
+/// the switch cut in two is complete on neither side: one number may be
+/// lost). Returns the last number at `from` and the first at `to`.
+fn assert_heartbeat_moved(from: &Agent, to: &Agent, vm: &str) -> (u64, u64) {
+    let what = format!("{vm} after moving from {} to {}", from.name, to.name);
+    to.wait_for_heartbeats(vm, 100, Duration::from_secs(30), &what);
+    let last = *from.heartbeats(vm).last().expect("heartbeats before");
+    let after = to.heartbeats(vm);
+    assert!(
+        after[0] <= last + 2 && after[0] + 100 > last,
+        "{what}: heartbeat jumped from {last} to {}",
+        after[0]
+    );
+    assert!(
+        after.windows(2).all(|w| w[1] == w[0] + 1),
+        "{what}: heartbeats not contiguous"
+    );
+    (last, after[0])
+}
