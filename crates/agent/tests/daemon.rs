@@ -21,6 +21,15 @@ use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 
 const GUEST_MIB: u64 = 256;
+/// How `mllm migrate` names the phases it shows.
+const PHASES: [&str; 6] = [
+    "connecting",
+    "precopy",
+    "final-round",
+    "device-state",
+    "waiting-for-destination",
+    "completed",
+];
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -411,19 +420,31 @@ fn a_vm_moves_between_two_agents_through_mllm_migrate() {
     );
 
     // And back: a VM B received migrates out again (its QEMU was launched
-    // for an incoming migration), into A's state directory of before.
-    let back = b.client(&["vm1", "--to", &a.listen.to_string(), "--json"]);
+    // for an incoming migration), into A's state directory of before; this
+    // time as a person would run it, with a line per phase on stderr (not a
+    // terminal) and a summary on stdout.
+    let back = b.client(&["vm1", "--to", &a.listen.to_string()]);
     assert!(back.status.success(), "{back:?}");
-    match back.replies().last() {
-        Some(ControlReply::Migrated(report)) => assert!(!report.verified),
-        other => panic!("last reply {other:?}"),
-    }
+    assert!(
+        back.stdout.starts_with("migrated vm1 in ") && back.stdout.contains(" rounds, "),
+        "{back:?}"
+    );
+    let phases: Vec<&str> = back
+        .stderr
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|word| PHASES.contains(word))
+        .collect();
+    assert_eq!(phases.first(), Some(&"connecting"), "{back:?}");
+    assert!(phases.contains(&"precopy"), "{back:?}");
+    assert_eq!(phases.last(), Some(&"completed"), "{back:?}");
     assert_eq!(status_of(&a.list(), "vm1").as_deref(), Some("running"));
     assert_eq!(b.list(), []);
     let (last_on_b, first_on_a) = assert_heartbeat_moved(&b, &a, "vm1");
     println!(
-        "{:.1} s: back on A, heartbeat {last_on_b} last on B, {first_on_a} first on A",
-        started.elapsed().as_secs_f64()
+        "{:.1} s: back on A, heartbeat {last_on_b} last on B, {first_on_a} first on A: {}",
+        started.elapsed().as_secs_f64(),
+        back.stdout.trim()
     );
 }
 
