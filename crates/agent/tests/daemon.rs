@@ -331,7 +331,9 @@ fn a_vm_moves_between_two_agents_through_mllm_migrate() {
             && failed.stderr.contains("refused"),
         "{failed:?}"
     );
-    assert_eq!(status_of(&a.list(), "vm1").as_deref(), Some("running"));
+    let after_failure = a.list();
+    assert_eq!(status_of(&after_failure, "vm1").as_deref(), Some("running"));
+    assert_eq!(after_failure[0].migration, None, "progress left behind");
     a.wait_for_heartbeats("vm1", 50, Duration::from_secs(30), "after the failure");
     assert_eq!(b.list(), []);
 

@@ -32,13 +32,15 @@ pub fn draw(
 ) -> Result<()> {
     let seconds = |us: u64| (us as f64 - from_us as f64) / 1e6;
     let span = seconds(to_us).max(1.0);
-    let bins = (span / BIN_S).ceil() as usize + 1;
+    // Whole bins only: a partial last bin would look like a throughput drop.
+    let bins = (span / BIN_S).floor() as usize;
 
     let mut ops_per_s = vec![0.0; bins];
     for &(at, n) in ops {
         let t = seconds(at);
-        if (0.0..span).contains(&t) {
-            ops_per_s[(t / BIN_S) as usize] += n as f64 / BIN_S;
+        let bin = (t / BIN_S).floor();
+        if t >= 0.0 && (bin as usize) < bins {
+            ops_per_s[bin as usize] += n as f64 / BIN_S;
         }
     }
     let link_mbit: Vec<(f64, f64)> = link
@@ -111,14 +113,16 @@ fn panel(
     chart
         .draw_series(LineSeries::new(series.iter().copied(), color))
         .map_err(|e| anyhow!("{e}"))?;
-    for (t, name) in marks {
+    // Phases can be milliseconds apart: stagger their labels vertically.
+    for (i, (t, name)) in marks.iter().enumerate() {
+        let label_y = y_max * (0.95 - 0.08 * i as f64);
         chart
             .draw_series(LineSeries::new([(*t, 0.0), (*t, y_max)], BLACK.mix(0.4)))
             .map_err(|e| anyhow!("{e}"))?;
         chart
             .draw_series([Text::new(
                 name.to_string(),
-                (*t, y_max * 0.95),
+                (*t, label_y),
                 ("sans-serif", 12),
             )])
             .map_err(|e| anyhow!("{e}"))?;
