@@ -32,6 +32,10 @@ use tracing::{Event, Level, Metadata};
 
 /// Issue 4's bound on the simulator's error against a measured run.
 const TOLERANCE: f64 = 0.15;
+/// Resent pages hang on where each scan falls among the guest's writes,
+/// which differs by tens of milliseconds between the run and the replay:
+/// a looser bound (runs so far: within 10 %).
+const RESENT_TOLERANCE: f64 = 0.3;
 /// The source scans the tracker this often while it records (the agent's default).
 const TRACE_INTERVAL_MS: f64 = 100.0;
 
@@ -96,48 +100,61 @@ fn simulated_precopy_of_the_recorded_trace_matches_the_measured_run() {
 
     let simulated = simulate_precopy(&scenario, &measured, &rounds, trace);
     let measured_total_ms = measured.total_time_ms.expect("total time");
+    // Each quantity with the relative error allowed, if one is asserted:
+    // downtime is not (the switch's fixed costs are not modelled).
     let rows = [
         (
             "total time (ms)",
             measured_total_ms,
             simulated.total_time_ms,
+            Some(TOLERANCE),
         ),
         (
             "link bytes to destination",
             measured.link_bytes_to_destination as f64,
             simulated.link_bytes as f64,
+            Some(TOLERANCE),
         ),
         (
             "rounds (incl. the stopped one)",
             measured.rounds as f64,
             (simulated.rounds + 1) as f64,
+            None,
         ),
         (
             "retransmitted pages",
-            measured.retransmitted_pages.unwrap_or(0) as f64,
+            measured.retransmitted_pages.unwrap() as f64,
             simulated.retransmitted_pages as f64,
+            Some(RESENT_TOLERANCE),
         ),
         (
             "downtime (ms)",
             measured.downtime_ms.unwrap_or(0.0),
             simulated.downtime_ms,
+            None,
         ),
     ];
     println!("| quantity | measured | simulated | error |");
     println!("| --- | ---: | ---: | ---: |");
-    for (name, live, model) in rows {
+    for (name, live, model, _) in rows {
         let error = relative_error(model, live) * 100.0;
         println!("| {name} | {live:.0} | {model:.0} | {error:+.1} % |");
     }
     assert!(simulated.completed, "the simulation hit its time cap");
-    for (name, live, model) in &rows[..2] {
-        let error = relative_error(*model, *live);
+    for (name, live, model, bound) in rows {
+        let error = relative_error(model, live);
         assert!(
-            error.abs() <= TOLERANCE,
+            bound.is_none_or(|bound| error.abs() <= bound),
             "simulated {name} {model:.0} is {:+.1} % off the measured {live:.0}",
             error * 100.0
         );
     }
+    // Both count the stopped round.
+    let rounds = (measured.rounds, simulated.rounds + 1);
+    assert!(
+        rounds.0.abs_diff(rounds.1) <= 1,
+        "rounds measured and simulated: {rounds:?}"
+    );
 }
 
 /// The trace spans pre-copy, from tracking armed to the VM stopped, in

@@ -32,10 +32,16 @@ struct EventLog {
     closed: bool,
 }
 
+/// The command channel: a request and its reply happen under one lock, so
+/// two threads sharing a client can never take each other's replies.
+struct Commands {
+    writer: UnixStream,
+    replies: Receiver<Value>,
+}
+
 pub struct QmpClient {
     path: PathBuf,
-    writer: Mutex<UnixStream>,
-    replies: Mutex<Receiver<Value>>,
+    commands: Mutex<Commands>,
     events: Arc<(Mutex<EventLog>, Condvar)>,
     command_timeout: Duration,
 }
@@ -72,13 +78,18 @@ impl QmpClient {
             .map_err(io_err)?;
         let client = QmpClient {
             path: path.to_owned(),
-            writer: Mutex::new(stream),
-            replies: Mutex::new(reply_rx),
+            commands: Mutex::new(Commands {
+                writer: stream,
+                replies: reply_rx,
+            }),
             events,
             command_timeout: Duration::from_secs(30),
         };
         // The greeting arrives as the first "reply"; it carries QEMU's version.
-        client.receive_reply("greeting")?;
+        client.receive_reply(
+            &client.commands.lock().expect("qmp commands poisoned"),
+            "greeting",
+        )?;
         client.execute("qmp_capabilities", json!({}))?;
         Ok(client)
     }
@@ -91,18 +102,18 @@ impl QmpClient {
             json!({ "execute": command, "arguments": arguments })
         };
         tracing::debug!(target: "qmp", path = %self.path.display(), %request);
-        {
-            let mut writer = self.writer.lock().expect("qmp writer poisoned");
-            let mut line = request.to_string();
-            line.push('\n');
-            writer
-                .write_all(line.as_bytes())
-                .map_err(|source| QemuError::QmpIo {
-                    path: self.path.clone(),
-                    source,
-                })?;
-        }
-        let reply = self.receive_reply(command)?;
+        let mut commands = self.commands.lock().expect("qmp commands poisoned");
+        let mut line = request.to_string();
+        line.push('\n');
+        commands
+            .writer
+            .write_all(line.as_bytes())
+            .map_err(|source| QemuError::QmpIo {
+                path: self.path.clone(),
+                source,
+            })?;
+        let reply = self.receive_reply(&commands, command)?;
+        drop(commands);
         if let Some(error) = reply.get("error") {
             return Err(QemuError::QmpCommand {
                 command: command.to_owned(),
@@ -113,9 +124,8 @@ impl QmpClient {
         Ok(reply.get("return").cloned().unwrap_or(Value::Null))
     }
 
-    fn receive_reply(&self, what: &str) -> Result<Value, QemuError> {
-        let replies = self.replies.lock().expect("qmp replies poisoned");
-        match replies.recv_timeout(self.command_timeout) {
+    fn receive_reply(&self, commands: &Commands, what: &str) -> Result<Value, QemuError> {
+        match commands.replies.recv_timeout(self.command_timeout) {
             Ok(reply) => Ok(reply),
             Err(RecvTimeoutError::Timeout) => Err(QemuError::Timeout {
                 what: format!("QMP reply to `{what}`"),

@@ -3,7 +3,7 @@
 //! thread per connection: migrations and recordings are few and long.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -185,14 +185,12 @@ fn migrate(
     };
     let vm = host.get(&request.vm)?;
     let claim = vm.tracker.claim(&request.vm, TrackerUser::Migration)?;
-    let result = TcpStream::connect(&request.to)
-        .with_context(|| format!("connecting to the agent at {}", request.to))
-        .and_then(|stream| {
-            migrate_source(&vm.qemu, &vm.ram_file, stream, &settings, &|progress| {
-                *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
-                on_progress(progress);
-            })
-        });
+    let result = connect_to_peer(&request.to).and_then(|stream| {
+        migrate_source(&vm.qemu, &vm.ram_file, stream, &settings, &|progress| {
+            *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+            on_progress(progress);
+        })
+    });
     *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = None;
     drop(claim);
     if result.is_ok() {
@@ -227,4 +225,22 @@ fn ensure_absolute(path: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// Connects with a bound on each address's attempt: a peer behind a firewall
+/// that drops packets would otherwise hang `mllm migrate` for minutes.
+fn connect_to_peer(address: &str) -> Result<TcpStream> {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    let context = || format!("connecting to the agent at {address}");
+    let mut last_error = None;
+    for candidate in address.to_socket_addrs().with_context(context)? {
+        match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(match last_error {
+        Some(err) => anyhow::Error::new(err).context(context()),
+        None => anyhow::anyhow!("{}: the address resolves to nothing", context()),
+    })
 }
