@@ -46,9 +46,7 @@ impl VmLayout {
 
     /// Link bytes to send each of `pages` once, as they are at the start.
     pub fn copy_bytes(&self, pages: &PageSet) -> u64 {
-        let zero = pages.intersection_count(&self.zero_pages);
-        zero * u64::from(self.page_cost.zero_bytes)
-            + (pages.count() - zero) * u64::from(self.page_cost.data_bytes)
+        self.page_cost.of(pages, &self.zero_pages)
     }
 }
 
@@ -77,12 +75,19 @@ impl PageCost {
         }
     }
 
+    /// One page, holding zeros or not.
     pub fn bytes(&self, zero: bool) -> u64 {
         u64::from(if zero {
             self.zero_bytes
         } else {
             self.data_bytes
         })
+    }
+
+    /// Each of `pages` once, those in `zero_pages` as markers.
+    pub fn of(&self, pages: &PageSet, zero_pages: &PageSet) -> u64 {
+        let zero = pages.intersection_count(zero_pages);
+        zero * u64::from(self.zero_bytes) + (pages.count() - zero) * u64::from(self.data_bytes)
     }
 }
 

@@ -46,16 +46,14 @@ impl TransferState {
     }
 
     pub fn pending_bytes(&self) -> u64 {
-        let pages = self.pending_pages();
-        let zero = pages.intersection_count(&self.zero_pages);
-        let cost = self.layout.page_cost;
         let block = self
             .layout
             .disk
             .as_ref()
             .map_or(0, |d| u64::from(d.block_size));
-        zero * u64::from(cost.zero_bytes)
-            + (pages.count() - zero) * u64::from(cost.data_bytes)
+        self.layout
+            .page_cost
+            .of(&self.pending_pages(), &self.zero_pages)
             + self
                 .pending_blocks()
                 .map_or(0, |blocks| blocks.count() * block)

@@ -241,7 +241,7 @@ impl IntervalSource for Writes {
 #[test]
 fn precopy_resends_what_the_tracker_reports_at_each_pages_cost() {
     // 1000 pages, the odd ones zero: round 1 carries 2 MB over 10 Mbit/s
-    // (1.6 s) and has read pages 0..625 when the first interval ends.
+    // (1.6 s) and has read about 620 pages when the first interval ends.
     let mut layout = VmLayout::uncompressed(4096, 1000, None, 0);
     layout.page_cost = PageCost {
         data_bytes: 4000,
