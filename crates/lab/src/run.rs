@@ -77,7 +77,6 @@ fn run_in(
     dir: &Path,
     sockets: &Path,
 ) -> Result<RunResult> {
-    let link_config = scenario.link.to_config()?;
     let source_disk = match &scenario.vm.disk {
         Some(spec) => Some(disk::create_source_image(
             &sockets.join("source.img"),
@@ -146,7 +145,7 @@ fn run_in(
     std::thread::sleep(scenario.timing.warmup);
 
     let destination = QemuProcess::start(destination_config)?;
-    let link = Link::new(link_config)?;
+    let link = Link::new(scenario.link.clone())?;
     let link_started_us = wall_clock_us();
     let timing = &scenario.timing;
     let outcome = if method.is_mllm() {
@@ -254,7 +253,7 @@ fn run_in(
         environment: Environment {
             guest_image: image.description.clone(),
             accelerator: format!("{:?}", scenario.vm.accelerator).to_lowercase(),
-            link_bandwidth: scenario.link.bandwidth.clone(),
+            link_bandwidth: mllm_link::format_rate(scenario.link.bandwidth_bits_per_s),
             link_rtt_ms: scenario.link.rtt.as_secs_f64() * 1000.0,
             memory_mib: scenario.vm.memory.as_u64() >> 20,
         },

@@ -22,8 +22,10 @@ pub struct Scenario {
     pub vm: VmSpec,
     #[serde(default)]
     pub workload: Workload,
+    /// The emulated inter-datacenter link: `bandwidth`, `rtt`, and optionally
+    /// `queue`, `jitter`, `stall_probability`, `stall_time` (see mllm-link).
     #[serde(default)]
-    pub link: LinkSpec,
+    pub link: mllm_link::LinkConfig,
     pub methods: Vec<Method>,
     #[serde(default)]
     pub timing: Timing,
@@ -138,42 +140,6 @@ fn default_read_pct() -> u32 {
 }
 fn default_compressibility() -> f64 {
     0.5
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinkSpec {
-    /// For example "100Mbit" or "12.5MB/s".
-    pub bandwidth: String,
-    #[serde(with = "humantime_serde")]
-    pub rtt: Duration,
-    #[serde(default, with = "humantime_serde")]
-    pub jitter: Duration,
-}
-
-impl Default for LinkSpec {
-    fn default() -> Self {
-        LinkSpec {
-            bandwidth: "100Mbit".into(),
-            rtt: Duration::from_millis(50),
-            jitter: Duration::ZERO,
-        }
-    }
-}
-
-impl LinkSpec {
-    pub fn to_config(&self) -> Result<mllm_link::LinkConfig> {
-        let bandwidth_bits_per_s = mllm_link::parse_rate(&self.bandwidth)
-            .with_context(|| format!("link.bandwidth = {:?}", self.bandwidth))?;
-        let config = mllm_link::LinkConfig {
-            bandwidth_bits_per_s,
-            rtt: self.rtt,
-            jitter: self.jitter,
-            ..mllm_link::LinkConfig::default()
-        };
-        config.validate()?;
-        Ok(config)
-    }
 }
 
 /// Phases of a run, all on the source's and destination's wall clock.
@@ -303,7 +269,6 @@ impl Scenario {
             !self.methods.is_empty(),
             "methods is empty: name at least one migration method"
         );
-        self.link.to_config()?;
         let t = &self.timing;
         ensure!(
             t.baseline_window <= t.warmup,
@@ -483,6 +448,16 @@ command = "redis-benchmark -q -l -t set,get"
         let synthetic = command.replace(r#"content = "debian""#, r#"used = "1GiB""#);
         let err = Scenario::parse(&synthetic).unwrap_err();
         assert!(format!("{err:#}").contains("Debian root disk"), "{err:#}");
+    }
+
+    #[test]
+    fn shipped_scenarios_are_valid() {
+        let dir = crate::paths::workspace_root().join("scenarios");
+        for name in ["demo", "idle", "hotset", "disk", "redis"] {
+            let path = dir.join(format!("{name}.toml"));
+            let scenario = Scenario::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_eq!(scenario.name, name);
+        }
     }
 
     #[test]

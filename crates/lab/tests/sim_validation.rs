@@ -228,7 +228,7 @@ fn simulate_precopy(
     // Round 1 reads every page once: its zero pages are those zero at the start.
     layout.zero_pages =
         zero_pages_outside_writes(&trace, rounds[0].zero_pages).expect("room for the zero pages");
-    let bandwidth_bits = mllm_link::parse_rate(&scenario.link.bandwidth).unwrap() as f64;
+    let bandwidth_bits = scenario.link.bandwidth_bits_per_s as f64;
     let link = ModelLink::from_mbit(bandwidth_bits / 1e6, scenario.link.rtt.as_secs_f64() * 1e3);
     let mut config = SimConfig::new(link);
     config.planner.downtime_target_s = scenario.timing.downtime_target.as_secs_f64();
