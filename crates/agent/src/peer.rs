@@ -49,6 +49,30 @@ impl PeerLink {
     }
 }
 
+impl PeerLink {
+    /// Closes after a last message so the peer can read it: closing a socket
+    /// with unread data makes the kernel send a reset, and a reset makes the
+    /// peer's kernel drop what it had not read yet, the last message included.
+    /// So: stop writing, then read and discard until the peer closes too or
+    /// `linger` passes.
+    pub fn close_gracefully(&mut self, linger: Duration) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Write);
+        let _ = self
+            .socket
+            .set_read_timeout(Some(Duration::from_millis(100)));
+        let deadline = std::time::Instant::now() + linger;
+        let mut discard = [0u8; 64 << 10];
+        while std::time::Instant::now() < deadline {
+            match std::io::Read::read(&mut self.socket, &mut discard) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 /// Turns a wire error into the cause an operator needs: cut link, dead
 /// peer, corruption or incompatibility. `peer` names the other side.
 pub(crate) fn link_failure(error: WireError, peer: &str, timeout: Duration) -> anyhow::Error {

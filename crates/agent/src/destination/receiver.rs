@@ -23,6 +23,9 @@ use crate::report::DestinationReport;
 const QEMU_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Mismatching digest ranges named in the error; the rest are counted.
 const MISMATCHES_SHOWN: usize = 8;
+/// How long an aborting destination keeps draining the link so its `Abort`
+/// reaches the source (which stops sending once it reads it).
+const ABORT_LINGER: Duration = Duration::from_secs(3);
 
 pub(super) struct Receiver<'a> {
     vm: &'a QemuProcess,
@@ -78,7 +81,9 @@ impl<'a> Receiver<'a> {
                     reason: format!("{error:#}"),
                 });
                 // The source learns of a broken link by itself.
-                let _ = self.link.writer.send(&abort);
+                if self.link.writer.send(&abort).is_ok() {
+                    self.link.close_gracefully(ABORT_LINGER);
+                }
                 Err(error)
             }
         }
