@@ -20,6 +20,9 @@ use mllm_agent::{Phase, Progress, SourceReport};
 use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 
+#[path = "common/workspace_build.rs"]
+mod workspace_build;
+
 const GUEST_MIB: u64 = 256;
 /// How `mllm migrate` names the phases it shows.
 const PHASES: [&str; 6] = [
@@ -38,34 +41,14 @@ struct Artifacts {
     hook_library: PathBuf,
 }
 
-/// Builds the `mllm` binary and `libmllm_hook.so` with the profile and
-/// target directory of this test binary (neither can be a dependency of an
-/// integration test of this crate), once per process.
+/// The `mllm` binary and the hook library, built once per process.
 fn artifacts() -> &'static Artifacts {
     static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
     ARTIFACTS.get_or_init(|| {
-        let executable = std::env::current_exe().expect("path of the test binary");
-        // The test binary is target/<profile>/deps/<name>.
-        let profile_dir = executable
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary inside target/<profile>/deps");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(name) => name,
-            None => panic!("unexpected profile directory {}", profile_dir.display()),
-        };
-        let status = Command::new(env!("CARGO"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "--profile", profile, "--target-dir"])
-            .arg(profile_dir.parent().expect("target directory"))
-            .args(["-p", "mllm-hook", "-p", "mllm-cli"])
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building mllm and the hook failed");
+        let outputs = workspace_build::build_with_this_profile(&["mllm-hook", "mllm-cli"]);
         Artifacts {
-            mllm: profile_dir.join("mllm"),
-            hook_library: profile_dir.join("libmllm_hook.so"),
+            mllm: outputs.join("mllm"),
+            hook_library: outputs.join("libmllm_hook.so"),
         }
     })
 }

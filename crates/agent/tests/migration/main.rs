@@ -6,3 +6,5 @@ mod protocol;
 mod real_guest;
 mod support;
 mod trace;
+#[path = "../common/workspace_build.rs"]
+mod workspace_build;

@@ -4,7 +4,6 @@
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -41,30 +40,11 @@ fn image() -> &'static GuestImage {
     })
 }
 
-/// Builds `libmllm_hook.so` with the profile and target directory of this
-/// test binary (a cdylib cannot be a dependency), once per process.
+/// The hook library, built once per process (a cdylib cannot be a dependency).
 fn hook_library() -> &'static Path {
     static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
     LIBRARY.get_or_init(|| {
-        let executable = std::env::current_exe().expect("path of the test binary");
-        // The test binary is target/<profile>/deps/<name>.
-        let profile_dir = executable
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary inside target/<profile>/deps");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") => "dev",
-            Some(name) => name,
-            None => panic!("unexpected profile directory {}", profile_dir.display()),
-        };
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "mllm-hook", "--profile", profile])
-            .arg("--target-dir")
-            .arg(profile_dir.parent().expect("target directory"))
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building the hook failed");
-        profile_dir.join("libmllm_hook.so")
+        crate::workspace_build::build_with_this_profile(&["mllm-hook"]).join("libmllm_hook.so")
     })
 }
 
