@@ -71,11 +71,11 @@ impl Scores {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workingset::Denning;
+    use crate::workingset::WindowFrequency;
 
     #[test]
     fn orders_both_ways_with_unscored_items_at_the_cold_end() {
-        let mut estimator = Denning::new(10, 4);
+        let mut estimator = WindowFrequency::denning(10, 4);
         estimator.observe(&[1, 2]);
         estimator.observe(&[2]);
         let scores = Scores::of(&estimator);

@@ -3,8 +3,8 @@
 //!
 //! * [`Lru`]: recency; the most recently accessed items, as many as the recent
 //!   footprint predicts for the horizon.
-//! * [`Denning`]: Denning's working set; items accessed in the last τ intervals.
-//! * [`Original`]: the original MLLM rule; items accessed in at least θ of the
+//! * `denning` ([`WindowFrequency::denning`]): Denning's working set; items accessed in the last τ intervals.
+//! * `original` ([`WindowFrequency::original`]): the original MLLM rule; items accessed in at least θ of the
 //!   last τ intervals.
 //! * [`Improved`]: this project's estimator; each item's rhythm (its mean gap
 //!   between accesses), calibrated by a staleness curve learned from the
@@ -24,7 +24,7 @@ mod window;
 pub use hierarchical::Hierarchical;
 pub use improved::Improved;
 pub use lru::Lru;
-pub use original::{Denning, Original};
+pub use original::WindowFrequency;
 
 use serde::{Deserialize, Serialize};
 
@@ -112,8 +112,8 @@ impl EstimatorKind {
     pub fn build(self, items: u32, horizon: u32) -> Box<dyn Estimator> {
         match self {
             EstimatorKind::Lru => Box::new(Lru::new(items)),
-            EstimatorKind::Denning => Box::new(Denning::new(items, 8)),
-            EstimatorKind::Original => Box::new(Original::new(items, 8, 2)),
+            EstimatorKind::Denning => Box::new(WindowFrequency::denning(items, 8)),
+            EstimatorKind::Original => Box::new(WindowFrequency::original(items, 8, 2)),
             EstimatorKind::Improved => Box::new(Improved::new(items, horizon)),
             EstimatorKind::Hierarchical => Box::new(Hierarchical::new(items, horizon)),
         }

@@ -5,68 +5,42 @@ use super::window::WindowCounts;
 use super::{Estimator, Goal};
 use crate::pageset::PageSet;
 
-/// Denning's working set W(t, τ): every item accessed in the last τ intervals.
-pub struct Denning {
-    counts: WindowCounts,
-}
-
-impl Denning {
-    pub fn new(items: u32, window: u8) -> Self {
-        Denning {
-            counts: WindowCounts::new(items, window),
-        }
-    }
-}
-
-impl Estimator for Denning {
-    fn name(&self) -> &'static str {
-        "denning"
-    }
-
-    fn items(&self) -> u32 {
-        self.counts.items()
-    }
-
-    fn observe(&mut self, accessed: &[u32]) {
-        self.counts.push(accessed);
-    }
-
-    fn score(&self, item: u32) -> f64 {
-        f64::from(self.counts.count(item)) / self.counts.window() as f64
-    }
-
-    fn scored(&self) -> Vec<(u32, f64)> {
-        scored(&self.counts)
-    }
-
-    fn predict(&self, _goal: &Goal) -> PageSet {
-        at_least(&self.counts, 1)
-    }
-}
-
-/// The original MLLM estimator: an item is in the workingset when it was
-/// accessed in at least θ of the last τ intervals.
-pub struct Original {
+/// A window-frequency estimator: an item is in the workingset when it was
+/// accessed in at least θ of the last τ intervals. Denning's working set is
+/// θ = 1; the original MLLM rule uses a larger θ.
+pub struct WindowFrequency {
+    name: &'static str,
     counts: WindowCounts,
     threshold: u8,
 }
 
-impl Original {
-    pub fn new(items: u32, window: u8, threshold: u8) -> Self {
+impl WindowFrequency {
+    /// Denning's working set W(t, τ): every item accessed in the last τ intervals.
+    pub fn denning(items: u32, window: u8) -> Self {
+        WindowFrequency::new("denning", items, window, 1)
+    }
+
+    /// The original MLLM estimator: accessed in at least θ of the last τ intervals.
+    pub fn original(items: u32, window: u8, threshold: u8) -> Self {
+        WindowFrequency::new("original", items, window, threshold)
+    }
+
+    fn new(name: &'static str, items: u32, window: u8, threshold: u8) -> Self {
         assert!(
             threshold >= 1 && threshold <= window,
             "threshold must be within the window"
         );
-        Original {
+        WindowFrequency {
+            name,
             counts: WindowCounts::new(items, window),
             threshold,
         }
     }
 }
 
-impl Estimator for Original {
+impl Estimator for WindowFrequency {
     fn name(&self) -> &'static str {
-        "original"
+        self.name
     }
 
     fn items(&self) -> u32 {
@@ -119,8 +93,8 @@ mod tests {
 
     #[test]
     fn original_needs_threshold_hits_denning_one() {
-        let mut original = Original::new(10, 4, 2);
-        let mut denning = Denning::new(10, 4);
+        let mut original = WindowFrequency::original(10, 4, 2);
+        let mut denning = WindowFrequency::denning(10, 4);
         for accessed in [&[1, 2][..], &[2], &[3]] {
             original.observe(accessed);
             denning.observe(accessed);
@@ -135,7 +109,7 @@ mod tests {
 
     #[test]
     fn items_age_out_of_the_window() {
-        let mut denning = Denning::new(10, 2);
+        let mut denning = WindowFrequency::denning(10, 2);
         denning.observe(&[1]);
         denning.observe(&[]);
         denning.observe(&[]);
