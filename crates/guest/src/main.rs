@@ -102,7 +102,7 @@ struct LoadArgs {
     /// Share of each page's or block's payload that is random, incompressible
     /// bytes; the rest is zeros. 0 compresses to nothing, 1 not at all.
     #[arg(long, default_value_t = 0.5, value_parser = parse_fraction)]
-    compressibility: f64,
+    random_fraction: f64,
     /// Seconds per full verification pass (fractions allowed); 0 turns it off.
     #[arg(long, default_value_t = 2.0, value_parser = parse_seconds)]
     verify_every_s: f64,
@@ -122,7 +122,7 @@ impl LoadArgs {
             skew: self.skew,
             write_rate: self.write_rate,
             read_pct: self.read_pct,
-            random_fraction: self.compressibility,
+            random_fraction: self.random_fraction,
             verify_every,
             seed: self.seed,
         }

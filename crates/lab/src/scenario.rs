@@ -119,8 +119,8 @@ pub struct AccessPattern {
     #[serde(default = "default_read_pct")]
     pub read_pct: u32,
     /// Fraction of each page that is incompressible random bytes.
-    #[serde(default = "default_compressibility")]
-    pub compressibility: f64,
+    #[serde(default = "default_random_fraction")]
+    pub random_fraction: f64,
 }
 
 fn default_size() -> ByteSize {
@@ -138,7 +138,7 @@ fn default_skew() -> String {
 fn default_read_pct() -> u32 {
     50
 }
-fn default_compressibility() -> f64 {
+fn default_random_fraction() -> f64 {
     0.5
 }
 
@@ -302,9 +302,9 @@ impl AccessPattern {
             self.read_pct
         );
         ensure!(
-            (0.0..=1.0).contains(&self.compressibility),
-            "{table}.compressibility = {} must be in [0, 1] (fraction of random bytes per page)",
-            self.compressibility
+            (0.0..=1.0).contains(&self.random_fraction),
+            "{table}.random_fraction = {} must be in [0, 1] (fraction of random bytes per page)",
+            self.random_fraction
         );
         let skew_ok = self.skew == "uniform"
             || self
@@ -328,7 +328,7 @@ impl AccessPattern {
             format!("--skew={}", self.skew),
             format!("--write-rate={}", self.write_rate),
             format!("--read-pct={}", self.read_pct),
-            format!("--compressibility={}", self.compressibility),
+            format!("--random-fraction={}", self.random_fraction),
         ]
     }
 }

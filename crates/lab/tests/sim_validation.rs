@@ -55,7 +55,7 @@ hot_fraction = 0.1
 hot_access_pct = 90
 skew = "zipf:0.9"
 write_rate = 2000
-compressibility = 0.5
+random_fraction = 0.5
 [link]
 bandwidth = "100Mbit"
 rtt = "50ms"
