@@ -28,12 +28,11 @@ struct Route {
 impl Route {
     fn through(link: &Link, with_disk: bool) -> Result<Route> {
         let destination_migration_port = free_port()?;
-        let disk = match with_disk {
-            true => {
-                let nbd_port = free_port()?;
-                Some((link.forward(local(nbd_port))?, nbd_port))
-            }
-            false => None,
+        let disk = if with_disk {
+            let nbd_port = free_port()?;
+            Some((link.forward(local(nbd_port))?, nbd_port))
+        } else {
+            None
         };
         Ok(Route {
             migration_via_link: link.forward(local(destination_migration_port))?,
