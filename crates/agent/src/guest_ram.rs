@@ -10,17 +10,19 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
-use mllm_wire::{RamDigest, PAGE_SIZE};
+use anyhow::{bail, Context, Result};
+use mllm_core::memory::{pages_in, PageIndex, PAGE_SIZE};
+use mllm_wire::RamDigest;
 
 /// Pages per digest range: 1 MiB, so a mismatch points at a small region
 /// while the digest of a 4 GiB guest stays a few thousand entries.
-const DIGEST_PAGES_PER_RANGE: usize = 256;
+const DIGEST_PAGES_PER_RANGE: PageIndex = 256;
 
 pub struct GuestRam {
     path: PathBuf,
     base: *mut u8,
     len: usize,
+    pages: PageIndex,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every access
@@ -39,12 +41,16 @@ impl GuestRam {
             .write(true)
             .open(path)
             .with_context(context)?;
-        let len = usize::try_from(file.metadata().with_context(context)?.len())?;
-        ensure!(
-            len > 0 && len % PAGE_SIZE == 0,
-            "guest RAM file {} is {len} bytes, not a positive multiple of the {PAGE_SIZE}-byte page",
-            path.display()
-        );
+        let file_len = file.metadata().with_context(context)?.len();
+        let len = usize::try_from(file_len)?;
+        let Some(pages) = pages_in(file_len) else {
+            bail!(
+                "guest RAM file {} is {len} bytes, not a positive multiple of the {PAGE_SIZE}-byte page \
+                 (or more than {} pages)",
+                path.display(),
+                PageIndex::MAX
+            );
+        };
         // SAFETY: a fresh shared mapping of a file we opened read-write; the
         // kernel picks the address; the result is checked below.
         let base = unsafe {
@@ -64,6 +70,7 @@ impl GuestRam {
             path: path.to_owned(),
             base: base.cast(),
             len,
+            pages,
         })
     }
 
@@ -75,11 +82,11 @@ impl GuestRam {
         self.len as u64
     }
 
-    pub fn pages(&self) -> u64 {
-        (self.len / PAGE_SIZE) as u64
+    pub fn pages(&self) -> PageIndex {
+        self.pages
     }
 
-    fn page_ptr(&self, index: u64) -> *mut u8 {
+    fn page_ptr(&self, index: PageIndex) -> *mut u8 {
         assert!(
             index < self.pages(),
             "page {index} outside guest RAM of {} pages",
@@ -91,17 +98,17 @@ impl GuestRam {
 
     /// Copies page `index` as it is now; the guest may be changing it, in
     /// which case the tracker reports the page again.
-    pub fn read_page(&self, index: u64, out: &mut [u8; PAGE_SIZE]) {
+    pub fn read_page(&self, index: PageIndex, out: &mut [u8; PAGE_SIZE]) {
         // SAFETY: page_ptr checked the bounds; `out` is a separate buffer.
         unsafe { std::ptr::copy_nonoverlapping(self.page_ptr(index), out.as_mut_ptr(), PAGE_SIZE) }
     }
 
-    pub fn write_page(&mut self, index: u64, data: &[u8; PAGE_SIZE]) {
+    pub fn write_page(&mut self, index: PageIndex, data: &[u8; PAGE_SIZE]) {
         // SAFETY: page_ptr checked the bounds; `data` is a separate buffer.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.page_ptr(index), PAGE_SIZE) }
     }
 
-    pub fn zero_page(&mut self, index: u64) {
+    pub fn zero_page(&mut self, index: PageIndex) {
         // SAFETY: page_ptr checked the bounds.
         unsafe { std::ptr::write_bytes(self.page_ptr(index), 0, PAGE_SIZE) }
     }

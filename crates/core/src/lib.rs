@@ -3,6 +3,7 @@
 //! migration planner.
 
 pub mod link;
+pub mod memory;
 pub mod metrics;
 pub mod pageset;
 pub mod planner;

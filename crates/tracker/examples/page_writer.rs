@@ -17,7 +17,7 @@ use std::io::{self, BufRead, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-const PAGE_SIZE: usize = 4096;
+use mllm_tracker::PAGE_SIZE;
 
 struct SharedRam {
     base: *mut u8,

@@ -83,7 +83,7 @@ fn cpus() -> usize {
 /// Spawns a writer with all of its RAM populated, as a running guest's is.
 fn populated_writer(bytes: u64) -> PageWriter {
     let mut writer = PageWriter::spawn(bytes, true);
-    let pages = bytes / PAGE_SIZE;
+    let pages = bytes / PAGE_SIZE as u64;
     assert_eq!(writer.command(&format!("stride 0 1 {pages}")), pages);
     writer
 }
@@ -99,7 +99,7 @@ fn armed_tracker(writer: &PageWriter) -> Result<PagemapScanTracker> {
 fn scan_times(bytes: u64) -> Result<()> {
     let mut writer = populated_writer(bytes);
     let mut tracker = armed_tracker(&writer)?;
-    let pages = bytes / PAGE_SIZE;
+    let pages = bytes / PAGE_SIZE as u64;
     let mut written = Vec::new();
     for pattern in PATTERNS {
         let count = pages * pattern.percent / 100;
@@ -144,7 +144,7 @@ fn writer_slowdown() -> Result<()> {
     let mut untracked = populated_writer(SLOWDOWN_SIZE);
     let mut tracked = populated_writer(SLOWDOWN_SIZE);
     let mut tracker = armed_tracker(&tracked)?;
-    let pages = SLOWDOWN_SIZE / PAGE_SIZE;
+    let pages = SLOWDOWN_SIZE / PAGE_SIZE as u64;
     let hot_sets = HOT_SET_PERCENTS.map(|percent| pages * percent / 100);
     // best[hot set][0]: tracking off; best[hot set][1 + i]: SCAN_INTERVALS[i].
     let mut best = [[0.0f64; 1 + SCAN_INTERVALS.len()]; HOT_SET_PERCENTS.len()];
@@ -171,7 +171,11 @@ fn writer_slowdown() -> Result<()> {
     println!("\n|---|---|{}", "---|".repeat(SCAN_INTERVALS.len()));
     for (hot, rates) in hot_sets.iter().zip(best) {
         let off = rates[0];
-        print!("| {} MiB | {:.1} |", hot * PAGE_SIZE / MIB, off / 1e6);
+        print!(
+            "| {} MiB | {:.1} |",
+            hot * PAGE_SIZE as u64 / MIB,
+            off / 1e6
+        );
         for on in &rates[1..] {
             print!(" {:.1} ({:+.0}%) |", on / 1e6, (on / off - 1.0) * 100.0);
         }

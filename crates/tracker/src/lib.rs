@@ -18,7 +18,6 @@ mod detect;
 mod hook_client;
 mod maps;
 mod pagemap_scan;
-mod pages;
 mod soft_dirty;
 mod uapi;
 
@@ -28,8 +27,8 @@ use std::time::Duration;
 pub use detect::detect;
 pub use hook_client::{arm_hook, ArmedHook, UffdFeatures};
 pub use maps::{find_ram_mapping, RamMapping};
+pub use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE};
 pub use pagemap_scan::PagemapScanTracker;
-pub use pages::{PageRange, PAGE_SIZE};
 pub use soft_dirty::SoftDirtyTracker;
 
 /// Reports the guest-RAM pages a process writes.

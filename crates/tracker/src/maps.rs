@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::pages::PAGE_SIZE;
+use mllm_core::memory::{pages_in, PageIndex, PAGE_SIZE};
 
 /// Guest RAM as mapped in a process: `len` bytes from address `start`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +19,16 @@ impl RamMapping {
         self.start + self.len
     }
 
-    pub fn pages(&self) -> u64 {
-        self.len / PAGE_SIZE
+    pub fn pages(&self) -> PageIndex {
+        pages_in(self.len)
+            .expect("find_ram_mapping checks that guest RAM is whole, numberable pages")
+    }
+
+    /// The page holding `address`, which must lie within the mapping.
+    pub fn page_at(&self, address: u64) -> PageIndex {
+        debug_assert!((self.start..=self.end()).contains(&address));
+        PageIndex::try_from((address - self.start) / PAGE_SIZE as u64)
+            .expect("an address within the mapping is within its page count")
     }
 }
 
@@ -77,6 +85,13 @@ fn ram_mapping_in(maps: &str, backing_file: &Path) -> Result<RamMapping> {
         );
         ram.len += piece.end - piece.start;
     }
+    ensure!(
+        pages_in(ram.len).is_some(),
+        "{wanted} is mapped over {} bytes: not a whole number of {PAGE_SIZE}-byte pages, \
+         or more than {} of them",
+        ram.len,
+        PageIndex::MAX
+    );
     Ok(ram)
 }
 

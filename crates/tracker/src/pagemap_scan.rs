@@ -12,12 +12,12 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::hook_client::{ArmedHook, UffdFeatures};
 use crate::maps::RamMapping;
-use crate::pages::{push_merged, PageRange, PAGE_SIZE};
 use crate::uapi::{
     PageRegion, PmScanArg, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
     PM_SCAN_WP_MATCHING,
 };
 use crate::{ScanStats, TrackingMethod, WriteTracker};
+use mllm_core::memory::{push_merged, total_pages, PageRange};
 
 /// Output regions per ioctl. A full buffer only costs another call, which
 /// resumes where the kernel stopped; 4096 regions (96 KiB) cover the
@@ -94,9 +94,9 @@ impl WriteTracker for PagemapScanTracker {
             let filled = pagemap_scan(&self.pagemap, &mut arg).context("PAGEMAP_SCAN")?;
             kernel_calls += 1;
             for region in &self.output[..filled] {
-                let first = (region.start - self.ram.start) / PAGE_SIZE;
-                let last = (region.end - self.ram.start) / PAGE_SIZE;
-                push_merged(written, PageRange::new(first, last));
+                let first = self.ram.page_at(region.start);
+                let end = self.ram.page_at(region.end);
+                push_merged(written, PageRange::new(first, end));
             }
             if arg.walk_end >= arg.end {
                 break;
@@ -110,7 +110,7 @@ impl WriteTracker for PagemapScanTracker {
             arg.start = arg.walk_end;
         }
         Ok(ScanStats {
-            pages_written: written.iter().map(PageRange::len).sum(),
+            pages_written: total_pages(written),
             ranges: written.len(),
             kernel_calls,
             duration: started.elapsed(),

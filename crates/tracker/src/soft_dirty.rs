@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::maps::RamMapping;
-use crate::pages::{push_merged, PageRange, PAGE_SIZE};
 use crate::{ScanStats, TrackingMethod, WriteTracker};
+use mllm_core::memory::{push_merged, total_pages, PageIndex, PageRange, PAGE_SIZE};
 
 const SOFT_DIRTY_BIT: u64 = 1 << 55;
 const PAGEMAP_ENTRY_LEN: usize = 8;
 /// Pagemap entries read per call: 512 KiB of entries, 256 MiB of guest RAM.
-const ENTRIES_PER_READ: usize = 64 * 1024;
+const ENTRIES_PER_READ: PageIndex = 64 * 1024;
 const CLEAR_SOFT_DIRTY: &[u8] = b"4";
 /// How long a process may take to stop all its threads after SIGSTOP.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,7 +47,7 @@ impl SoftDirtyTracker {
             ram,
             pagemap,
             clear_refs,
-            entries: vec![0; ENTRIES_PER_READ * PAGEMAP_ENTRY_LEN],
+            entries: vec![0; ENTRIES_PER_READ as usize * PAGEMAP_ENTRY_LEN],
         })
     }
 
@@ -55,11 +55,11 @@ impl SoftDirtyTracker {
     /// soft-dirty bit: kernels built without `CONFIG_MEM_SOFT_DIRTY` accept
     /// the clear but never set the bit.
     pub fn check_kernel_support() -> Result<()> {
-        let mut page = vec![0u8; 2 * PAGE_SIZE as usize];
-        let offset = page.as_ptr().align_offset(PAGE_SIZE as usize);
-        let page = &mut page[offset..offset + PAGE_SIZE as usize];
+        let mut page = vec![0u8; 2 * PAGE_SIZE];
+        let offset = page.as_ptr().align_offset(PAGE_SIZE);
+        let page = &mut page[offset..offset + PAGE_SIZE];
         let pagemap = File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
-        let entry_at = (page.as_ptr() as u64 / PAGE_SIZE) * PAGEMAP_ENTRY_LEN as u64;
+        let entry_at = (page.as_ptr() as u64 / PAGE_SIZE as u64) * PAGEMAP_ENTRY_LEN as u64;
         let soft_dirty = |page: &[u8]| -> Result<bool> {
             // Read the page so the compiler keeps the writes before this point.
             std::hint::black_box(page[0]);
@@ -94,9 +94,10 @@ impl WriteTracker for SoftDirtyTracker {
         let mut kernel_calls = 0;
         let mut page = 0;
         while page < self.ram.pages() {
-            let count = (self.ram.pages() - page).min(ENTRIES_PER_READ as u64);
+            let count = (self.ram.pages() - page).min(ENTRIES_PER_READ);
             let bytes = &mut self.entries[..count as usize * PAGEMAP_ENTRY_LEN];
-            let entry_at = (self.ram.start / PAGE_SIZE + page) * PAGEMAP_ENTRY_LEN as u64;
+            let entry_at =
+                (self.ram.start / PAGE_SIZE as u64 + u64::from(page)) * PAGEMAP_ENTRY_LEN as u64;
             self.pagemap
                 .read_exact_at(bytes, entry_at)
                 .with_context(|| format!("reading /proc/{}/pagemap", self.pid))?;
@@ -106,7 +107,7 @@ impl WriteTracker for SoftDirtyTracker {
         }
         clear_soft_dirty(&mut self.clear_refs)?;
         Ok(ScanStats {
-            pages_written: written.iter().map(PageRange::len).sum(),
+            pages_written: total_pages(written),
             ranges: written.len(),
             kernel_calls: kernel_calls + 1,
             duration: started.elapsed(),
@@ -116,11 +117,10 @@ impl WriteTracker for SoftDirtyTracker {
 
 /// Appends the pages whose pagemap entry (in `entries`, the entry of page
 /// `first_page` first) has the soft-dirty bit.
-fn collect_soft_dirty(entries: &[u8], first_page: u64, written: &mut Vec<PageRange>) {
-    for (index, entry) in entries.chunks_exact(PAGEMAP_ENTRY_LEN).enumerate() {
+fn collect_soft_dirty(entries: &[u8], first_page: PageIndex, written: &mut Vec<PageRange>) {
+    for (page, entry) in (first_page..).zip(entries.chunks_exact(PAGEMAP_ENTRY_LEN)) {
         let entry = u64::from_ne_bytes(entry.try_into().expect("chunk of 8 bytes"));
         if entry & SOFT_DIRTY_BIT != 0 {
-            let page = first_page + index as u64;
             push_merged(written, PageRange::new(page, page + 1));
         }
     }

@@ -4,13 +4,13 @@
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::page_batch::PAGE_SIZE;
+use mllm_core::memory::{PageIndex, PAGE_SIZE};
 
 /// Digest of `page_count` pages starting at `first_page`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRangeDigest {
-    pub first_page: u64,
-    pub page_count: u64,
+    pub first_page: PageIndex,
+    pub page_count: PageIndex,
     /// xxh3-128: the check guards against bugs, not adversaries, and must hash gigabytes
     /// while the VM is paused, so speed beats cryptographic strength here.
     pub digest: u128,
@@ -26,17 +26,23 @@ impl RamDigest {
     ///
     /// # Panics
     /// If `pages_per_range` is zero.
-    pub fn compute(ram: &[u8], pages_per_range: usize) -> Self {
+    /// If `pages_per_range` is zero, or `ram` holds more pages than a
+    /// [`PageIndex`] numbers.
+    pub fn compute(ram: &[u8], pages_per_range: PageIndex) -> Self {
         assert!(
             pages_per_range > 0,
             "a digest range holds at least one page"
         );
+        let pages_of = |bytes: usize| {
+            PageIndex::try_from(bytes.div_ceil(PAGE_SIZE)).expect("guest RAM fits PageIndex")
+        };
+        let range_bytes = pages_per_range as usize * PAGE_SIZE;
         let ranges = ram
-            .chunks(pages_per_range * PAGE_SIZE)
+            .chunks(range_bytes)
             .enumerate()
             .map(|(range, bytes)| PageRangeDigest {
-                first_page: (range * pages_per_range) as u64,
-                page_count: bytes.len().div_ceil(PAGE_SIZE) as u64,
+                first_page: pages_of(range * range_bytes),
+                page_count: pages_of(bytes.len()),
                 digest: xxh3_128(bytes),
             })
             .collect();

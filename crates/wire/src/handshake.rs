@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::compression::Compression;
 use crate::error::WireError;
 use crate::frame::read_until_eof;
-use crate::page_batch::PAGE_SIZE;
+use mllm_core::memory::PAGE_SIZE;
 
 pub const PROTOCOL_VERSION: u16 = 1;
 

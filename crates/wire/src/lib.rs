@@ -28,8 +28,11 @@ pub use message::{
     Abort, Ack, DestinationRunning, DeviceState, DeviceStateEnd, FrameType, Message, MessageType,
     MigrationAccept, MigrationReject, MigrationRequest, Progress, RoundEnd, SwitchoverReady,
 };
+/// The page size pages travel in; defined by `mllm-core`, re-exported for
+/// code that only speaks the protocol.
+pub use mllm_core::memory::PAGE_SIZE;
 pub use page_batch::{
     DecodedPages, PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind,
-    MAX_BATCH_PAGES, PAGE_SIZE,
+    MAX_BATCH_PAGES,
 };
 pub use traffic::{Traffic, TrafficClass, TypeTraffic};

@@ -4,13 +4,12 @@
 
 use std::slice;
 
+use mllm_core::memory::{PageIndex, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::compression::{Compression, CompressionSetting, Compressor, Decompressor};
 use crate::error::WireError;
 use crate::message::MessageType;
-
-pub const PAGE_SIZE: usize = 4096;
 
 /// Upper bound on pages per batch, enforced by the decoder: it caps the memory a
 /// received batch can make the destination allocate (4 MiB of page data).
@@ -26,8 +25,7 @@ pub enum PageKind {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageEntry {
-    /// Page number within guest RAM (byte offset / `PAGE_SIZE`).
-    pub index: u64,
+    pub index: PageIndex,
     pub kind: PageKind,
 }
 
@@ -80,7 +78,7 @@ impl PageBatchBuilder {
     /// # Panics
     /// If the batch was already full.
     #[must_use = "a full batch must be finished before the next push"]
-    pub fn push(&mut self, index: u64, page: &[u8; PAGE_SIZE]) -> bool {
+    pub fn push(&mut self, index: PageIndex, page: &[u8; PAGE_SIZE]) -> bool {
         assert!(!self.is_full(), "push into a full page batch");
         let kind = if is_zero(page) {
             PageKind::Zero
@@ -200,7 +198,7 @@ pub struct DecodedPages<'a> {
 }
 
 impl<'a> Iterator for DecodedPages<'a> {
-    type Item = (u64, PageContent<'a>);
+    type Item = (PageIndex, PageContent<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
         let entry = self.pages.next()?;

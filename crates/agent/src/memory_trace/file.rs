@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE};
 use mllm_core::trace::binary::MemoryTraceWriter;
 use mllm_core::trace::{MemoryTraceHeader, WriteInterval};
-use mllm_tracker::{PageRange, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 
 /// What a recorded trace holds and where it is. The intervals stay in the
@@ -35,12 +35,11 @@ pub(crate) struct TraceFile {
 
 impl TraceFile {
     /// Creates (or truncates) `path` for a guest of `pages` pages.
-    pub fn create(path: &Path, pages: u64) -> Result<TraceFile> {
+    pub fn create(path: &Path, pages: PageIndex) -> Result<TraceFile> {
         let context = || format!("creating memory trace {}", path.display());
         let header = MemoryTraceHeader {
             page_size: PAGE_SIZE as u32,
-            page_count: u32::try_from(pages)
-                .context("guest RAM has more pages than a trace can index")?,
+            page_count: pages,
         };
         let file = File::create(path).with_context(context)?;
         let writer = MemoryTraceWriter::new(BufWriter::new(file), header).with_context(context)?;
@@ -59,13 +58,7 @@ impl TraceFile {
     /// Appends one scan: the pages `written` in the `duration` since the
     /// previous scan.
     pub fn push(&mut self, duration: Duration, written: &[PageRange]) -> Result<()> {
-        // Page indices fit in u32: they are below the page count of the
-        // header, which `create` checked.
-        let pages: Vec<u32> = written
-            .iter()
-            .flat_map(PageRange::pages)
-            .map(|page| page as u32)
-            .collect();
+        let pages: Vec<PageIndex> = written.iter().flat_map(PageRange::pages).collect();
         let page_writes = pages.len() as u64;
         // Readers reject intervals of zero length; two scans within one
         // microsecond are the only way to get one.

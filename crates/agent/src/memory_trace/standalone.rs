@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use mllm_core::memory::pages_in;
 use mllm_qemu::QemuProcess;
-use mllm_tracker::PAGE_SIZE;
 
 use super::{ScanSchedule, TraceFile, TraceSummary};
 use crate::tracking::start_tracking;
@@ -24,7 +24,8 @@ pub fn record_memory_trace(
     length: Duration,
 ) -> Result<TraceSummary> {
     ensure!(!interval.is_zero(), "the trace interval must be positive");
-    let pages = (vm.config.memory_mib << 20) / PAGE_SIZE;
+    let pages = pages_in(vm.config.memory_mib << 20)
+        .with_context(|| format!("VM {} has no usable RAM size", vm.config.name))?;
     let mut trace = TraceFile::create(path, pages)?;
     let mut tracker = start_tracking(vm, ram_file)?;
     let started = Instant::now();

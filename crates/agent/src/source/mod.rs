@@ -211,7 +211,7 @@ fn run(
         switch_reason: precopy.reason,
         pages_sent,
         // Round 1 sends every page once: every later page is a resend.
-        retransmitted_pages: pages_sent.saturating_sub(ram.pages()),
+        retransmitted_pages: pages_sent.saturating_sub(u64::from(ram.pages())),
         rounds,
         memory_bytes: sent.class_bytes(TrafficClass::Memory),
         device_state_bytes: switched.device_state_bytes,

@@ -6,6 +6,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
+use mllm_core::memory::PageIndex;
 use mllm_wire::{
     CompressionSetting, Message, PageBatch, PageBatchBuilder, RoundEnd, CHECKSUM_LEN, HEADER_LEN,
     PAGE_SIZE,
@@ -88,7 +89,7 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Reads page `index` now and adds it to the current batch.
-    pub fn send_page(&mut self, ram: &GuestRam, index: u64) -> Result<()> {
+    pub fn send_page(&mut self, ram: &GuestRam, index: PageIndex) -> Result<()> {
         ram.read_page(index, &mut self.page);
         if self.builder.push(index, &self.page) {
             self.flush()?;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use mllm_tracker::PageRange;
+use mllm_core::memory::{total_pages, PageRange};
 
 use super::policy::{decide, AfterScan, Decision};
 use super::SourceContext;
@@ -34,7 +34,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<PrecopyEnd> {
         let state = AfterScan {
             rounds_done: ctx.pipeline.round() - 1,
             elapsed: ctx.started.elapsed(),
-            dirty_pages: dirty.iter().map(PageRange::len).sum(),
+            dirty_pages: total_pages(&dirty),
             unacked_bytes: flow.unacked_bytes,
             bytes_per_page: ctx.pipeline.bytes_per_written_page(),
             rate: flow.rate,
@@ -63,7 +63,7 @@ pub(super) fn send_round(
     ranges: &[PageRange],
     stopped: bool,
 ) -> Result<RoundReport> {
-    let total: u64 = ranges.iter().map(PageRange::len).sum();
+    let total = total_pages(ranges);
     let mut sent = 0;
     for range in ranges {
         for page in range.pages() {

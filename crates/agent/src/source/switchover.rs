@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use mllm_core::memory::{self, PageRange};
 use mllm_qemu::qmp::wall_clock_us;
-use mllm_tracker::PageRange;
 use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message};
 use serde_json::json;
 
 use super::precopy::send_round;
-use super::writes::merge_ranges;
 use super::SourceContext;
 use crate::device_state::OutgoingDeviceState;
 use crate::progress::Phase;
@@ -37,7 +36,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Sw
         .context("stopping the source VM")?;
     let stopped_us = wall_clock_us();
     let written = ctx.writes.take().context("final scan")?;
-    let last = merge_ranges(dirty, &written);
+    let last = memory::union(dirty, &written);
     send_round(ctx, Phase::FinalRound, &last, true)?;
     if ctx.settings.verify {
         // The sender is still busy with the final pages while this hashes.

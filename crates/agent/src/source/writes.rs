@@ -8,7 +8,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use mllm_tracker::{PageRange, WriteTracker};
+use mllm_core::memory::{self, PageRange};
+use mllm_tracker::WriteTracker;
 
 use crate::memory_trace::{ScanSchedule, TraceFile, TraceSummary};
 
@@ -85,7 +86,7 @@ impl WriteLog {
         let now = Instant::now();
         self.record(now);
         self.last_scan = now;
-        self.pending = merge_ranges(&self.pending, &self.scanned);
+        self.pending = memory::union(&self.pending, &self.scanned);
         Ok(())
     }
 
@@ -122,20 +123,6 @@ impl WriteLog {
     }
 }
 
-/// Union of two sorted lists of disjoint ranges, sorted and merged.
-pub(crate) fn merge_ranges(a: &[PageRange], b: &[PageRange]) -> Vec<PageRange> {
-    let mut all: Vec<PageRange> = a.iter().chain(b).copied().collect();
-    all.sort_by_key(|range| range.start);
-    let mut merged: Vec<PageRange> = Vec::with_capacity(all.len());
-    for range in all {
-        match merged.last_mut() {
-            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
-            _ => merged.push(range),
-        }
-    }
-    merged
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -166,7 +153,7 @@ mod tests {
         }
     }
 
-    fn tracker(scans: &[&[(u64, u64)]]) -> (Box<dyn WriteTracker>, Arc<AtomicU32>) {
+    fn tracker(scans: &[&[(u32, u32)]]) -> (Box<dyn WriteTracker>, Arc<AtomicU32>) {
         let calls = Arc::new(AtomicU32::new(0));
         let scans = scans
             .iter()
@@ -218,7 +205,7 @@ mod tests {
     fn a_trace_that_cannot_be_written_is_given_up_and_scanning_goes_on() {
         // Every other page written: one run per page, enough to overflow the
         // file's buffer at the first interval.
-        let scattered: Vec<(u64, u64)> = (0..10_000).map(|i| (2 * i, 2 * i + 1)).collect();
+        let scattered: Vec<(u32, u32)> = (0..10_000).map(|i| (2 * i, 2 * i + 1)).collect();
         let (tracker, _) = tracker(&[&scattered, &[(1, 2)]]);
         let full_disk = TraceFile::create(Path::new("/dev/full"), 20_000).unwrap();
         let mut writes = WriteLog::new(tracker, Some(full_disk), Duration::from_secs(3600));
@@ -228,24 +215,5 @@ mod tests {
         assert_eq!(summary.intervals, 0);
         let error = summary.error.expect("the write error is reported");
         assert!(error.contains("/dev/full"), "{error}");
-    }
-
-    #[test]
-    fn merged_ranges_cover_each_page_once() {
-        let a = [PageRange::new(0, 4), PageRange::new(10, 12)];
-        let b = [
-            PageRange::new(2, 6),
-            PageRange::new(12, 13),
-            PageRange::new(20, 21),
-        ];
-        assert_eq!(
-            merge_ranges(&a, &b),
-            [
-                PageRange::new(0, 6),
-                PageRange::new(10, 13),
-                PageRange::new(20, 21)
-            ]
-        );
-        assert!(merge_ranges(&[], &[]).is_empty());
     }
 }

@@ -64,8 +64,10 @@ impl Drop for Qemu {
 fn pages_written(tracker: &mut dyn WriteTracker) -> u64 {
     let mut written = Vec::new();
     let stats = tracker.scan(&mut written).expect("scan");
-    let ram_pages = (RAM_MIB << 20) / PAGE_SIZE;
-    assert!(written.iter().all(|range| range.end <= ram_pages));
+    let ram_pages = (RAM_MIB << 20) / PAGE_SIZE as u64;
+    assert!(written
+        .iter()
+        .all(|range| u64::from(range.end) <= ram_pages));
     stats.pages_written
 }
 

@@ -4,14 +4,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
 use mllm_tracker::{
-    arm_hook, detect, PageRange, PagemapScanTracker, RamMapping, SoftDirtyTracker, TrackingMethod,
-    WriteTracker, PAGE_SIZE,
+    arm_hook, detect, PageIndex, PageRange, PagemapScanTracker, RamMapping, SoftDirtyTracker,
+    TrackingMethod, WriteTracker, PAGE_SIZE,
 };
 
 use crate::support::PageWriter;
 
 const RAM_BYTES: u64 = 64 << 20;
-const RAM_PAGES: u64 = RAM_BYTES / PAGE_SIZE;
+const RAM_PAGES: PageIndex = (RAM_BYTES / PAGE_SIZE as u64) as PageIndex;
 /// The write-protect features the hook must obtain on Linux 6.7+:
 /// WP_HUGETLBFS_SHMEM, WP_UNPOPULATED, WP_ASYNC.
 const WRITE_PROTECT_FEATURES: u64 = (1 << 12) | (1 << 13) | (1 << 15);
@@ -27,8 +27,8 @@ fn armed_tracker(writer: &PageWriter) -> PagemapScanTracker {
     PagemapScanTracker::new(writer.pid(), ram, armed).expect("tracker")
 }
 
-fn write(writer: &mut PageWriter, pages: &[u64]) {
-    let list: Vec<String> = pages.iter().map(u64::to_string).collect();
+fn write(writer: &mut PageWriter, pages: &[PageIndex]) {
+    let list: Vec<String> = pages.iter().map(PageIndex::to_string).collect();
     assert_eq!(
         writer.command(&format!("pages {}", list.join(" "))),
         pages.len() as u64
@@ -47,7 +47,7 @@ fn scan(tracker: &mut dyn WriteTracker) -> Vec<PageRange> {
 }
 
 /// The ranges covering `pages` (sorted, distinct).
-fn ranges(pages: &[u64]) -> Vec<PageRange> {
+fn ranges(pages: &[PageIndex]) -> Vec<PageRange> {
     let mut ranges: Vec<PageRange> = Vec::new();
     for &page in pages {
         match ranges.last_mut() {
@@ -63,7 +63,7 @@ fn the_writer_mapping_is_found_by_its_file() {
     let writer = PageWriter::spawn(RAM_BYTES, true);
     let ram = writer.ram();
     assert_eq!(ram.len, RAM_BYTES);
-    assert_eq!(ram.start % PAGE_SIZE, 0);
+    assert_eq!(ram.start % PAGE_SIZE as u64, 0);
 }
 
 #[test]
@@ -88,7 +88,10 @@ fn populated_and_unpopulated_pages_are_tracked_alike() {
     // Map the first half into the page tables before arming; the second half
     // stays unpopulated.
     let half = RAM_PAGES / 2;
-    assert_eq!(writer.command(&format!("stride 0 1 {half}")), half);
+    assert_eq!(
+        writer.command(&format!("stride 0 1 {half}")),
+        u64::from(half)
+    );
     let mut tracker = armed_tracker(&writer);
     assert_eq!(scan(&mut tracker), []);
 
@@ -102,7 +105,7 @@ fn a_full_output_buffer_resumes_where_the_walk_stopped() {
     let mut writer = PageWriter::spawn(RAM_BYTES, true);
     let mut tracker = armed_tracker(&writer).with_output_regions(3);
     // 100 separate runs of one or two pages.
-    let pages: Vec<u64> = (0..100)
+    let pages: Vec<PageIndex> = (0..100)
         .flat_map(|i| {
             let page = i * 97;
             if i % 3 == 0 {
@@ -178,8 +181,8 @@ fn the_hook_refuses_bad_requests_and_rearms_once_released() {
     assert!(raw_request(&writer, "MISSING 1000 4096").starts_with("ERR "));
 
     let unmapped = RamMapping {
-        start: PAGE_SIZE,
-        len: PAGE_SIZE,
+        start: PAGE_SIZE as u64,
+        len: PAGE_SIZE as u64,
     };
     let error = arm_hook(writer.socket(), unmapped).unwrap_err();
     assert!(

@@ -34,7 +34,7 @@ fn random_page(mut state: u64) -> Box<Page> {
     page
 }
 
-fn build(setting: CompressionSetting, pages: &[(u64, Box<Page>)]) -> PageBatch {
+fn build(setting: CompressionSetting, pages: &[(u32, Box<Page>)]) -> PageBatch {
     let mut builder = PageBatchBuilder::new(setting, MAX_BATCH_PAGES).unwrap();
     for (index, page) in pages {
         let _ = builder.push(*index, page);
@@ -42,7 +42,7 @@ fn build(setting: CompressionSetting, pages: &[(u64, Box<Page>)]) -> PageBatch {
     builder.finish().unwrap()
 }
 
-fn decoded(batch: &PageBatch) -> Result<Vec<(u64, Option<Page>)>, WireError> {
+fn decoded(batch: &PageBatch) -> Result<Vec<(u32, Option<Page>)>, WireError> {
     let mut decoder = PageBatchDecoder::new();
     Ok(decoder
         .decode(batch)?
@@ -104,7 +104,7 @@ fn a_single_non_zero_byte_makes_a_data_page() {
 
 #[test]
 fn each_algorithm_round_trips_and_shrinks_compressible_pages() {
-    let pages: Vec<(u64, Box<Page>)> = (0..16)
+    let pages: Vec<(u32, Box<Page>)> = (0..16)
         .map(|i| (i * 3, compressible_page(i as u8)))
         .collect();
     for setting in SETTINGS {
@@ -124,7 +124,7 @@ fn each_algorithm_round_trips_and_shrinks_compressible_pages() {
 
 #[test]
 fn incompressible_pages_are_sent_uncompressed() {
-    let pages: Vec<(u64, Box<Page>)> = (0..4).map(|i| (i, random_page(i + 1))).collect();
+    let pages: Vec<(u32, Box<Page>)> = (0..4).map(|i| (i, random_page(u64::from(i) + 1))).collect();
     for setting in SETTINGS {
         let batch = build(setting, &pages);
         assert_eq!(batch.compression, Compression::None, "{setting:?}");
@@ -176,7 +176,7 @@ fn assert_malformed(batch: &PageBatch) {
 
 #[test]
 fn a_payload_that_disagrees_with_the_page_list_is_refused() {
-    let pages: Vec<(u64, Box<Page>)> = (0..3).map(|i| (i, compressible_page(i as u8))).collect();
+    let pages: Vec<(u32, Box<Page>)> = (0..3).map(|i| (i, compressible_page(i as u8))).collect();
     for setting in SETTINGS {
         let batch = build(setting, &pages);
 
@@ -215,8 +215,8 @@ fn a_batch_over_the_page_limit_is_refused() {
 
 #[test]
 fn a_full_batch_of_random_pages_fits_in_a_frame() {
-    let pages: Vec<(u64, Box<Page>)> = (0..MAX_BATCH_PAGES as u64)
-        .map(|i| (i, random_page(i + 1)))
+    let pages: Vec<(u32, Box<Page>)> = (0..MAX_BATCH_PAGES as u32)
+        .map(|i| (i, random_page(u64::from(i) + 1)))
         .collect();
     let batch = build(CompressionSetting::Zstd { level: 1 }, &pages);
     FrameWriter::new(Vec::new()).send(&batch.into()).unwrap();
@@ -261,7 +261,7 @@ proptest! {
     /// Random pages through builder, frames and decoder come out as they went in.
     #[test]
     fn random_batches_round_trip_through_the_link(
-        shapes in prop::collection::vec((any::<u64>(), page_shape()), 0..40),
+        shapes in prop::collection::vec((any::<u32>(), page_shape()), 0..40),
         setting in prop::sample::select(SETTINGS.to_vec()),
         capacity in 1..16usize,
     ) {
