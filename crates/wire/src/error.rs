@@ -3,6 +3,7 @@
 use std::io;
 
 use crate::compression::Compression;
+use crate::conversation::Phase;
 use crate::handshake::Role;
 use crate::message::{FrameType, MessageType};
 
@@ -55,6 +56,14 @@ pub enum WireError {
 
     #[error("page size mismatch: this agent uses {ours} bytes, the peer {theirs} bytes")]
     PageSizeMismatch { ours: u32, theirs: u32 },
+
+    /// The peer (or this agent) broke the order of [`crate::conversation`].
+    #[error("protocol error: the {from} sent {message}, which is not valid while the conversation is {phase}")]
+    OutOfOrder {
+        message: MessageType,
+        from: Role,
+        phase: Phase,
+    },
 
     #[error("page batch capacity {requested} is outside 1..={max}")]
     BatchCapacity { requested: usize, max: usize },

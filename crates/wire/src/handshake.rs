@@ -14,7 +14,8 @@ use crate::error::WireError;
 use crate::frame::read_until_eof;
 use mllm_core::memory::PAGE_SIZE;
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// See [`crate::conversation`] for what changes it.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 const MAGIC: [u8; 8] = *b"MLLMLINK";
 const VERSION_LEN: usize = 2;

@@ -5,12 +5,14 @@
 //! capabilities; a version mismatch fails on both sides, naming both versions, before
 //! anything else is sent. After it, every [`Message`] travels as one checksummed frame
 //! through a [`FrameWriter`] / [`FrameReader`] pair, which also account the bytes of
-//! each message type ([`Traffic`]).
+//! each message type ([`Traffic`]). Which message may follow which, the sequence of a
+//! migration and the rule for changing the protocol version are in [`conversation`].
 //!
 //! Guest RAM moves in [`PageBatch`]es built by [`PageBatchBuilder`] (zero pages as
 //! markers, data pages compressed as one block) and read back by [`PageBatchDecoder`].
 
 mod compression;
+pub mod conversation;
 mod digest;
 mod error;
 mod frame;
@@ -24,9 +26,10 @@ pub use digest::{PageRangeDigest, RamDigest};
 pub use error::WireError;
 pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
 pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};
+pub use conversation::Conversation;
 pub use message::{
     Abort, Ack, DestinationRunning, DeviceState, DeviceStateEnd, FrameType, Message, MessageType,
-    MigrationAccept, MigrationReject, MigrationRequest, Progress, RoundEnd, SwitchoverReady,
+    MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, RoundEnd, SourceStopped,
 };
 /// The page size pages travel in; defined by `mllm-core`, re-exported for
 /// code that only speaks the protocol.

@@ -1,5 +1,6 @@
 //! Every message the agents exchange, in one table: its type code on the wire,
-//! its body, and the traffic class its bytes are accounted under.
+//! its body, and the traffic class its bytes are accounted under. When each
+//! may be sent is the business of [`crate::conversation`].
 
 use std::fmt;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::RamDigest;
 use crate::error::WireError;
+use crate::frame::{CHECKSUM_LEN, HEADER_LEN};
 use crate::page_batch::PageBatch;
 use crate::traffic::TrafficClass;
 
@@ -19,8 +21,24 @@ pub struct MigrationRequest {
     pub page_size: u32,
     /// Size of each guest disk, in the order the VM attaches them.
     pub disk_bytes: Vec<u64>,
-    /// Name of the migration policy, e.g. "precopy".
-    pub policy: String,
+    pub policy: MigrationPolicy,
+}
+
+/// How the source intends to move the guest's memory: the destination
+/// refuses a policy it cannot serve before a page moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MigrationPolicy {
+    /// Rounds of pages while the guest runs, the last round with it paused;
+    /// the destination holds every page before it resumes.
+    Precopy,
+}
+
+impl fmt::Display for MigrationPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MigrationPolicy::Precopy => "pre-copy",
+        })
+    }
 }
 
 /// Destination is ready to receive pages for the requested VM.
@@ -41,13 +59,10 @@ pub struct RoundEnd {
     pub pages: u64,
 }
 
-/// Source tells the destination how far the migration is, for its own progress display.
+/// The source VM is paused: the pages that follow are the final round, and
+/// the guest's memory on the source no longer changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    pub round: u32,
-    pub bytes_sent: u64,
-    pub bytes_remaining: u64,
-}
+pub struct SourceStopped;
 
 /// A chunk of QEMU's device-state migration stream, relayed unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,10 +77,6 @@ pub struct DeviceStateEnd {
     pub total_bytes: u64,
 }
 
-/// Source has sent everything the destination needs to start the VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwitchoverReady;
-
 /// Destination's VM runs: the source may release its copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRunning;
@@ -76,7 +87,8 @@ pub struct Abort {
     pub reason: String,
 }
 
-/// Generic positive reply to a request that needs no data back.
+/// From the destination: one page batch is written. From the source, after
+/// `DestinationRunning`: the source has let the VM go.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack;
 
@@ -130,6 +142,16 @@ macro_rules! message_table {
                 }
             }
 
+            /// Bytes this message takes on the link: frame header, body
+            /// and checksum. Exact, so flow control and reports count what
+            /// the link carries.
+            pub fn frame_len(&self) -> u64 {
+                let body = match self {
+                    $( Message::$name(body) => encoded_len(body), )+
+                };
+                (HEADER_LEN + body + CHECKSUM_LEN) as u64
+            }
+
             /// Appends the body's encoding to `out`.
             pub(crate) fn encode_body(&self, out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
                 match self {
@@ -157,21 +179,29 @@ macro_rules! message_table {
     };
 }
 
-// Codes are part of the protocol: never reuse or renumber one; add new ones at the end.
+// Codes are part of the protocol: never reuse or renumber one; add new ones
+// at the end. Retired, never to be reused: 6 (Progress) and 9
+// (SwitchoverReady), removed in version 2 as nothing sent them.
 message_table! {
     1 => MigrationRequest: Control,
     2 => MigrationAccept: Control,
     3 => MigrationReject: Control,
     4 => PageBatch: Memory,
     5 => RoundEnd: Memory,
-    6 => Progress: Control,
     7 => DeviceState: DeviceState,
     8 => DeviceStateEnd: DeviceState,
-    9 => SwitchoverReady: Control,
     10 => DestinationRunning: Control,
     11 => Abort: Control,
     12 => RamDigest: Verification,
     13 => Ack: Control,
+    14 => SourceStopped: Control,
+}
+
+/// Encoded size of a body: postcard's size-counting flavor walks the value
+/// without writing it.
+fn encoded_len<T: Serialize>(body: &T) -> usize {
+    postcard::serialize_with_flavor(body, postcard::ser_flavors::Size::default())
+        .expect("counting bytes cannot fail")
 }
 
 /// Decodes a body that must fill the payload exactly: trailing bytes mean the peer

@@ -11,7 +11,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
-use mllm_wire::{Message, MigrationAccept, MigrationReject, MigrationRequest, Role, PAGE_SIZE};
+use mllm_wire::{
+    Conversation, Message, MessageType, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, Role,
+    PAGE_SIZE,
+};
 
 use crate::device_state::IncomingDeviceState;
 use crate::guest_ram::GuestRam;
@@ -51,6 +54,7 @@ pub fn receive_migration(
 /// A migration whose request has arrived but is not yet accepted.
 pub struct IncomingMigration {
     link: PeerLink,
+    conversation: Conversation,
     request: MigrationRequest,
     timeout: Duration,
     started_us: u64,
@@ -62,20 +66,19 @@ impl IncomingMigration {
         let started_us = wall_clock_us();
         let timeout = settings.link_timeout;
         let mut link = PeerLink::establish(stream, Role::Destination, timeout)?;
-        let request = match link
+        let mut conversation = Conversation::new(Role::Destination);
+        let first = link
             .reader
             .recv()
             .map_err(|e| link_failure(e, "source agent", timeout))
-            .context("waiting for the migration request")?
-        {
-            Message::MigrationRequest(request) => request,
-            other => bail!(
-                "the source began with {} instead of a migration request",
-                other.message_type()
-            ),
+            .context("waiting for the migration request")?;
+        conversation.received(first.message_type())?;
+        let Message::MigrationRequest(request) = first else {
+            unreachable!("the conversation admits only a request first")
         };
         Ok(IncomingMigration {
             link,
+            conversation,
             request,
             timeout,
             started_us,
@@ -88,6 +91,7 @@ impl IncomingMigration {
 
     /// Refuses the migration, telling the source `reason`.
     pub fn reject(mut self, reason: &str) -> Result<()> {
+        self.conversation.sending(MessageType::MigrationReject)?;
         self.link
             .writer
             .send(&Message::MigrationReject(MigrationReject {
@@ -111,10 +115,12 @@ impl IncomingMigration {
         };
         let IncomingMigration {
             mut link,
+            mut conversation,
             timeout,
             started_us,
             ..
         } = self;
+        conversation.sending(MessageType::MigrationAccept)?;
         link.writer
             .send(&Message::MigrationAccept(MigrationAccept))
             .map_err(|e| link_failure(e, "source agent", timeout))?;
@@ -123,6 +129,7 @@ impl IncomingMigration {
             ram,
             device_state,
             link,
+            conversation,
             timeout,
             started_us,
             vm_name.clone(),
@@ -138,11 +145,10 @@ impl IncomingMigration {
         ram_file: &Path,
     ) -> Result<(GuestRam, IncomingDeviceState)> {
         let request = &self.request;
-        if request.policy != "precopy" {
-            bail!(
-                "unknown migration policy {:?} (this agent knows precopy)",
-                request.policy
-            );
+        // Policies this agent cannot serve do not decode; the match is the
+        // place a policy with its own needs gets them checked.
+        match request.policy {
+            MigrationPolicy::Precopy => {}
         }
         if request.page_size != PAGE_SIZE as u32 {
             bail!(

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Abort, Ack, DestinationRunning, Message, PageBatch, PageBatchDecoder, PageContent, RamDigest,
-    TrafficClass,
+    Abort, Ack, Conversation, DestinationRunning, Message, PageBatch, PageBatchDecoder, PageContent,
+    RamDigest, TrafficClass,
 };
 use serde_json::json;
 
@@ -32,6 +32,8 @@ pub(super) struct Receiver<'a> {
     ram: GuestRam,
     device_state: Option<IncomingDeviceState>,
     link: PeerLink,
+    /// Every message in and out is checked against it.
+    conversation: Conversation,
     timeout: Duration,
     decoder: PageBatchDecoder,
     vm_name: String,
@@ -50,6 +52,7 @@ impl<'a> Receiver<'a> {
         ram: GuestRam,
         device_state: IncomingDeviceState,
         link: PeerLink,
+        conversation: Conversation,
         timeout: Duration,
         started_us: u64,
         vm_name: String,
@@ -59,6 +62,7 @@ impl<'a> Receiver<'a> {
             ram,
             device_state: Some(device_state),
             link,
+            conversation,
             timeout,
             decoder: PageBatchDecoder::new(),
             vm_name,
@@ -80,8 +84,9 @@ impl<'a> Receiver<'a> {
                 let abort = Message::Abort(Abort {
                     reason: format!("{error:#}"),
                 });
-                // The source learns of a broken link by itself.
-                if self.link.writer.send(&abort).is_ok() {
+                // After the source's own abort there is nobody to tell; the
+                // source learns of a broken link by itself.
+                if self.send(&abort).is_ok() {
                     self.link.close_gracefully(ABORT_LINGER);
                 }
                 Err(error)
@@ -97,7 +102,7 @@ impl<'a> Receiver<'a> {
                     self.rounds = end.round;
                     tracing::info!(round = end.round, pages = end.pages, "round received");
                 }
-                Message::Progress(_) => {}
+                Message::SourceStopped(_) => tracing::info!("source VM paused: final round"),
                 Message::RamDigest(digest) => self.verify(&digest)?,
                 Message::DeviceState(state) => {
                     self.device_state_bytes += state.chunk.len() as u64;
@@ -107,24 +112,29 @@ impl<'a> Receiver<'a> {
                 Message::Abort(abort) => {
                     bail!("the source aborted the migration: {}", abort.reason)
                 }
-                other => bail!(
-                    "unexpected {} message from the source",
+                other => unreachable!(
+                    "the conversation admitted {} from the source while receiving",
                     other.message_type()
                 ),
             }
         }
     }
 
+    /// The next message, checked against the conversation.
     fn next_message(&mut self) -> Result<Message> {
         let timeout = self.timeout;
-        self.link
+        let message = self
+            .link
             .reader
             .recv()
-            .map_err(|e| link_failure(e, "source agent", timeout))
+            .map_err(|e| link_failure(e, "source agent", timeout))?;
+        self.conversation.received(message.message_type())?;
+        Ok(message)
     }
 
     fn send(&mut self, message: &Message) -> Result<()> {
         let timeout = self.timeout;
+        self.conversation.sending(message.message_type())?;
         self.link
             .writer
             .send(message)
@@ -247,8 +257,12 @@ impl<'a> Receiver<'a> {
         self.send(&Message::DestinationRunning(DestinationRunning))?;
         match self.next_message()? {
             Message::Ack(_) => Ok(()),
-            other => bail!(
-                "the source answered DestinationRunning with {}",
+            Message::Abort(abort) => bail!(
+                "the source aborted after the VM started here: {}",
+                abort.reason
+            ),
+            other => unreachable!(
+                "the conversation admitted {} while awaiting the release",
                 other.message_type()
             ),
         }

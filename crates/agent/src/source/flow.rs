@@ -11,6 +11,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use mllm_wire::{Conversation, MessageType, WireError};
 
 use super::rate::DeliveryRate;
 
@@ -31,8 +32,10 @@ pub(crate) struct FlowSnapshot {
     pub rate: Option<f64>,
 }
 
-#[derive(Default)]
 struct FlowState {
+    /// Every frame sent and received is checked against it; the sender and
+    /// receiver threads share it, so it lives here.
+    conversation: Conversation,
     /// Sizes of queued, unacknowledged batches, oldest first.
     unacked: VecDeque<u64>,
     unacked_bytes: u64,
@@ -62,13 +65,38 @@ impl FlowState {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Flow {
     state: Mutex<FlowState>,
     changed: Condvar,
 }
 
 impl Flow {
+    /// Flow of a conversation in which the migration was just accepted.
+    pub(crate) fn new(conversation: Conversation) -> Flow {
+        Flow {
+            state: Mutex::new(FlowState {
+                conversation,
+                unacked: VecDeque::new(),
+                unacked_bytes: 0,
+                acked_bytes: 0,
+                sent_bytes: 0,
+                rate: DeliveryRate::default(),
+                outcome: None,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Checks a frame about to be sent against the conversation.
+    pub(crate) fn sending(&self, message: MessageType) -> Result<(), WireError> {
+        self.lock().conversation.sending(message).map(drop)
+    }
+
+    /// Checks a frame the destination sent against the conversation.
+    pub(crate) fn received(&self, message: MessageType) -> Result<(), WireError> {
+        self.lock().conversation.received(message).map(drop)
+    }
+
     fn lock(&self) -> MutexGuard<'_, FlowState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -175,11 +203,20 @@ impl Flow {
 
 #[cfg(test)]
 mod tests {
+    use mllm_wire::Role;
+
     use super::*;
+
+    fn accepted() -> Flow {
+        let mut conversation = Conversation::new(Role::Source);
+        conversation.sending(MessageType::MigrationRequest).unwrap();
+        conversation.received(MessageType::MigrationAccept).unwrap();
+        Flow::new(conversation)
+    }
 
     #[test]
     fn acknowledgements_retire_batches_in_order() {
-        let flow = Flow::default();
+        let flow = accepted();
         flow.queued(100);
         flow.queued(50);
         flow.acknowledged(Instant::now()).unwrap();
@@ -191,7 +228,7 @@ mod tests {
 
     #[test]
     fn the_first_failure_is_the_one_reported() {
-        let flow = Flow::default();
+        let flow = accepted();
         flow.end(PeerOutcome::Failed("destination aborted: disk full".into()));
         flow.end(PeerOutcome::Failed("link closed".into()));
         let err = flow
@@ -203,7 +240,7 @@ mod tests {
 
     #[test]
     fn waiting_ends_when_the_condition_holds() {
-        let flow = Flow::default();
+        let flow = accepted();
         flow.queued(10);
         std::thread::scope(|scope| {
             scope.spawn(|| {

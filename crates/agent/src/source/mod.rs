@@ -19,7 +19,8 @@ use anyhow::{bail, ensure, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    CompressionSetting, Message, MigrationRequest, Negotiated, Role, TrafficClass, PAGE_SIZE,
+    CompressionSetting, Conversation, Message, MigrationPolicy, MigrationRequest, Negotiated, Role,
+    TrafficClass, PAGE_SIZE,
 };
 use serde_json::json;
 
@@ -152,14 +153,15 @@ fn run(
         None => None,
     };
     let mut link = PeerLink::establish(stream, Role::Source, settings.link_timeout)?;
-    request_migration(&mut link, vm, &ram, settings.link_timeout)?;
+    let mut conversation = Conversation::new(Role::Source);
+    request_migration(&mut link, &mut conversation, vm, &ram, settings.link_timeout)?;
     let compression = usable_compression(settings.compression, &link.negotiated);
     ignore_shared_ram(vm)?;
     let tracker = start_tracking(vm, ram_file)?;
     let tracking_method = tracker.method().to_string();
     let writes = WriteLog::new(tracker, trace, settings.trace_interval);
 
-    let flow = Flow::default();
+    let flow = Flow::new(conversation);
     let PeerLink {
         reader,
         writer,
@@ -231,33 +233,38 @@ fn run(
 
 fn request_migration(
     link: &mut PeerLink,
+    conversation: &mut Conversation,
     vm: &QemuProcess,
     ram: &GuestRam,
     timeout: Duration,
 ) -> Result<()> {
     let failure = |error| link_failure(error, "destination agent", timeout);
+    let request = Message::MigrationRequest(MigrationRequest {
+        vm_name: vm.config.name.clone(),
+        ram_bytes: ram.len_bytes(),
+        page_size: PAGE_SIZE as u32,
+        disk_bytes: Vec::new(),
+        policy: MigrationPolicy::Precopy,
+    });
+    conversation.sending(request.message_type())?;
     link.writer
-        .send(&Message::MigrationRequest(MigrationRequest {
-            vm_name: vm.config.name.clone(),
-            ram_bytes: ram.len_bytes(),
-            page_size: PAGE_SIZE as u32,
-            disk_bytes: Vec::new(),
-            policy: "precopy".into(),
-        }))
+        .send(&request)
         .map_err(failure)
         .context("sending the migration request")?;
-    match link
+    let answer = link
         .reader
         .recv()
         .map_err(failure)
-        .context("waiting for the answer to the migration request")?
-    {
+        .context("waiting for the answer to the migration request")?;
+    conversation.received(answer.message_type())?;
+    match answer {
         Message::MigrationAccept(_) => Ok(()),
         Message::MigrationReject(reject) => {
             bail!("the destination refused the migration: {}", reject.reason)
         }
-        other => bail!(
-            "the destination answered the migration request with {}",
+        Message::Abort(abort) => bail!("the destination aborted the migration: {}", abort.reason),
+        other => unreachable!(
+            "the conversation admitted {} as an answer",
             other.message_type()
         ),
     }

@@ -7,29 +7,12 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use mllm_core::memory::PageIndex;
-use mllm_wire::{
-    CompressionSetting, Message, PageBatch, PageBatchBuilder, RoundEnd, CHECKSUM_LEN, HEADER_LEN,
-    PAGE_SIZE,
-};
+use mllm_core::vm::PAGE_HEADER_BYTES;
+use mllm_wire::{CompressionSetting, Message, PageBatchBuilder, RoundEnd, PAGE_SIZE};
 
 use super::flow::Flow;
 use crate::guest_ram::GuestRam;
 use crate::report::RoundReport;
-
-/// Encoded size of one page entry (varint page index and kind): the batch
-/// size used for flow accounting is estimated, as the encoding is the wire
-/// crate's business; the error is a few bytes per batch.
-const ENTRY_BYTES: u64 = 4;
-/// Encoded batch fields other than entries and payload (compression tag, lengths).
-const BATCH_FIXED_BYTES: u64 = 12;
-
-/// Link bytes a batch takes, framing included (see [`ENTRY_BYTES`]).
-fn estimated_frame_bytes(batch: &PageBatch) -> u64 {
-    (HEADER_LEN + CHECKSUM_LEN) as u64
-        + BATCH_FIXED_BYTES
-        + batch.pages.len() as u64 * ENTRY_BYTES
-        + batch.payload.len() as u64
-}
 
 struct RoundCounter {
     round: u32,
@@ -103,17 +86,18 @@ impl<'a> Pipeline<'a> {
             return Ok(());
         }
         let batch = self.builder.finish()?;
-        let bytes = estimated_frame_bytes(&batch);
         let data = batch.data_pages() as u64;
         self.current.pages += batch.pages.len() as u64;
         self.current.zero_pages += batch.pages.len() as u64 - data;
-        self.current.bytes += bytes;
         if data > 0 {
             self.data_pages += data;
-            self.data_bytes += batch.payload.len() as u64 + data * ENTRY_BYTES;
+            self.data_bytes += batch.payload.len() as u64 + data * u64::from(PAGE_HEADER_BYTES);
         }
+        let message = Message::PageBatch(batch);
+        let bytes = message.frame_len();
+        self.current.bytes += bytes;
         self.flow.queued(bytes);
-        self.send(Message::PageBatch(batch))?;
+        self.send(message)?;
         // A failure seen by the I/O threads stops the round at once rather
         // than when the queue next blocks.
         self.flow.check()
@@ -149,7 +133,7 @@ impl<'a> Pipeline<'a> {
     /// rarely zero, so this is the cost of a data page seen so far.
     pub fn bytes_per_written_page(&self) -> f64 {
         if self.data_pages == 0 {
-            (PAGE_SIZE as u64 + ENTRY_BYTES) as f64
+            (PAGE_SIZE as u64 + u64::from(PAGE_HEADER_BYTES)) as f64
         } else {
             self.data_bytes as f64 / self.data_pages as f64
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use mllm_core::memory::{self, PageRange};
 use mllm_qemu::qmp::wall_clock_us;
-use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message};
+use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, SourceStopped};
 use serde_json::json;
 
 use super::precopy::send_round;
@@ -35,6 +35,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Sw
         .execute("stop", json!({}))
         .context("stopping the source VM")?;
     let stopped_us = wall_clock_us();
+    ctx.pipeline.send(Message::SourceStopped(SourceStopped))?;
     let written = ctx.writes.take().context("final scan")?;
     let last = memory::union(dirty, &written);
     send_round(ctx, Phase::FinalRound, &last, true)?;

@@ -23,6 +23,11 @@ pub(crate) fn send_frames(
     timeout: Duration,
 ) -> Traffic {
     for message in queue {
+        if let Err(error) = flow.sending(message.message_type()) {
+            flow.end(PeerOutcome::Failed(format!("{error}")));
+            let _ = socket.shutdown(Shutdown::Both);
+            break;
+        }
         let before = writer.traffic().total_bytes();
         if let Err(error) = writer.send(&message) {
             let cause = link_failure(error, "destination agent", timeout);
@@ -47,7 +52,11 @@ pub(crate) fn receive_frames(
     timeout: Duration,
 ) -> Traffic {
     let failure = loop {
-        match reader.recv() {
+        let message = reader.recv().and_then(|message| {
+            flow.received(message.message_type())?;
+            Ok(message)
+        });
+        match message {
             Ok(Message::Ack(_)) => {
                 if let Err(error) = flow.acknowledged(Instant::now()) {
                     break format!("{error:#}");
@@ -60,12 +69,10 @@ pub(crate) fn receive_frames(
             Ok(Message::Abort(abort)) => {
                 break format!("the destination aborted the migration: {}", abort.reason)
             }
-            Ok(other) => {
-                break format!(
-                    "the destination sent an unexpected {} message",
-                    other.message_type()
-                )
-            }
+            Ok(other) => unreachable!(
+                "the conversation admitted {} from the destination",
+                other.message_type()
+            ),
             Err(error) => break format!("{:#}", link_failure(error, "destination agent", timeout)),
         }
     };

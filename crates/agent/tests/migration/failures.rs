@@ -11,7 +11,10 @@ use std::thread;
 use std::time::Duration;
 
 use mllm_agent::{migrate_source, GuestRam, Phase, PrecopySettings, Progress};
-use mllm_wire::{handshake, Capabilities, FrameReader, Hello, Message, Role};
+use mllm_wire::{
+    handshake, Capabilities, DestinationRunning, FrameReader, FrameWriter, Hello, Message,
+    MigrationAccept, Role,
+};
 
 use crate::protocol::{accept_frame_with_bad_checksum, hello_of_version};
 use crate::support::{link_config, migrate, one_vm_pair_at_a_time, Vm, GUEST_MIB};
@@ -42,6 +45,26 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
     });
     assert!(error.contains("checksum mismatch"), "{error}");
     assert_kept_running(&source, &error, "frame with a bad checksum");
+
+    // A destination that claims to run the VM before it got any of it.
+    let error = against_fake_destination(&source, |stream| {
+        let mut stream = stream;
+        let hello = Hello {
+            role: Role::Destination,
+            capabilities: Capabilities::all(),
+        };
+        handshake(&mut stream, &hello).unwrap();
+        FrameReader::new(&stream).recv().unwrap();
+        let mut writer = FrameWriter::new(&stream);
+        writer.send(&MigrationAccept.into()).unwrap();
+        writer.send(&DestinationRunning.into()).unwrap();
+    });
+    assert!(
+        error.contains("the destination sent DestinationRunning")
+            && error.contains("in pre-copy"),
+        "{error}"
+    );
+    assert_kept_running(&source, &error, "destination running out of order");
 
     let error = migrate_to_new_destination(&source, GUEST_MIB / 2, 1000, |_| false);
     assert!(error.contains("RAM size differs"), "{error}");

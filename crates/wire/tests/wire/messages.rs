@@ -19,6 +19,19 @@ fn every_message_type_round_trips_through_a_stream() {
 }
 
 #[test]
+fn each_message_knows_its_exact_size_on_the_link() {
+    for message in sample_messages() {
+        let bytes = encode(std::slice::from_ref(&message));
+        assert_eq!(
+            message.frame_len(),
+            bytes.len() as u64,
+            "{}",
+            message.message_type()
+        );
+    }
+}
+
+#[test]
 fn type_codes_are_unique_and_stable() {
     for &message_type in MessageType::ALL {
         assert_eq!(
@@ -59,11 +72,11 @@ fn body_with_trailing_bytes_is_malformed() {
 
 #[test]
 fn truncated_body_is_malformed() {
-    let frame = raw_frame(MessageType::Progress.code(), 0, &[1]);
+    let frame = raw_frame(MessageType::RoundEnd.code(), 0, &[1]);
     assert!(matches!(
         decode_one(&frame),
         Err(WireError::Malformed {
-            message_type: MessageType::Progress,
+            message_type: MessageType::RoundEnd,
             ..
         })
     ));

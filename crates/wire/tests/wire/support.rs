@@ -2,8 +2,8 @@
 
 use mllm_wire::{
     Abort, Ack, CompressionSetting, DestinationRunning, DeviceState, DeviceStateEnd, FrameReader,
-    FrameWriter, Message, MigrationAccept, MigrationReject, MigrationRequest, PageBatchBuilder,
-    Progress, RamDigest, RoundEnd, SwitchoverReady, WireError, PAGE_SIZE,
+    FrameWriter, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
+    PageBatchBuilder, RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE,
 };
 
 /// One message of every type, with non-trivial bodies.
@@ -20,7 +20,7 @@ pub fn sample_messages() -> Vec<Message> {
             ram_bytes: 512 << 20,
             page_size: PAGE_SIZE as u32,
             disk_bytes: vec![8 << 30, 1 << 20],
-            policy: "precopy".into(),
+            policy: MigrationPolicy::Precopy,
         }
         .into(),
         MigrationAccept.into(),
@@ -34,12 +34,6 @@ pub fn sample_messages() -> Vec<Message> {
             pages: 131_072,
         }
         .into(),
-        Progress {
-            round: 2,
-            bytes_sent: u64::MAX,
-            bytes_remaining: 0,
-        }
-        .into(),
         DeviceState {
             chunk: (0..3000).map(|i| (i * 7) as u8).collect(),
         }
@@ -48,7 +42,7 @@ pub fn sample_messages() -> Vec<Message> {
             total_bytes: 330_000,
         }
         .into(),
-        SwitchoverReady.into(),
+        SourceStopped.into(),
         DestinationRunning.into(),
         Abort {
             reason: "destination QEMU exited".into(),
