@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use mllm_core::strategy::SwitchReason;
+
 use crate::memory_trace::TraceSummary;
 
 /// One round of page transfer.
@@ -18,18 +20,6 @@ pub struct RoundReport {
     pub duration_ms: f64,
     /// The final round, sent with the VM stopped.
     pub stopped: bool,
-}
-
-/// Why pre-copy ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "reason")]
-pub enum SwitchReason {
-    /// The predicted final transfer fit the downtime target.
-    Converged { predicted_ms: f64 },
-    /// The round bound was hit; switched anyway.
-    RoundLimit { predicted_ms: Option<f64> },
-    /// The time bound was hit; switched anyway.
-    TimeLimit { predicted_ms: Option<f64> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,17 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use mllm_core::planner::PlannerConfig;
+pub use mllm_core::strategy::BoundAction;
+use mllm_core::strategy::{Precopy, PrecopyLimits, Strategy};
 use mllm_wire::{CompressionSetting, MAX_BATCH_PAGES};
-
-/// What to do when pre-copy hits its round or time bound without the
-/// predicted final transfer fitting the downtime target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BoundAction {
-    /// Stop the VM and move what is left, exceeding the downtime target.
-    Switch,
-    /// Give up; the source VM keeps running.
-    Abort,
-}
 
 /// Settings of the source agent's pre-copy.
 #[derive(Debug, Clone)]
@@ -68,6 +61,22 @@ impl Default for PrecopySettings {
 }
 
 impl PrecopySettings {
+    /// The strategy these settings describe: pre-copy until the predicted
+    /// downtime fits the target, within the round and time bounds.
+    pub(crate) fn strategy(&self) -> Box<dyn Strategy> {
+        let config = PlannerConfig {
+            downtime_target_s: self.downtime_target.as_secs_f64(),
+            ..PlannerConfig::default()
+        };
+        let limits = PrecopyLimits {
+            max_rounds: u64::from(self.max_rounds),
+            max_duration_s: self.max_duration.map(|limit| limit.as_secs_f64()),
+            max_sent_ratio: None,
+            on_bound: self.on_bound,
+        };
+        Box::new(Precopy::new(config, limits))
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         if !(1..=MAX_BATCH_PAGES).contains(&self.batch_pages) {
             bail!(

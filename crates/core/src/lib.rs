@@ -7,6 +7,7 @@ pub mod memory;
 pub mod metrics;
 pub mod pageset;
 pub mod planner;
+pub mod strategy;
 pub mod synth;
 pub mod trace;
 pub mod vm;

@@ -13,6 +13,7 @@ use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 use mllm_core::link::Link as ModelLink;
+use mllm_core::strategy::PrecopyLimits;
 use mllm_core::trace::binary::read_memory;
 use mllm_core::trace::MemoryTrace;
 use mllm_core::vm::{PageCost, VmLayout, PAGE_HEADER_BYTES};
@@ -23,7 +24,6 @@ use mllm_lab::paths;
 use mllm_lab::result::RunResult;
 use mllm_lab::run::run_method;
 use mllm_lab::scenario::Scenario;
-use mllm_sim::engine::PrecopyLimits;
 use mllm_sim::source::{zero_pages_outside_writes, TraceSource};
 use mllm_sim::{simulate, Policy, SimConfig, SimResult};
 use tracing::field::{Field, Visit};
@@ -238,7 +238,8 @@ fn simulate_precopy(
     // The lab's mllm-precopy has no round bound, only its timeout.
     config.precopy_limits = PrecopyLimits {
         max_rounds: u64::MAX,
-        max_sent_ratio: f64::INFINITY,
+        max_sent_ratio: None,
+        ..PrecopyLimits::default()
     };
     config.max_duration_s = scenario.timing.migration_timeout.as_secs_f64();
     println!(

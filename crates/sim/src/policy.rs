@@ -5,8 +5,8 @@ use std::fmt;
 use mllm_core::workingset::EstimatorKind;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Hybrid, Mllm, Postcopy, Precopy, Strategy};
 use crate::run::SimConfig;
+use mllm_core::strategy::{Hybrid, Mllm, Postcopy, Precopy, Strategy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -7,7 +7,9 @@ use mllm_core::planner::PlannerConfig;
 use mllm_core::vm::VmLayout;
 use rayon::prelude::*;
 
-use crate::engine::{Migration, PrecopyLimits};
+use mllm_core::strategy::PrecopyLimits;
+
+use crate::engine::Migration;
 use crate::policy::Policy;
 use crate::result::SimResult;
 use crate::source::IntervalSource;

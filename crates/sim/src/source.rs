@@ -1,22 +1,11 @@
 //! What the guest does, interval by interval, during a simulated migration:
 //! from a synthetic workload or from recorded traces.
 
+use mllm_core::strategy::GuestInterval;
 use mllm_core::synth::{DiskWorkload, DiskWorkloadSpec, Workload, WorkloadSpec};
 use mllm_core::trace::{BlockInterval, MemoryTrace, MemoryTraceHeader};
 use mllm_core::vm::DiskLayout;
 use mllm_core::PageSet;
-
-/// One interval of guest activity.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct GuestInterval {
-    pub duration_s: f64,
-    /// Pages written, increasing.
-    pub memory_writes: Vec<u32>,
-    /// Blocks read, increasing.
-    pub disk_reads: Vec<u32>,
-    /// Blocks written, increasing.
-    pub disk_writes: Vec<u32>,
-}
 
 pub trait IntervalSource: Send + Sync {
     /// Interval `index` of the guest's activity; sources are endless.

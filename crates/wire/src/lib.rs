@@ -22,11 +22,11 @@ mod page_batch;
 mod traffic;
 
 pub use compression::{Compression, CompressionSetting};
+pub use conversation::Conversation;
 pub use digest::{PageRangeDigest, RamDigest};
 pub use error::WireError;
 pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
 pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};
-pub use conversation::Conversation;
 pub use message::{
     Abort, Ack, DestinationRunning, DeviceState, DeviceStateEnd, FrameType, Message, MessageType,
     MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, RoundEnd, SourceStopped,

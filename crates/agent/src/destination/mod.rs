@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Conversation, Message, MessageType, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, Role,
-    PAGE_SIZE,
+    Conversation, Message, MessageType, MigrationAccept, MigrationPolicy, MigrationReject,
+    MigrationRequest, Role, PAGE_SIZE,
 };
 
 use crate::device_state::IncomingDeviceState;

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Abort, Ack, Conversation, DestinationRunning, Message, PageBatch, PageBatchDecoder, PageContent,
-    RamDigest, TrafficClass,
+    Abort, Ack, Conversation, DestinationRunning, Message, PageBatch, PageBatchDecoder,
+    PageContent, RamDigest, TrafficClass,
 };
 use serde_json::json;
 

@@ -2,7 +2,6 @@
 
 mod flow;
 mod pipeline;
-mod policy;
 mod precopy;
 mod rate;
 mod reporter;
@@ -16,6 +15,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use mllm_core::strategy::Strategy;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
@@ -26,6 +26,7 @@ use serde_json::json;
 
 use self::flow::Flow;
 use self::pipeline::Pipeline;
+use self::precopy::{Measured, Transfer};
 use self::reporter::Reporter;
 use self::writes::WriteLog;
 use crate::device_state::ignore_shared_ram;
@@ -74,21 +75,34 @@ pub fn migrate_source(
     }
 }
 
-/// What the migration did to the source VM, so a failure can undo it.
-#[derive(Default)]
+/// What the migration did to the source VM, so a failure can undo exactly that.
+#[derive(Debug, Default)]
 struct VmState {
     /// The VM was running when the migration began.
     was_running: bool,
-    /// The migration paused it (or tried to).
-    stopped: bool,
-    /// QEMU's device-state migration was started.
-    qemu_migrating: bool,
+    phase: SourceVmPhase,
+}
+
+/// How far the migration went with the source VM; each phase includes the
+/// ones before it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum SourceVmPhase {
+    /// Running (or paused, as it was): only its memory was read.
+    #[default]
+    Untouched,
+    /// Paused by the migration, or the pause was attempted.
+    Stopped,
+    /// Paused, and QEMU's device-state migration started.
+    QemuMigrating,
 }
 
 /// Everything the pre-copy rounds and the switch-over work with.
 struct SourceContext<'a> {
     vm: &'a QemuProcess,
     ram: &'a GuestRam,
+    /// Decides each pass and the switch (`mllm_core::strategy`).
+    strategy: Box<dyn Strategy>,
+    transfer: Transfer,
     writes: WriteLog,
     pipeline: Pipeline<'a>,
     flow: &'a Flow,
@@ -99,6 +113,17 @@ struct SourceContext<'a> {
 }
 
 impl SourceContext<'_> {
+    fn measure(&self) -> Measured {
+        let flow = self.flow.snapshot();
+        Measured {
+            rate: flow.rate,
+            in_flight_bytes: flow.unacked_bytes,
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            memory_bytes_sent: self.pipeline.memory_bytes(),
+            bytes_per_written_page: self.pipeline.bytes_per_written_page(),
+        }
+    }
+
     /// `pending_bytes`: known to be left beyond the unacknowledged batches.
     fn report(&mut self, phase: Phase, pending_bytes: f64) {
         let flow = self.flow.snapshot();
@@ -154,7 +179,13 @@ fn run(
     };
     let mut link = PeerLink::establish(stream, Role::Source, settings.link_timeout)?;
     let mut conversation = Conversation::new(Role::Source);
-    request_migration(&mut link, &mut conversation, vm, &ram, settings.link_timeout)?;
+    request_migration(
+        &mut link,
+        &mut conversation,
+        vm,
+        &ram,
+        settings.link_timeout,
+    )?;
     let compression = usable_compression(settings.compression, &link.negotiated);
     ignore_shared_ram(vm)?;
     let tracker = start_tracking(vm, ram_file)?;
@@ -177,6 +208,8 @@ fn run(
             let mut ctx = SourceContext {
                 vm,
                 ram: &ram,
+                strategy: settings.strategy(),
+                transfer: Transfer::new(ram.pages()),
                 writes,
                 pipeline: Pipeline::new(queue, &flow, compression, settings.batch_pages)?,
                 flow: &flow,
@@ -186,7 +219,7 @@ fn run(
                 started,
             };
             let precopy = precopy::run(&mut ctx)?;
-            let switched = switchover::run(&mut ctx, &precopy.dirty)?;
+            let switched = switchover::run(&mut ctx)?;
             Ok((
                 precopy,
                 switched,
@@ -285,11 +318,11 @@ fn usable_compression(wanted: CompressionSetting, negotiated: &Negotiated) -> Co
 
 /// Undoes what the failed migration did to the source VM; says what it did.
 fn recover(vm: &QemuProcess, state: &VmState) -> String {
-    if state.qemu_migrating {
+    if state.phase >= SourceVmPhase::QemuMigrating {
         let _ = vm.qmp.execute("migrate_cancel", json!({}));
         wait_for_settled_migration(vm);
     }
-    if !state.stopped {
+    if state.phase < SourceVmPhase::Stopped {
         return "the source VM never stopped".into();
     }
     if !state.was_running {

@@ -149,6 +149,11 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Page-batch bytes queued so far, in every round.
+    pub fn memory_bytes(&self) -> u64 {
+        self.rounds.iter().map(|round| round.bytes).sum::<u64>() + self.current.bytes
+    }
+
     pub fn into_rounds(self) -> Vec<RoundReport> {
         self.rounds
     }

@@ -1,84 +1,151 @@
-//! Pre-copy rounds: round 1 sends every page, each later round the pages the
-//! guest wrote since the previous scan, until the policy says switch.
+//! Pre-copy rounds, as the strategy (`mllm_core::strategy`) orders them:
+//! after each round drains, a scan of the guest's writes, then the
+//! strategy's next pass or its decision to switch.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use mllm_core::memory::{total_pages, PageRange};
+use mllm_core::link::Link;
+use mllm_core::memory::{PageIndex, PageRange};
+use mllm_core::strategy::{Pass, SendQueue, Space, SwitchReason, TransferState};
+use mllm_core::vm::VmLayout;
+use mllm_core::PageSet;
 
-use super::policy::{decide, AfterScan, Decision};
 use super::SourceContext;
 use crate::progress::Phase;
-use crate::report::{RoundReport, SwitchReason};
+use crate::report::RoundReport;
 
 /// Pages between two progress reports while a round is read.
 const PAGES_PER_REPORT: u64 = 64;
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
+/// What the destination holds, in the strategy's terms: pages are valid
+/// once queued and invalid again when a scan finds them written.
+pub(super) struct Transfer {
+    state: TransferState,
+}
+
+impl Transfer {
+    pub fn new(pages: PageIndex) -> Transfer {
+        // Device state is relayed after the switch decision and is not
+        // priced in it, as QEMU's own downtime estimate does not either.
+        let layout = VmLayout::uncompressed(mllm_core::memory::PAGE_SIZE as u32, pages, None, 0);
+        Transfer {
+            state: TransferState {
+                memory_valid: PageSet::new(pages),
+                disk_valid: None,
+                zero_pages: PageSet::new(pages),
+                layout: Arc::new(layout),
+                link: Link {
+                    bandwidth_bytes_per_s: 0.0,
+                    rtt_s: 0.0,
+                    fetch_service_s: 0.0,
+                },
+                in_flight_bytes: 0,
+                elapsed_s: 0.0,
+                memory_bytes_sent: 0,
+            },
+        }
+    }
+
+    /// Pages the guest wrote since the previous scan must be sent again.
+    pub fn written(&mut self, ranges: &[PageRange]) {
+        for range in ranges {
+            for page in range.pages() {
+                self.state.memory_valid.remove(page);
+            }
+        }
+    }
+
+    /// The state as of now, from what the link and pipeline measured.
+    pub fn measured(&mut self, measured: Measured) -> &TransferState {
+        let state = &mut self.state;
+        state.link.bandwidth_bytes_per_s = measured.rate.unwrap_or(0.0);
+        state.in_flight_bytes = measured.in_flight_bytes;
+        state.elapsed_s = measured.elapsed_s;
+        state.memory_bytes_sent = measured.memory_bytes_sent;
+        // Written pages are rarely zero: every pending page is priced as a
+        // data page of the compression seen so far.
+        Arc::make_mut(&mut state.layout).page_cost.data_bytes =
+            measured.bytes_per_written_page.round() as u32;
+        state
+    }
+
+    pub fn state(&self) -> &TransferState {
+        &self.state
+    }
+
+    fn sent(&mut self, page: PageIndex) {
+        self.state.memory_valid.insert(page);
+    }
+}
+
+/// What the source measured, for the strategy.
+pub(super) struct Measured {
+    pub rate: Option<f64>,
+    pub in_flight_bytes: u64,
+    pub elapsed_s: f64,
+    pub memory_bytes_sent: u64,
+    pub bytes_per_written_page: f64,
+}
+
 /// How pre-copy ended.
 pub(super) struct PrecopyEnd {
     pub reason: SwitchReason,
-    /// Pages written since the last round was read: they go in the final round.
-    pub dirty: Vec<PageRange>,
     /// The link rate the decision used.
     pub rate: Option<f64>,
 }
 
 pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<PrecopyEnd> {
-    let everything = [PageRange::new(0, ctx.ram.pages())];
-    send_round(ctx, Phase::Precopy, &everything, false)?;
     loop {
-        wait_for_drain(ctx)?;
-        let dirty = ctx.writes.take()?;
-        let flow = ctx.flow.snapshot();
-        let state = AfterScan {
-            rounds_done: ctx.pipeline.round() - 1,
-            elapsed: ctx.started.elapsed(),
-            dirty_pages: total_pages(&dirty),
-            unacked_bytes: flow.unacked_bytes,
-            bytes_per_page: ctx.pipeline.bytes_per_written_page(),
-            rate: flow.rate,
-        };
-        tracing::debug!(?state, predicted = ?state.predicted_final(), "pre-copy scan");
-        match decide(ctx.settings, &state) {
-            Decision::Switch(reason) => {
-                return Ok(PrecopyEnd {
-                    reason,
-                    dirty,
-                    rate: flow.rate,
-                })
+        let measured = ctx.measure();
+        let rate = measured.rate;
+        let state = ctx.transfer.measured(measured);
+        tracing::debug!(
+            pending_pages = state.pending_pages().count(),
+            in_flight = state.in_flight_bytes,
+            predicted_s = ?state.predicted_downtime_s(),
+            "pre-copy decision"
+        );
+        match ctx.strategy.next_pass(state) {
+            Pass::Send(pass) => {
+                send_round(ctx, Phase::Precopy, pass, false)?;
             }
-            Decision::Abort(reason) => bail!(reason),
-            Decision::Continue => {
-                send_round(ctx, Phase::Precopy, &dirty, false)?;
-            }
+            Pass::Switch(reason) => return Ok(PrecopyEnd { reason, rate }),
+            Pass::Abort(reason) => bail!(reason),
         }
+        wait_for_drain(ctx)?;
+        let written = ctx.writes.take()?;
+        ctx.transfer.written(&written);
     }
 }
 
-/// Reads and queues the pages of `ranges` as one round.
+/// Reads and queues the pages of `pass` as one round.
 pub(super) fn send_round(
     ctx: &mut SourceContext<'_>,
     phase: Phase,
-    ranges: &[PageRange],
+    mut pass: SendQueue,
     stopped: bool,
 ) -> Result<RoundReport> {
-    let total = total_pages(ranges);
+    let total = pass.len() as u64;
     let mut sent = 0;
-    for range in ranges {
-        for page in range.pages() {
-            ctx.pipeline.send_page(ctx.ram, page)?;
-            sent += 1;
-            if sent % PAGES_PER_REPORT == 0 {
-                // The final round runs with the VM stopped: nothing to scan.
-                if !stopped {
-                    ctx.writes.scan_if_due()?;
-                }
-                ctx.report(
-                    phase,
-                    (total - sent) as f64 * ctx.pipeline.bytes_per_page_this_round(),
-                );
+    while let Some((space, page)) = pass.next(|_, _| true) {
+        if space == Space::Disk {
+            bail!("the strategy sent disk block {page}, but this agent moves no disks yet");
+        }
+        ctx.pipeline.send_page(ctx.ram, page)?;
+        ctx.transfer.sent(page);
+        sent += 1;
+        if sent % PAGES_PER_REPORT == 0 {
+            // The final round runs with the VM stopped: nothing to scan.
+            if !stopped {
+                ctx.writes.scan_if_due()?;
             }
+            ctx.report(
+                phase,
+                (total - sent) as f64 * ctx.pipeline.bytes_per_page_this_round(),
+            );
         }
     }
     let report = ctx.pipeline.end_round(stopped)?;

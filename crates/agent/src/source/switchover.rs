@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use mllm_core::memory::{self, PageRange};
+use anyhow::{ensure, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, SourceStopped};
 use serde_json::json;
 
 use super::precopy::send_round;
-use super::SourceContext;
+use super::{SourceContext, SourceVmPhase};
 use crate::device_state::OutgoingDeviceState;
 use crate::progress::Phase;
 
@@ -24,12 +23,12 @@ pub(super) struct Switched {
     pub destination_running_us: u64,
 }
 
-/// `dirty`: pages written after the last pre-copy round was read.
-pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Switched> {
+/// Called once the strategy decided to switch.
+pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched> {
     ctx.report(Phase::FinalRound, 0.0);
     // Marked first: if `stop` fails half-way (a QMP timeout), resuming a
     // running VM is harmless, leaving a stopped one stopped is not.
-    ctx.vm_state.stopped = true;
+    ctx.vm_state.phase = SourceVmPhase::Stopped;
     ctx.vm
         .qmp
         .execute("stop", json!({}))
@@ -37,8 +36,13 @@ pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Sw
     let stopped_us = wall_clock_us();
     ctx.pipeline.send(Message::SourceStopped(SourceStopped))?;
     let written = ctx.writes.take().context("final scan")?;
-    let last = memory::union(dirty, &written);
-    send_round(ctx, Phase::FinalRound, &last, true)?;
+    ctx.transfer.written(&written);
+    let switch = ctx.strategy.switch(ctx.transfer.state());
+    ensure!(
+        switch.postcopy.is_empty(),
+        "the strategy wants pages moved after the switch, which this agent cannot do yet"
+    );
+    send_round(ctx, Phase::FinalRound, switch.downtime, true)?;
     if ctx.settings.verify {
         // The sender is still busy with the final pages while this hashes.
         let digest = ctx.ram.digest();
@@ -46,7 +50,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>, dirty: &[PageRange]) -> Result<Sw
     }
 
     ctx.report(Phase::DeviceState, 0.0);
-    ctx.vm_state.qemu_migrating = true;
+    ctx.vm_state.phase = SourceVmPhase::QemuMigrating;
     let outgoing = OutgoingDeviceState::start(ctx.vm)?;
     let pipeline = &mut ctx.pipeline;
     let device_state_bytes = outgoing

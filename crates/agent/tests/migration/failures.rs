@@ -60,8 +60,7 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
         writer.send(&DestinationRunning.into()).unwrap();
     });
     assert!(
-        error.contains("the destination sent DestinationRunning")
-            && error.contains("in pre-copy"),
+        error.contains("the destination sent DestinationRunning") && error.contains("in pre-copy"),
         "{error}"
     );
     assert_kept_running(&source, &error, "destination running out of order");

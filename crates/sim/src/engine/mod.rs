@@ -31,25 +31,16 @@
 //! the link time pushes the queue. The source is released one round trip after
 //! the last item leaves (arrival plus confirmation).
 
-mod baseline;
-mod mllm;
-mod queue;
-mod strategy;
-
-pub use baseline::{Hybrid, Postcopy, Precopy, PrecopyLimits};
-pub use mllm::Mllm;
-pub use queue::{SendQueue, Space};
-pub use strategy::{Strategy, Switch, TransferState};
-
 use std::sync::Arc;
 
 use mllm_core::link::Link;
+use mllm_core::strategy::{GuestInterval, Pass, SendQueue, Space, Strategy, Switch, TransferState};
 use mllm_core::synth::mix;
 use mllm_core::vm::VmLayout;
 use mllm_core::PageSet;
 
 use crate::result::SimResult;
-use crate::source::{GuestInterval, IntervalSource};
+use crate::source::IntervalSource;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -109,6 +100,8 @@ impl Migration {
             zero_pages: layout.zero_pages.clone(),
             layout: layout.clone(),
             link,
+            in_flight_bytes: 0,
+            elapsed_s: 0.0,
             memory_bytes_sent: 0,
         };
         Migration {
@@ -180,9 +173,18 @@ impl Migration {
         let end = start + interval.duration_s;
         while !self.send_until(end) {
             self.scan();
-            if let Some(pass) = self.strategy.next_pass(&self.state) {
-                self.queue = pass;
-                continue;
+            self.state.elapsed_s = self.link_free_at.max(start);
+            match self.strategy.next_pass(&self.state) {
+                Pass::Send(pass) => {
+                    self.queue = pass;
+                    continue;
+                }
+                Pass::Switch(_) => {}
+                Pass::Abort(_) => {
+                    self.phase = Phase::Done;
+                    self.result.completed = false;
+                    return;
+                }
             }
             let stop = self.link_free_at.max(start);
             let elapsed = ((stop - start) / interval.duration_s).clamp(0.0, 1.0);

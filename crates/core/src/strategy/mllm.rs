@@ -1,12 +1,10 @@
 //! MLLM: the planner's decisions, with estimators that keep learning from the
 //! tracker while the migration runs.
 
-use mllm_core::planner::{self, Forecast, PlanInput, PlannerConfig, Step};
-use mllm_core::workingset::Estimator;
-
 use super::queue::{SendQueue, Space};
-use super::strategy::{Strategy, Switch, TransferState};
-use crate::source::GuestInterval;
+use super::{GuestInterval, Pass, Strategy, Switch, SwitchReason, TransferState};
+use crate::planner::{self, Forecast, PlanInput, PlannerConfig, Step};
+use crate::workingset::Estimator;
 
 pub struct Mllm {
     config: PlannerConfig,
@@ -63,14 +61,14 @@ impl Strategy for Mllm {
         }
     }
 
-    fn next_pass(&mut self, state: &TransferState) -> Option<SendQueue> {
+    fn next_pass(&mut self, state: &TransferState) -> Pass {
         if self.rounds == 0 {
             let plan = planner::plan(&self.input(state));
             self.forecast = Some(plan.forecast);
             self.horizon = plan.horizon;
             self.rounds = 1;
             self.last_pass_bytes = state.pages_bytes(&plan.memory_precopy);
-            return Some(
+            return Pass::Send(
                 SendQueue::new()
                     .then(Space::Disk, plan.disk_first)
                     .then(Space::Memory, plan.memory_precopy),
@@ -87,9 +85,9 @@ impl Strategy for Mllm {
             Step::Pass(pages) => {
                 self.rounds += 1;
                 self.last_pass_bytes = state.pages_bytes(&pages);
-                Some(SendQueue::new().then(Space::Memory, pages))
+                Pass::Send(SendQueue::new().then(Space::Memory, pages))
             }
-            Step::Switch => None,
+            Step::Switch => Pass::Switch(SwitchReason::Planned),
         }
     }
 

@@ -27,6 +27,20 @@ impl SendQueue {
         self
     }
 
+    /// Items left, skipped or not.
+    pub fn len(&self) -> usize {
+        let consumed = self.cursor;
+        self.segments
+            .iter()
+            .map(|(_, items)| items.len())
+            .sum::<usize>()
+            - consumed
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The next item for which `needed` holds; items it rejects (already on
     /// the destination) are dropped without cost.
     pub fn next(&mut self, mut needed: impl FnMut(Space, u32) -> bool) -> Option<(Space, u32)> {
