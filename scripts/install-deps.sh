@@ -35,3 +35,10 @@ if [ "$need_install" -eq 1 ]; then
   apt-get install -y -q busybox-static cpio zstd debootstrap e2fsprogs
 fi
 qemu-system-x86_64 --version | head -1
+
+# .ci/run checks formatting and lints before the tests.
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    rustup component list --installed | grep -q "^$component" || rustup component add "$component"
+  done
+fi
