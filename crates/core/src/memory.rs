@@ -20,7 +20,7 @@ pub type PageIndex = u32;
 /// [`PAGE_SIZE`] that [`PageIndex`] can number.
 pub fn pages_in(bytes: u64) -> Option<PageIndex> {
     let page = PAGE_SIZE as u64;
-    if bytes == 0 || bytes % page != 0 {
+    if bytes == 0 || !bytes.is_multiple_of(page) {
         return None;
     }
     PageIndex::try_from(bytes / page).ok()
