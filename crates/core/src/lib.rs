@@ -2,6 +2,7 @@
 //! synthetic workloads, workingset estimators, prediction metrics and the
 //! migration planner.
 
+pub mod convert;
 pub mod link;
 pub mod memory;
 pub mod metrics;

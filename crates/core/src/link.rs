@@ -32,7 +32,7 @@ impl Link {
 
     /// Bytes the link carries in `seconds`.
     pub fn bytes_in(&self, seconds: f64) -> u64 {
-        (seconds.max(0.0) * self.bandwidth_bytes_per_s) as u64
+        crate::convert::saturating_u64(seconds.max(0.0) * self.bandwidth_bytes_per_s)
     }
 
     /// How long a guest waits for an item it faulted on.

@@ -11,7 +11,10 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 /// Tracking and transfer granularity: the x86-64 and default arm64 base page.
-pub const PAGE_SIZE: usize = 4096;
+pub const PAGE_SIZE: usize = PAGE_SIZE_U32 as usize;
+
+/// [`PAGE_SIZE`] as the `u32` that trace headers and handshakes carry.
+pub const PAGE_SIZE_U32: u32 = 4096;
 
 /// A page number, counted from the start of guest RAM.
 pub type PageIndex = u32;
@@ -20,7 +23,7 @@ pub type PageIndex = u32;
 /// [`PAGE_SIZE`] that [`PageIndex`] can number.
 pub fn pages_in(bytes: u64) -> Option<PageIndex> {
     let page = PAGE_SIZE as u64;
-    if bytes == 0 || bytes % page != 0 {
+    if bytes == 0 || !bytes.is_multiple_of(page) {
         return None;
     }
     PageIndex::try_from(bytes / page).ok()

@@ -190,6 +190,7 @@ impl PageSet {
 }
 
 /// The items of a [`PageSet`], increasing.
+#[derive(Debug)]
 pub struct Items<'a> {
     words: &'a [u64],
     index: usize,
@@ -207,7 +208,9 @@ impl Iterator for Items<'_> {
         }
         let bit = self.bits.trailing_zeros();
         self.bits &= self.bits - 1;
-        Some(self.index as u32 * 64 + bit)
+        let word_start = u32::try_from(self.index * 64)
+            .expect("a PageSet numbers its items in u32, so its word offsets fit in u32");
+        Some(word_start + bit)
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::convert::saturating_u64;
 use crate::rng::SplitMix64;
 use crate::zipf::Zipf;
 
@@ -63,7 +64,7 @@ impl AccessPicker {
     /// `total` ≥ 1 records, `hot_fraction` in (0, 1], `hot_access_pct` ≤ 100.
     pub fn new(total: u64, hot_fraction: f64, hot_access_pct: u8, skew: Skew, seed: u64) -> Self {
         assert!(total >= 1 && hot_access_pct <= 100);
-        let hot = ((total as f64 * hot_fraction).round() as u64).clamp(1, total);
+        let hot = saturating_u64((total as f64 * hot_fraction).round()).clamp(1, total);
         AccessPicker {
             total,
             hot,
@@ -168,7 +169,7 @@ mod tests {
         let mut picker = AccessPicker::new(50, 0.2, 50, Skew::Zipf(0.99), 2);
         let mut seen = [false; 50];
         for _ in 0..20_000 {
-            seen[picker.next_index() as usize] = true;
+            seen[usize::try_from(picker.next_index()).unwrap()] = true;
         }
         assert!(seen.iter().all(|&s| s));
     }
@@ -178,7 +179,7 @@ mod tests {
         let mut picker = AccessPicker::new(1000, 1.0, 100, Skew::Zipf(1.2), 3);
         let mut counts = vec![0u32; 1000];
         for _ in 0..50_000 {
-            counts[picker.next_index() as usize] += 1;
+            counts[usize::try_from(picker.next_index()).unwrap()] += 1;
         }
         assert!(counts[0] > counts[1] && counts[1] > counts[10] && counts[10] > counts[500]);
     }

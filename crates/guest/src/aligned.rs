@@ -10,6 +10,7 @@ use std::ptr::NonNull;
 
 pub const PAGE_SIZE: usize = 4096;
 
+#[derive(Debug)]
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     layout: Layout,

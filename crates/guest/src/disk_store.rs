@@ -65,9 +65,12 @@ pub enum IoMode {
     Buffered,
 }
 
+#[derive(Debug)]
 pub struct DiskStore {
     file: File,
     range: DiskRange,
+    /// `range.block_size`, as the length of a record in memory.
+    block_size: usize,
     format: RecordFormat,
     buffer: AlignedBuf,
 }
@@ -92,10 +95,16 @@ impl DiskStore {
                 ),
             ));
         }
-        let block_size = range.block_size as usize;
+        let block_size = usize::try_from(range.block_size).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("block size {} does not fit in memory", range.block_size),
+            )
+        })?;
         let store = DiskStore {
             file,
             range,
+            block_size,
             format: RecordFormat::new(block_size, seed, random_fraction),
             buffer: AlignedBuf::zeroed(MAX_IO_BYTES.max(block_size)),
         };
@@ -103,7 +112,7 @@ impl DiskStore {
     }
 
     fn records_per_io(&self) -> usize {
-        self.buffer.len() / self.range.block_size as usize
+        self.buffer.len() / self.block_size
     }
 
     fn byte_offset(&self, index: u64) -> u64 {
@@ -130,7 +139,7 @@ impl RecordStore for DiskStore {
     }
 
     fn record_size(&self) -> usize {
-        self.range.block_size as usize
+        self.block_size
     }
 
     fn record_kind(&self) -> &'static str {
@@ -138,7 +147,7 @@ impl RecordStore for DiskStore {
     }
 
     fn write(&mut self, first: u64, versions: &[u64]) -> io::Result<()> {
-        let block_size = self.range.block_size as usize;
+        let block_size = self.block_size;
         for (chunk_index, chunk) in versions.chunks(self.records_per_io()).enumerate() {
             let chunk_first = first + (chunk_index * self.records_per_io()) as u64;
             let bytes = chunk.len() * block_size;
@@ -160,7 +169,7 @@ impl RecordStore for DiskStore {
         versions: &[u64],
         failures: &mut Vec<(u64, Corruption)>,
     ) -> io::Result<()> {
-        let block_size = self.range.block_size as usize;
+        let block_size = self.block_size;
         for (chunk_index, chunk) in versions.chunks(self.records_per_io()).enumerate() {
             let chunk_first = first + (chunk_index * self.records_per_io()) as u64;
             let bytes = chunk.len() * block_size;

@@ -13,6 +13,7 @@
 
 pub mod access;
 mod aligned;
+mod convert;
 pub mod disk_store;
 pub mod heartbeat;
 pub mod pacing;

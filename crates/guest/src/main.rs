@@ -213,7 +213,7 @@ fn execute(command: Command) -> Result<ExitCode> {
             let mut sink = open_output(&out.out)?;
             let code = wrapped::run(&command, &mut sink)?;
             // Exit codes and 128 + signal fit a byte; -1 (no status at all) becomes 255.
-            Ok(ExitCode::from(code as u8))
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
         }
     }
 }

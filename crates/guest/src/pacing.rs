@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::convert::{saturating_u64, saturating_usize};
+
 /// A fixed-rate schedule that stays exact on average although sleeps overshoot.
 ///
 /// Events are due at start, start + interval, start + 2·interval, …; after an
@@ -32,7 +34,7 @@ impl Pacer {
     /// `catch_up` of lag (but always at least one event).
     pub fn per_second(per_second: f64, start: Instant, catch_up: Duration) -> Self {
         let interval = Duration::from_secs_f64(1.0 / per_second).max(Duration::from_nanos(1));
-        let max_burst = (catch_up.as_secs_f64() * per_second) as u64;
+        let max_burst = saturating_u64(catch_up.as_secs_f64() * per_second);
         Pacer::new(interval, start, max_burst)
     }
 
@@ -43,13 +45,14 @@ impl Pacer {
         }
         let interval_ns = self.interval.as_nanos();
         let due = (now - self.next_due).as_nanos() / interval_ns + 1;
-        if due > u128::from(self.max_burst) {
+        let Some(due) = u64::try_from(due).ok().filter(|&due| due <= self.max_burst) else {
             self.next_due = now + self.interval;
             return self.max_burst;
-        }
-        // due · interval ≤ lag + interval, far below u64 nanoseconds.
-        self.next_due += Duration::from_nanos((due * interval_ns) as u64);
-        due as u64
+        };
+        let advance = u64::try_from(u128::from(due) * interval_ns)
+            .expect("due · interval ≤ lag + interval, far below u64 nanoseconds");
+        self.next_due += Duration::from_nanos(advance);
+        due
     }
 
     pub fn next_due(&self) -> Instant {
@@ -72,7 +75,7 @@ pub fn sweep_target(elapsed: Duration, period: Duration, total: usize) -> usize 
         return total;
     }
     let fraction = elapsed.as_secs_f64() / period.as_secs_f64();
-    ((total as f64 * fraction).ceil() as usize).min(total)
+    saturating_usize((total as f64 * fraction).ceil()).min(total)
 }
 
 #[cfg(test)]

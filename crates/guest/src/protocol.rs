@@ -108,6 +108,7 @@ impl fmt::Display for OneLine<'_> {
 }
 
 /// Writes events to a serial port (or any sink), one flushed line each.
+#[derive(Debug)]
 pub struct EventWriter<W: Write> {
     sink: W,
     line: String,

@@ -20,6 +20,7 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::convert::saturating_usize;
 use crate::rng::SplitMix64;
 
 pub const HEADER_LEN: usize = 32;
@@ -84,7 +85,7 @@ impl RecordFormat {
         );
         assert!((0.0..=1.0).contains(&random_fraction));
         let payload_len = size - HEADER_LEN;
-        let random_len = (payload_len as f64 * random_fraction) as usize / 8 * 8;
+        let random_len = saturating_usize(payload_len as f64 * random_fraction) / 8 * 8;
         RecordFormat {
             size,
             seed,

@@ -78,7 +78,7 @@ mod tests {
         let mut rng = SplitMix64::new(9);
         let mut seen = [0u32; 10];
         for _ in 0..10_000 {
-            let v = rng.below(10) as usize;
+            let v = usize::try_from(rng.below(10)).unwrap();
             seen[v] += 1;
         }
         for count in seen {

@@ -30,6 +30,7 @@ pub trait RecordStore {
 }
 
 /// Records in an anonymous memory arena, one per 4 KiB page.
+#[derive(Debug)]
 pub struct MemStore {
     arena: AlignedBuf,
     format: RecordFormat,
@@ -93,7 +94,7 @@ impl RecordStore for MemStore {
 }
 
 fn page_range(index: u64) -> std::ops::Range<usize> {
-    let start = index as usize * PAGE_SIZE;
+    let start = usize::try_from(index).expect("records index the in-memory arena") * PAGE_SIZE;
     start..start + PAGE_SIZE
 }
 

@@ -41,6 +41,7 @@ pub struct WorkloadConfig {
     pub seed: u64,
 }
 
+#[derive(Debug)]
 pub struct Workload<S: RecordStore> {
     store: S,
     config: WorkloadConfig,
@@ -55,6 +56,7 @@ pub struct Workload<S: RecordStore> {
 }
 
 /// Progress of the current verification pass.
+#[derive(Debug)]
 struct Sweep {
     period: Duration,
     started: Instant,
@@ -76,7 +78,11 @@ impl<S: RecordStore> Workload<S> {
             mix: OpMix::new(config.read_pct),
             store,
             config,
-            versions: vec![0; records as usize],
+            versions: vec![
+                0;
+                usize::try_from(records)
+                    .expect("one version per record must fit in memory")
+            ],
             ops_in_window: 0,
             corruptions_seen: 0,
             failures: Vec::new(),
@@ -128,7 +134,7 @@ impl<S: RecordStore> Workload<S> {
             };
             self.check_and_repair(index, 1, context, out)?;
             if op == Op::Write {
-                let slot = &mut self.versions[index as usize];
+                let slot = &mut self.versions[slot(index)];
                 *slot += 1;
                 self.store.write(index, std::slice::from_ref(slot))?;
             }
@@ -146,7 +152,7 @@ impl<S: RecordStore> Workload<S> {
         context: &str,
         out: &mut EventWriter<W>,
     ) -> io::Result<()> {
-        let versions = &self.versions[first as usize..(first + count) as usize];
+        let versions = &self.versions[slot(first)..slot(first + count)];
         self.failures.clear();
         self.store.check(first, versions, &mut self.failures)?;
         for (index, corruption) in std::mem::take(&mut self.failures) {
@@ -157,7 +163,7 @@ impl<S: RecordStore> Workload<S> {
                     self.store.record_kind()
                 ),
             })?;
-            let expected = self.versions[index as usize];
+            let expected = self.versions[slot(index)];
             self.store.write(index, &[expected])?;
         }
         Ok(())
@@ -172,7 +178,7 @@ impl<S: RecordStore> Workload<S> {
         out: &mut EventWriter<W>,
     ) -> io::Result<()> {
         let total = self.store.record_count();
-        let target = sweep_target(now - sweep.started, sweep.period, total as usize) as u64;
+        let target = sweep_target(now - sweep.started, sweep.period, self.versions.len()) as u64;
         if target > sweep.cursor {
             self.check_and_repair(sweep.cursor, target - sweep.cursor, "sweep", out)?;
             sweep.cursor = target;
@@ -261,6 +267,11 @@ impl Sweep {
             corruptions_before,
         }
     }
+}
+
+/// Where record `index` sits in `versions`, which holds one entry per record.
+fn slot(index: u64) -> usize {
+    usize::try_from(index).expect("record indices are below versions.len(), a usize")
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::mpsc::{self, Sender};
 use std::thread;
 use std::time::Instant;
 
+use crate::convert::saturating_u64;
 use crate::protocol::{EventWriter, GuestEvent};
 use crate::tool_output::{parse_rate, LineSplitter};
 
@@ -64,7 +65,7 @@ pub fn run<W: Write>(command: &[String], out: &mut EventWriter<W>) -> io::Result
                 let now = Instant::now();
                 let window = now - window_start;
                 out.emit(&GuestEvent::Ops {
-                    ops: (rate * window.as_secs_f64()).round() as u64,
+                    ops: saturating_u64((rate * window.as_secs_f64()).round()),
                     elapsed_us: u64::try_from(window.as_micros()).unwrap_or(u64::MAX),
                 })?;
                 window_start = now;

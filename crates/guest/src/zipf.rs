@@ -4,6 +4,7 @@
 //! so a million hot pages cost no table; the same method Apache Commons RNG
 //! and `rand_distr` use. Rank 1 is the most frequent: P(k) ∝ k^-exponent.
 
+use crate::convert::saturating_u64;
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone)]
@@ -43,7 +44,7 @@ impl Zipf {
             let u = self.h_integral_elements
                 + rng.next_f64() * (self.h_integral_x1 - self.h_integral_elements);
             let x = self.h_integral_inverse(u);
-            let k = ((x + 0.5) as u64).clamp(1, self.elements);
+            let k = saturating_u64(x + 0.5).clamp(1, self.elements);
             let kf = k as f64;
             if kf - x <= self.squeeze || u >= self.h_integral(kf + 0.5) - self.h(kf) {
                 return k;
@@ -95,11 +96,11 @@ mod tests {
     fn frequencies(elements: u64, exponent: f64, samples: u32) -> Vec<f64> {
         let zipf = Zipf::new(elements, exponent);
         let mut rng = SplitMix64::new(42);
-        let mut counts = vec![0u32; elements as usize];
+        let mut counts = vec![0u32; usize::try_from(elements).unwrap()];
         for _ in 0..samples {
             let k = zipf.sample(&mut rng);
             assert!((1..=elements).contains(&k), "rank {k} out of range");
-            counts[k as usize - 1] += 1;
+            counts[usize::try_from(k).unwrap() - 1] += 1;
         }
         counts
             .into_iter()

@@ -10,6 +10,7 @@ use mllm_qemu::SerialLine;
 use crate::result::{DestinationCheck, WorkloadResult};
 
 /// Serial lines of one VM, parsed.
+#[derive(Debug)]
 pub struct GuestOutput {
     pub heartbeats: Vec<(u64, u64)>,
     pub ops: Vec<(u64, u64)>,

@@ -70,10 +70,10 @@ fn fill_synthetic(path: &Path, size: u64, used: u64) -> Result<PathBuf> {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                *byte = state as u8;
+                *byte = state.to_le_bytes()[0];
             }
         }
-        let n = remaining.min(block.len() as u64) as usize;
+        let n = usize::try_from(remaining).map_or(block.len(), |r| r.min(block.len()));
         file.write_all(&block[..n])
             .with_context(|| format!("filling disk image {}", path.display()))?;
         remaining -= n as u64;

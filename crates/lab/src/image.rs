@@ -37,6 +37,7 @@ pub struct GuestImage {
     pub description: String,
 }
 
+#[derive(Debug)]
 pub struct ImageBuilder {
     cache: PathBuf,
     workspace: PathBuf,

@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod build;
+mod convert;
 pub mod disk;
 pub mod image;
 pub mod method;

@@ -16,9 +16,11 @@ use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 
+use crate::convert::saturating_u64;
 use crate::outcome::MigrationOutcome;
 
 /// Guest RAM files on both sides, on tmpfs.
+#[derive(Debug)]
 pub struct RamFiles<'a> {
     pub source: &'a Path,
     pub destination: &'a Path,
@@ -61,7 +63,7 @@ pub fn migrate(
             memory_bytes: report.memory_bytes,
             disk_bytes: 0,
             rounds: report.rounds.len() as u64,
-            reported_downtime_ms: Some(report.downtime_upper_bound_ms() as u64),
+            reported_downtime_ms: Some(saturating_u64(report.downtime_upper_bound_ms())),
             retransmitted_pages: Some(report.retransmitted_pages),
             tracking_method: Some(report.tracking_method),
         },

@@ -7,9 +7,11 @@ use anyhow::{anyhow, Result};
 use mllm_link::LinkSample;
 use plotters::prelude::*;
 
+use crate::convert::saturating_usize;
 use crate::result::RunResult;
 
 /// Host wall-clock instants (µs since the epoch) of the migration's phases.
+#[derive(Debug)]
 pub struct Phases {
     pub started_us: u64,
     pub stopped_us: Option<u64>,
@@ -33,14 +35,14 @@ pub fn draw(
     let seconds = |us: u64| (us as f64 - from_us as f64) / 1e6;
     let span = seconds(to_us).max(1.0);
     // Whole bins only: a partial last bin would look like a throughput drop.
-    let bins = (span / BIN_S).floor() as usize;
+    let bins = saturating_usize((span / BIN_S).floor());
 
     let mut ops_per_s = vec![0.0; bins];
     for &(at, n) in ops {
         let t = seconds(at);
-        let bin = (t / BIN_S).floor();
-        if t >= 0.0 && (bin as usize) < bins {
-            ops_per_s[bin as usize] += n as f64 / BIN_S;
+        let bin = saturating_usize((t / BIN_S).floor());
+        if t >= 0.0 && bin < bins {
+            ops_per_s[bin] += n as f64 / BIN_S;
         }
     }
     let link_mbit: Vec<(f64, f64)> = link

@@ -195,7 +195,9 @@ fn configure(
             .with_context(|| format!("enabling {method} capabilities on the {side}"))?;
         let mut parameters = method.qemu_parameters();
         if side == "source" {
-            parameters["downtime-limit"] = json!(downtime_target.as_millis() as u64);
+            let limit_ms = u64::try_from(downtime_target.as_millis())
+                .context("downtime target beyond u64 milliseconds")?;
+            parameters["downtime-limit"] = json!(limit_ms);
         }
         if parameters.as_object().is_some_and(|p| !p.is_empty()) {
             qemu.qmp

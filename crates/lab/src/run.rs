@@ -209,7 +209,9 @@ fn run_in(
         ));
     }
     let baseline_from = start
-        .saturating_sub(scenario.timing.baseline_window.as_micros() as u64)
+        .saturating_sub(
+            u64::try_from(scenario.timing.baseline_window.as_micros()).unwrap_or(u64::MAX),
+        )
         .max(warmup_started);
     let result = RunResult {
         method: method.name().to_owned(),

@@ -12,6 +12,7 @@
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
+use mllm_core::convert::saturating_u32;
 use mllm_core::link::Link as ModelLink;
 use mllm_core::strategy::PrecopyLimits;
 use mllm_core::trace::binary::read_memory;
@@ -222,7 +223,7 @@ fn simulate_precopy(
         measured.link_bytes_to_destination - measured.memory_bytes,
     );
     layout.page_cost = PageCost {
-        data_bytes: data_bytes.round() as u32,
+        data_bytes: saturating_u32(data_bytes.round()),
         zero_bytes: PAGE_HEADER_BYTES,
     };
     // Round 1 reads every page once: its zero pages are those zero at the start.

@@ -121,8 +121,8 @@ mod tests {
         let start = Instant::now();
         let mut line = Bottleneck::new(&link_8_mbit(queue_bytes), start);
         let mut now = start;
-        for step in 0..1_000u64 {
-            let admission = line.admit((step as usize * 37) % 1_500, now);
+        for step in 0..1_000usize {
+            let admission = line.admit(step * 37 % 1_500, now);
             assert!(admission.enters_at >= now);
             // In the queue: everything ahead of the chunk, and the chunk.
             let occupancy_us = (admission.serialized_at - admission.enters_at).as_micros();
@@ -131,7 +131,7 @@ mod tests {
                 "{occupancy_us} bytes queued"
             );
             // A reader reads again after its chunk entered, sometimes later.
-            now = admission.enters_at + us(step % 7 * 100);
+            now = admission.enters_at + us(step as u64 % 7 * 100);
         }
     }
 }

@@ -3,6 +3,7 @@
 //! used to cut them), and the byte-count timeline.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,14 @@ pub struct Link {
     /// either refused because of a cut or seen by that cut.
     listeners: Mutex<Vec<(SocketAddr, JoinHandle<()>)>>,
     sampler: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the link's threads share.

@@ -47,7 +47,9 @@ impl Propagation {
         }
         if self.segment_loss > 0.0 {
             let segments = bytes.div_ceil(SEGMENT_BYTES).max(1);
-            let chunk_loss = 1.0 - (1.0 - self.segment_loss).powi(segments as i32);
+            // Past i32::MAX segments the chunk is lost for certain either way.
+            let segments = i32::try_from(segments).unwrap_or(i32::MAX);
+            let chunk_loss = 1.0 - (1.0 - self.segment_loss).powi(segments);
             if self.rng.gen_bool(chunk_loss.clamp(0.0, 1.0)) {
                 arrival += self.stall_time;
             }

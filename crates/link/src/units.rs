@@ -187,7 +187,11 @@ fn scale(number: f64, unit: u64) -> Result<u64, String> {
     if value >= 18_446_744_073_709_551_616.0 {
         return Err("too large".into());
     }
-    Ok(value as u64)
+    // `split_number` accepts digits and dots only, so `value` is a whole
+    // number in 0..2^64 and the cast is exact.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let value = value as u64;
+    Ok(value)
 }
 
 fn format_scaled(value: u64, units: &[(u64, &str)]) -> String {

@@ -146,6 +146,7 @@ impl QemuConfig {
 }
 
 /// A running QEMU; killed when dropped so a failed run never leaks VMs.
+#[derive(Debug)]
 pub struct QemuProcess {
     pub config: QemuConfig,
     child: Child,

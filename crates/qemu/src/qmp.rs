@@ -26,7 +26,7 @@ pub struct QmpEvent {
     pub timestamp_us: u64,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct EventLog {
     events: Vec<QmpEvent>,
     closed: bool,
@@ -34,11 +34,13 @@ struct EventLog {
 
 /// The command channel: a request and its reply happen under one lock, so
 /// two threads sharing a client can never take each other's replies.
+#[derive(Debug)]
 struct Commands {
     writer: UnixStream,
     replies: Receiver<Value>,
 }
 
+#[derive(Debug)]
 pub struct QmpClient {
     path: PathBuf,
     commands: Mutex<Commands>,
@@ -219,6 +221,7 @@ fn read_messages(
 pub fn wall_clock_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
+        // u64 microseconds last until the year 586 000.
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }

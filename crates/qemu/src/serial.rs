@@ -20,7 +20,7 @@ pub struct SerialLine {
 }
 
 /// Lines read so far from one serial port (chardev socket), shared with the reader thread.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SerialCapture {
     path: PathBuf,
     lines: Arc<Mutex<Vec<SerialLine>>>,

@@ -103,16 +103,16 @@ pub fn evaluate(
     let mut confusion = Confusion::default();
     let (mut predictions, mut predicted_items) = (0u32, 0u64);
     let (mut predict_time, mut observe_time) = (0.0, 0.0);
-    for (t, accessed) in history.iter().enumerate() {
-        let t = t as u64;
+    for (index, accessed) in history.iter().enumerate() {
+        let t = index as u64;
         if t >= config.warmup
             && (t - config.warmup).is_multiple_of(config.every)
-            && t as usize + horizon <= history.len()
+            && index + horizon <= history.len()
         {
             let started = Instant::now();
             let predicted = estimator.predict(&goal);
             predict_time += started.elapsed().as_secs_f64();
-            let future: Vec<&[u32]> = history[t as usize..t as usize + horizon]
+            let future: Vec<&[u32]> = history[index..index + horizon]
                 .iter()
                 .map(Vec::as_slice)
                 .collect();

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use mllm_core::convert::saturating_u64;
 use mllm_core::synth::{mix, DiskWorkloadSpec, WorkloadSpec};
 use mllm_core::trace::MemoryTraceHeader;
 use mllm_core::vm::{DiskLayout, VmLayout};
@@ -67,7 +68,7 @@ impl VmSpec {
             .disk
             .as_ref()
             .map_or(0.0, |d| d.size_gib * d.allocated * (1u64 << 30) as f64);
-        self.memory_mib * 1024 * 1024 + disk as u64
+        self.memory_mib * 1024 * 1024 + saturating_u64(disk)
     }
 
     /// The VM's layout and guest activity; `seed` picks the disk layout and
@@ -79,8 +80,10 @@ impl VmSpec {
         };
         let disk = self.disk.as_ref().map(|spec| {
             let block_size = spec.block_kib * 1024;
-            let blocks =
-                (spec.size_gib * (1u64 << 30) as f64 / f64::from(block_size)).round() as u32;
+            let blocks = saturating_u64(
+                (spec.size_gib * (1u64 << 30) as f64 / f64::from(block_size)).round(),
+            );
+            let blocks = u32::try_from(blocks).expect("disk beyond 2^32 blocks");
             let layout =
                 DiskLayout::synthetic(blocks, block_size, spec.allocated, spec.used, mix(seed, 7));
             let workload = DiskWorkloadSpec {

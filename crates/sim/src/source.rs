@@ -1,6 +1,7 @@
 //! What the guest does, interval by interval, during a simulated migration:
 //! from a synthetic workload or from recorded traces.
 
+use mllm_core::convert::saturating_u64;
 use mllm_core::strategy::GuestInterval;
 use mllm_core::synth::{DiskWorkload, DiskWorkloadSpec, Workload, WorkloadSpec};
 use mllm_core::trace::{BlockInterval, MemoryTrace, MemoryTraceHeader};
@@ -13,6 +14,7 @@ pub trait IntervalSource: Send + Sync {
 }
 
 /// Seeded synthetic memory and disk workloads.
+#[derive(Debug)]
 pub struct SyntheticSource {
     memory: Workload,
     disk: Option<DiskWorkload>,
@@ -27,7 +29,7 @@ impl SyntheticSource {
         interval_s: f64,
         seed: u64,
     ) -> Self {
-        let interval_us = (interval_s * 1e6).round() as u64;
+        let interval_us = saturating_u64((interval_s * 1e6).round());
         SyntheticSource {
             memory: Workload::new(memory, header.page_count, seed),
             disk: disk
@@ -56,6 +58,7 @@ impl IntervalSource for SyntheticSource {
 /// Recorded traces, replayed in a loop when the migration outlasts them (the
 /// guest is assumed to keep doing what it did). A disk trace is folded onto
 /// the memory trace's intervals (the first interval's length).
+#[derive(Debug)]
 pub struct TraceSource {
     memory: MemoryTrace,
     disk: Vec<BlockInterval>,
@@ -77,10 +80,11 @@ impl TraceSource {
 
 impl IntervalSource for TraceSource {
     fn interval(&self, index: u64) -> GuestInterval {
-        let memory = &self.memory.intervals[(index % self.memory.intervals.len() as u64) as usize];
-        let disk = match self.disk.len() as u64 {
-            0 => BlockInterval::default(),
-            n => self.disk[(index % n) as usize].clone(),
+        let memory = cycle(&self.memory.intervals, index);
+        let disk = if self.disk.is_empty() {
+            BlockInterval::default()
+        } else {
+            cycle(&self.disk, index).clone()
         };
         GuestInterval {
             duration_s: memory.duration_us as f64 / 1e6,
@@ -89,6 +93,12 @@ impl IntervalSource for TraceSource {
             disk_writes: disk.writes,
         }
     }
+}
+
+/// Item `index` of `items` replayed in a loop; `items` is not empty.
+fn cycle<T>(items: &[T], index: u64) -> &T {
+    let position = index % items.len() as u64;
+    &items[usize::try_from(position).expect("a remainder is below its usize divisor")]
 }
 
 /// `count` pages taken as zero at the start of a migration replaying

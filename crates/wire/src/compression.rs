@@ -55,6 +55,15 @@ pub(crate) struct Compressor {
     zstd: Option<zstd::bulk::Compressor<'static>>,
 }
 
+// By hand: zstd's contexts have no Debug; the setting says what they do.
+impl fmt::Debug for Compressor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compressor")
+            .field("setting", &self.setting)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Compressor {
     pub(crate) fn new(setting: CompressionSetting) -> Result<Self, WireError> {
         let zstd = match setting {
@@ -92,6 +101,15 @@ impl Compressor {
 /// Decompresses blocks of any algorithm into a caller-owned buffer.
 pub(crate) struct Decompressor {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+// By hand: zstd's context has no Debug.
+impl fmt::Debug for Decompressor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decompressor")
+            .field("zstd", &self.zstd.is_some())
+            .finish()
+    }
 }
 
 impl Decompressor {

@@ -2,6 +2,7 @@
 //! `type (u16 LE) | flags (u16 LE) | payload length (u32 LE) | payload | xxh3-64 (u64 LE)`,
 //! the checksum covering header and payload.
 
+use std::fmt;
 use std::io::{self, Read, Write};
 
 use xxhash_rust::xxh3::xxh3_64;
@@ -55,6 +56,17 @@ pub struct FrameWriter<W> {
     traffic: Traffic,
 }
 
+// By hand: `buf` is scratch space, not state worth printing.
+impl<W: fmt::Debug> fmt::Debug for FrameWriter<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameWriter")
+            .field("inner", &self.inner)
+            .field("max_payload", &self.max_payload)
+            .field("traffic", &self.traffic)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<W: Write> FrameWriter<W> {
     pub fn new(inner: W) -> Self {
         Self::with_max_payload(inner, DEFAULT_MAX_PAYLOAD)
@@ -84,18 +96,21 @@ impl<W: Write> FrameWriter<W> {
             reason: format!("cannot encode: {e}"),
         })?;
         let payload_len = buf.len() - HEADER_LEN;
-        if payload_len > self.max_payload as usize {
+        let fits = u32::try_from(payload_len)
+            .ok()
+            .filter(|&len| len <= self.max_payload);
+        let Some(payload_len) = fits else {
             self.buf = buf;
             return Err(WireError::FrameTooLarge {
                 frame_type: FrameType(message_type.code()),
                 len: payload_len as u64,
                 max: self.max_payload,
             });
-        }
+        };
         let header = FrameHeader {
             type_code: message_type.code(),
             flags: 0,
-            payload_len: payload_len as u32,
+            payload_len,
         };
         buf[..HEADER_LEN].copy_from_slice(&header.to_bytes());
         let checksum = xxh3_64(&buf);
@@ -130,6 +145,17 @@ pub struct FrameReader<R> {
     max_payload: u32,
     buf: Vec<u8>,
     traffic: Traffic,
+}
+
+// By hand: `buf` is scratch space, not state worth printing.
+impl<R: fmt::Debug> fmt::Debug for FrameReader<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("inner", &self.inner)
+            .field("max_payload", &self.max_payload)
+            .field("traffic", &self.traffic)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R: Read> FrameReader<R> {

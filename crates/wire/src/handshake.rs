@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::compression::Compression;
 use crate::error::WireError;
 use crate::frame::read_until_eof;
-use mllm_core::memory::PAGE_SIZE;
+use mllm_core::memory::PAGE_SIZE_U32;
 
 /// See [`crate::conversation`] for what changes it.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -50,7 +50,7 @@ impl Capabilities {
     pub fn all() -> Self {
         Capabilities {
             compressions: Compression::ALL.to_vec(),
-            page_size: PAGE_SIZE as u32,
+            page_size: PAGE_SIZE_U32,
         }
     }
 }

@@ -33,7 +33,7 @@ pub use message::{
 };
 /// The page size pages travel in; defined by `mllm-core`, re-exported for
 /// code that only speaks the protocol.
-pub use mllm_core::memory::PAGE_SIZE;
+pub use mllm_core::memory::{PAGE_SIZE, PAGE_SIZE_U32};
 pub use page_batch::{
     DecodedPages, PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind,
     MAX_BATCH_PAGES,

@@ -2,7 +2,7 @@
 //! as markers only; data pages are concatenated and compressed as one block, which
 //! compresses far better than page by page.
 
-use std::slice;
+use std::{fmt, slice};
 
 use mllm_core::memory::{PageIndex, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,16 @@ pub struct PageBatchBuilder {
     capacity: usize,
     pages: Vec<PageEntry>,
     data: Vec<u8>,
+}
+
+impl fmt::Debug for PageBatchBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PageBatchBuilder")
+            .field("compressor", &self.compressor)
+            .field("capacity", &self.capacity)
+            .field("pages", &self.pages.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PageBatchBuilder {
@@ -144,6 +154,7 @@ pub enum PageContent<'a> {
 }
 
 /// Decodes batches; reuses its decompression context and buffer across batches.
+#[derive(Debug)]
 pub struct PageBatchDecoder {
     decompressor: Decompressor,
     data: Vec<u8>,
@@ -192,6 +203,7 @@ impl PageBatchDecoder {
 }
 
 /// Pages of one decoded batch, as (page index, content).
+#[derive(Debug)]
 pub struct DecodedPages<'a> {
     pages: slice::Iter<'a, PageEntry>,
     data: slice::ChunksExact<'a, u8>,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scores::Scores;
 use super::{PlanInput, SwitchRule};
+use crate::convert::{saturating_u64, saturating_usize};
 use crate::pageset::PageSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,7 +68,11 @@ pub(super) fn forecast(
         let dirty = cold_rates
             .iter()
             .fold(0.0, |sum, rate| sum + 1.0 - (-rate * pass_intervals).exp());
-        if rule.should_switch(passes, pass_bytes as u64, (dirty * page) as u64) {
+        if rule.should_switch(
+            passes,
+            saturating_u64(pass_bytes),
+            saturating_u64(dirty * page),
+        ) {
             break dirty;
         }
         passes += 1;
@@ -83,7 +88,7 @@ pub(super) fn forecast(
     // Pushing starts as the paused guest's last bytes leave; each item arrives
     // one transfer after its predecessor.
     let seconds_per_page = page / link.bandwidth_bytes_per_s;
-    let skip = downtime_pages as usize;
+    let skip = saturating_usize(downtime_pages);
     let mut faults =
         plan.deferred
             .iter()
@@ -116,9 +121,9 @@ pub(super) fn forecast(
         downtime_s: (downtime_pages * page + device_state) / link.bandwidth_bytes_per_s
             + link.rtt_s / 2.0,
         precopy_s,
-        link_bytes: link_bytes.round() as u64,
-        memory_bytes: memory_bytes.round() as u64,
-        disk_bytes: disk_bytes.round() as u64,
+        link_bytes: saturating_u64(link_bytes.round()),
+        memory_bytes: saturating_u64(memory_bytes.round()),
+        disk_bytes: saturating_u64(disk_bytes.round()),
         passes,
         postcopy_faults: faults,
     }

@@ -21,6 +21,8 @@ mod scores;
 
 pub use forecast::Forecast;
 
+use std::fmt;
+
 use scores::Scores;
 
 use serde::{Deserialize, Serialize};
@@ -62,6 +64,18 @@ pub struct PlanInput<'a> {
     pub config: PlannerConfig,
     pub memory_writes: &'a dyn Estimator,
     pub disk_reads: Option<&'a dyn Estimator>,
+}
+
+impl fmt::Debug for PlanInput<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PlanInput")
+            .field("layout", &self.layout)
+            .field("link", &self.link)
+            .field("config", &self.config)
+            .field("memory_writes", &self.memory_writes.name())
+            .field("disk_reads", &self.disk_reads.map(|e| e.name()))
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,7 +231,10 @@ pub fn switch_plan(
 ) -> SwitchPlan {
     let mut pages = Scores::of(input.memory_writes).hottest_first(pending_pages);
     let rule = SwitchRule::new(input.layout, &input.link, &input.config);
-    let fit = (rule.downtime_budget_bytes / u64::from(input.layout.page_cost.data_bytes)) as usize;
+    // More pages than memory can index all fit: saturate, then cap at the count.
+    let fit =
+        usize::try_from(rule.downtime_budget_bytes / u64::from(input.layout.page_cost.data_bytes))
+            .unwrap_or(usize::MAX);
     let postcopy_pages = pages.split_off(fit.min(pages.len()));
     let disk_scores = input.disk_reads.map(Scores::of);
     SwitchPlan {

@@ -2,6 +2,8 @@
 //! address order inside a bucket. Plans order up to millions of pages, and a
 //! bucket of 1/4096 is finer than any estimator's accuracy.
 
+use crate::convert::saturating_usize;
+
 const BUCKETS: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,7 +17,7 @@ pub enum Direction {
 /// order.
 pub fn by_score(items: &[(u32, f64)], first: Direction) -> Vec<u32> {
     let bucket = |score: f64| {
-        let b = ((score.clamp(0.0, 1.0) * BUCKETS as f64) as usize).min(BUCKETS - 1);
+        let b = saturating_usize(score.clamp(0.0, 1.0) * BUCKETS as f64).min(BUCKETS - 1);
         match first {
             Direction::Coldest => b,
             Direction::Hottest => BUCKETS - 1 - b,

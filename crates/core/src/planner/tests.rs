@@ -75,7 +75,7 @@ fn hot_pages_are_deferred_and_never_written_pages_go_first() {
             .collect::<std::collections::BTreeSet<_>>(),
         hot.iter().copied().collect()
     );
-    assert_eq!(plan.memory_precopy.len() as u32, PAGES - 100);
+    assert_eq!(plan.memory_precopy.len(), PAGES as usize - 100);
     assert_eq!(
         plan.memory_precopy[..1000],
         (0..1000).collect::<Vec<_>>()[..]

@@ -1,6 +1,8 @@
 //! MLLM: the planner's decisions, with estimators that keep learning from the
 //! tracker while the migration runs.
 
+use std::fmt;
+
 use super::queue::{SendQueue, Space};
 use super::{GuestInterval, Pass, Strategy, Switch, SwitchReason, TransferState};
 use crate::planner::{self, Forecast, PlanInput, PlannerConfig, Step};
@@ -10,11 +12,25 @@ pub struct Mllm {
     config: PlannerConfig,
     memory_writes: Box<dyn Estimator>,
     disk_reads: Option<Box<dyn Estimator>>,
-    rounds: u64,
+    rounds: u32,
     last_pass_bytes: u64,
     /// The plan's pre-copy horizon, kept for the later passes.
     horizon: f64,
     forecast: Option<Forecast>,
+}
+
+impl fmt::Debug for Mllm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mllm")
+            .field("config", &self.config)
+            .field("memory_writes", &self.memory_writes.name())
+            .field("disk_reads", &self.disk_reads.as_ref().map(|e| e.name()))
+            .field("rounds", &self.rounds)
+            .field("last_pass_bytes", &self.last_pass_bytes)
+            .field("horizon", &self.horizon)
+            .field("forecast", &self.forecast)
+            .finish()
+    }
 }
 
 impl Mllm {
@@ -78,7 +94,7 @@ impl Strategy for Mllm {
             &self.input(state),
             &state.pending_pages(),
             self.horizon,
-            self.rounds as u32,
+            self.rounds,
             self.last_pass_bytes,
         );
         match step {
@@ -106,7 +122,7 @@ impl Strategy for Mllm {
     }
 
     fn rounds(&self) -> u64 {
-        self.rounds
+        u64::from(self.rounds)
     }
 
     fn forecast(&self) -> Option<Forecast> {

@@ -126,6 +126,7 @@ impl TransferState {
 
 /// The switch: what is sent while the guest is paused, and what is pushed
 /// after it runs on the destination.
+#[derive(Debug)]
 pub struct Switch {
     pub downtime: SendQueue,
     pub postcopy: SendQueue,

@@ -55,6 +55,7 @@ fn pending_blocks_in_order(state: &TransferState) -> Vec<u32> {
 /// Iterative pre-copy: pass after pass over what was dirtied, until the rest
 /// fits in the downtime target or the limits stop it; everything left moves
 /// while the guest is paused.
+#[derive(Debug)]
 pub struct Precopy {
     config: PlannerConfig,
     limits: PrecopyLimits,
@@ -152,6 +153,7 @@ impl Strategy for Precopy {
 
 /// Post-copy from the start: once the disk mirror is in sync, the guest moves
 /// and every page is pushed in address order or fetched on fault.
+#[derive(Debug)]
 pub struct Postcopy {
     config: PlannerConfig,
     disk_passes: u64,
@@ -207,6 +209,7 @@ fn mirror_pass(state: &TransferState, config: &PlannerConfig, passes: &mut u64) 
 /// One pre-copy pass over all memory (after the disk), then post-copy for
 /// the pages dirtied meanwhile: QEMU's postcopy-ram started after the first
 /// pass.
+#[derive(Debug)]
 pub struct Hybrid {
     config: PlannerConfig,
     rounds: u64,

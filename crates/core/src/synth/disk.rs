@@ -17,6 +17,7 @@ pub struct DiskWorkloadSpec {
 /// Generates the blocks a guest reads and writes, interval by interval. The
 /// patterns run over the used blocks only: a file system reads and rewrites its
 /// live data.
+#[derive(Debug)]
 pub struct DiskWorkload {
     reads: Workload,
     writes: Workload,
@@ -30,7 +31,9 @@ pub struct DiskWorkload {
 impl DiskWorkload {
     pub fn new(spec: &DiskWorkloadSpec, layout: &DiskLayout, interval_us: u64, seed: u64) -> Self {
         let used_blocks: Vec<u32> = layout.used.iter().collect();
-        let items = (used_blocks.len() as u32).max(1);
+        let items = u32::try_from(used_blocks.len())
+            .expect("used blocks come from a PageSet, which numbers items in u32")
+            .max(1);
         DiskWorkload {
             reads: Workload::new(spec.reads.clone(), items, mix(seed, 1)),
             writes: Workload::new(spec.writes.clone(), items, mix(seed, 2)),

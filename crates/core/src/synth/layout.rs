@@ -15,6 +15,7 @@ pub const REGION_ITEMS: u32 = 512;
 /// Odd, hence a bijection on offsets modulo the (power of two) region size.
 const OFFSET_SCRAMBLE: u32 = 167;
 
+#[derive(Debug)]
 pub struct ScatteredLayout {
     universe: u32,
     region_order: Vec<u32>,

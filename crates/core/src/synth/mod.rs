@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use serde::{Deserialize, Serialize};
 
+use crate::convert::{saturating_u32, saturating_u64};
 use crate::pageset::PageSet;
 use crate::trace::{MemoryTrace, MemoryTraceHeader, WriteInterval};
 
@@ -125,6 +126,7 @@ impl WorkloadClass {
 }
 
 /// A [`WorkloadSpec`] bound to a number of items and a seed.
+#[derive(Debug)]
 pub struct Workload {
     spec: WorkloadSpec,
     items: u32,
@@ -159,7 +161,7 @@ impl Workload {
                 let zipf = Zipf::new(u64::from(n), exponent).expect("Zipf exponent must be > 0");
                 let draws = fraction_of(rate, n);
                 items.extend((0..draws).map(|_| {
-                    let rank = (zipf.sample(&mut rng) as u32).clamp(1, n) - 1;
+                    let rank = saturating_u32(zipf.sample(&mut rng)).clamp(1, n) - 1;
                     self.layout.item(rank)
                 }));
             }
@@ -171,7 +173,7 @@ impl Workload {
             } => {
                 let hot_len = fraction_of(hot, n).max(1);
                 let phase = index / u64::from(phase_intervals.max(1));
-                let start = (mix(self.seed ^ 0x9e37, phase) % u64::from(n - hot_len + 1)) as u32;
+                let start = remainder(mix(self.seed ^ 0x9e37, phase), n - hot_len + 1);
                 bernoulli_run(&mut rng, hot_probability, hot_len, |i| {
                     items.push(start + i)
                 });
@@ -183,9 +185,9 @@ impl Workload {
                 background,
             } => {
                 let ring_len = fraction_of(ring, n).max(1);
-                let ring_start = (mix(self.seed ^ 0x5ca7, 0) % u64::from(n - ring_len + 1)) as u32;
+                let ring_start = remainder(mix(self.seed ^ 0x5ca7, 0), n - ring_len + 1);
                 let step = fraction_of(speed, ring_len).max(1);
-                let cursor = (index * u64::from(step) % u64::from(ring_len)) as u32;
+                let cursor = remainder(index * u64::from(step), ring_len);
                 items.extend((0..step).map(|i| ring_start + (cursor + i) % ring_len));
                 self.uniform(&mut rng, background, &mut items);
             }
@@ -217,6 +219,7 @@ impl Workload {
 }
 
 /// A synthetic memory write trace generator.
+#[derive(Debug)]
 pub struct MemoryWorkload {
     pub header: MemoryTraceHeader,
     pub interval_us: u64,
@@ -247,7 +250,12 @@ impl MemoryWorkload {
 
 /// `fraction * n`, rounded, as an item count.
 fn fraction_of(fraction: f64, n: u32) -> u32 {
-    (fraction.clamp(0.0, 1.0) * f64::from(n)).round() as u32
+    saturating_u32((fraction.clamp(0.0, 1.0) * f64::from(n)).round())
+}
+
+/// `x % m`, which is below `m` and so a `u32`.
+fn remainder(x: u64, m: u32) -> u32 {
+    u32::try_from(x % u64::from(m)).expect("a remainder is below its u32 divisor")
 }
 
 /// `items` sorted and de-duplicated; through a bitset when they are many
@@ -277,7 +285,7 @@ fn bernoulli_run(rng: &mut SmallRng, p: f64, len: u32, mut hit: impl FnMut(u32))
         return;
     }
     if p > 0.25 {
-        let threshold = (p * u64::MAX as f64) as u64;
+        let threshold = saturating_u64(p * u64::MAX as f64);
         (0..len)
             .filter(|_| rng.gen::<u64>() < threshold)
             .for_each(hit);
@@ -287,11 +295,11 @@ fn bernoulli_run(rng: &mut SmallRng, p: f64, len: u32, mut hit: impl FnMut(u32))
     let mut i: u64 = 0;
     loop {
         let u: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
-        i += (u.ln() / log_miss).floor() as u64;
+        i += saturating_u64((u.ln() / log_miss).floor());
         if i >= u64::from(len) {
             return;
         }
-        hit(i as u32);
+        hit(u32::try_from(i).expect("below len, a u32 (checked above)"));
         i += 1;
     }
 }

@@ -27,6 +27,7 @@ pub const MEMORY_VERSION: u16 = 1;
 pub const DISK_VERSION: u16 = 1;
 
 /// Appends intervals to a binary memory trace as the tracker produces them.
+#[derive(Debug)]
 pub struct MemoryTraceWriter<W: Write> {
     out: W,
     page_count: u32,
@@ -115,7 +116,8 @@ pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
                     header.page_count
                 )));
             }
-            pages.extend(start as u32..end as u32);
+            let page = |p: u64| u32::try_from(p).expect("below page_count, a u32 (checked above)");
+            pages.extend(page(start)..page(end));
             next_free = end;
         }
         intervals.push(WriteInterval::new(duration_us, pages));
@@ -135,7 +137,14 @@ pub fn write_disk(trace: &DiskTrace, mut out: impl Write) -> Result<(), TraceErr
             DiskOp::Write => 1,
         }])?;
         varint::write_u64(&mut out, record.time_us - previous_time)?;
-        varint::write_i64(&mut out, record.offset as i64 - previous_end as i64)?;
+        let gap = i128::from(record.offset) - i128::from(previous_end);
+        let gap = i64::try_from(gap).map_err(|_| {
+            TraceError::Invalid(format!(
+                "disk offset {} is too far from the previous request's end {previous_end} to encode",
+                record.offset
+            ))
+        })?;
+        varint::write_i64(&mut out, gap)?;
         varint::write_u64(&mut out, u64::from(record.length))?;
         previous_time = record.time_us;
         previous_end = record.offset + u64::from(record.length);
@@ -165,9 +174,9 @@ pub fn read_disk(input: impl Read) -> Result<DiskTrace, TraceError> {
             }
         };
         time_us += varint::read_u64(&mut input)?;
-        let offset = previous_end as i64 + varint::read_i64(&mut input)?;
+        let offset = i128::from(previous_end) + i128::from(varint::read_i64(&mut input)?);
         let offset = u64::try_from(offset)
-            .map_err(|_| TraceError::Invalid(format!("negative disk offset {offset}")))?;
+            .map_err(|_| TraceError::Invalid(format!("disk offset {offset} out of range")))?;
         let length = u32::try_from(varint::read_u64(&mut input)?)
             .map_err(|_| TraceError::Invalid("request longer than 4 GiB".into()))?;
         previous_end = offset + u64::from(length);

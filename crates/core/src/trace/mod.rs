@@ -139,16 +139,24 @@ impl DiskTrace {
     pub fn block_intervals(&self, block_size: u32, interval_us: u64) -> Vec<BlockInterval> {
         let block_size = u64::from(block_size);
         let end = self.records.last().map_or(0, |r| r.time_us);
-        let mut intervals = vec![BlockInterval::default(); (end / interval_us + 1) as usize];
+        let interval_of = |time_us: u64| {
+            usize::try_from(time_us / interval_us)
+                .expect("one BlockInterval per interval up to the last record must fit in memory")
+        };
+        let mut intervals = vec![BlockInterval::default(); interval_of(end) + 1];
         for record in &self.records {
-            let interval = &mut intervals[(record.time_us / interval_us) as usize];
+            let interval = &mut intervals[interval_of(record.time_us)];
             let first = record.offset / block_size;
             let last = (record.offset + u64::from(record.length.max(1)) - 1) / block_size;
             let target = match record.op {
                 DiskOp::Read => &mut interval.reads,
                 DiskOp::Write => &mut interval.writes,
             };
-            target.extend((first..=last).map(|block| block as u32));
+            target.extend((first..=last).map(|block| {
+                u32::try_from(block).expect(
+                    "requests end inside the disk (validate), whose blocks a u32 numbers (block_count)",
+                )
+            }));
         }
         for interval in &mut intervals {
             for blocks in [&mut interval.reads, &mut interval.writes] {

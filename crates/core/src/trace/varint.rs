@@ -23,7 +23,8 @@ pub fn write_u64(out: &mut impl Write, mut value: u64) -> io::Result<()> {
 }
 
 pub fn write_i64(out: &mut impl Write, value: i64) -> io::Result<()> {
-    write_u64(out, ((value << 1) ^ (value >> 63)) as u64)
+    // Zig-zag: the sign moves to the low bit; the cast only reinterprets bits.
+    write_u64(out, ((value << 1) ^ (value >> 63)).cast_unsigned())
 }
 
 /// `Ok(None)` at a clean end of input (before the first byte of a varint).
@@ -48,7 +49,7 @@ pub fn read_u64(input: &mut impl BufRead) -> Result<u64, TraceError> {
 
 pub fn read_i64(input: &mut impl BufRead) -> Result<i64, TraceError> {
     let raw = read_u64(input)?;
-    Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
+    Ok((raw >> 1).cast_signed() ^ -(raw & 1).cast_signed())
 }
 
 pub fn read_byte(input: &mut impl BufRead) -> Result<u8, TraceError> {

@@ -20,6 +20,7 @@ pub type Origin = usize;
 pub const QUIET: Origin = 0;
 pub const BUSY: Origin = 1;
 
+#[derive(Debug)]
 pub struct SecondAccessHazard {
     /// Items accessed exactly once, by the interval (from 1) of that access
     /// and by origin.
@@ -62,8 +63,9 @@ impl SecondAccessHazard {
     pub fn end_interval(&mut self, now: u32) {
         let mut pool = [[0u64; BUCKETS]; 2];
         for (first, counts) in self.seen_once_at.iter().enumerate().skip(1) {
+            let first = u32::try_from(first).expect("one entry per interval, counted in u32");
             for origin in [QUIET, BUSY] {
-                pool[origin][bucket(now - first as u32)] += u64::from(counts[origin]);
+                pool[origin][bucket(now - first)] += u64::from(counts[origin]);
             }
         }
         let mut came_back = [[0u64; BUCKETS]; 2];

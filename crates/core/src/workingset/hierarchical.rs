@@ -29,6 +29,7 @@ const BUSY_PROBABILITY: f64 = 0.25;
 const FAST_SMOOTHING: f32 = 0.5;
 const SLOW_SMOOTHING: f32 = 0.1;
 
+#[derive(Debug)]
 pub struct Hierarchical {
     fine: Improved,
     coarse: RegionModel,
@@ -90,6 +91,7 @@ impl Estimator for Hierarchical {
     }
 }
 
+#[derive(Debug)]
 struct RegionModel {
     items: u32,
     horizon: usize,
@@ -126,7 +128,7 @@ impl RegionModel {
     }
 
     fn regions(&self) -> u32 {
-        self.fast.len() as u32
+        u32::try_from(self.fast.len()).expect("regions of a u32 item count number fewer")
     }
 
     fn observe(&mut self, accessed: &[u32]) {

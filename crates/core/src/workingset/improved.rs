@@ -27,6 +27,7 @@
 use super::hazard::{Origin, SecondAccessHazard, BUSY, QUIET};
 use super::staleness::{Overdue, StalenessCurve};
 use super::{Estimator, Goal, Objective};
+use crate::convert::saturating_usize;
 use crate::pageset::PageSet;
 use crate::synth::REGION_ITEMS;
 
@@ -41,6 +42,7 @@ const CUT_BINS: usize = 1000;
 /// Silences up to which a prediction tabulates the seen-once probabilities.
 const TABULATED_SILENCES: u32 = 4096;
 
+#[derive(Debug)]
 pub struct Improved {
     /// Interval (counted from 1) of each item's last access; 0 = never.
     last: Vec<u32>,
@@ -182,7 +184,7 @@ impl Improved {
         let mut count = vec![0u64; CUT_BINS + 1];
         let mut mass = vec![0f64; CUT_BINS + 1];
         for &(_, q) in probabilities {
-            let bin = (q * CUT_BINS as f64) as usize;
+            let bin = saturating_usize(q * CUT_BINS as f64);
             count[bin] += 1;
             mass[bin] += q;
         }
@@ -212,7 +214,7 @@ impl Estimator for Improved {
     }
 
     fn items(&self) -> u32 {
-        self.last.len() as u32
+        u32::try_from(self.last.len()).expect("one entry per item of a u32 count")
     }
 
     fn observe(&mut self, accessed: &[u32]) {

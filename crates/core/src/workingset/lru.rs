@@ -2,8 +2,10 @@
 //! footprint suggests it will touch over the horizon.
 
 use super::{Estimator, Goal};
+use crate::convert::saturating_usize;
 use crate::pageset::PageSet;
 
+#[derive(Debug)]
 pub struct Lru {
     /// Interval (counted from 1) of each item's last access; 0 = never.
     last_access: Vec<u32>,
@@ -34,7 +36,7 @@ impl Estimator for Lru {
     }
 
     fn items(&self) -> u32 {
-        self.last_access.len() as u32
+        u32::try_from(self.last_access.len()).expect("one entry per item of a u32 count")
     }
 
     fn observe(&mut self, accessed: &[u32]) {
@@ -71,7 +73,7 @@ impl Estimator for Lru {
     /// The `footprint × horizon` most recently used items (whole intervals at
     /// the cut are kept, so ties do not depend on item order).
     fn predict(&self, goal: &Goal) -> PageSet {
-        let capacity = (self.footprint * goal.horizon.max(1.0)).ceil() as usize;
+        let capacity = saturating_usize((self.footprint * goal.horizon.max(1.0)).ceil());
         let mut per_age = vec![0usize; self.now as usize + 1];
         for &item in &self.seen {
             per_age[(self.now - self.last_access[item as usize]) as usize] += 1;
@@ -79,7 +81,7 @@ impl Estimator for Lru {
         let mut oldest_kept = 0;
         let mut kept = 0;
         for (age, &count) in per_age.iter().enumerate() {
-            oldest_kept = age as u32;
+            oldest_kept = u32::try_from(age).expect("ages run up to now, a u32");
             kept += count;
             if kept >= capacity {
                 break;

@@ -8,6 +8,7 @@ use crate::pageset::PageSet;
 /// A window-frequency estimator: an item is in the workingset when it was
 /// accessed in at least θ of the last τ intervals. Denning's working set is
 /// θ = 1; the original MLLM rule uses a larger θ.
+#[derive(Debug)]
 pub struct WindowFrequency {
     name: &'static str,
     counts: WindowCounts,

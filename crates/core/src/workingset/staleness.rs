@@ -17,6 +17,8 @@
 
 use std::collections::VecDeque;
 
+use crate::convert::saturating_usize;
+
 /// Overdue buckets: ratio `< 1/4`, then doubling up to `>= 256`; for items in
 /// quiet regions, then in busy ones.
 const OVERDUE_BUCKETS: usize = 12;
@@ -30,6 +32,7 @@ const IN_USE_PRIOR: f64 = 0.9;
 /// Per-interval decay of the evidence, so the curve follows the guest.
 const DECAY: f64 = 0.97;
 
+#[derive(Debug)]
 pub struct StalenessCurve {
     horizon: u32,
     accessed: [f64; BUCKETS],
@@ -42,6 +45,7 @@ pub struct StalenessCurve {
 }
 
 /// A sampled item: its bucket and its rhythm's prediction at the time.
+#[derive(Debug)]
 struct Sample {
     item: u32,
     bucket: usize,
@@ -49,7 +53,7 @@ struct Sample {
 }
 
 /// What the curve knows of an item.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct Overdue {
     pub silence: u32,
     pub gap: f64,
@@ -107,7 +111,12 @@ impl StalenessCurve {
         }
         let horizon = f64::from(self.horizon);
         let samples = (0..SAMPLE)
-            .filter_map(|_| candidate((self.next_random() % count as u64) as usize))
+            .filter_map(|_| {
+                candidate(
+                    usize::try_from(self.next_random() % count as u64)
+                        .expect("a remainder is below its usize divisor"),
+                )
+            })
             .map(|(item, overdue)| Sample {
                 item,
                 bucket: bucket(overdue),
@@ -130,14 +139,15 @@ impl StalenessCurve {
 /// `ratio` mean gaps (at the bucket's low end), when a silence that long
 /// happens to an item in use with probability `exp(1 - ratio)`.
 fn prior(bucket: usize) -> f64 {
-    let ratio = 2f64.powi((bucket % OVERDUE_BUCKETS) as i32 - 3);
+    let overdue = i32::try_from(bucket % OVERDUE_BUCKETS).expect("OVERDUE_BUCKETS is small");
+    let ratio = 2f64.powi(overdue - 3);
     let likelihood = IN_USE_PRIOR * (1.0 - ratio).min(0.0).exp();
     likelihood / (likelihood + 1.0 - IN_USE_PRIOR)
 }
 
 fn bucket(item: Overdue) -> usize {
     let ratio = f64::from(item.silence) / item.gap;
-    let overdue = ((ratio.log2().floor() + 3.0).max(0.0) as usize).min(OVERDUE_BUCKETS - 1);
+    let overdue = saturating_usize(ratio.log2().floor() + 3.0).min(OVERDUE_BUCKETS - 1);
     if item.busy_region {
         OVERDUE_BUCKETS + overdue
     } else {
@@ -178,7 +188,12 @@ mod tests {
         // Every candidate is an item last seen at interval 1, gap 1, silent
         // since in a quiet region: overdue, and never accessed again.
         for now in 5..40 {
-            curve.end_interval(now, |_| 1, 10, |i| Some((i as u32, quiet(now, 1.0))));
+            curve.end_interval(
+                now,
+                |_| 1,
+                10,
+                |i| Some((u32::try_from(i).unwrap(), quiet(now, 1.0))),
+            );
         }
         assert!(
             curve.factor(quiet(30, 1.0)) < 0.01,

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+#[derive(Debug)]
 pub struct WindowCounts {
     window: usize,
     counts: Vec<u8>,
@@ -24,7 +25,7 @@ impl WindowCounts {
     }
 
     pub fn items(&self) -> u32 {
-        self.counts.len() as u32
+        u32::try_from(self.counts.len()).expect("one entry per item of a u32 count")
     }
 
     pub fn push(&mut self, accessed: &[u32]) {

@@ -69,7 +69,7 @@ pub fn ping(address: SocketAddr, count: usize) -> Vec<Duration> {
     let mut reply = [0; PING_BYTES];
     let mut times: Vec<Duration> = (0..=count)
         .map(|i| {
-            let message = [i as u8; PING_BYTES];
+            let message = [u8::try_from(i % 256).unwrap(); PING_BYTES];
             let sent = Instant::now();
             stream.write_all(&message).unwrap();
             stream.read_exact(&mut reply).unwrap();

@@ -31,6 +31,7 @@
 //! the link time pushes the queue. The source is released one round trip after
 //! the last item leaves (arrival plus confirmation).
 
+use std::fmt;
 use std::sync::Arc;
 
 use mllm_core::link::Link;
@@ -66,6 +67,19 @@ pub struct Migration {
     now: f64,
     link_free_at: f64,
     result: SimResult,
+}
+
+impl fmt::Debug for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migration")
+            .field("method", &self.method)
+            .field("phase", &self.phase)
+            .field("next_interval", &self.next_interval)
+            .field("now", &self.now)
+            .field("link_free_at", &self.link_free_at)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Migration {

@@ -16,6 +16,7 @@ pub use scenario::{FleetScenario, GroupSpec, LinkSpec};
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use mllm_core::convert::saturating_usize;
 use mllm_core::link::Link;
 use mllm_core::synth::mix;
 use rayon::prelude::*;
@@ -147,7 +148,7 @@ fn expand(scenario: &FleetScenario) -> Vec<FleetVm> {
             .expect("validated fleet file");
         for _ in 0..group.count {
             vms.push(FleetVm {
-                index: vms.len() as u32,
+                index: u32::try_from(vms.len()).expect("fleet beyond 2^32 VMs"),
                 group: group_index,
                 link,
             });
@@ -200,7 +201,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
+    let rank = saturating_usize((p * sorted.len() as f64).ceil());
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 

@@ -1,7 +1,9 @@
 use mllm_wire::{RamDigest, PAGE_SIZE};
 
 fn ram(pages: usize) -> Vec<u8> {
-    (0..pages * PAGE_SIZE).map(|i| (i / 3) as u8).collect()
+    (0..pages * PAGE_SIZE)
+        .map(|i| u8::try_from(i / 3 % 256).unwrap())
+        .collect()
 }
 
 #[test]

@@ -184,6 +184,6 @@ fn a_frame_is_written_in_one_piece() {
     .into();
     let mut writer = FrameWriter::new(CountingWrites(Vec::new()));
     writer.send(&message).unwrap();
-    let frame_len = writer.traffic().total_bytes() as usize;
+    let frame_len = usize::try_from(writer.traffic().total_bytes()).unwrap();
     assert_eq!(writer.into_inner().0, vec![frame_len]);
 }

@@ -3,7 +3,7 @@ use std::os::unix::net::UnixStream;
 use std::thread;
 
 use mllm_wire::{
-    handshake, Capabilities, Compression, Hello, Role, WireError, PAGE_SIZE, PROTOCOL_VERSION,
+    handshake, Capabilities, Compression, Hello, Role, WireError, PAGE_SIZE_U32, PROTOCOL_VERSION,
 };
 
 /// A stream whose peer has already said everything it will say.
@@ -61,7 +61,7 @@ fn agents_agree_over_a_real_socket() {
             role: Role::Destination,
             capabilities: Capabilities {
                 compressions: vec![Compression::Lz4, Compression::None],
-                page_size: PAGE_SIZE as u32,
+                page_size: PAGE_SIZE_U32,
             },
         };
         handshake(&mut destination_end, &hello).unwrap()
@@ -80,7 +80,7 @@ fn agents_agree_over_a_real_socket() {
         [Compression::Lz4, Compression::None]
     );
     assert!(!at_source.supports(Compression::Zstd));
-    assert_eq!(at_source.page_size, PAGE_SIZE as u32);
+    assert_eq!(at_source.page_size, PAGE_SIZE_U32);
 }
 
 #[test]

@@ -105,7 +105,7 @@ fn a_single_non_zero_byte_makes_a_data_page() {
 #[test]
 fn each_algorithm_round_trips_and_shrinks_compressible_pages() {
     let pages: Vec<(u32, Box<Page>)> = (0..16)
-        .map(|i| (i * 3, compressible_page(i as u8)))
+        .map(|i| (i * 3, compressible_page(u8::try_from(i).unwrap())))
         .collect();
     for setting in SETTINGS {
         let batch = build(setting, &pages);
@@ -176,7 +176,9 @@ fn assert_malformed(batch: &PageBatch) {
 
 #[test]
 fn a_payload_that_disagrees_with_the_page_list_is_refused() {
-    let pages: Vec<(u32, Box<Page>)> = (0..3).map(|i| (i, compressible_page(i as u8))).collect();
+    let pages: Vec<(u32, Box<Page>)> = (0..3)
+        .map(|i| (i, compressible_page(u8::try_from(i).unwrap())))
+        .collect();
     for setting in SETTINGS {
         let batch = build(setting, &pages);
 
@@ -215,7 +217,7 @@ fn a_batch_over_the_page_limit_is_refused() {
 
 #[test]
 fn a_full_batch_of_random_pages_fits_in_a_frame() {
-    let pages: Vec<(u32, Box<Page>)> = (0..MAX_BATCH_PAGES as u32)
+    let pages: Vec<(u32, Box<Page>)> = (0..u32::try_from(MAX_BATCH_PAGES).unwrap())
         .map(|i| (i, random_page(u64::from(i) + 1)))
         .collect();
     let batch = build(CompressionSetting::Zstd { level: 1 }, &pages);

@@ -3,7 +3,7 @@
 use mllm_wire::{
     Abort, Ack, CompressionSetting, DestinationRunning, DeviceState, DeviceStateEnd, FrameReader,
     FrameWriter, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
-    PageBatchBuilder, RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE,
+    PageBatchBuilder, RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 /// One message of every type, with non-trivial bodies.
@@ -12,13 +12,15 @@ pub fn sample_messages() -> Vec<Message> {
     let _ = builder.push(7, &[0; PAGE_SIZE]);
     let _ = builder.push(9, &[0xab; PAGE_SIZE]);
     let batch = builder.finish().unwrap();
-    let ram: Vec<u8> = (0..8 * PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+    let ram: Vec<u8> = (0..8 * PAGE_SIZE)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
 
     vec![
         MigrationRequest {
             vm_name: "vm-ä1".into(),
             ram_bytes: 512 << 20,
-            page_size: PAGE_SIZE as u32,
+            page_size: PAGE_SIZE_U32,
             disk_bytes: vec![8 << 30, 1 << 20],
             policy: MigrationPolicy::Precopy,
         }
@@ -35,7 +37,9 @@ pub fn sample_messages() -> Vec<Message> {
         }
         .into(),
         DeviceState {
-            chunk: (0..3000).map(|i| (i * 7) as u8).collect(),
+            chunk: (0..3000)
+                .map(|i| u8::try_from(i * 7 % 256).unwrap())
+                .collect(),
         }
         .into(),
         DeviceStateEnd {
@@ -71,7 +75,7 @@ pub fn raw_frame(type_code: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     frame.extend_from_slice(&type_code.to_le_bytes());
     frame.extend_from_slice(&flags.to_le_bytes());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
     frame.extend_from_slice(payload);
     let checksum = xxhash_rust::xxh3::xxh3_64(&frame);
     frame.extend_from_slice(&checksum.to_le_bytes());
