@@ -1,5 +1,8 @@
 //! Float-to-integer conversions for rates, shares and ranks computed in `f64`.
 //!
+//! `mllm_core::convert` has the same helpers; the guest binary keeps its
+//! dependencies to libc and xxh3 (it is linked static into the initramfs).
+//!
 //! The values are non-negative and in range by construction; where that fails
 //! (overflow, or NaN from 0/0), clamping is the right answer for a count of
 //! operations or records, not an error.

@@ -9,7 +9,6 @@
 
 pub mod analysis;
 pub mod build;
-mod convert;
 pub mod disk;
 pub mod image;
 pub mod method;

@@ -16,8 +16,8 @@ use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 
-use crate::convert::saturating_u64;
 use crate::outcome::MigrationOutcome;
+use mllm_core::convert::saturating_u64;
 
 /// Guest RAM files on both sides, on tmpfs.
 #[derive(Debug)]

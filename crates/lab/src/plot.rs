@@ -7,8 +7,8 @@ use anyhow::{anyhow, Result};
 use mllm_link::LinkSample;
 use plotters::prelude::*;
 
-use crate::convert::saturating_usize;
 use crate::result::RunResult;
+use mllm_core::convert::saturating_usize;
 
 /// Host wall-clock instants (µs since the epoch) of the migration's phases.
 #[derive(Debug)]
