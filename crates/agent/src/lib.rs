@@ -29,8 +29,6 @@ mod device_state;
 mod guest_ram;
 mod memory_trace;
 mod peer;
-mod progress;
-mod report;
 mod settings;
 mod source;
 mod tracking;
@@ -38,9 +36,13 @@ mod vm_setup;
 
 pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
 pub use guest_ram::GuestRam;
-pub use memory_trace::{record_memory_trace, TraceSummary};
-pub use progress::{Phase, Progress};
-pub use report::{DestinationReport, RoundReport, SourceReport, SourceTimings, SwitchReason};
+pub use memory_trace::record_memory_trace;
+// What the engine reports, defined where clients can read it without
+// linking the engine.
+pub use mllm_control::{
+    DestinationReport, Phase, Progress, RoundReport, SourceReport, SourceTimings, SwitchReason,
+    TraceSummary,
+};
 pub use settings::{parse_compression, BoundAction, PrecopySettings};
 pub use source::migrate_source;
 pub use vm_setup::{

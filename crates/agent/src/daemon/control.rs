@@ -8,11 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use mllm_control::{Progress, SourceReport, TraceSummary};
 use serde::{Deserialize, Serialize};
-
-use crate::memory_trace::TraceSummary;
-use crate::progress::Progress;
-use crate::report::SourceReport;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "request")]

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use mllm_control::{DestinationReport, Progress, SourceReport, TraceSummary};
 
 use super::control::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest};
 use super::vms::{TrackerUser, VmHost};
 use crate::destination::{DestinationSettings, IncomingMigration};
-use crate::memory_trace::{record_memory_trace, TraceSummary};
-use crate::progress::Progress;
-use crate::report::{DestinationReport, SourceReport};
+use crate::memory_trace::record_memory_trace;
 use crate::settings::{parse_compression, PrecopySettings};
 use crate::source::migrate_source;
 

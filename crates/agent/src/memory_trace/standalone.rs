@@ -4,10 +4,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use mllm_control::TraceSummary;
 use mllm_qemu::QemuProcess;
 use mllm_tracker::PAGE_SIZE;
 
-use super::{ScanSchedule, TraceFile, TraceSummary};
+use super::{ScanSchedule, TraceFile};
 use crate::tracking::start_tracking;
 
 /// Records which pages the running VM `vm` (guest RAM in the shared file

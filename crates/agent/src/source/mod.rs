@@ -16,6 +16,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use mllm_control::{Phase, Progress, SourceReport, SourceTimings};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
@@ -31,8 +32,6 @@ use crate::device_state::ignore_shared_ram;
 use crate::guest_ram::GuestRam;
 use crate::memory_trace::TraceFile;
 use crate::peer::{link_failure, PeerLink};
-use crate::progress::{Phase, Progress};
-use crate::report::{SourceReport, SourceTimings};
 use crate::settings::PrecopySettings;
 use crate::tracking::start_tracking;
 

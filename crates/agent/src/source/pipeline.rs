@@ -6,6 +6,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use anyhow::{anyhow, Result};
+use mllm_control::RoundReport;
 use mllm_wire::{
     CompressionSetting, Message, PageBatch, PageBatchBuilder, RoundEnd, CHECKSUM_LEN, HEADER_LEN,
     PAGE_SIZE,
@@ -13,7 +14,6 @@ use mllm_wire::{
 
 use super::flow::Flow;
 use crate::guest_ram::GuestRam;
-use crate::report::RoundReport;
 
 /// Encoded size of one page entry (varint page index and kind): the batch
 /// size used for flow accounting is estimated, as the encoding is the wire

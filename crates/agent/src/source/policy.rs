@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::report::SwitchReason;
+use mllm_control::SwitchReason;
+
 use crate::settings::{BoundAction, PrecopySettings};
 
 /// What is known right after a scan.

@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use mllm_control::{Phase, RoundReport, SwitchReason};
 use mllm_tracker::PageRange;
 
 use super::policy::{decide, AfterScan, Decision};
 use super::SourceContext;
-use crate::progress::Phase;
-use crate::report::{RoundReport, SwitchReason};
 
 /// Pages between two progress reports while a round is read.
 const PAGES_PER_REPORT: u64 = 64;

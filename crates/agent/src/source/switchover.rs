@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use mllm_control::Phase;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_tracker::PageRange;
 use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message};
@@ -14,7 +15,6 @@ use super::precopy::send_round;
 use super::writes::merge_ranges;
 use super::SourceContext;
 use crate::device_state::OutgoingDeviceState;
-use crate::progress::Phase;
 
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 

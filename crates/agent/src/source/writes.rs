@@ -8,9 +8,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use mllm_control::TraceSummary;
 use mllm_tracker::{PageRange, WriteTracker};
 
-use crate::memory_trace::{ScanSchedule, TraceFile, TraceSummary};
+use crate::memory_trace::{ScanSchedule, TraceFile};
 
 enum Recording {
     Off,
