@@ -15,8 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mllm_agent::daemon::control::{ControlReply, VmInfo};
-use mllm_agent::{Phase, Progress, SourceReport};
+use mllm_control::{ControlReply, Phase, Progress, SourceReport, VmInfo};
 use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 

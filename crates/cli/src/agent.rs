@@ -6,9 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use mllm_agent::daemon::control::{send_request, ControlReply, ControlRequest, MigrateRequest};
 use mllm_agent::daemon::{self, DaemonOptions};
-use mllm_agent::{find_hook_library, Phase, Progress, SourceReport, TraceSummary};
+use mllm_agent::find_hook_library;
+use mllm_control::{
+    send_request, ControlReply, ControlRequest, MigrateRequest, Phase, Progress, SourceReport,
+    TraceSummary,
+};
 
 pub(crate) const DEFAULT_CONTROL: &str = "/run/mllm/agent.sock";
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use clap::{Args, Subcommand};
-use mllm_agent::daemon::control::{send_request, ControlReply, ControlRequest, RecordTraceRequest};
+use mllm_control::{send_request, ControlReply, ControlRequest, RecordTraceRequest};
 
 use crate::agent::{describe_trace, DEFAULT_CONTROL};
 

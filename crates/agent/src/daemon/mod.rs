@@ -1,7 +1,6 @@
-//! The long-running `mllm agent`: see [`run`] and the control protocol in
-//! [`control`].
+//! The long-running `mllm agent`: see [`run`], and `mllm-control` for the
+//! protocol of its control socket.
 
-pub mod control;
 mod server;
 mod spec;
 mod vms;

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use mllm_control::{DestinationReport, Progress, SourceReport, TraceSummary};
+use mllm_control::{
+    ControlReply, ControlRequest, DestinationReport, MigrateRequest, Progress, RecordTraceRequest,
+    SourceReport, TraceSummary,
+};
 
-use super::control::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest};
 use super::vms::{TrackerUser, VmHost};
 use crate::destination::{DestinationSettings, IncomingMigration};
 use crate::memory_trace::record_memory_trace;

@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
-use mllm_control::Progress;
+use mllm_control::{Progress, VmInfo};
 use mllm_qemu::QemuProcess;
 use serde_json::json;
 
-use super::control::VmInfo;
 use super::spec::VmSpec;
 use crate::vm_setup::make_migratable;
 
