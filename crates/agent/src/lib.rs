@@ -18,12 +18,11 @@
 //!   [`mllm_qemu::QemuProcess`], its RAM file and a connected `TcpStream`;
 //! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
 //! - [`record_memory_trace`] records which pages a running VM writes, interval
-//!   by interval, as a migration can too ([`PrecopySettings::trace_file`]);
-//! - [`daemon`] is the long-running `mllm agent` built on them.
+//!   by interval, as a migration can too ([`PrecopySettings::trace_file`]).
 //!
-//! See `crates/agent/README.md` for the protocol sequence and the daemon.
+//! The long-running `mllm agent` built on them is the `mllm-daemon` crate.
+//! See `crates/agent/README.md` for the protocol sequence.
 
-pub mod daemon;
 mod destination;
 mod device_state;
 mod guest_ram;

@@ -1,17 +1,17 @@
-//! `mllm agent` (the daemon) and `mllm migrate` (its client); the work is
-//! done by the `mllm-agent` crate.
+//! `mllm agent` (the daemon, `mllm-daemon`) and `mllm migrate` (its client,
+//! `mllm-control`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use mllm_agent::daemon::{self, DaemonOptions};
 use mllm_agent::find_hook_library;
 use mllm_control::{
     send_request, ControlReply, ControlRequest, MigrateRequest, Phase, Progress, SourceReport,
     TraceSummary,
 };
+use mllm_daemon::DaemonOptions;
 
 pub(crate) const DEFAULT_CONTROL: &str = "/run/mllm/agent.sock";
 
@@ -23,7 +23,7 @@ pub struct AgentArgs {
     /// Unix socket `mllm migrate` talks to.
     #[arg(long, default_value = DEFAULT_CONTROL)]
     control: PathBuf,
-    /// Directory of VM specs, one NAME.toml per VM (see crates/agent/README.md).
+    /// Directory of VM specs, one NAME.toml per VM (see crates/daemon/README.md).
     #[arg(long, default_value = "/etc/mllm/vms")]
     vms: PathBuf,
     /// Where each VM's QMP and serial sockets and logs go.
@@ -80,7 +80,7 @@ pub fn run_agent(args: AgentArgs) -> Result<()> {
         Some(path) => path,
         None => find_hook_library()?,
     };
-    daemon::run(&DaemonOptions {
+    mllm_daemon::run(&DaemonOptions {
         listen: args.listen,
         control_socket: args.control,
         specs: args.vms,

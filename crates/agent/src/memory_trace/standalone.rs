@@ -16,7 +16,7 @@ use crate::tracking::start_tracking;
 /// binary memory trace `path`.
 ///
 /// Arms the hook inside QEMU, so nothing else may track this VM meanwhile
-/// (see [`crate::daemon`]); a later migration re-arms it.
+/// (the daemon, `mllm-daemon`, sees to that); a later migration re-arms it.
 pub fn record_memory_trace(
     vm: &QemuProcess,
     ram_file: &Path,

@@ -19,7 +19,8 @@ use mllm_control::{ControlReply, Phase, Progress, SourceReport, VmInfo};
 use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 
-#[path = "common/workspace_build.rs"]
+// Shared with the agent's migration tests, which build the hook the same way.
+#[path = "../../agent/tests/common/workspace_build.rs"]
 mod workspace_build;
 
 const GUEST_MIB: u64 = 256;
