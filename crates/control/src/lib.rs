@@ -7,7 +7,7 @@
 //!
 //! # Transport
 //!
-//! A unix stream socket (`mllm agent --control`, `/run/mllm/agent.sock` by
+//! A unix stream socket (`mllm agent --control`, [`DEFAULT_SOCKET`] by
 //! default). Each connection carries one request: the client writes it as
 //! one line of JSON, then reads reply lines, one JSON document each, until
 //! the daemon closes the connection after its last reply.
@@ -59,3 +59,6 @@ pub use memory_trace::TraceSummary;
 pub use messages::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest, VmInfo};
 pub use progress::{Phase, Progress};
 pub use report::{DestinationReport, RoundReport, SourceReport, SourceTimings, SwitchReason};
+
+/// Where the daemon listens and its clients connect unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/mllm/agent.sock";
