@@ -18,19 +18,16 @@
 //!   [`mllm_qemu::QemuProcess`], its RAM file and a connected `TcpStream`;
 //! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
 //! - [`record_memory_trace`] records which pages a running VM writes, interval
-//!   by interval, as a migration can too ([`PrecopySettings::trace_file`]);
-//! - [`daemon`] is the long-running `mllm agent` built on them.
+//!   by interval, as a migration can too ([`PrecopySettings::trace_file`]).
 //!
-//! See `crates/agent/README.md` for the protocol sequence and the daemon.
+//! The long-running `mllm agent` built on them is the `mllm-daemon` crate.
+//! See `crates/agent/README.md` for the protocol sequence.
 
-pub mod daemon;
 mod destination;
 mod device_state;
 mod guest_ram;
 mod memory_trace;
 mod peer;
-mod progress;
-mod report;
 mod settings;
 mod source;
 mod tracking;
@@ -38,9 +35,13 @@ mod vm_setup;
 
 pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
 pub use guest_ram::GuestRam;
-pub use memory_trace::{record_memory_trace, TraceSummary};
-pub use progress::{Phase, Progress};
-pub use report::{DestinationReport, RoundReport, SourceReport, SourceTimings, SwitchReason};
+pub use memory_trace::record_memory_trace;
+// What the engine reports, defined where clients can read it without
+// linking the engine.
+pub use mllm_control::{
+    DestinationReport, Phase, Progress, RoundReport, SourceReport, SourceTimings, SwitchReason,
+    TraceSummary,
+};
 pub use settings::{parse_compression, BoundAction, PrecopySettings};
 pub use source::migrate_source;
 pub use vm_setup::{

@@ -3,6 +3,7 @@
 mod agent;
 mod lab;
 mod link;
+mod migrate;
 mod sim;
 mod trace;
 
@@ -27,7 +28,7 @@ enum Command {
     /// Run the mllm agent on this host: owns local VMs, sends and receives migrations.
     Agent(agent::AgentArgs),
     /// Migrate a VM owned by the local agent to another host's agent.
-    Migrate(agent::MigrateArgs),
+    Migrate(migrate::MigrateArgs),
     /// Build guest images, run migration scenarios and compare results.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -56,8 +57,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let outcome = match cli.command {
-        Command::Agent(args) => agent::run_agent(args),
-        Command::Migrate(args) => agent::run_migrate(args),
+        Command::Agent(args) => agent::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Link(args) => link::run(args),
         Command::Sim(cmd) => sim::run(cmd),

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use clap::{Args, Subcommand};
-use mllm_agent::daemon::control::{send_request, ControlReply, ControlRequest, RecordTraceRequest};
+use mllm_control::{
+    send_request, ControlReply, ControlRequest, RecordTraceRequest, DEFAULT_SOCKET,
+};
 
-use crate::agent::{describe_trace, DEFAULT_CONTROL};
+use crate::migrate::describe_trace;
 
 #[derive(Subcommand)]
 pub enum TraceCommand {
@@ -32,7 +34,7 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 100)]
     interval_ms: u64,
     /// The local agent's control socket.
-    #[arg(long, default_value = DEFAULT_CONTROL)]
+    #[arg(long, default_value = DEFAULT_SOCKET)]
     control: PathBuf,
 }
 

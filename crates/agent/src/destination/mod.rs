@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use mllm_control::DestinationReport;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
@@ -19,7 +20,6 @@ use mllm_wire::{
 use crate::device_state::IncomingDeviceState;
 use crate::guest_ram::GuestRam;
 use crate::peer::{link_failure, PeerLink};
-use crate::report::DestinationReport;
 
 /// Settings of the destination agent.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use mllm_control::DestinationReport;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
@@ -16,7 +17,6 @@ use serde_json::json;
 use crate::device_state::IncomingDeviceState;
 use crate::guest_ram::GuestRam;
 use crate::peer::{link_failure, PeerLink};
-use crate::report::DestinationReport;
 
 /// How often the destination QEMU is asked whether it is still there while
 /// pages arrive, so its death aborts the migration before the switch.

@@ -10,6 +10,5 @@ mod schedule;
 mod standalone;
 
 pub(crate) use file::TraceFile;
-pub use file::TraceSummary;
 pub(crate) use schedule::ScanSchedule;
 pub use standalone::record_memory_trace;

@@ -4,10 +4,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use mllm_control::TraceSummary;
 use mllm_core::memory::pages_in;
 use mllm_qemu::QemuProcess;
 
-use super::{ScanSchedule, TraceFile, TraceSummary};
+use super::{ScanSchedule, TraceFile};
 use crate::tracking::start_tracking;
 
 /// Records which pages the running VM `vm` (guest RAM in the shared file
@@ -15,7 +16,7 @@ use crate::tracking::start_tracking;
 /// binary memory trace `path`.
 ///
 /// Arms the hook inside QEMU, so nothing else may track this VM meanwhile
-/// (see [`crate::daemon`]); a later migration re-arms it.
+/// (the daemon, `mllm-daemon`, sees to that); a later migration re-arms it.
 pub fn record_memory_trace(
     vm: &QemuProcess,
     ram_file: &Path,

@@ -33,10 +33,10 @@ use crate::device_state::ignore_shared_ram;
 use crate::guest_ram::GuestRam;
 use crate::memory_trace::TraceFile;
 use crate::peer::{link_failure, PeerLink};
-use crate::progress::{Phase, Progress};
-use crate::report::{SourceReport, SourceTimings};
 use crate::settings::PrecopySettings;
 use crate::tracking::start_tracking;
+use mllm_control::{Phase, Progress};
+use mllm_control::{SourceReport, SourceTimings};
 
 /// Frames queued for the sender thread beyond the one it is writing: enough
 /// to cover compressing the next batch, small next to the link's queue.

@@ -12,7 +12,7 @@ use mllm_wire::{CompressionSetting, Message, PageBatchBuilder, RoundEnd, PAGE_SI
 
 use super::flow::Flow;
 use crate::guest_ram::GuestRam;
-use crate::report::RoundReport;
+use mllm_control::RoundReport;
 
 struct RoundCounter {
     round: u32,

@@ -13,8 +13,8 @@ use mllm_core::vm::VmLayout;
 use mllm_core::PageSet;
 
 use super::SourceContext;
-use crate::progress::Phase;
-use crate::report::RoundReport;
+use mllm_control::Phase;
+use mllm_control::RoundReport;
 
 /// Pages between two progress reports while a round is read.
 const PAGES_PER_REPORT: u64 = 64;

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use mllm_control::{Phase, Progress};
+
 use super::flow::FlowSnapshot;
-use crate::progress::{Phase, Progress};
 
 const INTERVAL: Duration = Duration::from_millis(100);
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::precopy::send_round;
 use super::{SourceContext, SourceVmPhase};
 use crate::device_state::OutgoingDeviceState;
-use crate::progress::Phase;
+use mllm_control::Phase;
 
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 

@@ -8,10 +8,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use mllm_control::TraceSummary;
 use mllm_core::memory::{self, PageRange};
 use mllm_tracker::WriteTracker;
 
-use crate::memory_trace::{ScanSchedule, TraceFile, TraceSummary};
+use crate::memory_trace::{ScanSchedule, TraceFile};
 
 enum Recording {
     Off,

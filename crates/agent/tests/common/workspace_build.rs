@@ -1,6 +1,7 @@
 //! Builds what an integration test needs but cannot depend on (the `mllm`
 //! binary, the hook cdylib), with the profile and target directory of the
-//! running test binary so nothing is built twice.
+//! running test binary so nothing is built twice. The agent's and the
+//! daemon's integration tests both include this file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -10,15 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use mllm_agent::{
+    migrate_source, parse_compression, record_memory_trace, DestinationSettings, IncomingMigration,
+    PrecopySettings,
+};
+use mllm_control::{
+    ControlReply, ControlRequest, DestinationReport, MigrateRequest, Progress, RecordTraceRequest,
+    SourceReport, TraceSummary,
+};
 
-use super::control::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest};
-use super::vms::{TrackerUser, VmHost};
-use crate::destination::{DestinationSettings, IncomingMigration};
-use crate::memory_trace::{record_memory_trace, TraceSummary};
-use crate::progress::Progress;
-use crate::report::{DestinationReport, SourceReport};
-use crate::settings::{parse_compression, PrecopySettings};
-use crate::source::migrate_source;
+use crate::vms::{TrackerUser, VmHost};
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {

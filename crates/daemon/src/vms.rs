@@ -7,13 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
+use mllm_agent::make_migratable;
+use mllm_control::{Progress, VmInfo};
 use mllm_qemu::QemuProcess;
 use serde_json::json;
 
-use super::control::VmInfo;
-use super::spec::VmSpec;
-use crate::progress::Progress;
-use crate::vm_setup::make_migratable;
+use crate::spec::VmSpec;
 
 /// One VM's QEMU and what the daemon knows about it.
 pub struct OwnedVm {

@@ -15,12 +15,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use mllm_agent::daemon::control::{ControlReply, VmInfo};
-use mllm_agent::{Phase, Progress, SourceReport};
+use mllm_control::{ControlReply, Phase, Progress, SourceReport, VmInfo};
 use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 
-#[path = "common/workspace_build.rs"]
+// Shared with the agent's migration tests, which build the hook the same way.
+#[path = "../../agent/tests/common/workspace_build.rs"]
 mod workspace_build;
 
 const GUEST_MIB: u64 = 256;

@@ -1,0 +1,13 @@
+//! The long-running `mllm agent`: owns VMs launched from their specs
+//! ([`VmSpec`]), migrates them away on request and receives migrations from
+//! peer agents, with the migration engine of `mllm-agent`. See [`run`], and
+//! `mllm-control` for the protocol of its control socket.
+//!
+//! See `crates/daemon/README.md` for the command line and the VM specs.
+
+mod server;
+mod spec;
+mod vms;
+
+pub use server::{run, DaemonOptions};
+pub use spec::VmSpec;
