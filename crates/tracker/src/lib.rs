@@ -25,9 +25,10 @@ use std::fmt;
 use std::time::Duration;
 
 pub use detect::detect;
-pub use hook_client::{arm_hook, ArmedHook, UffdFeatures};
+pub use hook_client::{arm_hook, ArmedHook};
 pub use maps::{find_ram_mapping, RamMapping};
 pub use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE};
+pub use mllm_hook_protocol::UffdFeatures;
 pub use pagemap_scan::PagemapScanTracker;
 pub use soft_dirty::SoftDirtyTracker;
 

@@ -10,13 +10,13 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::hook_client::{ArmedHook, UffdFeatures};
+use crate::hook_client::ArmedHook;
 use crate::maps::RamMapping;
 use crate::uapi::{
     PageRegion, PmScanArg, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
     PM_SCAN_WP_MATCHING,
 };
-use crate::{ScanStats, TrackingMethod, WriteTracker};
+use crate::{ScanStats, TrackingMethod, UffdFeatures, WriteTracker};
 use mllm_core::memory::{push_merged, total_pages, PageRange};
 
 /// Output regions per ioctl. A full buffer only costs another call, which
