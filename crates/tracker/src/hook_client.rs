@@ -7,9 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use mllm_hook_protocol::{Reply, Request, UffdFeatures, MAX_REPLY_LEN};
 
+use crate::error::TrackerError;
 use crate::maps::RamMapping;
 
 /// Registering and write-protecting takes a page-table walk over guest RAM:
@@ -27,29 +27,35 @@ pub struct ArmedHook {
 
 /// Asks the hook listening on `socket_path` to write-protect `ram` and
 /// returns the userfaultfd it armed.
-pub fn arm_hook(socket_path: &Path, ram: RamMapping) -> Result<ArmedHook> {
-    let context = || format!("arming the mllm hook at {}", socket_path.display());
-    let mut stream = UnixStream::connect(socket_path).with_context(context)?;
+pub fn arm_hook(socket_path: &Path, ram: RamMapping) -> Result<ArmedHook, TrackerError> {
+    let socket = || socket_path.to_owned();
+    let unreachable_hook = |source| TrackerError::HookUnreachable {
+        socket: socket(),
+        source,
+    };
+    let mut stream = UnixStream::connect(socket_path).map_err(unreachable_hook)?;
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
-        .with_context(context)?;
+        .map_err(unreachable_hook)?;
     let request = Request::WriteProtect {
         start: ram.start,
         len: ram.len,
     };
     stream
         .write_all(request.encode().as_bytes())
-        .with_context(context)?;
-    let (line, uffd) = receive_reply(&stream).with_context(context)?;
-    let reply = Reply::parse(&line)
-        .context("unexpected reply from the hook")
-        .with_context(context)?;
+        .map_err(unreachable_hook)?;
+    let (line, uffd) = receive_reply(&stream).map_err(unreachable_hook)?;
+    let reply = Reply::parse(&line).map_err(|source| TrackerError::HookReplyMalformed {
+        socket: socket(),
+        source,
+    })?;
     match (reply, uffd) {
         (Reply::Armed { features }, Some(uffd)) => Ok(ArmedHook { uffd, features }),
-        (Reply::Armed { .. }, None) => {
-            bail!("{}: the hook replied OK without the userfaultfd", context())
-        }
-        (Reply::Refused { reason }, _) => bail!("{}: the hook refused: {reason}", context()),
+        (Reply::Armed { .. }, None) => Err(TrackerError::HookSentNoDescriptor { socket: socket() }),
+        (Reply::Refused { reason }, _) => Err(TrackerError::HookRefused {
+            socket: socket(),
+            reason,
+        }),
     }
 }
 
