@@ -5,18 +5,16 @@
 //! it, so the one that write-protects QEMU's guest RAM must be created inside
 //! QEMU. This library does exactly that on request and nothing else: when
 //! `MLLM_HOOK_SOCKET` names a unix socket path, one thread listens there and
-//! serves requests described in `protocol.rs`. When the variable is unset the
-//! library does nothing at all.
+//! serves the requests described in `mllm-hook-protocol`. When the variable
+//! is unset the library does nothing at all.
 
-mod protocol;
 mod server;
 mod uffd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-/// Environment variable naming the unix socket the hook listens on.
-const SOCKET_ENV: &str = "MLLM_HOOK_SOCKET";
+use mllm_hook_protocol::SOCKET_ENV;
 
 /// Runs when the dynamic loader maps the library, before QEMU's `main`.
 #[used]

@@ -1,5 +1,5 @@
 //! The hook's only thread: accepts the agent's connections one at a time and
-//! answers each request (see [`crate::protocol`]).
+//! answers each request (see `mllm-hook-protocol`).
 //!
 //! Nothing here runs on QEMU's threads; the ioctls it makes hold QEMU's
 //! memory-map lock only for the length of a page-table walk.
@@ -11,7 +11,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{protocol, uffd};
+use mllm_hook_protocol::{Reply, Request, MAX_REQUEST_LEN};
+
+use crate::uffd;
 
 /// How long a connected client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,24 +51,48 @@ pub fn serve(listener: UnixListener) {
 
 fn answer(stream: &UnixStream, armed: &mut Option<OwnedFd>) -> io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new(stream.take(protocol::MAX_REQUEST_LEN)).read_line(&mut line)?;
-    let request = match protocol::parse_request(&line, page_size()) {
+    let mut line = Vec::new();
+    // One byte more than a request may have, so that a longer one is refused
+    // as too long rather than parsed cut.
+    let limit = MAX_REQUEST_LEN as u64 + 1;
+    BufReader::new(stream.take(limit)).read_until(b'\n', &mut line)?;
+    let Request::WriteProtect { start, len } = match Request::parse(&line) {
         Ok(request) => request,
-        Err(reason) => return send_reply(stream, &protocol::error_reply(&reason), None),
+        Err(error) => return send_reply(stream, &refusal(error.to_string()), None),
     };
+    if let Err(reason) = check_page_aligned(start, len, page_size()) {
+        return send_reply(stream, &refusal(reason), None);
+    }
     // A restarted agent re-arms: the earlier descriptor must go first, or its
     // registration of the same range makes the new one fail with EBUSY.
     drop(armed.take());
-    match uffd::write_protect(request.start, request.len) {
+    match uffd::write_protect(start, len) {
         Ok(protected) => {
-            let reply = protocol::ok_reply(protected.features);
+            let reply = Reply::Armed {
+                features: protected.features,
+            };
             let sent = send_reply(stream, &reply, Some(protected.uffd.as_fd()));
             *armed = Some(protected.uffd);
             sent
         }
-        Err(reason) => send_reply(stream, &protocol::error_reply(&reason), None),
+        Err(reason) => send_reply(stream, &refusal(reason), None),
     }
+}
+
+fn refusal(reason: String) -> Reply {
+    Reply::Refused { reason }
+}
+
+/// Refuses what UFFDIO_REGISTER would reject with a bare EINVAL: an empty
+/// range, or one not aligned to pages.
+fn check_page_aligned(start: u64, len: u64, page_size: u64) -> Result<(), String> {
+    // Page sizes are powers of two: aligned means no bit below the size.
+    if len == 0 || (start | len) & (page_size - 1) != 0 {
+        return Err(format!(
+            "range 0x{start:x}+{len} is empty or not aligned to {page_size}-byte pages"
+        ));
+    }
+    Ok(())
 }
 
 fn page_size() -> u64 {
@@ -74,9 +100,9 @@ fn page_size() -> u64 {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
 }
 
-/// Sends `reply` as one line, with `fd` attached as SCM_RIGHTS when given.
-fn send_reply(stream: &UnixStream, reply: &str, fd: Option<BorrowedFd>) -> io::Result<()> {
-    let line = format!("{reply}\n");
+/// Sends `reply`, with `fd` attached as SCM_RIGHTS when given.
+fn send_reply(stream: &UnixStream, reply: &Reply, fd: Option<BorrowedFd>) -> io::Result<()> {
+    let line = reply.encode();
     let mut iov = libc::iovec {
         iov_base: line.as_ptr() as *mut libc::c_void,
         iov_len: line.len(),
@@ -108,5 +134,19 @@ fn send_reply(stream: &UnixStream, reply: &str, fd: Option<BorrowedFd>) -> io::R
         Ok(count) if count == line.len() => Ok(()),
         Ok(_) => Err(io::Error::new(io::ErrorKind::WriteZero, "reply cut short")),
         Err(_) => Err(io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_unaligned_ranges_are_refused() {
+        assert_eq!(check_page_aligned(0x7f00_0000_0000, 8192, 4096), Ok(()));
+        for (start, len) in [(0x1001, 4096), (0x1000, 4000), (0x1000, 0)] {
+            let refusal = check_page_aligned(start, len, 4096).unwrap_err();
+            assert!(refusal.contains("aligned"), "{refusal}");
+        }
     }
 }

@@ -4,17 +4,20 @@
 //!
 //! The ABI is declared here from the kernel's `include/uapi/linux/userfaultfd.h`
 //! because the installed headers (and the libc crate) predate
-//! `UFFD_FEATURE_WP_ASYNC` (Linux 6.7).
+//! `UFFD_FEATURE_WP_ASYNC` (Linux 6.7); the feature bits are declared in
+//! `mllm-hook-protocol`, whose replies report them.
 
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use mllm_hook_protocol::{
+    UffdFeatures, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+    UFFD_FEATURE_WP_UNPOPULATED,
+};
+
 const UFFD_API: u64 = 0xAA;
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-const FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
-const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-const FEATURE_WP_ASYNC: u64 = 1 << 15;
 const REGISTER_MODE_WP: u64 = 1 << 1;
 const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
 
@@ -55,22 +58,21 @@ const UFFDIO_WRITEPROTECT: libc::Ioctl = uffd_iowr(0x06, size_of::<UffdioWritepr
 
 pub struct WriteProtected {
     pub uffd: OwnedFd,
-    /// The `UFFD_FEATURE_*` bits the kernel granted.
-    pub features: u64,
+    pub features: UffdFeatures,
 }
 
 /// Registers `[start, start + len)` of this process for asynchronous
 /// write-protection and write-protects all of it.
 pub fn write_protect(start: u64, len: u64) -> Result<WriteProtected, String> {
     let supported = supported_features()?;
-    if supported & FEATURE_WP_ASYNC == 0 {
+    if supported & UFFD_FEATURE_WP_ASYNC == 0 {
         return Err("kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux 6.7+)".into());
     }
     // Without WP_UNPOPULATED, pages not yet mapped would escape tracking;
     // without WP_HUGETLBFS_SHMEM, registering shared memory fails below with
     // a clear errno. Ask for what the kernel has and report what was granted.
-    let features =
-        supported & (FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED | FEATURE_WP_HUGETLBFS_SHMEM);
+    let features = supported
+        & (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
     let uffd = open_userfaultfd()?;
     enable_features(&uffd, features)?;
     let range = || UffdioRange { start, len };
@@ -95,7 +97,10 @@ pub fn write_protect(start: u64, len: u64) -> Result<WriteProtected, String> {
         &mut protect,
         "UFFDIO_WRITEPROTECT",
     )?;
-    Ok(WriteProtected { uffd, features })
+    Ok(WriteProtected {
+        uffd,
+        features: UffdFeatures(features),
+    })
 }
 
 /// A userfaultfd accepts UFFDIO_API only once, so the supported features are

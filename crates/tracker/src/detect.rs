@@ -2,61 +2,63 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-
+use crate::error::{FailureList, MethodFailure, TrackerError};
 use crate::hook_client::arm_hook;
 use crate::maps::RamMapping;
 use crate::pagemap_scan::PagemapScanTracker;
 use crate::soft_dirty::SoftDirtyTracker;
-use crate::WriteTracker;
+use crate::{TrackingMethod, WriteTracker};
 
 /// Starts tracking writes to `ram` in process `pid` with the best method
 /// available: `PAGEMAP_SCAN` through the hook listening on `hook_socket`,
-/// else soft-dirty bits. Logs the method chosen and why others failed;
-/// fails, naming every method's reason, when none works.
+/// else soft-dirty bits. Logs the method chosen and why the ones before it
+/// failed; when none works, the error lists every method tried and why it
+/// failed ([`TrackerError::NoMethodWorks`]).
 pub fn detect(
     pid: i32,
     ram: RamMapping,
     hook_socket: Option<&Path>,
-) -> Result<Box<dyn WriteTracker>> {
-    let pagemap_scan_error = match start_pagemap_scan(pid, ram, hook_socket) {
+) -> Result<Box<dyn WriteTracker>, TrackerError> {
+    let mut failures = Vec::new();
+    match start_pagemap_scan(pid, ram, hook_socket) {
         Ok(tracker) => {
             tracing::info!(
                 pid,
-                method = %crate::TrackingMethod::PagemapScan,
+                method = %TrackingMethod::PagemapScan,
                 uffd_features = %tracker.features(),
                 "tracking guest memory writes"
             );
             return Ok(Box::new(tracker));
         }
-        Err(error) => error,
-    };
-    let soft_dirty_error = match SoftDirtyTracker::new(pid, ram) {
+        Err(error) => failures.push(MethodFailure {
+            method: TrackingMethod::PagemapScan,
+            error,
+        }),
+    }
+    match SoftDirtyTracker::new(pid, ram) {
         Ok(tracker) => {
             tracing::warn!(
                 pid,
-                method = %crate::TrackingMethod::SoftDirty,
-                unavailable = %format!("{pagemap_scan_error:#}"),
+                method = %TrackingMethod::SoftDirty,
+                unavailable = %FailureList(&failures),
                 "tracking guest memory writes with the fallback, which stops QEMU during scans"
             );
             return Ok(Box::new(tracker));
         }
-        Err(error) => error,
-    };
-    bail!(
-        "no method can track guest memory writes of process {pid}: \
-         PAGEMAP_SCAN: {pagemap_scan_error:#}; soft-dirty: {soft_dirty_error:#}"
-    )
+        Err(error) => failures.push(MethodFailure {
+            method: TrackingMethod::SoftDirty,
+            error,
+        }),
+    }
+    Err(TrackerError::NoMethodWorks { pid, failures })
 }
 
 fn start_pagemap_scan(
     pid: i32,
     ram: RamMapping,
     hook_socket: Option<&Path>,
-) -> Result<PagemapScanTracker> {
-    let hook_socket = hook_socket.context(
-        "no hook socket (QEMU must run with LD_PRELOAD=libmllm_hook.so and MLLM_HOOK_SOCKET)",
-    )?;
+) -> Result<PagemapScanTracker, TrackerError> {
+    let hook_socket = hook_socket.ok_or(TrackerError::NoHookSocket)?;
     // Checked first so that nothing is armed in QEMU for a method that
     // cannot be used.
     PagemapScanTracker::check_kernel_support(pid, ram)?;

@@ -13,11 +13,16 @@
 //!   with `CONFIG_MEM_SOFT_DIRTY`.
 //!
 //! [`detect`] picks the first that works on this kernel and this process.
+//!
+//! Every failure is a [`TrackerError`], whose message is meant for an
+//! operator.
 
 mod detect;
+mod error;
 mod hook_client;
 mod maps;
 mod pagemap_scan;
+mod procfs;
 mod soft_dirty;
 mod uapi;
 
@@ -25,9 +30,11 @@ use std::fmt;
 use std::time::Duration;
 
 pub use detect::detect;
-pub use hook_client::{arm_hook, ArmedHook, UffdFeatures};
+pub use error::{MethodFailure, MisMapping, ProcAccess, TrackerError, WalkError};
+pub use hook_client::{arm_hook, ArmedHook};
 pub use maps::{find_ram_mapping, RamMapping};
 pub use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE};
+pub use mllm_hook_protocol::UffdFeatures;
 pub use pagemap_scan::PagemapScanTracker;
 pub use soft_dirty::SoftDirtyTracker;
 
@@ -40,7 +47,7 @@ pub trait WriteTracker: Send {
     /// tracking from now. The first scan reports writes since the tracker
     /// was created. After an error, some pages may have been reset without
     /// being reported: treat all of guest RAM as written.
-    fn scan(&mut self, written: &mut Vec<PageRange>) -> anyhow::Result<ScanStats>;
+    fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats, TrackerError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

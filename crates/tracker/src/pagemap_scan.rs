@@ -8,15 +8,15 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
-
-use crate::hook_client::{ArmedHook, UffdFeatures};
+use crate::error::{TrackerError, WalkError};
+use crate::hook_client::ArmedHook;
 use crate::maps::RamMapping;
+use crate::procfs::open_pagemap;
 use crate::uapi::{
     PageRegion, PmScanArg, PAGEMAP_SCAN, PAGE_IS_WRITTEN, PM_SCAN_CHECK_WPASYNC,
     PM_SCAN_WP_MATCHING,
 };
-use crate::{ScanStats, TrackingMethod, WriteTracker};
+use crate::{ScanStats, TrackingMethod, UffdFeatures, WriteTracker};
 use mllm_core::memory::{push_merged, total_pages, PageRange};
 
 /// Output regions per ioctl. A full buffer only costs another call, which
@@ -36,13 +36,15 @@ pub struct PagemapScanTracker {
 impl PagemapScanTracker {
     /// Tracks `ram` of process `pid`, which `armed` (from
     /// [`arm_hook`](crate::arm_hook)) write-protected.
-    pub fn new(pid: i32, ram: RamMapping, armed: ArmedHook) -> Result<PagemapScanTracker> {
+    pub fn new(
+        pid: i32,
+        ram: RamMapping,
+        armed: ArmedHook,
+    ) -> Result<PagemapScanTracker, TrackerError> {
         let pagemap = open_pagemap(pid)?;
         // A walk that only checks registration: nothing is reported or reset.
-        probe(&pagemap, ram, PM_SCAN_CHECK_WPASYNC).context(
-            "guest RAM is not registered for async write-protect (EPERM means the hook \
-             armed another range)",
-        )?;
+        probe(&pagemap, ram, PM_SCAN_CHECK_WPASYNC)
+            .map_err(|source| TrackerError::NotWriteProtected { source })?;
         Ok(PagemapScanTracker {
             pagemap,
             ram,
@@ -54,8 +56,9 @@ impl PagemapScanTracker {
 
     /// Checks that the kernel has `PAGEMAP_SCAN` (Linux 6.7+), before
     /// anything is armed.
-    pub fn check_kernel_support(pid: i32, ram: RamMapping) -> Result<()> {
-        probe(&open_pagemap(pid)?, ram, 0).context("PAGEMAP_SCAN ioctl (needs Linux 6.7+)")
+    pub fn check_kernel_support(pid: i32, ram: RamMapping) -> Result<(), TrackerError> {
+        probe(&open_pagemap(pid)?, ram, 0)
+            .map_err(|source| TrackerError::PagemapScanUnsupported { source })
     }
 
     /// Changes how many regions one ioctl may return; smaller means more calls.
@@ -75,9 +78,25 @@ impl WriteTracker for PagemapScanTracker {
         TrackingMethod::PagemapScan
     }
 
-    fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats> {
+    fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats, TrackerError> {
         let started = Instant::now();
         written.clear();
+        let kernel_calls = self
+            .collect_written(written)
+            .map_err(|source| TrackerError::PagemapScan { source })?;
+        Ok(ScanStats {
+            pages_written: total_pages(written),
+            ranges: written.len(),
+            kernel_calls,
+            duration: started.elapsed(),
+        })
+    }
+}
+
+impl PagemapScanTracker {
+    /// Appends the written pages to `written`, write-protecting them again;
+    /// returns the number of ioctls it took.
+    fn collect_written(&mut self, written: &mut Vec<PageRange>) -> Result<u32, WalkError> {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
             flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
@@ -91,7 +110,7 @@ impl WriteTracker for PagemapScanTracker {
         };
         let mut kernel_calls = 0;
         loop {
-            let filled = pagemap_scan(&self.pagemap, &mut arg).context("PAGEMAP_SCAN")?;
+            let filled = pagemap_scan(&self.pagemap, &mut arg)?;
             kernel_calls += 1;
             for region in &self.output[..filled] {
                 let first = self.ram.page_at(region.start);
@@ -99,32 +118,19 @@ impl WriteTracker for PagemapScanTracker {
                 push_merged(written, PageRange::new(first, end));
             }
             if arg.walk_end >= arg.end {
-                break;
+                return Ok(kernel_calls);
             }
             // The output buffer filled up: resume where the walk stopped.
-            ensure!(
-                arg.walk_end > arg.start,
-                "PAGEMAP_SCAN made no progress at 0x{:x}",
-                arg.start
-            );
+            if arg.walk_end <= arg.start {
+                return Err(WalkError::NoProgress { at: arg.start });
+            }
             arg.start = arg.walk_end;
         }
-        Ok(ScanStats {
-            pages_written: total_pages(written),
-            ranges: written.len(),
-            kernel_calls,
-            duration: started.elapsed(),
-        })
     }
 }
 
-fn open_pagemap(pid: i32) -> Result<File> {
-    let path = format!("/proc/{pid}/pagemap");
-    File::open(&path).with_context(|| format!("opening {path}"))
-}
-
 /// Walks `ram` with `flags` and no output buffer.
-fn probe(pagemap: &File, ram: RamMapping, flags: u64) -> Result<()> {
+fn probe(pagemap: &File, ram: RamMapping, flags: u64) -> Result<(), WalkError> {
     let mut arg = PmScanArg {
         size: std::mem::size_of::<PmScanArg>() as u64,
         flags,
@@ -134,7 +140,7 @@ fn probe(pagemap: &File, ram: RamMapping, flags: u64) -> Result<()> {
     };
     pagemap_scan(pagemap, &mut arg)?;
     if arg.walk_end < arg.end {
-        bail!("the walk stopped at 0x{:x}", arg.walk_end);
+        return Err(WalkError::Stopped { at: arg.walk_end });
     }
     Ok(())
 }

@@ -12,9 +12,9 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-
+use crate::error::{ProcAccess, TrackerError};
 use crate::maps::RamMapping;
+use crate::procfs::{self, open_pagemap};
 use crate::{ScanStats, TrackingMethod, WriteTracker};
 use mllm_core::memory::{push_merged, total_pages, PageIndex, PageRange, PAGE_SIZE};
 
@@ -36,12 +36,11 @@ pub struct SoftDirtyTracker {
 
 impl SoftDirtyTracker {
     /// Tracks `ram` of process `pid` from now on.
-    pub fn new(pid: i32, ram: RamMapping) -> Result<SoftDirtyTracker> {
+    pub fn new(pid: i32, ram: RamMapping) -> Result<SoftDirtyTracker, TrackerError> {
         SoftDirtyTracker::check_kernel_support()?;
-        let pagemap = File::open(format!("/proc/{pid}/pagemap"))
-            .with_context(|| format!("opening /proc/{pid}/pagemap"))?;
+        let pagemap = open_pagemap(pid)?;
         let mut clear_refs = open_clear_refs(pid)?;
-        clear_soft_dirty(&mut clear_refs)?;
+        clear_soft_dirty(&mut clear_refs, pid)?;
         Ok(SoftDirtyTracker {
             pid,
             ram,
@@ -54,30 +53,32 @@ impl SoftDirtyTracker {
     /// Checks on a page of this process that a write after clearing sets its
     /// soft-dirty bit: kernels built without `CONFIG_MEM_SOFT_DIRTY` accept
     /// the clear but never set the bit.
-    pub fn check_kernel_support() -> Result<()> {
+    pub fn check_kernel_support() -> Result<(), TrackerError> {
+        let pid = std::process::id() as i32;
         let mut page = vec![0u8; 2 * PAGE_SIZE];
         let offset = page.as_ptr().align_offset(PAGE_SIZE);
         let page = &mut page[offset..offset + PAGE_SIZE];
-        let pagemap = File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
+        let pagemap_path = procfs::path(pid, "pagemap");
+        let pagemap = open_pagemap(pid)?;
         let entry_at = (page.as_ptr() as u64 / PAGE_SIZE as u64) * PAGEMAP_ENTRY_LEN as u64;
-        let soft_dirty = |page: &[u8]| -> Result<bool> {
+        let soft_dirty = |page: &[u8]| -> Result<bool, TrackerError> {
             // Read the page so the compiler keeps the writes before this point.
             std::hint::black_box(page[0]);
             let mut entry = [0u8; PAGEMAP_ENTRY_LEN];
-            pagemap.read_exact_at(&mut entry, entry_at)?;
+            pagemap
+                .read_exact_at(&mut entry, entry_at)
+                .map_err(TrackerError::proc(ProcAccess::Read, &pagemap_path))?;
             Ok(u64::from_ne_bytes(entry) & SOFT_DIRTY_BIT != 0)
         };
         page[0] = 1;
-        clear_soft_dirty(&mut open_clear_refs(std::process::id() as i32)?)?;
-        ensure!(
-            !soft_dirty(page)?,
-            "clear_refs did not clear the soft-dirty bit"
-        );
+        clear_soft_dirty(&mut open_clear_refs(pid)?, pid)?;
+        if soft_dirty(page)? {
+            return Err(TrackerError::SoftDirtyNotCleared);
+        }
         page[0] = 2;
-        ensure!(
-            soft_dirty(page)?,
-            "a written page has no soft-dirty bit: the kernel lacks CONFIG_MEM_SOFT_DIRTY"
-        );
+        if !soft_dirty(page)? {
+            return Err(TrackerError::SoftDirtyUnsupported);
+        }
         Ok(())
     }
 }
@@ -87,7 +88,7 @@ impl WriteTracker for SoftDirtyTracker {
         TrackingMethod::SoftDirty
     }
 
-    fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats> {
+    fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats, TrackerError> {
         let started = Instant::now();
         written.clear();
         let _stopped = Stopped::stop(self.pid)?;
@@ -100,12 +101,16 @@ impl WriteTracker for SoftDirtyTracker {
                 (self.ram.start / PAGE_SIZE as u64 + u64::from(page)) * PAGEMAP_ENTRY_LEN as u64;
             self.pagemap
                 .read_exact_at(bytes, entry_at)
-                .with_context(|| format!("reading /proc/{}/pagemap", self.pid))?;
+                .map_err(|source| TrackerError::Proc {
+                    access: ProcAccess::Read,
+                    path: procfs::path(self.pid, "pagemap"),
+                    source,
+                })?;
             collect_soft_dirty(bytes, page, written);
             kernel_calls += 1;
             page += count;
         }
-        clear_soft_dirty(&mut self.clear_refs)?;
+        clear_soft_dirty(&mut self.clear_refs, self.pid)?;
         Ok(ScanStats {
             pages_written: total_pages(written),
             ranges: written.len(),
@@ -126,18 +131,19 @@ fn collect_soft_dirty(entries: &[u8], first_page: PageIndex, written: &mut Vec<P
     }
 }
 
-fn open_clear_refs(pid: i32) -> Result<File> {
-    let path = format!("/proc/{pid}/clear_refs");
+fn open_clear_refs(pid: i32) -> Result<File, TrackerError> {
+    let path = procfs::path(pid, "clear_refs");
     OpenOptions::new()
         .write(true)
         .open(&path)
-        .with_context(|| format!("opening {path}"))
+        .map_err(TrackerError::proc(ProcAccess::Open, &path))
 }
 
-fn clear_soft_dirty(clear_refs: &mut File) -> Result<()> {
+/// Clears the soft-dirty bits of process `pid` through its `clear_refs`.
+fn clear_soft_dirty(clear_refs: &mut File, pid: i32) -> Result<(), TrackerError> {
     clear_refs
         .write_all(CLEAR_SOFT_DIRTY)
-        .context("clearing soft-dirty bits through clear_refs")
+        .map_err(|source| TrackerError::ClearSoftDirty { pid, source })
 }
 
 /// Keeps a process stopped while alive; resumes it on drop unless it was
@@ -148,7 +154,7 @@ struct Stopped {
 }
 
 impl Stopped {
-    fn stop(pid: i32) -> Result<Stopped> {
+    fn stop(pid: i32) -> Result<Stopped, TrackerError> {
         if all_threads_stopped(pid)? {
             return Ok(Stopped { pid, resume: false });
         }
@@ -157,7 +163,10 @@ impl Stopped {
         let deadline = Instant::now() + STOP_TIMEOUT;
         while !all_threads_stopped(pid)? {
             if Instant::now() > deadline {
-                bail!("process {pid} did not stop within {STOP_TIMEOUT:?}");
+                return Err(TrackerError::ProcessNotStopped {
+                    pid,
+                    timeout: STOP_TIMEOUT,
+                });
             }
             std::thread::sleep(Duration::from_micros(50));
         }
@@ -175,20 +184,26 @@ impl Drop for Stopped {
     }
 }
 
-fn signal(pid: i32, signal: libc::c_int) -> Result<()> {
+fn signal(pid: i32, signal: libc::c_int) -> Result<(), TrackerError> {
     // SAFETY: kill has no memory-safety preconditions.
     if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("sending signal {signal} to process {pid}"));
+        return Err(TrackerError::Signal {
+            pid,
+            signal,
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
 
 /// True when no thread of `pid` can run: all stopped (`T`, `t`) or exiting.
-fn all_threads_stopped(pid: i32) -> Result<bool> {
-    let tasks = format!("/proc/{pid}/task");
-    for task in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
-        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+fn all_threads_stopped(pid: i32) -> Result<bool, TrackerError> {
+    let tasks = procfs::path(pid, "task");
+    for task in std::fs::read_dir(&tasks).map_err(TrackerError::proc(ProcAccess::List, &tasks))? {
+        let task = task.map_err(TrackerError::proc(ProcAccess::List, &tasks))?;
+        let stat_path = task.path().join("stat");
+        let stat = std::fs::read_to_string(&stat_path)
+            .map_err(TrackerError::proc(ProcAccess::Read, &stat_path))?;
         // The state follows the command name, which is in parentheses and may
         // itself contain spaces or parentheses.
         let state = stat

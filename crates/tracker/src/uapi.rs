@@ -45,11 +45,6 @@ pub const PAGEMAP_SCAN: libc::Ioctl =
     ((3 << 30) | ((size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16)
         as libc::Ioctl;
 
-/// `UFFD_FEATURE_*` bits the hook asks for, from `include/uapi/linux/userfaultfd.h`.
-pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
-pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,7 +132,7 @@ mod tests {
     use std::sync::Arc;
 
     use mllm_core::trace::binary::read_memory;
-    use mllm_tracker::{ScanStats, TrackingMethod};
+    use mllm_tracker::{ScanStats, TrackerError, TrackingMethod};
 
     use super::*;
 
@@ -147,7 +147,7 @@ mod tests {
             TrackingMethod::PagemapScan
         }
 
-        fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats> {
+        fn scan(&mut self, written: &mut Vec<PageRange>) -> Result<ScanStats, TrackerError> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             *written = self.scans.pop_front().unwrap_or_default();
             Ok(ScanStats::default())

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use mllm_hook_protocol::SOCKET_ENV;
 use mllm_qemu::qmp::QmpClient;
 use mllm_tracker::{detect, find_ram_mapping, TrackingMethod, WriteTracker, PAGE_SIZE};
 use serde_json::json;
@@ -37,7 +38,7 @@ impl Qemu {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
             .env("LD_PRELOAD", &artifacts().hook_library)
-            .env("MLLM_HOOK_SOCKET", &hook_socket)
+            .env(SOCKET_ENV, &hook_socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

@@ -8,6 +8,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
+use mllm_hook_protocol::SOCKET_ENV;
 use mllm_tracker::{find_ram_mapping, RamMapping};
 
 pub struct Artifacts {
@@ -80,7 +81,7 @@ impl PageWriter {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if hook {
-            command.env("MLLM_HOOK_SOCKET", &socket);
+            command.env(SOCKET_ENV, &socket);
         }
         let mut child = command.spawn().expect("starting page_writer");
         let input = child.stdin.take().expect("piped stdin");
