@@ -30,7 +30,18 @@ pub struct GuestRam {
 // take `&mut self`, so sending or sharing the value between threads adds no
 // hazard beyond the documented concurrent writes of QEMU.
 unsafe impl Send for GuestRam {}
+// SAFETY: as for Send: shared access only copies through bounds-checked raw
+// pointers, and mutation needs `&mut self`.
 unsafe impl Sync for GuestRam {}
+
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRam")
+            .field("path", &self.path)
+            .field("pages", &self.pages)
+            .finish_non_exhaustive()
+    }
+}
 
 impl GuestRam {
     /// Maps the whole RAM file `path` shared and read-write.

@@ -10,6 +10,7 @@ use mllm_wire::{
     handshake, Capabilities, FrameReader, FrameWriter, Hello, Negotiated, Role, WireError,
 };
 
+#[derive(Debug)]
 pub(crate) struct PeerLink {
     pub reader: FrameReader<BufReader<TcpStream>>,
     pub writer: FrameWriter<TcpStream>,

@@ -12,7 +12,7 @@ use crate::vm_setup::hook_socket_of;
 /// Tracks the guest's writes from now on. One tracker per VM at a time: the
 /// hook cannot arm guest RAM again while an earlier tracker still holds it.
 pub(crate) fn start_tracking(vm: &QemuProcess, ram_file: &Path) -> Result<Box<dyn WriteTracker>> {
-    let pid = vm.pid() as i32;
+    let pid = vm.pid().cast_signed();
     let mapping = find_ram_mapping(pid, ram_file)?;
     let hook_socket = hook_socket_of(&vm.config);
     detect(pid, mapping, hook_socket.as_deref()).context("tracking the guest's memory writes")

@@ -11,6 +11,7 @@ use mllm_control::{
     send_request, ControlReply, ControlRequest, MigrateRequest, Phase, Progress, SourceReport,
     TraceSummary, DEFAULT_SOCKET,
 };
+use mllm_core::convert::saturating_u64;
 
 #[derive(Args)]
 pub struct MigrateArgs {
@@ -155,9 +156,9 @@ fn describe(progress: &Progress) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    let rate = progress
-        .rate_bytes_per_s
-        .map_or("rate ?".into(), |r| format!("{}/s", mebibytes(r as u64)));
+    let rate = progress.rate_bytes_per_s.map_or("rate ?".into(), |r| {
+        format!("{}/s", mebibytes(saturating_u64(r)))
+    });
     let eta = progress
         .eta_s
         .map_or("ETA ?".into(), |s| format!("ETA {s:.1} s"));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Context};
 use clap::{Args, Subcommand, ValueEnum};
+use mllm_core::convert::saturating_u64;
 use mllm_core::link::Link;
 use mllm_core::synth::{MemoryWorkload, WorkloadClass};
 use mllm_core::trace::{self, binary, text, Encoding, MemoryTraceHeader, Trace};
@@ -199,7 +200,7 @@ fn trace_vm(
         ensure!(bytes > 0, "--bytes-per-page must be above zero");
         layout.page_cost.data_bytes = bytes;
     }
-    let zero_pages = (args.zero_fraction * f64::from(header.page_count)).round() as u64;
+    let zero_pages = saturating_u64((args.zero_fraction * f64::from(header.page_count)).round());
     layout.zero_pages = zero_pages_outside_writes(&memory_trace, zero_pages)
         .with_context(|| format!("--zero-fraction {}", args.zero_fraction))?;
     let source = TraceSource::new(memory_trace, disk_intervals)?;

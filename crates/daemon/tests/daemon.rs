@@ -200,7 +200,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let pid = self.child.id() as i32;
+        let pid = self.child.id().cast_signed();
         // SAFETY: kill(2) on the process group this guard created.
         unsafe {
             libc::kill(-pid, libc::SIGKILL);

@@ -97,7 +97,7 @@ fn check_page_aligned(start: u64, len: u64, page_size: u64) -> Result<(), String
 
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE).cast_unsigned() }
 }
 
 /// Sends `reply`, with `fd` attached as SCM_RIGHTS when given.
@@ -117,7 +117,7 @@ fn send_reply(stream: &UnixStream, reply: &Reply, fd: Option<BorrowedFd>) -> io:
         message.msg_iov = &mut iov;
         message.msg_iovlen = 1;
         if let Some(fd) = fd {
-            let fd_len = std::mem::size_of::<libc::c_int>() as u32;
+            let fd_len: u32 = 4; // size_of::<c_int>() on every Linux target
             message.msg_control = control.as_mut_ptr().cast();
             message.msg_controllen = libc::CMSG_SPACE(fd_len) as usize;
             let header = libc::CMSG_FIRSTHDR(&message);

@@ -146,8 +146,9 @@ fn userfaultfd(flags: libc::c_int) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = libc::c_int::try_from(fd).map_err(|_| io::Error::other("descriptor out of range"))?;
     // SAFETY: the kernel just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn ioctl<T>(uffd: &OwnedFd, request: libc::Ioctl, arg: &mut T, what: &str) -> Result<(), String> {

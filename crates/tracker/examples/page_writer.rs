@@ -38,7 +38,7 @@ impl SharedRam {
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                bytes as usize,
+                usize::try_from(bytes).expect("the RAM size fits the address space"),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
@@ -59,7 +59,8 @@ impl SharedRam {
         // SAFETY: the page lies inside the mapping; a word at its start is
         // aligned. Volatile so that every requested write reaches memory.
         unsafe {
-            let word = self.base.add(page as usize * PAGE_SIZE).cast::<u64>();
+            let page = usize::try_from(page).expect("a page within the mapping");
+            let word = self.base.add(page * PAGE_SIZE).cast::<u64>();
             word.write_volatile(word.read_volatile().wrapping_add(1));
         }
     }

@@ -112,6 +112,6 @@ fn receive_chunk(stream: &UnixStream, buffer: &mut [u8]) -> io::Result<(usize, O
             }
             header = libc::CMSG_NXTHDR(&message, header);
         }
-        Ok((read as usize, fd))
+        Ok((read.cast_unsigned(), fd))
     }
 }

@@ -33,6 +33,16 @@ pub struct PagemapScanTracker {
     _uffd: OwnedFd,
 }
 
+impl std::fmt::Debug for PagemapScanTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagemapScanTracker")
+            .field("ram", &self.ram)
+            .field("features", &self.features)
+            .field("output_regions", &self.output.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl PagemapScanTracker {
     /// Tracks `ram` of process `pid`, which `armed` (from
     /// [`arm_hook`](crate::arm_hook)) write-protected.

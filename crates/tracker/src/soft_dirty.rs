@@ -34,6 +34,15 @@ pub struct SoftDirtyTracker {
     entries: Vec<u8>,
 }
 
+impl std::fmt::Debug for SoftDirtyTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftDirtyTracker")
+            .field("pid", &self.pid)
+            .field("ram", &self.ram)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SoftDirtyTracker {
     /// Tracks `ram` of process `pid` from now on.
     pub fn new(pid: i32, ram: RamMapping) -> Result<SoftDirtyTracker, TrackerError> {
@@ -54,7 +63,7 @@ impl SoftDirtyTracker {
     /// soft-dirty bit: kernels built without `CONFIG_MEM_SOFT_DIRTY` accept
     /// the clear but never set the bit.
     pub fn check_kernel_support() -> Result<(), TrackerError> {
-        let pid = std::process::id() as i32;
+        let pid = std::process::id().cast_signed();
         let mut page = vec![0u8; 2 * PAGE_SIZE];
         let offset = page.as_ptr().align_offset(PAGE_SIZE);
         let page = &mut page[offset..offset + PAGE_SIZE];
@@ -247,6 +256,6 @@ mod tests {
 
     #[test]
     fn this_process_is_reported_running() {
-        assert!(!all_threads_stopped(std::process::id() as i32).unwrap());
+        assert!(!all_threads_stopped(std::process::id().cast_signed()).unwrap());
     }
 }

@@ -14,7 +14,7 @@ use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
     Conversation, Message, MessageType, MigrationAccept, MigrationPolicy, MigrationReject,
-    MigrationRequest, Role, PAGE_SIZE,
+    MigrationRequest, Role, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 use crate::device_state::IncomingDeviceState;
@@ -52,6 +52,7 @@ pub fn receive_migration(
 }
 
 /// A migration whose request has arrived but is not yet accepted.
+#[derive(Debug)]
 pub struct IncomingMigration {
     link: PeerLink,
     conversation: Conversation,
@@ -113,29 +114,18 @@ impl IncomingMigration {
                 return Err(error.context(format!("refused to receive VM {vm_name}")));
             }
         };
-        let IncomingMigration {
-            mut link,
-            mut conversation,
-            timeout,
-            started_us,
-            ..
-        } = self;
-        conversation.sending(MessageType::MigrationAccept)?;
-        link.writer
+        let mut accepted = self;
+        accepted
+            .conversation
+            .sending(MessageType::MigrationAccept)?;
+        accepted
+            .link
+            .writer
             .send(&Message::MigrationAccept(MigrationAccept))
-            .map_err(|e| link_failure(e, "source agent", timeout))?;
-        receiver::Receiver::new(
-            vm,
-            ram,
-            device_state,
-            link,
-            conversation,
-            timeout,
-            started_us,
-            vm_name.clone(),
-        )
-        .run()
-        .with_context(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
+            .map_err(|e| link_failure(e, "source agent", accepted.timeout))?;
+        receiver::Receiver::new(vm, ram, device_state, accepted)
+            .run()
+            .with_context(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
     }
 
     /// Everything that can be checked before a page moves.
@@ -150,7 +140,7 @@ impl IncomingMigration {
         match request.policy {
             MigrationPolicy::Precopy => {}
         }
-        if request.page_size != PAGE_SIZE as u32 {
+        if request.page_size != PAGE_SIZE_U32 {
             bail!(
                 "page size differs: the source uses {} bytes, this agent {PAGE_SIZE}",
                 request.page_size

@@ -14,6 +14,7 @@ use mllm_wire::{
 };
 use serde_json::json;
 
+use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
 use crate::guest_ram::GuestRam;
 use crate::peer::{link_failure, PeerLink};
@@ -47,16 +48,21 @@ pub(super) struct Receiver<'a> {
 }
 
 impl<'a> Receiver<'a> {
+    /// Receives the migration `accepted` (whose acceptance was sent) into
+    /// `vm`, its RAM and device-state listener prepared.
     pub fn new(
         vm: &'a QemuProcess,
         ram: GuestRam,
         device_state: IncomingDeviceState,
-        link: PeerLink,
-        conversation: Conversation,
-        timeout: Duration,
-        started_us: u64,
-        vm_name: String,
+        accepted: IncomingMigration,
     ) -> Receiver<'a> {
+        let IncomingMigration {
+            link,
+            conversation,
+            request,
+            timeout,
+            started_us,
+        } = accepted;
         Receiver {
             vm,
             ram,
@@ -65,7 +71,7 @@ impl<'a> Receiver<'a> {
             conversation,
             timeout,
             decoder: PageBatchDecoder::new(),
-            vm_name,
+            vm_name: request.vm_name,
             started_us,
             rounds: 0,
             pages: 0,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use mllm_control::TraceSummary;
-use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE};
+use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE_U32};
 use mllm_core::trace::binary::MemoryTraceWriter;
 use mllm_core::trace::{MemoryTraceHeader, WriteInterval};
 
@@ -21,7 +21,7 @@ impl TraceFile {
     pub fn create(path: &Path, pages: PageIndex) -> Result<TraceFile> {
         let context = || format!("creating memory trace {}", path.display());
         let header = MemoryTraceHeader {
-            page_size: PAGE_SIZE as u32,
+            page_size: PAGE_SIZE_U32,
             page_count: pages,
         };
         let file = File::create(path).with_context(context)?;
@@ -45,7 +45,9 @@ impl TraceFile {
         let page_writes = pages.len() as u64;
         // Readers reject intervals of zero length; two scans within one
         // microsecond are the only way to get one.
-        let duration_us = (duration.as_micros() as u64).max(1);
+        let duration_us = u64::try_from(duration.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.writer
             .push(&WriteInterval::new(duration_us, pages))
             .with_context(|| format!("writing memory trace {}", self.summary.path.display()))?;

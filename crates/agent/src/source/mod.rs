@@ -15,12 +15,13 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use mllm_core::convert::saturating_u64;
 use mllm_core::strategy::Strategy;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
     CompressionSetting, Conversation, Message, MigrationPolicy, MigrationRequest, Negotiated, Role,
-    TrafficClass, PAGE_SIZE,
+    TrafficClass, PAGE_SIZE_U32,
 };
 use serde_json::json;
 
@@ -135,7 +136,7 @@ impl SourceContext<'_> {
             _ => self.pipeline.round(),
         };
         self.reporter
-            .report(phase, round, flow, pending_bytes as u64);
+            .report(phase, round, flow, saturating_u64(pending_bytes));
     }
 }
 
@@ -275,7 +276,7 @@ fn request_migration(
     let request = Message::MigrationRequest(MigrationRequest {
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
-        page_size: PAGE_SIZE as u32,
+        page_size: PAGE_SIZE_U32,
         disk_bytes: Vec::new(),
         policy: MigrationPolicy::Precopy,
     });

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use mllm_core::convert::saturating_u32;
 use mllm_core::link::Link;
-use mllm_core::memory::{PageIndex, PageRange};
+use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE_U32};
 use mllm_core::strategy::{Pass, SendQueue, Space, SwitchReason, TransferState};
 use mllm_core::vm::VmLayout;
 use mllm_core::PageSet;
@@ -30,7 +31,7 @@ impl Transfer {
     pub fn new(pages: PageIndex) -> Transfer {
         // Device state is relayed after the switch decision and is not
         // priced in it, as QEMU's own downtime estimate does not either.
-        let layout = VmLayout::uncompressed(mllm_core::memory::PAGE_SIZE as u32, pages, None, 0);
+        let layout = VmLayout::uncompressed(PAGE_SIZE_U32, pages, None, 0);
         Transfer {
             state: TransferState {
                 memory_valid: PageSet::new(pages),
@@ -68,7 +69,7 @@ impl Transfer {
         // Written pages are rarely zero: every pending page is priced as a
         // data page of the compression seen so far.
         Arc::make_mut(&mut state.layout).page_cost.data_bytes =
-            measured.bytes_per_written_page.round() as u32;
+            saturating_u32(measured.bytes_per_written_page.round());
         state
     }
 

@@ -92,7 +92,7 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
     let error = migrate_with(&source, GUEST_MIB, 1, |destination, p| {
         if p.phase == Phase::Precopy && p.round >= 2 {
             // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(destination.qemu.pid() as i32, libc::SIGKILL) };
+            unsafe { libc::kill(destination.qemu.pid().cast_signed(), libc::SIGKILL) };
         }
         false
     });

@@ -10,7 +10,7 @@ use mllm_agent::{receive_migration, DestinationSettings, IncomingMigration};
 use mllm_wire::{
     handshake, Capabilities, CompressionSetting, DeviceState, FrameReader, FrameWriter, Hello,
     Message, MigrationPolicy, MigrationRequest, PageBatchBuilder, Role, SourceStopped, PAGE_SIZE,
-    PROTOCOL_VERSION,
+    PAGE_SIZE_U32, PROTOCOL_VERSION,
 };
 
 use crate::support::{one_vm_pair_at_a_time, Vm, GUEST_MIB};
@@ -56,8 +56,7 @@ fn destination_facing(bytes: Vec<u8>, handshake_first: bool) -> String {
     });
     let (stream, _) = listener.accept().unwrap();
     let error = IncomingMigration::accept(stream, &DestinationSettings::default())
-        .err()
-        .expect("the destination agent must refuse");
+        .expect_err("the destination agent must refuse");
     drop(listener);
     fake_source.join().unwrap();
     format!("{error:#}")
@@ -116,7 +115,7 @@ fn accepted_source_then(after_accept: Vec<Message>) -> (String, String) {
                 &MigrationRequest {
                     vm_name: "destination".into(),
                     ram_bytes: GUEST_MIB << 20,
-                    page_size: PAGE_SIZE as u32,
+                    page_size: PAGE_SIZE_U32,
                     disk_bytes: vec![],
                     policy: MigrationPolicy::Precopy,
                 }
@@ -157,7 +156,7 @@ fn a_second_request_and_pages_after_the_switch_are_protocol_errors_naming_the_ph
     let second_request = MigrationRequest {
         vm_name: "again".into(),
         ram_bytes: GUEST_MIB << 20,
-        page_size: PAGE_SIZE as u32,
+        page_size: PAGE_SIZE_U32,
         disk_bytes: vec![],
         policy: MigrationPolicy::Precopy,
     };

@@ -14,8 +14,8 @@ use mllm_tracker::{PageIndex, PageRange, TrackerError, WriteTracker, PAGE_SIZE};
 
 use crate::support::PageWriter;
 
-pub const RAM_BYTES: u64 = 64 << 20;
-pub const RAM_PAGES: PageIndex = (RAM_BYTES / PAGE_SIZE as u64) as PageIndex;
+pub const RAM_PAGES: PageIndex = 16 * 1024;
+pub const RAM_BYTES: u64 = RAM_PAGES as u64 * PAGE_SIZE as u64;
 
 /// A tracker backend under the contract.
 pub struct Backend<T> {

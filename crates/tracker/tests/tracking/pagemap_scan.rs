@@ -39,7 +39,7 @@ fn kernel_has_pagemap_scan() -> Result<(), TrackerError> {
         start: page,
         len: PAGE_SIZE as u64,
     };
-    PagemapScanTracker::check_kernel_support(std::process::id() as i32, ram)
+    PagemapScanTracker::check_kernel_support(std::process::id().cast_signed(), ram)
 }
 
 fn armed_tracker(writer: &PageWriter) -> PagemapScanTracker {
@@ -76,8 +76,7 @@ fn a_tracker_refuses_ram_the_hook_did_not_arm() {
     };
     let armed = arm_hook(writer.socket(), first_half).expect("arming half of guest RAM");
     let error = PagemapScanTracker::new(writer.pid(), ram, armed)
-        .err()
-        .expect("a tracker over RAM half armed");
+        .expect_err("a tracker over RAM half armed");
     assert!(
         matches!(error, TrackerError::NotWriteProtected { .. }),
         "{error:?}"

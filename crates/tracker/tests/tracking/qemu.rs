@@ -82,7 +82,7 @@ fn qemu_writes_are_seen_while_it_runs_and_none_while_it_is_stopped() {
     let qemu = Qemu::start_paused();
     // QMP answers once the machine, and so its RAM mapping, exists.
     let qmp = QmpClient::connect(&qemu.qmp_socket, Duration::from_secs(20)).expect("QMP");
-    let pid = qemu.child.id() as i32;
+    let pid = qemu.child.id().cast_signed();
     let ram = find_ram_mapping(pid, &qemu.ram_file).expect("guest RAM mapping");
     assert_eq!(ram.len, RAM_MIB << 20);
     let mut tracker = detect(pid, ram, Some(&qemu.hook_socket)).expect("detect");

@@ -98,7 +98,7 @@ impl PageWriter {
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.child.id().cast_signed()
     }
 
     pub fn socket(&self) -> &Path {
