@@ -8,9 +8,12 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use mllm_qemu::QemuProcess;
 use serde_json::{json, Value};
+
+use crate::error::MigrationError;
+
+type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 /// Chunks of QEMU's stream relayed as one `DeviceState` frame each.
 const CHUNK_BYTES: usize = 64 << 10;
@@ -23,13 +26,21 @@ pub(crate) fn ignore_shared_ram(vm: &QemuProcess) -> Result<()> {
             "migrate-set-capabilities",
             json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]}),
         )
-        .with_context(|| format!("enabling x-ignore-shared on QEMU {}", vm.config.name))?;
+        .map_err(|e| {
+            MigrationError::qemu(
+                format!("enabling x-ignore-shared on QEMU {}", vm.config.name),
+                e,
+            )
+        })?;
     Ok(())
 }
 
 /// QEMU's migration status (`query-migrate`), with its error if it failed.
 fn migration_status(vm: &QemuProcess) -> Result<(String, Value)> {
-    let info = vm.qmp.execute("query-migrate", json!({}))?;
+    let info = vm
+        .qmp
+        .execute("query-migrate", json!({}))
+        .map_err(|e| MigrationError::qemu("asking QEMU how its migration goes", e))?;
     let status = info["status"].as_str().unwrap_or("none").to_owned();
     Ok((status, info))
 }
@@ -41,13 +52,18 @@ fn wait_for_completion(vm: &QemuProcess, side: &str, timeout: Duration) -> Resul
         let (status, info) = migration_status(vm)?;
         match status.as_str() {
             "completed" => return Ok(()),
-            "failed" | "cancelled" => bail!(
-                "the {side} QEMU's device-state migration {status}: {}",
-                info["error-desc"].as_str().unwrap_or("QEMU gave no reason")
-            ),
-            _ if Instant::now() > deadline => bail!(
-                "the {side} QEMU's device-state migration did not complete within {timeout:?} (status {status})"
-            ),
+            "failed" | "cancelled" => {
+                return Err(MigrationError::qemu_status(format!(
+                    "the {side} QEMU's device-state migration {status}: {}",
+                    info["error-desc"].as_str().unwrap_or("QEMU gave no reason")
+                )))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(MigrationError::qemu_status(format!(
+                    "the {side} QEMU's device-state migration did not complete within \
+                     {timeout:?} (status {status})"
+                )))
+            }
             _ => std::thread::sleep(POLL_INTERVAL),
         }
     }
@@ -61,12 +77,15 @@ pub(crate) struct OutgoingDeviceState {
 impl OutgoingDeviceState {
     /// Starts QEMU's migration towards a fresh local listener.
     pub fn start(vm: &QemuProcess) -> Result<OutgoingDeviceState> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .context("listening for the source QEMU's device-state stream")?;
-        let address = listener.local_addr()?;
+        let listening =
+            |e| MigrationError::io("listening for the source QEMU's device-state stream", e);
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(listening)?;
+        let address = listener.local_addr().map_err(listening)?;
         vm.qmp
             .execute("migrate", json!({"uri": format!("tcp:{address}")}))
-            .context("starting the source QEMU's device-state migration")?;
+            .map_err(|e| {
+                MigrationError::qemu("starting the source QEMU's device-state migration", e)
+            })?;
         Ok(OutgoingDeviceState { listener })
     }
 
@@ -78,8 +97,9 @@ impl OutgoingDeviceState {
         timeout: Duration,
         mut forward: impl FnMut(Vec<u8>) -> Result<()>,
     ) -> Result<u64> {
+        let reading = |e| MigrationError::io("reading the source QEMU's device-state stream", e);
         let mut stream = self.accept(vm, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
+        stream.set_read_timeout(Some(timeout)).map_err(reading)?;
         let mut total = 0u64;
         let mut chunk = vec![0; CHUNK_BYTES];
         loop {
@@ -87,7 +107,7 @@ impl OutgoingDeviceState {
                 Ok(0) => break,
                 Ok(read) => read,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).context("reading the source QEMU's device-state stream"),
+                Err(e) => return Err(reading(e)),
             };
             total += read as u64;
             forward(chunk[..read].to_vec())?;
@@ -98,28 +118,30 @@ impl OutgoingDeviceState {
 
     /// Waits for QEMU to connect, watching for a migration that fails first.
     fn accept(&self, vm: &QemuProcess, timeout: Duration) -> Result<TcpStream> {
-        self.listener.set_nonblocking(true)?;
+        let accepting =
+            |e| MigrationError::io("accepting the source QEMU's migration connection", e);
+        self.listener.set_nonblocking(true).map_err(accepting)?;
         let deadline = Instant::now() + timeout;
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    stream.set_nonblocking(false)?;
+                    stream.set_nonblocking(false).map_err(accepting)?;
                     return Ok(stream);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    return Err(e).context("accepting the source QEMU's migration connection")
-                }
+                Err(e) => return Err(accepting(e)),
             }
             let (status, info) = migration_status(vm)?;
             if matches!(status.as_str(), "failed" | "cancelled") {
-                bail!(
+                return Err(MigrationError::qemu_status(format!(
                     "the source QEMU's device-state migration {status} before connecting: {}",
                     info["error-desc"].as_str().unwrap_or("QEMU gave no reason")
-                );
+                )));
             }
             if Instant::now() > deadline {
-                bail!("the source QEMU did not connect its migration stream within {timeout:?}");
+                return Err(MigrationError::qemu_status(format!(
+                    "the source QEMU did not connect its migration stream within {timeout:?}"
+                )));
             }
             std::thread::sleep(POLL_INTERVAL);
         }
@@ -140,15 +162,19 @@ impl IncomingDeviceState {
         ignore_shared_ram(vm)?;
         vm.qmp
             .execute("migrate-incoming", json!({"uri": "tcp:127.0.0.1:0"}))
-            .context("making the destination QEMU listen for device state")?;
+            .map_err(|e| {
+                MigrationError::qemu("making the destination QEMU listen for device state", e)
+            })?;
         let (_, info) = migration_status(vm)?;
         let port = info["socket-address"]
             .as_array()
             .and_then(|addresses| addresses.first())
             .and_then(|address| address["port"].as_str())
             .and_then(|port| port.parse::<u16>().ok())
-            .with_context(|| {
-                format!("the destination QEMU did not say which port it listens on: {info}")
+            .ok_or_else(|| {
+                MigrationError::qemu_status(format!(
+                    "the destination QEMU did not say which port it listens on: {info}"
+                ))
             })?;
         Ok(IncomingDeviceState {
             address: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -160,14 +186,15 @@ impl IncomingDeviceState {
     pub fn write(&mut self, chunk: &[u8]) -> Result<()> {
         let stream = match &mut self.stream {
             Some(stream) => stream,
-            None => self.stream.insert(
-                TcpStream::connect(self.address)
-                    .context("connecting to the destination QEMU's migration port")?,
-            ),
+            None => self
+                .stream
+                .insert(TcpStream::connect(self.address).map_err(|e| {
+                    MigrationError::io("connecting to the destination QEMU's migration port", e)
+                })?),
         };
         stream
             .write_all(chunk)
-            .context("writing device state into the destination QEMU")?;
+            .map_err(|e| MigrationError::io("writing device state into the destination QEMU", e))?;
         self.written += chunk.len() as u64;
         Ok(())
     }
@@ -175,13 +202,15 @@ impl IncomingDeviceState {
     /// Ends the stream and waits until QEMU has loaded it.
     pub fn finish(mut self, vm: &QemuProcess, total_bytes: u64, timeout: Duration) -> Result<()> {
         if self.written != total_bytes {
-            bail!(
+            return Err(MigrationError::Invalid(format!(
                 "device state incomplete: the source sent {total_bytes} bytes, {} arrived",
                 self.written
-            );
+            )));
         }
         if let Some(stream) = self.stream.take() {
-            stream.shutdown(Shutdown::Write)?;
+            stream.shutdown(Shutdown::Write).map_err(|e| {
+                MigrationError::io("ending the destination QEMU's device-state stream", e)
+            })?;
         }
         wait_for_completion(vm, "destination", timeout)
     }

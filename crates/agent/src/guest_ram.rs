@@ -10,9 +10,10 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use mllm_core::memory::{pages_in, PageIndex, PAGE_SIZE};
 use mllm_wire::RamDigest;
+
+use crate::error::MigrationError;
 
 /// Pages per digest range: 1 MiB, so a mismatch points at a small region
 /// while the digest of a 4 GiB guest stays a few thousand entries.
@@ -45,22 +46,22 @@ impl std::fmt::Debug for GuestRam {
 
 impl GuestRam {
     /// Maps the whole RAM file `path` shared and read-write.
-    pub fn open(path: &Path) -> Result<GuestRam> {
-        let context = || format!("mapping guest RAM file {}", path.display());
+    pub fn open(path: &Path) -> Result<GuestRam, MigrationError> {
+        let failed =
+            |error| MigrationError::io(format!("mapping guest RAM file {}", path.display()), error);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
-            .with_context(context)?;
-        let file_len = file.metadata().with_context(context)?.len();
-        let len = usize::try_from(file_len)?;
-        let Some(pages) = pages_in(file_len) else {
-            bail!(
-                "guest RAM file {} is {len} bytes, not a positive multiple of the {PAGE_SIZE}-byte page \
-                 (or more than {} pages)",
+            .map_err(failed)?;
+        let file_len = file.metadata().map_err(failed)?.len();
+        let (Some(pages), Ok(len)) = (pages_in(file_len), usize::try_from(file_len)) else {
+            return Err(MigrationError::Invalid(format!(
+                "guest RAM file {} is {file_len} bytes, not a positive multiple of the \
+                 {PAGE_SIZE}-byte page (or more than {} pages)",
                 path.display(),
                 PageIndex::MAX
-            );
+            )));
         };
         // SAFETY: a fresh shared mapping of a file we opened read-write; the
         // kernel picks the address; the result is checked below.
@@ -75,7 +76,7 @@ impl GuestRam {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(context);
+            return Err(failed(std::io::Error::last_os_error()));
         }
         Ok(GuestRam {
             path: path.to_owned(),

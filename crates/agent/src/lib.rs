@@ -25,6 +25,7 @@
 
 mod destination;
 mod device_state;
+mod error;
 mod guest_ram;
 mod memory_trace;
 mod peer;
@@ -34,6 +35,7 @@ mod tracking;
 mod vm_setup;
 
 pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
+pub use error::{LinkError, LinkFailure, MigrationError, Recovery, SourceError};
 pub use guest_ram::GuestRam;
 pub use memory_trace::record_memory_trace;
 // What the engine reports, defined where clients can read it without
@@ -42,7 +44,7 @@ pub use mllm_control::{
     DestinationReport, Phase, Progress, RoundReport, SourceReport, SourceTimings, SwitchReason,
     TraceSummary,
 };
-pub use settings::{parse_compression, BoundAction, PrecopySettings};
+pub use settings::{parse_compression, BoundAction, PrecopySettings, UnknownCompression};
 pub use source::migrate_source;
 pub use vm_setup::{
     find_hook_library, hook_socket_of, make_migratable, ram_file_of, HOOK_LIBRARY_ENV,

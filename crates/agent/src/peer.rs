@@ -5,16 +5,21 @@ use std::io::{BufReader, ErrorKind};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use mllm_wire::{
     handshake, Capabilities, FrameReader, FrameWriter, Hello, Negotiated, Role, WireError,
 };
+
+use crate::error::{Context, MigrationError};
 
 #[derive(Debug)]
 pub(crate) struct PeerLink {
     pub reader: FrameReader<BufReader<TcpStream>>,
     pub writer: FrameWriter<TcpStream>,
     pub negotiated: Negotiated,
+    /// The role of the agent at the other end.
+    pub peer: Role,
+    /// Silence for this long means the link is dead.
+    pub timeout: Duration,
     /// Another handle on the socket, to shut it down from any thread and
     /// so unblock whoever is reading or writing it.
     pub socket: TcpStream,
@@ -23,30 +28,51 @@ pub(crate) struct PeerLink {
 impl PeerLink {
     /// Performs the handshake as `role`. Reads and writes that stall for
     /// `timeout` fail: the link is then considered dead.
-    pub fn establish(stream: TcpStream, role: Role, timeout: Duration) -> Result<PeerLink> {
+    pub fn establish(
+        stream: TcpStream,
+        role: Role,
+        timeout: Duration,
+    ) -> Result<PeerLink, MigrationError> {
+        let socket_error = |error| MigrationError::io("setting up the agent link's socket", error);
         // Acknowledgements are tiny and the sender measures the link by
         // them: Nagle's algorithm must not hold them back.
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let peer = stream
+        stream.set_nodelay(true).map_err(socket_error)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(socket_error)?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(socket_error)?;
+        let address = stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".into());
-        let mut handshake_stream = stream.try_clone()?;
+        let peer = match role {
+            Role::Source => Role::Destination,
+            Role::Destination => Role::Source,
+        };
+        let clone = || stream.try_clone().map_err(socket_error);
+        let mut handshake_stream = clone()?;
         let hello = Hello {
             role,
             capabilities: Capabilities::all(),
         };
         let negotiated = handshake(&mut handshake_stream, &hello)
-            .map_err(|e| link_failure(e, "peer agent", timeout))
-            .with_context(|| format!("handshake with the agent at {peer}"))?;
+            .map_err(|e| MigrationError::link(e, peer, timeout))
+            .during_with(|| format!("handshake with the agent at {address}"))?;
         Ok(PeerLink {
-            reader: FrameReader::new(BufReader::new(stream.try_clone()?)),
-            writer: FrameWriter::new(stream.try_clone()?),
+            reader: FrameReader::new(BufReader::new(clone()?)),
+            writer: FrameWriter::new(clone()?),
             negotiated,
+            peer,
+            timeout,
             socket: stream,
         })
+    }
+
+    /// A failure of this link, as what it means to the migration.
+    pub fn failure(&self, error: WireError) -> MigrationError {
+        MigrationError::link(error, self.peer, self.timeout)
     }
 }
 
@@ -71,24 +97,5 @@ impl PeerLink {
                 Err(_) => return,
             }
         }
-    }
-}
-
-/// Turns a wire error into the cause an operator needs: cut link, dead
-/// peer, corruption or incompatibility. `peer` names the other side.
-pub(crate) fn link_failure(error: WireError, peer: &str, timeout: Duration) -> anyhow::Error {
-    match error {
-        WireError::Closed => anyhow::anyhow!(
-            "the {peer} closed the link (it exited, was killed, or the link was cut)"
-        ),
-        WireError::Truncated { within } => {
-            anyhow::anyhow!("the link to the {peer} was cut within {within}")
-        }
-        WireError::Io(io) if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-            anyhow::anyhow!("the link to the {peer} was silent for {timeout:?}: considered dead")
-        }
-        WireError::Io(io) => anyhow::anyhow!("the link to the {peer} failed: {io}"),
-        // Corruption and incompatibilities: the wire's own wording names them.
-        other => anyhow::Error::new(other),
     }
 }

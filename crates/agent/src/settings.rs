@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use mllm_core::planner::PlannerConfig;
 pub use mllm_core::strategy::BoundAction;
 use mllm_core::strategy::{Precopy, PrecopyLimits, Strategy};
 use mllm_wire::{CompressionSetting, MAX_BATCH_PAGES};
+
+use crate::error::MigrationError;
 
 /// Settings of the source agent's pre-copy.
 #[derive(Debug, Clone)]
@@ -77,35 +78,40 @@ impl PrecopySettings {
         Box::new(Precopy::new(config, limits))
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<(), MigrationError> {
+        let invalid = |what: String| Err(MigrationError::Invalid(what));
         if !(1..=MAX_BATCH_PAGES).contains(&self.batch_pages) {
-            bail!(
+            return invalid(format!(
                 "batch_pages is {}, must be within 1..={MAX_BATCH_PAGES}",
                 self.batch_pages
-            );
+            ));
         }
         if self.downtime_target.is_zero() {
-            bail!("the downtime target must be positive");
+            return invalid("the downtime target must be positive".into());
         }
         if self.trace_file.is_some() && self.trace_interval.is_zero() {
-            bail!("the trace interval must be positive");
+            return invalid("the trace interval must be positive".into());
         }
         Ok(())
     }
 }
 
+/// A compression name that [`parse_compression`] does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown compression {0:?}: use none, lz4, zstd or zstd:LEVEL (LEVEL a number)")]
+pub struct UnknownCompression(String);
+
 /// Reads `none`, `lz4`, `zstd` or `zstd:LEVEL`.
-pub fn parse_compression(text: &str) -> Result<CompressionSetting> {
+pub fn parse_compression(text: &str) -> Result<CompressionSetting, UnknownCompression> {
     match text.split_once(':') {
         None if text == "none" => Ok(CompressionSetting::None),
         None if text == "lz4" => Ok(CompressionSetting::Lz4),
         None if text == "zstd" => Ok(CompressionSetting::Zstd { level: 1 }),
-        Some(("zstd", level)) => Ok(CompressionSetting::Zstd {
-            level: level
-                .parse()
-                .with_context(|| format!("zstd level {level:?} is not a number"))?,
-        }),
-        _ => bail!("unknown compression {text:?}: use none, lz4, zstd or zstd:LEVEL"),
+        Some(("zstd", level)) => level
+            .parse()
+            .map(|level| CompressionSetting::Zstd { level })
+            .map_err(|_| UnknownCompression(text.to_owned())),
+        _ => Err(UnknownCompression(text.to_owned())),
     }
 }
 

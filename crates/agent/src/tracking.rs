@@ -3,17 +3,20 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use mllm_qemu::QemuProcess;
 use mllm_tracker::{detect, find_ram_mapping, WriteTracker};
 
+use crate::error::MigrationError;
 use crate::vm_setup::hook_socket_of;
 
 /// Tracks the guest's writes from now on. One tracker per VM at a time: the
 /// hook cannot arm guest RAM again while an earlier tracker still holds it.
-pub(crate) fn start_tracking(vm: &QemuProcess, ram_file: &Path) -> Result<Box<dyn WriteTracker>> {
+pub(crate) fn start_tracking(
+    vm: &QemuProcess,
+    ram_file: &Path,
+) -> Result<Box<dyn WriteTracker>, MigrationError> {
     let pid = vm.pid().cast_signed();
     let mapping = find_ram_mapping(pid, ram_file)?;
     let hook_socket = hook_socket_of(&vm.config);
-    detect(pid, mapping, hook_socket.as_deref()).context("tracking the guest's memory writes")
+    Ok(detect(pid, mapping, hook_socket.as_deref())?)
 }

@@ -3,11 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
 use mllm_qemu::{QemuConfig, RamBackend};
 
+use crate::error::MigrationError;
+
 /// The variable the hook reads the path of its unix socket from.
-pub const HOOK_SOCKET_ENV: &str = "MLLM_HOOK_SOCKET";
+pub use mllm_hook_protocol::SOCKET_ENV as HOOK_SOCKET_ENV;
 /// Overrides where [`find_hook_library`] looks.
 pub const HOOK_LIBRARY_ENV: &str = "MLLM_HOOK_LIBRARY";
 const HOOK_LIBRARY_NAME: &str = "libmllm_hook.so";
@@ -54,11 +55,12 @@ pub fn ram_file_of(config: &QemuConfig) -> Option<&Path> {
 /// executable or one directory up (cargo puts test binaries in `deps/`).
 /// Cargo cannot make a cdylib a dependency, so it is built separately:
 /// `cargo build -p mllm-hook` with the same profile.
-pub fn find_hook_library() -> Result<PathBuf> {
+pub fn find_hook_library() -> Result<PathBuf, MigrationError> {
     if let Some(path) = std::env::var_os(HOOK_LIBRARY_ENV) {
         return Ok(PathBuf::from(path));
     }
-    let executable = std::env::current_exe()?;
+    let executable = std::env::current_exe()
+        .map_err(|e| MigrationError::io("finding this program's own path", e))?;
     let candidates: Vec<PathBuf> = executable
         .ancestors()
         .skip(1)
@@ -67,7 +69,7 @@ pub fn find_hook_library() -> Result<PathBuf> {
         .collect();
     match candidates.iter().find(|path| path.is_file()) {
         Some(path) => Ok(path.clone()),
-        None => bail!(
+        None => Err(MigrationError::Invalid(format!(
             "{HOOK_LIBRARY_NAME} not found (looked at {}); build it with \
              `cargo build -p mllm-hook` (same profile) or set {HOOK_LIBRARY_ENV}",
             candidates
@@ -75,7 +77,7 @@ pub fn find_hook_library() -> Result<PathBuf> {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
+        ))),
     }
 }
 

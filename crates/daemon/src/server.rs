@@ -191,6 +191,7 @@ fn migrate(
             *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
             on_progress(progress);
         })
+        .map_err(anyhow::Error::from)
     });
     *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = None;
     drop(claim);
@@ -208,13 +209,13 @@ fn record_trace(host: &VmHost, request: &RecordTraceRequest) -> Result<TraceSumm
         .with_context(|| format!("cannot record for {} seconds", request.seconds))?;
     let vm = host.get(&request.vm)?;
     let _claim = vm.tracker.claim(&request.vm, TrackerUser::TraceRecording)?;
-    record_memory_trace(
+    Ok(record_memory_trace(
         &vm.qemu,
         &vm.ram_file,
         &request.out,
         Duration::from_millis(request.interval_ms),
         length,
-    )
+    )?)
 }
 
 /// The agent writes files its clients name: a relative path would be

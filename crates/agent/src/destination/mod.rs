@@ -8,7 +8,6 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use mllm_control::DestinationReport;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
@@ -18,8 +17,9 @@ use mllm_wire::{
 };
 
 use crate::device_state::IncomingDeviceState;
+use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
-use crate::peer::{link_failure, PeerLink};
+use crate::peer::PeerLink;
 
 /// Settings of the destination agent.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub fn receive_migration(
     ram_file: &Path,
     stream: TcpStream,
     settings: &DestinationSettings,
-) -> Result<DestinationReport> {
+) -> Result<DestinationReport, MigrationError> {
     IncomingMigration::accept(stream, settings)?.receive(vm, ram_file)
 }
 
@@ -63,7 +63,10 @@ pub struct IncomingMigration {
 
 impl IncomingMigration {
     /// Handshake, then the source's request.
-    pub fn accept(stream: TcpStream, settings: &DestinationSettings) -> Result<IncomingMigration> {
+    pub fn accept(
+        stream: TcpStream,
+        settings: &DestinationSettings,
+    ) -> Result<IncomingMigration, MigrationError> {
         let started_us = wall_clock_us();
         let timeout = settings.link_timeout;
         let mut link = PeerLink::establish(stream, Role::Destination, timeout)?;
@@ -71,8 +74,8 @@ impl IncomingMigration {
         let first = link
             .reader
             .recv()
-            .map_err(|e| link_failure(e, "source agent", timeout))
-            .context("waiting for the migration request")?;
+            .map_err(|e| link.failure(e))
+            .during("waiting for the migration request")?;
         conversation.received(first.message_type())?;
         let Message::MigrationRequest(request) = first else {
             unreachable!("the conversation admits only a request first")
@@ -91,27 +94,30 @@ impl IncomingMigration {
     }
 
     /// Refuses the migration, telling the source `reason`.
-    pub fn reject(mut self, reason: &str) -> Result<()> {
+    pub fn reject(mut self, reason: &str) -> Result<(), MigrationError> {
         self.conversation.sending(MessageType::MigrationReject)?;
         self.link
             .writer
             .send(&Message::MigrationReject(MigrationReject {
                 reason: reason.to_owned(),
             }))
-            .map_err(|e| link_failure(e, "source agent", self.timeout))
+            .map_err(|e| self.link.failure(e))
     }
 
     /// Checks the request against `vm`, accepts it and receives the VM.
-    pub fn receive(self, vm: &QemuProcess, ram_file: &Path) -> Result<DestinationReport> {
+    pub fn receive(
+        self,
+        vm: &QemuProcess,
+        ram_file: &Path,
+    ) -> Result<DestinationReport, MigrationError> {
         let vm_name = self.request.vm_name.clone();
         let prepared = self.prepare(vm, ram_file);
         let (ram, device_state) = match prepared {
             Ok(ready) => ready,
             Err(error) => {
-                let reason = format!("{error:#}");
                 // The refusal is the error; failing to deliver it adds nothing.
-                let _ = self.reject(&reason);
-                return Err(error.context(format!("refused to receive VM {vm_name}")));
+                let _ = self.reject(&error.chain());
+                return Err(error.during(format!("refused to receive VM {vm_name}")));
             }
         };
         let mut accepted = self;
@@ -122,10 +128,10 @@ impl IncomingMigration {
             .link
             .writer
             .send(&Message::MigrationAccept(MigrationAccept))
-            .map_err(|e| link_failure(e, "source agent", accepted.timeout))?;
+            .map_err(|e| accepted.link.failure(e))?;
         receiver::Receiver::new(vm, ram, device_state, accepted)
             .run()
-            .with_context(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
+            .during_with(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
     }
 
     /// Everything that can be checked before a page moves.
@@ -133,7 +139,7 @@ impl IncomingMigration {
         &self,
         vm: &QemuProcess,
         ram_file: &Path,
-    ) -> Result<(GuestRam, IncomingDeviceState)> {
+    ) -> Result<(GuestRam, IncomingDeviceState), MigrationError> {
         let request = &self.request;
         // Policies this agent cannot serve do not decode; the match is the
         // place a policy with its own needs gets them checked.
@@ -141,21 +147,21 @@ impl IncomingMigration {
             MigrationPolicy::Precopy => {}
         }
         if request.page_size != PAGE_SIZE_U32 {
-            bail!(
+            return Err(MigrationError::Invalid(format!(
                 "page size differs: the source uses {} bytes, this agent {PAGE_SIZE}",
                 request.page_size
-            );
+            )));
         }
         let ram = GuestRam::open(ram_file)?;
         if ram.len_bytes() != request.ram_bytes {
-            bail!(
+            return Err(MigrationError::Invalid(format!(
                 "RAM size differs: the source VM has {} MiB, the destination VM {} MiB",
                 request.ram_bytes >> 20,
                 ram.len_bytes() >> 20
-            );
+            )));
         }
         let device_state = IncomingDeviceState::listen(vm)
-            .context("the destination QEMU cannot receive device state")?;
+            .during("the destination QEMU cannot receive device state")?;
         Ok((ram, device_state))
     }
 }

@@ -4,20 +4,22 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use mllm_control::DestinationReport;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
     Abort, Ack, Conversation, DestinationRunning, Message, PageBatch, PageBatchDecoder,
-    PageContent, RamDigest, TrafficClass,
+    PageContent, RamDigest, Role, TrafficClass,
 };
 use serde_json::json;
 
 use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
+use crate::error::MigrationError;
 use crate::guest_ram::GuestRam;
-use crate::peer::{link_failure, PeerLink};
+use crate::peer::PeerLink;
+
+type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 /// How often the destination QEMU is asked whether it is still there while
 /// pages arrive, so its death aborts the migration before the switch.
@@ -88,7 +90,7 @@ impl<'a> Receiver<'a> {
             Ok(report) => Ok(report),
             Err(error) => {
                 let abort = Message::Abort(Abort {
-                    reason: format!("{error:#}"),
+                    reason: error.chain(),
                 });
                 // After the source's own abort there is nobody to tell; the
                 // source learns of a broken link by itself.
@@ -116,7 +118,10 @@ impl<'a> Receiver<'a> {
                 }
                 Message::DeviceStateEnd(end) => return self.start_vm(end.total_bytes),
                 Message::Abort(abort) => {
-                    bail!("the source aborted the migration: {}", abort.reason)
+                    return Err(MigrationError::PeerAborted {
+                        peer: Role::Source,
+                        reason: abort.reason,
+                    })
                 }
                 other => unreachable!(
                     "the conversation admitted {} from the source while receiving",
@@ -128,36 +133,30 @@ impl<'a> Receiver<'a> {
 
     /// The next message, checked against the conversation.
     fn next_message(&mut self) -> Result<Message> {
-        let timeout = self.timeout;
-        let message = self
-            .link
-            .reader
-            .recv()
-            .map_err(|e| link_failure(e, "source agent", timeout))?;
+        let message = self.link.reader.recv().map_err(|e| self.link.failure(e))?;
         self.conversation.received(message.message_type())?;
         Ok(message)
     }
 
     fn send(&mut self, message: &Message) -> Result<()> {
-        let timeout = self.timeout;
         self.conversation.sending(message.message_type())?;
-        self.link
-            .writer
-            .send(message)
-            .map_err(|e| link_failure(e, "source agent", timeout))
+        let sent = self.link.writer.send(message);
+        sent.map_err(|e| self.link.failure(e))
     }
 
     fn device_state(&mut self) -> Result<&mut IncomingDeviceState> {
         self.device_state
             .as_mut()
-            .context("device state arrived after its end")
+            .ok_or_else(|| MigrationError::Invalid("device state arrived after its end".into()))
     }
 
     fn write_pages(&mut self, batch: &PageBatch) -> Result<()> {
         let pages = self.ram.pages();
         for (index, content) in self.decoder.decode(batch)? {
             if index >= pages {
-                bail!("the source sent page {index}, beyond the {pages} pages of guest RAM");
+                return Err(MigrationError::Invalid(format!(
+                    "the source sent page {index}, beyond the {pages} pages of guest RAM"
+                )));
             }
             match content {
                 PageContent::Zero => {
@@ -174,7 +173,7 @@ impl<'a> Receiver<'a> {
             self.vm
                 .qmp
                 .execute("query-status", json!({}))
-                .context("the destination QEMU failed")?;
+                .map_err(|e| MigrationError::qemu("the destination QEMU failed", e))?;
         }
         Ok(())
     }
@@ -189,7 +188,7 @@ impl<'a> Receiver<'a> {
                 .take(MISMATCHES_SHOWN)
                 .map(|r| format!("pages {}..{}", r.first_page, r.first_page + r.page_count))
                 .collect();
-            bail!(
+            return Err(MigrationError::MemoryMismatch(format!(
                 "RAM DIGEST MISMATCH: {} of {} ranges differ from the source's ({}{}); \
                  the destination's memory is not the source's, refusing to start the VM",
                 mismatches.len(),
@@ -200,7 +199,7 @@ impl<'a> Receiver<'a> {
                 } else {
                     ""
                 }
-            );
+            )));
         }
         self.verified = true;
         tracing::info!(ranges = ours.ranges.len(), "RAM digests match");
@@ -213,13 +212,13 @@ impl<'a> Receiver<'a> {
         let device_state = self
             .device_state
             .take()
-            .context("device state ended twice")?;
+            .ok_or_else(|| MigrationError::Invalid("device state ended twice".into()))?;
         device_state.finish(self.vm, total_bytes, self.timeout)?;
         let device_state_loaded_us = wall_clock_us();
         self.vm
             .qmp
             .execute("cont", json!({}))
-            .context("starting the destination VM")?;
+            .map_err(|e| MigrationError::qemu("starting the destination VM", e))?;
         let started_us = self.started_us;
         let running_us = self
             .vm
@@ -236,7 +235,7 @@ impl<'a> Receiver<'a> {
             // VM run on both sides. Paused here, it can still be resumed by
             // hand once the source is known to be stopped.
             let paused = self.vm.qmp.execute("stop", json!({}));
-            return Err(error.context(match paused {
+            return Err(error.during(match paused {
                 Ok(_) => "the source did not confirm it released the VM; the destination VM was paused again so it cannot run twice",
                 Err(_) => "the source did not confirm it released the VM, and pausing the destination VM failed too",
             }));
@@ -263,10 +262,10 @@ impl<'a> Receiver<'a> {
         self.send(&Message::DestinationRunning(DestinationRunning))?;
         match self.next_message()? {
             Message::Ack(_) => Ok(()),
-            Message::Abort(abort) => bail!(
-                "the source aborted after the VM started here: {}",
-                abort.reason
-            ),
+            Message::Abort(abort) => Err(MigrationError::PeerAborted {
+                peer: Role::Source,
+                reason: format!("after the VM started here: {}", abort.reason),
+            }),
             other => unreachable!(
                 "the conversation admitted {} while awaiting the release",
                 other.message_type()

@@ -5,11 +5,14 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use mllm_control::TraceSummary;
 use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE_U32};
 use mllm_core::trace::binary::MemoryTraceWriter;
-use mllm_core::trace::{MemoryTraceHeader, WriteInterval};
+use mllm_core::trace::{MemoryTraceHeader, TraceError, WriteInterval};
+
+use crate::error::MigrationError;
+
+type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 pub(crate) struct TraceFile {
     writer: MemoryTraceWriter<BufWriter<File>>,
@@ -19,13 +22,16 @@ pub(crate) struct TraceFile {
 impl TraceFile {
     /// Creates (or truncates) `path` for a guest of `pages` pages.
     pub fn create(path: &Path, pages: PageIndex) -> Result<TraceFile> {
-        let context = || format!("creating memory trace {}", path.display());
+        let failed = |error: std::io::Error| MigrationError::Trace {
+            what: format!("creating memory trace {}", path.display()),
+            source: TraceError::from(error),
+        };
         let header = MemoryTraceHeader {
             page_size: PAGE_SIZE_U32,
             page_count: pages,
         };
-        let file = File::create(path).with_context(context)?;
-        let writer = MemoryTraceWriter::new(BufWriter::new(file), header).with_context(context)?;
+        let file = File::create(path).map_err(failed)?;
+        let writer = MemoryTraceWriter::new(BufWriter::new(file), header).map_err(failed)?;
         Ok(TraceFile {
             writer,
             summary: TraceSummary {
@@ -50,7 +56,10 @@ impl TraceFile {
             .max(1);
         self.writer
             .push(&WriteInterval::new(duration_us, pages))
-            .with_context(|| format!("writing memory trace {}", self.summary.path.display()))?;
+            .map_err(|source| MigrationError::Trace {
+                what: format!("writing memory trace {}", self.summary.path.display()),
+                source,
+            })?;
         self.summary.intervals += 1;
         self.summary.duration_ms += duration_us as f64 / 1000.0;
         self.summary.page_writes += page_writes;
@@ -67,7 +76,10 @@ impl TraceFile {
         let summary = self.summary;
         self.writer
             .finish()
-            .with_context(|| format!("writing memory trace {}", summary.path.display()))?;
+            .map_err(|error| MigrationError::Trace {
+                what: format!("writing memory trace {}", summary.path.display()),
+                source: TraceError::from(error),
+            })?;
         Ok(summary)
     }
 }
@@ -118,6 +130,6 @@ mod tests {
         let error = trace
             .push(Duration::from_millis(1), &[PageRange::new(9, 11)])
             .unwrap_err();
-        assert!(format!("{error:#}").contains("beyond"), "{error:#}");
+        assert!(error.chain().contains("beyond"), "{}", error.chain());
     }
 }

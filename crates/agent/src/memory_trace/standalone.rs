@@ -3,12 +3,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
 use mllm_control::TraceSummary;
 use mllm_core::memory::pages_in;
 use mllm_qemu::QemuProcess;
 
 use super::{ScanSchedule, TraceFile};
+use crate::error::{Context, MigrationError};
 use crate::tracking::start_tracking;
 
 /// Records which pages the running VM `vm` (guest RAM in the shared file
@@ -23,10 +23,15 @@ pub fn record_memory_trace(
     path: &Path,
     interval: Duration,
     length: Duration,
-) -> Result<TraceSummary> {
-    ensure!(!interval.is_zero(), "the trace interval must be positive");
-    let pages = pages_in(vm.config.memory_mib << 20)
-        .with_context(|| format!("VM {} has no usable RAM size", vm.config.name))?;
+) -> Result<TraceSummary, MigrationError> {
+    if interval.is_zero() {
+        return Err(MigrationError::Invalid(
+            "the trace interval must be positive".into(),
+        ));
+    }
+    let pages = pages_in(vm.config.memory_mib << 20).ok_or_else(|| {
+        MigrationError::Invalid(format!("VM {} has no usable RAM size", vm.config.name))
+    })?;
     let mut trace = TraceFile::create(path, pages)?;
     let mut tracker = start_tracking(vm, ram_file)?;
     let started = Instant::now();
@@ -37,7 +42,7 @@ pub fn record_memory_trace(
         std::thread::sleep(schedule.until_due(Instant::now()));
         tracker
             .scan(&mut written)
-            .context("scanning for pages the guest wrote")?;
+            .during("scanning for pages the guest wrote")?;
         let now = Instant::now();
         trace.push(now.duration_since(last_scan), &written)?;
         schedule.scanned(now);

@@ -10,18 +10,20 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
-use mllm_wire::{Conversation, MessageType, WireError};
+use mllm_wire::{Conversation, MessageType, Role, WireError};
 
 use super::rate::DeliveryRate;
+use crate::error::{LinkError, LinkFailure, MigrationError};
+
+type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 /// How the link ended, as far as the source's threads can tell.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum PeerOutcome {
     /// The destination reported its VM running.
     Running,
-    /// The link failed or the destination gave up; the text names the cause.
-    Failed(String),
+    /// The link failed or the destination gave up.
+    Failed(MigrationError),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +45,16 @@ struct FlowState {
     /// Every frame byte the sender handed to the socket.
     sent_bytes: u64,
     rate: DeliveryRate,
-    outcome: Option<PeerOutcome>,
+    /// Set once: the first outcome wins.
+    ended: Option<Ended>,
+    /// The failure, until the migration takes it to report it.
+    failure: Option<MigrationError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Running,
+    Failed,
 }
 
 impl FlowState {
@@ -57,11 +68,23 @@ impl FlowState {
     }
 
     /// Ok while the link works; the first failure's cause after.
-    fn check(&self) -> Result<()> {
-        match &self.outcome {
-            Some(PeerOutcome::Failed(cause)) => Err(anyhow!("{cause}")),
+    fn check(&mut self) -> Result<()> {
+        match self.ended {
+            Some(Ended::Failed) => Err(self.take_failure()),
             _ => Ok(()),
         }
+    }
+
+    /// The failure, for the one caller that reports it. The migration stops
+    /// at the first error it sees, so nobody asks twice; should someone,
+    /// they learn that the link failed before.
+    fn take_failure(&mut self) -> MigrationError {
+        self.failure.take().unwrap_or_else(|| {
+            MigrationError::io(
+                "the agent link failed earlier",
+                std::io::Error::other("its cause was reported already"),
+            )
+        })
     }
 }
 
@@ -81,7 +104,8 @@ impl Flow {
                 acked_bytes: 0,
                 sent_bytes: 0,
                 rate: DeliveryRate::default(),
-                outcome: None,
+                ended: None,
+                failure: None,
             }),
             changed: Condvar::new(),
         }
@@ -117,7 +141,9 @@ impl Flow {
     pub(crate) fn acknowledged(&self, at: Instant) -> Result<()> {
         let mut state = self.lock();
         let Some(bytes) = state.unacked.pop_front() else {
-            bail!("the destination acknowledged a page batch that was never sent");
+            return Err(MigrationError::Invalid(
+                "the destination acknowledged a page batch that was never sent".into(),
+            ));
         };
         state.unacked_bytes -= bytes;
         state.acked_bytes += bytes;
@@ -131,7 +157,17 @@ impl Flow {
     /// Records how the link ended; the first outcome wins, so a cut seen
     /// after an abort does not hide the abort's reason.
     pub(crate) fn end(&self, outcome: PeerOutcome) {
-        self.lock().outcome.get_or_insert(outcome);
+        let mut state = self.lock();
+        if state.ended.is_none() {
+            match outcome {
+                PeerOutcome::Running => state.ended = Some(Ended::Running),
+                PeerOutcome::Failed(error) => {
+                    state.ended = Some(Ended::Failed);
+                    state.failure = Some(error);
+                }
+            }
+        }
+        drop(state);
         self.changed.notify_all();
     }
 
@@ -144,7 +180,7 @@ impl Flow {
     }
 
     /// The link's failure cause if it failed, else `fallback`.
-    pub(crate) fn cause_or(&self, fallback: anyhow::Error) -> anyhow::Error {
+    pub(crate) fn cause_or(&self, fallback: MigrationError) -> MigrationError {
         self.check().err().unwrap_or(fallback)
     }
 
@@ -180,17 +216,23 @@ impl Flow {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
         loop {
-            match &state.outcome {
-                Some(PeerOutcome::Running) => return Ok(()),
-                Some(PeerOutcome::Failed(cause)) => bail!("{cause}"),
+            match state.ended {
+                Some(Ended::Running) => return Ok(()),
+                Some(Ended::Failed) => return Err(state.take_failure()),
                 None => {}
             }
             let now = Instant::now();
             if now >= deadline {
-                bail!(
-                    "the destination did not report its VM running within {timeout:?} \
-                     after the switch-over"
-                );
+                return Err(MigrationError::During {
+                    what: format!(
+                        "the destination did not report its VM running within {timeout:?} \
+                         after the switch-over"
+                    ),
+                    source: Box::new(MigrationError::Link(LinkError {
+                        peer: Role::Destination,
+                        kind: LinkFailure::Silent { timeout },
+                    })),
+                });
             }
             state = self
                 .changed
@@ -203,8 +245,6 @@ impl Flow {
 
 #[cfg(test)]
 mod tests {
-    use mllm_wire::Role;
-
     use super::*;
 
     fn accepted() -> Flow {
@@ -229,12 +269,20 @@ mod tests {
     #[test]
     fn the_first_failure_is_the_one_reported() {
         let flow = accepted();
-        flow.end(PeerOutcome::Failed("destination aborted: disk full".into()));
-        flow.end(PeerOutcome::Failed("link closed".into()));
+        flow.end(PeerOutcome::Failed(MigrationError::PeerAborted {
+            peer: Role::Destination,
+            reason: "disk full".into(),
+        }));
+        flow.end(PeerOutcome::Failed(MigrationError::Invalid(
+            "link closed".into(),
+        )));
         let err = flow
             .wait_until(Duration::from_secs(1), |_| false)
             .unwrap_err();
-        assert_eq!(err.to_string(), "destination aborted: disk full");
+        assert_eq!(
+            err.to_string(),
+            "the destination aborted the migration: disk full"
+        );
         assert!(flow.wait_for_outcome(Duration::ZERO).is_err());
     }
 

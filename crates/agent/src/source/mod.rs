@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
 use mllm_core::convert::saturating_u64;
 use mllm_core::strategy::Strategy;
 use mllm_qemu::qmp::wall_clock_us;
@@ -31,9 +30,10 @@ use self::precopy::{Measured, Transfer};
 use self::reporter::Reporter;
 use self::writes::WriteLog;
 use crate::device_state::ignore_shared_ram;
+use crate::error::{Context, MigrationError, Recovery, SourceError};
 use crate::guest_ram::GuestRam;
 use crate::memory_trace::TraceFile;
-use crate::peer::{link_failure, PeerLink};
+use crate::peer::PeerLink;
 use crate::settings::PrecopySettings;
 use crate::tracking::start_tracking;
 use mllm_control::{Phase, Progress};
@@ -62,18 +62,13 @@ pub fn migrate_source(
     stream: TcpStream,
     settings: &PrecopySettings,
     progress: &dyn Fn(&Progress),
-) -> Result<SourceReport> {
+) -> Result<SourceReport, SourceError> {
     let mut vm_state = VmState::default();
-    match run(vm, ram_file, stream, settings, progress, &mut vm_state) {
-        Ok(report) => Ok(report),
-        Err(error) => {
-            let recovery = recover(vm, &vm_state);
-            Err(error.context(format!(
-                "migration of VM {} failed; {recovery}",
-                vm.config.name
-            )))
-        }
-    }
+    run(vm, ram_file, stream, settings, progress, &mut vm_state).map_err(|cause| SourceError {
+        vm: vm.config.name.clone(),
+        recovery: recover(vm, &vm_state),
+        cause: Box::new(cause),
+    })
 }
 
 /// What the migration did to the source VM, so a failure can undo exactly that.
@@ -147,21 +142,25 @@ fn run(
     settings: &PrecopySettings,
     progress: &dyn Fn(&Progress),
     vm_state: &mut VmState,
-) -> Result<SourceReport> {
+) -> Result<SourceReport, MigrationError> {
     let started = Instant::now();
     let started_us = wall_clock_us();
     settings.validate()?;
-    let status = vm.qmp.execute("query-status", json!({}))?;
+    let status = vm
+        .qmp
+        .execute("query-status", json!({}))
+        .map_err(|e| MigrationError::qemu("asking the source QEMU whether the VM runs", e))?;
     vm_state.was_running = status["running"].as_bool() == Some(true);
     let ram = GuestRam::open(ram_file)?;
     let configured = vm.config.memory_mib << 20;
-    ensure!(
-        ram.len_bytes() == configured,
-        "guest RAM file {} holds {} bytes but VM {} has {configured}: wrong file?",
-        ram_file.display(),
-        ram.len_bytes(),
-        vm.config.name
-    );
+    if ram.len_bytes() != configured {
+        return Err(MigrationError::Invalid(format!(
+            "guest RAM file {} holds {} bytes but VM {} has {configured}: wrong file?",
+            ram_file.display(),
+            ram.len_bytes(),
+            vm.config.name
+        )));
+    }
     progress(&Progress {
         phase: Phase::Connecting,
         round: 0,
@@ -205,7 +204,7 @@ fn run(
     let (outcome, sent, received) = std::thread::scope(|scope| {
         let sender = scope.spawn(|| threads::send_frames(writer, outbox, &flow, &socket, timeout));
         let receiver = scope.spawn(|| threads::receive_frames(reader, &flow, &socket, timeout));
-        let outcome = (|| -> Result<_> {
+        let outcome = (|| -> Result<_, MigrationError> {
             let mut ctx = SourceContext {
                 vm,
                 ram: &ram,
@@ -271,8 +270,8 @@ fn request_migration(
     vm: &QemuProcess,
     ram: &GuestRam,
     timeout: Duration,
-) -> Result<()> {
-    let failure = |error| link_failure(error, "destination agent", timeout);
+) -> Result<(), MigrationError> {
+    let failure = |error| MigrationError::link(error, Role::Destination, timeout);
     let request = Message::MigrationRequest(MigrationRequest {
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
@@ -284,19 +283,22 @@ fn request_migration(
     link.writer
         .send(&request)
         .map_err(failure)
-        .context("sending the migration request")?;
+        .during("sending the migration request")?;
     let answer = link
         .reader
         .recv()
         .map_err(failure)
-        .context("waiting for the answer to the migration request")?;
+        .during("waiting for the answer to the migration request")?;
     conversation.received(answer.message_type())?;
     match answer {
         Message::MigrationAccept(_) => Ok(()),
-        Message::MigrationReject(reject) => {
-            bail!("the destination refused the migration: {}", reject.reason)
-        }
-        Message::Abort(abort) => bail!("the destination aborted the migration: {}", abort.reason),
+        Message::MigrationReject(reject) => Err(MigrationError::Refused {
+            reason: reject.reason,
+        }),
+        Message::Abort(abort) => Err(MigrationError::PeerAborted {
+            peer: Role::Destination,
+            reason: abort.reason,
+        }),
         other => unreachable!(
             "the conversation admitted {} as an answer",
             other.message_type()
@@ -318,20 +320,20 @@ fn usable_compression(wanted: CompressionSetting, negotiated: &Negotiated) -> Co
 }
 
 /// Undoes what the failed migration did to the source VM; says what it did.
-fn recover(vm: &QemuProcess, state: &VmState) -> String {
+fn recover(vm: &QemuProcess, state: &VmState) -> Recovery {
     if state.phase >= SourceVmPhase::QemuMigrating {
         let _ = vm.qmp.execute("migrate_cancel", json!({}));
         wait_for_settled_migration(vm);
     }
     if state.phase < SourceVmPhase::Stopped {
-        return "the source VM never stopped".into();
+        return Recovery::NeverStopped;
     }
     if !state.was_running {
-        return "the source VM stays paused, as it was before".into();
+        return Recovery::StaysPaused;
     }
     match vm.qmp.execute("cont", json!({})) {
-        Ok(_) => "the source VM was resumed".into(),
-        Err(error) => format!("the source VM could NOT be resumed: {error}"),
+        Ok(_) => Recovery::Resumed,
+        Err(error) => Recovery::ResumeFailed(error.to_string()),
     }
 }
 

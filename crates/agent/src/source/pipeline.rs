@@ -5,13 +5,15 @@
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
 use mllm_core::memory::PageIndex;
 use mllm_core::vm::PAGE_HEADER_BYTES;
 use mllm_wire::{CompressionSetting, Message, PageBatchBuilder, RoundEnd, PAGE_SIZE};
 
 use super::flow::Flow;
+use crate::error::MigrationError;
 use crate::guest_ram::GuestRam;
+
+type Result<T, E = MigrationError> = std::result::Result<T, E>;
 use mllm_control::RoundReport;
 
 struct RoundCounter {
@@ -66,9 +68,10 @@ impl<'a> Pipeline<'a> {
 
     /// Queues any message for the sender, in order after everything before.
     pub fn send(&mut self, message: Message) -> Result<()> {
-        self.queue
-            .send(message)
-            .map_err(|_| self.flow.cause_or(anyhow!("the sender thread stopped")))
+        self.queue.send(message).map_err(|_| {
+            self.flow
+                .cause_or(MigrationError::Invalid("the sender thread stopped".into()))
+        })
     }
 
     /// Reads page `index` now and adds it to the current batch.

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
 use mllm_core::convert::saturating_u32;
 use mllm_core::link::Link;
 use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE_U32};
@@ -14,6 +13,9 @@ use mllm_core::vm::VmLayout;
 use mllm_core::PageSet;
 
 use super::SourceContext;
+use crate::error::MigrationError;
+
+type Result<T, E = MigrationError> = std::result::Result<T, E>;
 use mllm_control::Phase;
 use mllm_control::RoundReport;
 
@@ -114,7 +116,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<PrecopyEnd> {
                 send_round(ctx, Phase::Precopy, pass, false)?;
             }
             Pass::Switch(reason) => return Ok(PrecopyEnd { reason, rate }),
-            Pass::Abort(reason) => bail!(reason),
+            Pass::Abort(reason) => return Err(MigrationError::NotConverging(reason)),
         }
         wait_for_drain(ctx)?;
         let written = ctx.writes.take()?;
@@ -133,7 +135,9 @@ pub(super) fn send_round(
     let mut sent = 0;
     while let Some((space, page)) = pass.next(|_, _| true) {
         if space == Space::Disk {
-            bail!("the strategy sent disk block {page}, but this agent moves no disks yet");
+            return Err(MigrationError::Invalid(format!(
+                "the strategy sent disk block {page}, but this agent moves no disks yet"
+            )));
         }
         ctx.pipeline.send_page(ctx.ram, page)?;
         ctx.transfer.sent(page);

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, SourceStopped};
 use serde_json::json;
@@ -12,6 +11,7 @@ use serde_json::json;
 use super::precopy::send_round;
 use super::{SourceContext, SourceVmPhase};
 use crate::device_state::OutgoingDeviceState;
+use crate::error::{Context, MigrationError};
 use mllm_control::Phase;
 
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
@@ -24,7 +24,7 @@ pub(super) struct Switched {
 }
 
 /// Called once the strategy decided to switch.
-pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched> {
+pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationError> {
     ctx.report(Phase::FinalRound, 0.0);
     // Marked first: if `stop` fails half-way (a QMP timeout), resuming a
     // running VM is harmless, leaving a stopped one stopped is not.
@@ -32,16 +32,18 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched> {
     ctx.vm
         .qmp
         .execute("stop", json!({}))
-        .context("stopping the source VM")?;
+        .map_err(|e| MigrationError::qemu("stopping the source VM", e))?;
     let stopped_us = wall_clock_us();
     ctx.pipeline.send(Message::SourceStopped(SourceStopped))?;
-    let written = ctx.writes.take().context("final scan")?;
+    let written = ctx.writes.take().during("final scan")?;
     ctx.transfer.written(&written);
     let switch = ctx.strategy.switch(ctx.transfer.state());
-    ensure!(
-        switch.postcopy.is_empty(),
-        "the strategy wants pages moved after the switch, which this agent cannot do yet"
-    );
+    if !switch.postcopy.is_empty() {
+        return Err(MigrationError::Invalid(
+            "the strategy wants pages moved after the switch, which this agent cannot do yet"
+                .into(),
+        ));
+    }
     send_round(ctx, Phase::FinalRound, switch.downtime, true)?;
     if ctx.settings.verify {
         // The sender is still busy with the final pages while this hashes.

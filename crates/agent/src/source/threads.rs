@@ -9,10 +9,10 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use mllm_wire::{FrameReader, FrameWriter, Message, Traffic};
+use mllm_wire::{FrameReader, FrameWriter, Message, Role, Traffic};
 
 use super::flow::{Flow, PeerOutcome};
-use crate::peer::link_failure;
+use crate::error::MigrationError;
 
 /// Writes queued messages until the queue closes; returns what it sent.
 pub(crate) fn send_frames(
@@ -24,17 +24,15 @@ pub(crate) fn send_frames(
 ) -> Traffic {
     for message in queue {
         if let Err(error) = flow.sending(message.message_type()) {
-            flow.end(PeerOutcome::Failed(format!("{error}")));
+            flow.end(PeerOutcome::Failed(error.into()));
             let _ = socket.shutdown(Shutdown::Both);
             break;
         }
         let before = writer.traffic().total_bytes();
         if let Err(error) = writer.send(&message) {
-            let cause = link_failure(error, "destination agent", timeout);
-            flow.end(PeerOutcome::Failed(format!(
-                "sending a {} frame: {cause:#}",
-                message.message_type()
-            )));
+            let cause = MigrationError::link(error, Role::Destination, timeout)
+                .during(format!("sending a {} frame", message.message_type()));
+            flow.end(PeerOutcome::Failed(cause));
             let _ = socket.shutdown(Shutdown::Both);
             break;
         }
@@ -59,7 +57,7 @@ pub(crate) fn receive_frames(
         match message {
             Ok(Message::Ack(_)) => {
                 if let Err(error) = flow.acknowledged(Instant::now()) {
-                    break format!("{error:#}");
+                    break error;
                 }
             }
             Ok(Message::DestinationRunning(_)) => {
@@ -67,13 +65,16 @@ pub(crate) fn receive_frames(
                 return reader.traffic().clone();
             }
             Ok(Message::Abort(abort)) => {
-                break format!("the destination aborted the migration: {}", abort.reason)
+                break MigrationError::PeerAborted {
+                    peer: Role::Destination,
+                    reason: abort.reason,
+                }
             }
             Ok(other) => unreachable!(
                 "the conversation admitted {} from the destination",
                 other.message_type()
             ),
-            Err(error) => break format!("{:#}", link_failure(error, "destination agent", timeout)),
+            Err(error) => break MigrationError::link(error, Role::Destination, timeout),
         }
     };
     flow.end(PeerOutcome::Failed(failure));

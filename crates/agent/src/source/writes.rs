@@ -7,12 +7,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use mllm_control::TraceSummary;
 use mllm_core::memory::{self, PageRange};
 use mllm_tracker::WriteTracker;
 
+use crate::error::{Context, MigrationError};
 use crate::memory_trace::{ScanSchedule, TraceFile};
+
+type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 enum Recording {
     Off,
@@ -83,7 +85,7 @@ impl WriteLog {
     fn scan(&mut self) -> Result<()> {
         self.tracker
             .scan(&mut self.scanned)
-            .context("scanning for pages the guest wrote")?;
+            .during("scanning for pages the guest wrote")?;
         let now = Instant::now();
         self.record(now);
         self.last_scan = now;

@@ -10,7 +10,10 @@ use std::net::{TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use mllm_agent::{migrate_source, GuestRam, Phase, PrecopySettings, Progress};
+use mllm_agent::{
+    migrate_source, GuestRam, MigrationError, Phase, PrecopySettings, Progress, Recovery,
+    SourceError,
+};
 use mllm_wire::{
     handshake, Capabilities, DestinationRunning, FrameReader, FrameWriter, Hello, Message,
     MigrationAccept, Role,
@@ -28,6 +31,10 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
         stream.write_all(&hello_of_version(7)).unwrap();
     });
     assert!(error.contains("protocol version mismatch"), "{error}");
+    assert!(
+        matches!(error.kind(), MigrationError::Protocol(_)),
+        "{error}"
+    );
     assert_kept_running(&source, &error, "peer of another protocol version");
 
     let error = against_fake_destination(&source, |mut stream| {
@@ -63,6 +70,10 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
         error.contains("the destination sent DestinationRunning") && error.contains("in pre-copy"),
         "{error}"
     );
+    assert!(
+        matches!(error.kind(), MigrationError::Protocol(_)),
+        "{error}"
+    );
     assert_kept_running(&source, &error, "destination running out of order");
 
     let error = migrate_to_new_destination(&source, GUEST_MIB / 2, 1000, |_| false);
@@ -71,11 +82,16 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
         error.contains("256 MiB") && error.contains("128 MiB"),
         "{error}"
     );
+    assert!(
+        matches!(error.kind(), MigrationError::Refused { .. }),
+        "{error}"
+    );
     assert_kept_running(&source, &error, "destination with less RAM");
 
     let error = migrate_to_new_destination(&source, GUEST_MIB, 1000, |p| {
         p.phase == Phase::Precopy && p.round == 1 && p.bytes_acknowledged > 1 << 20
     });
+    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
     assert_kept_running(&source, &error, "cut in round 1");
 
     // A target nothing meets keeps pre-copy going round after round.
@@ -97,6 +113,10 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
         false
     });
     assert!(error.contains("destination QEMU failed"), "{error}");
+    assert!(
+        matches!(error.kind(), MigrationError::PeerAborted { .. }),
+        "{error}"
+    );
     assert_kept_running(&source, &error, "destination QEMU killed");
 
     let error = migrate_with(&source, GUEST_MIB, 1000, |destination, p| {
@@ -127,7 +147,7 @@ fn migrate_to_new_destination(
     memory_mib: u64,
     target_ms: u64,
     cut_when: impl Fn(&Progress) -> bool,
-) -> String {
+) -> Failed {
     migrate_with(source, memory_mib, target_ms, |_, progress| {
         cut_when(progress)
     })
@@ -139,7 +159,7 @@ fn migrate_with(
     memory_mib: u64,
     target_ms: u64,
     on_progress: impl Fn(&Vm, &Progress) -> bool,
-) -> String {
+) -> Failed {
     let destination = Vm::incoming("destination", memory_mib);
     let settings = PrecopySettings {
         downtime_target: Duration::from_millis(target_ms),
@@ -159,14 +179,15 @@ fn migrate_with(
         .expect_err("the destination must fail too");
     assert!(
         !destination.is_running(),
-        "the destination VM ran: {destination_error:#}"
+        "the destination VM ran: {}",
+        destination_error.chain()
     );
-    format!("{error:#}")
+    Failed::from(error)
 }
 
 /// Runs the source agent against a fake destination that does `fake` with
 /// the connection; returns the source's error.
-fn against_fake_destination(source: &Vm, fake: impl FnOnce(TcpStream) + Send) -> String {
+fn against_fake_destination(source: &Vm, fake: impl FnOnce(TcpStream) + Send) -> Failed {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     thread::scope(|scope| {
@@ -186,15 +207,54 @@ fn against_fake_destination(source: &Vm, fake: impl FnOnce(TcpStream) + Send) ->
             &|_| {},
         )
         .expect_err("the migration must fail");
-        format!("{error:#}")
+        Failed::from(error)
     })
 }
 
-fn assert_kept_running(source: &Vm, error: &str, step: &str) {
+/// A failed migration: what the operator reads, and what the code sees.
+struct Failed {
+    text: String,
+    error: SourceError,
+}
+
+impl From<SourceError> for Failed {
+    fn from(error: SourceError) -> Failed {
+        Failed {
+            text: format!("{error}: {}", error.cause.chain()),
+            error,
+        }
+    }
+}
+
+impl Failed {
+    fn contains(&self, text: &str) -> bool {
+        self.text.contains(text)
+    }
+
+    fn kind(&self) -> &MigrationError {
+        self.error.cause.root()
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn assert_kept_running(source: &Vm, error: &Failed, step: &str) {
     println!("{step}: {error}");
     assert!(
         error.contains("never stopped") || error.contains("was resumed"),
         "{step}: the error does not say what became of the source: {error}"
+    );
+    assert!(
+        matches!(
+            error.error.recovery,
+            Recovery::NeverStopped | Recovery::Resumed
+        ),
+        "{step}: {:?}",
+        error.error.recovery
     );
     assert!(source.is_running(), "{step}: the source VM is not running");
     source.assert_alive_and_intact(step);

@@ -6,11 +6,11 @@ use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 
-use mllm_agent::{receive_migration, DestinationSettings, IncomingMigration};
+use mllm_agent::{receive_migration, DestinationSettings, IncomingMigration, MigrationError};
 use mllm_wire::{
     handshake, Capabilities, CompressionSetting, DeviceState, FrameReader, FrameWriter, Hello,
-    Message, MigrationPolicy, MigrationRequest, PageBatchBuilder, Role, SourceStopped, PAGE_SIZE,
-    PAGE_SIZE_U32, PROTOCOL_VERSION,
+    Message, MigrationPolicy, MigrationRequest, PageBatchBuilder, Role, SourceStopped, WireError,
+    PAGE_SIZE, PAGE_SIZE_U32, PROTOCOL_VERSION,
 };
 
 use crate::support::{one_vm_pair_at_a_time, Vm, GUEST_MIB};
@@ -59,7 +59,7 @@ fn destination_facing(bytes: Vec<u8>, handshake_first: bool) -> String {
         .expect_err("the destination agent must refuse");
     drop(listener);
     fake_source.join().unwrap();
-    format!("{error:#}")
+    error.chain()
 }
 
 #[test]
@@ -143,12 +143,20 @@ fn accepted_source_then(after_accept: Vec<Message>) -> (String, String) {
         &DestinationSettings::default(),
     )
     .expect_err("the destination agent must refuse");
+    assert!(
+        matches!(
+            error.root(),
+            MigrationError::Protocol(WireError::OutOfOrder { .. })
+        ),
+        "{}",
+        error.chain()
+    );
     let abort_reason = fake_source.join().unwrap();
     assert!(
         !destination.is_running(),
         "the destination VM ran after a protocol error"
     );
-    (format!("{error:#}"), abort_reason)
+    (error.chain(), abort_reason)
 }
 
 #[test]

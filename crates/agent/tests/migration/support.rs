@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use mllm_agent::{
     make_migratable, migrate_source, receive_migration, DestinationReport, DestinationSettings,
-    PrecopySettings, Progress, SourceReport,
+    MigrationError, PrecopySettings, Progress, SourceError, SourceReport,
 };
 use mllm_lab::image::{GuestImage, ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
@@ -192,8 +192,8 @@ pub fn link_config(megabits: u64, rtt_ms: u64) -> LinkConfig {
 }
 
 pub struct Outcome {
-    pub source: Result<SourceReport>,
-    pub destination: Result<DestinationReport>,
+    pub source: Result<SourceReport, SourceError>,
+    pub destination: Result<DestinationReport, MigrationError>,
     pub progress: Vec<Progress>,
 }
 
@@ -221,7 +221,8 @@ pub fn migrate(
     };
     let (source_result, destination_result) = std::thread::scope(|scope| {
         let receiver = scope.spawn(|| {
-            let stream = accept_within(&listener, Duration::from_secs(20))?;
+            let stream = accept_within(&listener, Duration::from_secs(20))
+                .map_err(|e| MigrationError::Invalid(format!("{e:#}")))?;
             receive_migration(
                 &destination.qemu,
                 &destination.ram_file,
