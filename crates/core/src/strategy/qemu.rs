@@ -178,14 +178,20 @@ impl Strategy for Postcopy {
     }
 
     fn switch(&mut self, state: &TransferState) -> Switch {
-        Switch {
-            downtime: SendQueue::new().then(Space::Disk, pending_blocks_in_order(state)),
-            postcopy: SendQueue::new().then(Space::Memory, state.pending_pages().iter().collect()),
-        }
+        postcopy_switch(state)
     }
 
     fn rounds(&self) -> u64 {
         0
+    }
+}
+
+/// QEMU's post-copy switch: the disk mirror completes while the guest is
+/// paused, then every pending page is pushed in address order.
+fn postcopy_switch(state: &TransferState) -> Switch {
+    Switch {
+        downtime: SendQueue::new().then(Space::Disk, pending_blocks_in_order(state)),
+        postcopy: SendQueue::new().then(Space::Memory, state.pending_pages().iter().collect()),
     }
 }
 
@@ -240,10 +246,7 @@ impl Strategy for Hybrid {
     }
 
     fn switch(&mut self, state: &TransferState) -> Switch {
-        Switch {
-            downtime: SendQueue::new().then(Space::Disk, pending_blocks_in_order(state)),
-            postcopy: SendQueue::new().then(Space::Memory, state.pending_pages().iter().collect()),
-        }
+        postcopy_switch(state)
     }
 
     fn rounds(&self) -> u64 {
