@@ -7,7 +7,7 @@ use mllm_hook_protocol::{
     Reply, Request, MAX_REQUEST_LEN, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
     UFFD_FEATURE_WP_UNPOPULATED,
 };
-use mllm_tracker::{arm_hook, PagemapScanTracker, RamMapping, TrackerError, PAGE_SIZE};
+use mllm_tracker::{arm_hook, ArmedHook, PagemapScanTracker, RamMapping, TrackerError, PAGE_SIZE};
 
 use crate::contract::{write_pages, RAM_BYTES};
 use crate::support::PageWriter;
@@ -90,6 +90,26 @@ fn the_hook_refuses_bad_requests_and_rearms_once_released() {
     let reason = refusal_by_arm_hook(&writer, ram);
     assert!(reason.contains("busy"), "{reason}");
     drop(first);
-    let again = arm_hook(writer.socket(), ram).expect("arming after release");
+    let again = arm_after_release(&writer, ram);
     PagemapScanTracker::new(writer.pid(), ram, again).expect("tracker after re-arming");
+}
+
+/// Arms `ram` once the previous descriptor is closed. Other tests of this
+/// binary spawn processes meanwhile, and a child holds a copy of every open
+/// descriptor from its fork until its exec (close-on-exec only acts then):
+/// for that moment the old registration is still alive and the kernel says
+/// busy. Anything longer than a few retries is a real leak.
+fn arm_after_release(writer: &PageWriter, ram: RamMapping) -> ArmedHook {
+    let mut last = None;
+    for _ in 0..20 {
+        match arm_hook(writer.socket(), ram) {
+            Ok(armed) => return armed,
+            Err(TrackerError::HookRefused { reason, .. }) if reason.contains("busy") => {
+                last = Some(reason);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(other) => panic!("arming after release: {other}"),
+        }
+    }
+    panic!("arming after release: still busy after 1 s: {last:?}")
 }
