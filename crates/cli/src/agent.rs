@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use mllm_agent::find_hook_library;
 use mllm_control::DEFAULT_SOCKET;
 use mllm_daemon::DaemonOptions;
 
@@ -33,7 +32,7 @@ pub struct AgentArgs {
 pub fn run(args: AgentArgs) -> Result<()> {
     let hook_library = match args.hook {
         Some(path) => path,
-        None => find_hook_library()?,
+        None => mllm_daemon::find_hook_library()?,
     };
     mllm_daemon::run(&DaemonOptions {
         listen: args.listen,

@@ -9,5 +9,8 @@ mod server;
 mod spec;
 mod vms;
 
+/// Where the hook library is unless the operator names it: the daemon
+/// preloads it into every QEMU it starts.
+pub use mllm_agent::find_hook_library;
 pub use server::{run, DaemonOptions};
 pub use spec::VmSpec;
