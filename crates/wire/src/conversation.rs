@@ -19,13 +19,25 @@
 //!       │        … more rounds: pages written meanwhile … │   the link by the Acks)
 //!       │── SourceStopped ──────────────────────────────▶│  Switching: VM paused
 //!       │── PageBatch … RoundEnd ───────────────────────▶│  final round
-//!       │── RamDigest (test mode) ──────────────────────▶│  compared, or refuse
+//!       │── PendingPages (post-copy) ───────────────────▶│  dropped, fault now
+//!       │── RamDigest | PageDigests (test mode) ────────▶│  compared, or refuse
 //!       │── DeviceState … ──────────────────────────────▶│  DeviceState: QEMU's
 //!       │── DeviceStateEnd (total bytes) ───────────────▶│  stream, relayed
 //!       │                                                 │  AwaitingRunning: load, cont
-//!       │◀──────────────────────── DestinationRunning ────│  AwaitingRelease
+//!       │◀──────────────────────── DestinationRunning ────│  AwaitingRelease, or
+//!       │                                                 │  Postcopy:
+//!       │── PageBatch (pushed, or asked for) ───────────▶│    installed
+//!       │◀──────────────────────── PageRequest, Ack ──────│    faults, receipts
+//!       │◀──────────────────────── PostcopyComplete ──────│  AwaitingRelease
 //!       │── Ack ────────────────────────────────────────▶│  Released
 //! ```
+//!
+//! With the post-copy policy (named in the request) the destination may ask
+//! for pending pages as soon as it has dropped them, since its QEMU touches
+//! guest memory while it loads the device state: `PageRequest` is valid from
+//! `Switching` on and the source's `PageBatch` from then until
+//! `PostcopyComplete`. Without it, a page after the device state has begun
+//! is a protocol error.
 //!
 //! Either side may send `Abort` (with its reason) in any phase before
 //! `Released`; the conversation then ends and the source keeps the VM,
@@ -52,6 +64,12 @@
 //!                                           ▼
 //!                                     AwaitingRelease ─Ack (source)→ Released
 //!
+//!  AwaitingRunning ─DestinationRunning→ Postcopy (post-copy policy)
+//!           ┌─ PageBatch, PageRequest, Ack ─ Postcopy
+//!           └───────────────────────────────▶│PostcopyComplete
+//!                                            ▼
+//!                                      AwaitingRelease
+//!
 //!  any phase but Released, Ended ─Abort→ Ended
 //! ```
 //!
@@ -72,7 +90,7 @@ use std::fmt;
 
 use crate::error::WireError;
 use crate::handshake::Role;
-use crate::message::MessageType;
+use crate::message::{Message, MessageType};
 
 /// Where a migration's conversation stands; the same on both sides, up to
 /// the frames still in flight.
@@ -90,6 +108,8 @@ pub enum Phase {
     DeviceState,
     /// Everything is sent; the destination loads the device state and resumes.
     AwaitingRunning,
+    /// Post-copy: the destination runs the VM while the pending pages arrive.
+    Postcopy,
     /// The destination runs the VM; the source lets it go.
     AwaitingRelease,
     /// The VM belongs to the destination.
@@ -107,6 +127,7 @@ impl fmt::Display for Phase {
             Phase::Switching => "switching over (source VM paused, final round)",
             Phase::DeviceState => "relaying device state",
             Phase::AwaitingRunning => "awaiting the destination VM's start",
+            Phase::Postcopy => "in post-copy (the destination runs the VM)",
             Phase::AwaitingRelease => "awaiting the source's release",
             Phase::Released => "over (the VM was released)",
             Phase::Ended => "over (refused or aborted)",
@@ -119,6 +140,8 @@ impl fmt::Display for Phase {
 pub struct Conversation {
     role: Role,
     phase: Phase,
+    /// The request named the post-copy policy.
+    postcopy: bool,
 }
 
 impl Conversation {
@@ -127,6 +150,7 @@ impl Conversation {
         Conversation {
             role,
             phase: Phase::AwaitingRequest,
+            postcopy: false,
         }
     }
 
@@ -134,14 +158,19 @@ impl Conversation {
         self.phase
     }
 
+    /// Whether the migration moves pages after the switch.
+    pub fn is_postcopy(&self) -> bool {
+        self.postcopy
+    }
+
     /// Checks a message this side is about to send, and moves on. Call it
     /// before the frame leaves: the peer's reply may arrive at once.
-    pub fn sending(&mut self, message: MessageType) -> Result<Phase, WireError> {
+    pub fn sending(&mut self, message: &Message) -> Result<Phase, WireError> {
         self.step(self.role, message)
     }
 
     /// Checks a message the peer sent, and moves on.
-    pub fn received(&mut self, message: MessageType) -> Result<Phase, WireError> {
+    pub fn received(&mut self, message: &Message) -> Result<Phase, WireError> {
         let peer = match self.role {
             Role::Source => Role::Destination,
             Role::Destination => Role::Source,
@@ -149,23 +178,34 @@ impl Conversation {
         self.step(peer, message)
     }
 
-    fn step(&mut self, from: Role, message: MessageType) -> Result<Phase, WireError> {
-        let next = next_phase(self.phase, from, message).ok_or(WireError::OutOfOrder {
-            message,
-            from,
-            phase: self.phase,
-        })?;
+    fn step(&mut self, from: Role, message: &Message) -> Result<Phase, WireError> {
+        let kind = message.message_type();
+        let next =
+            next_phase(self.phase, from, kind, self.postcopy).ok_or(WireError::OutOfOrder {
+                message: kind,
+                from,
+                phase: self.phase,
+            })?;
+        if let Message::MigrationRequest(request) = message {
+            self.postcopy = request.policy.moves_pages_after_switch();
+        }
         self.phase = next;
         Ok(next)
     }
 }
 
 /// The transition table of the module documentation; `None` for a message
-/// that is not valid from `from` in `phase`.
-fn next_phase(phase: Phase, from: Role, message: MessageType) -> Option<Phase> {
+/// that is not valid from `from` in `phase` (`postcopy`: the request named
+/// the post-copy policy).
+fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) -> Option<Phase> {
     use MessageType as M;
     use Phase as P;
     use Role::{Destination as D, Source as S};
+    // After the switch, in post-copy: pages still move, both ways asked.
+    let pages_after_switch = matches!(
+        phase,
+        P::Switching | P::DeviceState | P::AwaitingRunning | P::Postcopy
+    );
     Some(match (phase, from, message) {
         (P::Released | P::Ended, _, _) => return None,
         (_, _, M::Abort) => P::Ended,
@@ -176,9 +216,18 @@ fn next_phase(phase: Phase, from: Role, message: MessageType) -> Option<Phase> {
         (P::Precopy, S, M::PageBatch | M::RoundEnd) => P::Precopy,
         (P::Precopy, S, M::SourceStopped) => P::Switching,
         (P::Switching, S, M::PageBatch | M::RoundEnd | M::RamDigest) => P::Switching,
+        (P::Switching, S, M::PendingPages | M::PageDigests) if postcopy => P::Switching,
+        (_, S, M::PageBatch) if postcopy && pages_after_switch => phase,
+        (_, D, M::PageRequest | M::Ack) if postcopy && pages_after_switch => phase,
         (P::Switching | P::DeviceState, S, M::DeviceState) => P::DeviceState,
         (P::DeviceState, S, M::DeviceStateEnd) => P::AwaitingRunning,
+        (P::AwaitingRunning, D, M::DestinationRunning) if postcopy => P::Postcopy,
         (P::AwaitingRunning, D, M::DestinationRunning) => P::AwaitingRelease,
+        (P::Postcopy, D, M::PostcopyComplete) => P::AwaitingRelease,
+        // Pushed pages the source sent before it read the receipt.
+        (P::AwaitingRelease, S, M::PageBatch) | (P::AwaitingRelease, D, M::Ack) if postcopy => {
+            phase
+        }
         (P::AwaitingRelease, S, M::Ack) => P::Released,
         _ => return None,
     })
@@ -187,10 +236,13 @@ fn next_phase(phase: Phase, from: Role, message: MessageType) -> Option<Phase> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::*;
+    use crate::{Compression, PageBatch, RamDigest};
 
     use MessageType as M;
 
-    /// The successful migration of the sequence diagram, as (sender, message).
+    /// The successful pre-copy migration of the sequence diagram, as
+    /// (sender, message).
     const HAPPY_PATH: &[(Role, MessageType)] = &[
         (Role::Source, M::MigrationRequest),
         (Role::Destination, M::MigrationAccept),
@@ -211,39 +263,146 @@ mod tests {
         (Role::Source, M::Ack),
     ];
 
+    /// The same with the post-copy policy: faults from the switch on, pages
+    /// pushed and asked for while the destination runs, its receipt last.
+    const POSTCOPY_PATH: &[(Role, MessageType)] = &[
+        (Role::Source, M::MigrationRequest),
+        (Role::Destination, M::MigrationAccept),
+        (Role::Source, M::PageBatch),
+        (Role::Source, M::RoundEnd),
+        (Role::Destination, M::Ack),
+        (Role::Source, M::SourceStopped),
+        (Role::Source, M::PendingPages),
+        (Role::Source, M::PageDigests),
+        (Role::Destination, M::PageRequest),
+        (Role::Source, M::DeviceState),
+        (Role::Source, M::PageBatch),
+        (Role::Destination, M::Ack),
+        (Role::Source, M::DeviceStateEnd),
+        (Role::Destination, M::PageRequest),
+        (Role::Source, M::PageBatch),
+        (Role::Destination, M::DestinationRunning),
+        (Role::Source, M::PageBatch),
+        (Role::Destination, M::PageRequest),
+        (Role::Destination, M::Ack),
+        (Role::Destination, M::PostcopyComplete),
+        (Role::Source, M::PageBatch),
+        (Role::Destination, M::Ack),
+        (Role::Source, M::Ack),
+    ];
+
+    /// A message of `kind` with an empty body; a request names `policy`.
+    fn message(kind: MessageType, policy: MigrationPolicy) -> Message {
+        match kind {
+            M::MigrationRequest => MigrationRequest {
+                vm_name: "vm".into(),
+                ram_bytes: 1 << 20,
+                page_size: 4096,
+                disk_bytes: vec![],
+                policy,
+            }
+            .into(),
+            M::MigrationAccept => MigrationAccept.into(),
+            M::MigrationReject => MigrationReject {
+                reason: "no".into(),
+            }
+            .into(),
+            M::PageBatch => PageBatch {
+                compression: Compression::None,
+                pages: vec![],
+                payload: vec![],
+            }
+            .into(),
+            M::RoundEnd => RoundEnd { round: 1, pages: 0 }.into(),
+            M::DeviceState => DeviceState { chunk: vec![] }.into(),
+            M::DeviceStateEnd => DeviceStateEnd { total_bytes: 0 }.into(),
+            M::DestinationRunning => DestinationRunning.into(),
+            M::Abort => Abort {
+                reason: "stop".into(),
+            }
+            .into(),
+            M::RamDigest => RamDigest { ranges: vec![] }.into(),
+            M::Ack => Ack.into(),
+            M::SourceStopped => SourceStopped.into(),
+            M::PendingPages => PendingPages { ranges: vec![] }.into(),
+            M::PageRequest => PageRequest { pages: vec![1] }.into(),
+            M::PostcopyComplete => PostcopyComplete.into(),
+            M::PageDigests => PageDigests {
+                first_page: 0,
+                digests: vec![],
+            }
+            .into(),
+        }
+    }
+
     /// Plays `messages` on both sides; the sender sends, the other receives.
-    fn play(messages: &[(Role, MessageType)]) -> Result<Phase, WireError> {
+    fn play_with(
+        policy: MigrationPolicy,
+        messages: &[(Role, MessageType)],
+    ) -> Result<Phase, WireError> {
         let mut source = Conversation::new(Role::Source);
         let mut destination = Conversation::new(Role::Destination);
-        for &(from, message) in messages {
+        for &(from, kind) in messages {
             let (sender, receiver) = match from {
                 Role::Source => (&mut source, &mut destination),
                 Role::Destination => (&mut destination, &mut source),
             };
-            sender.sending(message)?;
-            receiver.received(message)?;
+            let message = message(kind, policy);
+            sender.sending(&message)?;
+            receiver.received(&message)?;
         }
         assert_eq!(source.phase(), destination.phase());
         Ok(source.phase())
     }
 
+    fn play(messages: &[(Role, MessageType)]) -> Result<Phase, WireError> {
+        play_with(MigrationPolicy::Precopy, messages)
+    }
+
     #[test]
-    fn the_documented_sequence_ends_released() {
+    fn the_documented_sequences_end_released() {
         assert_eq!(play(HAPPY_PATH).unwrap(), Phase::Released);
+        assert_eq!(
+            play_with(MigrationPolicy::Postcopy, POSTCOPY_PATH).unwrap(),
+            Phase::Released
+        );
+    }
+
+    #[test]
+    fn post_copy_messages_need_the_post_copy_policy() {
+        let error = play(POSTCOPY_PATH).unwrap_err().to_string();
+        assert!(error.contains("the source sent PendingPages"), "{error}");
+        // Pre-copy's release comes right after the destination runs; in
+        // post-copy only after the destination's receipt.
+        let mut early_release = POSTCOPY_PATH[..16].to_vec();
+        early_release.push((Role::Source, M::Ack));
+        let error = play_with(MigrationPolicy::Postcopy, &early_release)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("in post-copy"), "{error}");
     }
 
     #[test]
     fn either_side_may_abort_until_the_release() {
-        for cut in 0..HAPPY_PATH.len() {
-            for side in [Role::Source, Role::Destination] {
-                let mut messages = HAPPY_PATH[..cut].to_vec();
-                messages.push((side, M::Abort));
-                assert_eq!(play(&messages).unwrap(), Phase::Ended, "after {cut}");
+        for (policy, path) in [
+            (MigrationPolicy::Precopy, HAPPY_PATH),
+            (MigrationPolicy::Postcopy, POSTCOPY_PATH),
+        ] {
+            for cut in 0..path.len() {
+                for side in [Role::Source, Role::Destination] {
+                    let mut messages = path[..cut].to_vec();
+                    messages.push((side, M::Abort));
+                    assert_eq!(
+                        play_with(policy, &messages).unwrap(),
+                        Phase::Ended,
+                        "after {cut}"
+                    );
+                }
             }
+            let mut after_release = path.to_vec();
+            after_release.push((Role::Destination, M::Abort));
+            assert!(play_with(policy, &after_release).is_err());
         }
-        let mut after_release = HAPPY_PATH.to_vec();
-        after_release.push((Role::Destination, M::Abort));
-        assert!(play(&after_release).is_err());
     }
 
     #[test]
@@ -292,10 +451,12 @@ mod tests {
 
     #[test]
     fn each_side_refuses_to_send_what_its_role_cannot() {
+        let request = message(M::MigrationRequest, MigrationPolicy::Precopy);
+        let accept = message(M::MigrationAccept, MigrationPolicy::Precopy);
         let mut destination = Conversation::new(Role::Destination);
-        assert!(destination.sending(M::MigrationRequest).is_err());
+        assert!(destination.sending(&request).is_err());
         let mut source = Conversation::new(Role::Source);
-        source.sending(M::MigrationRequest).unwrap();
-        assert!(source.sending(M::MigrationAccept).is_err());
+        source.sending(&request).unwrap();
+        assert!(source.sending(&accept).is_err());
     }
 }

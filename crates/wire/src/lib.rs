@@ -29,11 +29,12 @@ pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEA
 pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};
 pub use message::{
     Abort, Ack, DestinationRunning, DeviceState, DeviceStateEnd, FrameType, Message, MessageType,
-    MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, RoundEnd, SourceStopped,
+    MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, PageDigests, PageRequest,
+    PendingPages, PostcopyComplete, RoundEnd, SourceStopped,
 };
 /// The page size pages travel in; defined by `mllm-core`, re-exported for
 /// code that only speaks the protocol.
-pub use mllm_core::memory::{PAGE_SIZE, PAGE_SIZE_U32};
+pub use mllm_core::memory::{PageRange, PAGE_SIZE, PAGE_SIZE_U32};
 pub use page_batch::{
     DecodedPages, PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind,
     MAX_BATCH_PAGES,

@@ -7,6 +7,8 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use mllm_core::memory::{PageIndex, PageRange};
+
 use crate::digest::RamDigest;
 use crate::error::WireError;
 use crate::frame::{CHECKSUM_LEN, HEADER_LEN};
@@ -31,12 +33,25 @@ pub enum MigrationPolicy {
     /// Rounds of pages while the guest runs, the last round with it paused;
     /// the destination holds every page before it resumes.
     Precopy,
+    /// Pre-copy rounds, then the guest resumes on the destination while
+    /// some pages are still on the source ([`PendingPages`]): those are
+    /// pushed in the source's order and fetched on demand when the guest
+    /// touches one first ([`PageRequest`]).
+    Postcopy,
+}
+
+impl MigrationPolicy {
+    /// Whether pages may still move after the destination runs.
+    pub fn moves_pages_after_switch(self) -> bool {
+        matches!(self, MigrationPolicy::Postcopy)
+    }
 }
 
 impl fmt::Display for MigrationPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             MigrationPolicy::Precopy => "pre-copy",
+            MigrationPolicy::Postcopy => "post-copy",
         })
     }
 }
@@ -75,6 +90,35 @@ pub struct DeviceState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStateEnd {
     pub total_bytes: u64,
+}
+
+/// Post-copy: the pages that move after the switch, sent with the source
+/// paused. The destination's copies of them are stale: it drops them, so
+/// touching one faults until the source's version arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPages {
+    pub ranges: Vec<PageRange>,
+}
+
+/// Post-copy: the destination's guest (or QEMU) touched these missing pages;
+/// the source sends them ahead of everything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    pub pages: Vec<PageIndex>,
+}
+
+/// Post-copy: every pending page is in place on the destination; the
+/// source may release its copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostcopyComplete;
+
+/// Test mode for post-copy: a digest of each page of the source's RAM at
+/// the switch, `first_page` onwards. The destination checks each page as it
+/// stands before the guest resumes, or as it is installed after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageDigests {
+    pub first_page: PageIndex,
+    pub digests: Vec<u64>,
 }
 
 /// Destination's VM runs: the source may release its copy.
@@ -195,6 +239,10 @@ message_table! {
     12 => RamDigest: Verification,
     13 => Ack: Control,
     14 => SourceStopped: Control,
+    15 => PendingPages: Memory,
+    16 => PageRequest: Memory,
+    17 => PostcopyComplete: Control,
+    18 => PageDigests: Verification,
 }
 
 /// Encoded size of a body: postcard's size-counting flavor walks the value

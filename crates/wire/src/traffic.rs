@@ -10,7 +10,7 @@ use crate::message::MessageType;
 pub enum TrafficClass {
     /// Requests, replies, progress and switchover signals.
     Control,
-    /// Guest RAM: page batches and round ends.
+    /// Guest RAM: page batches, round ends, and post-copy's pending pages and requests.
     Memory,
     /// QEMU's relayed device-state stream.
     DeviceState,

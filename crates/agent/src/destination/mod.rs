@@ -12,8 +12,8 @@ use mllm_control::DestinationReport;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Conversation, Message, MessageType, MigrationAccept, MigrationPolicy, MigrationReject,
-    MigrationRequest, Role, PAGE_SIZE, PAGE_SIZE_U32,
+    Conversation, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
+    Role, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 use crate::device_state::IncomingDeviceState;
@@ -76,7 +76,7 @@ impl IncomingMigration {
             .recv()
             .map_err(|e| link.failure(e))
             .during("waiting for the migration request")?;
-        conversation.received(first.message_type())?;
+        conversation.received(&first)?;
         let Message::MigrationRequest(request) = first else {
             unreachable!("the conversation admits only a request first")
         };
@@ -95,12 +95,13 @@ impl IncomingMigration {
 
     /// Refuses the migration, telling the source `reason`.
     pub fn reject(mut self, reason: &str) -> Result<(), MigrationError> {
-        self.conversation.sending(MessageType::MigrationReject)?;
+        let reject = Message::MigrationReject(MigrationReject {
+            reason: reason.to_owned(),
+        });
+        self.conversation.sending(&reject)?;
         self.link
             .writer
-            .send(&Message::MigrationReject(MigrationReject {
-                reason: reason.to_owned(),
-            }))
+            .send(&reject)
             .map_err(|e| self.link.failure(e))
     }
 
@@ -121,13 +122,12 @@ impl IncomingMigration {
             }
         };
         let mut accepted = self;
-        accepted
-            .conversation
-            .sending(MessageType::MigrationAccept)?;
+        let accept = Message::MigrationAccept(MigrationAccept);
+        accepted.conversation.sending(&accept)?;
         accepted
             .link
             .writer
-            .send(&Message::MigrationAccept(MigrationAccept))
+            .send(&accept)
             .map_err(|e| accepted.link.failure(e))?;
         receiver::Receiver::new(vm, ram, device_state, accepted)
             .run()
@@ -145,6 +145,11 @@ impl IncomingMigration {
         // place a policy with its own needs gets them checked.
         match request.policy {
             MigrationPolicy::Precopy => {}
+            MigrationPolicy::Postcopy => {
+                return Err(MigrationError::Invalid(
+                    "this agent cannot receive a post-copy migration yet".into(),
+                ))
+            }
         }
         if request.page_size != PAGE_SIZE_U32 {
             return Err(MigrationError::Invalid(format!(

@@ -134,12 +134,12 @@ impl<'a> Receiver<'a> {
     /// The next message, checked against the conversation.
     fn next_message(&mut self) -> Result<Message> {
         let message = self.link.reader.recv().map_err(|e| self.link.failure(e))?;
-        self.conversation.received(message.message_type())?;
+        self.conversation.received(&message)?;
         Ok(message)
     }
 
     fn send(&mut self, message: &Message) -> Result<()> {
-        self.conversation.sending(message.message_type())?;
+        self.conversation.sending(message)?;
         let sent = self.link.writer.send(message);
         sent.map_err(|e| self.link.failure(e))
     }

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mllm_wire::{Conversation, MessageType, Role, WireError};
+use mllm_wire::{Conversation, Message, Role, WireError};
 
 use super::rate::DeliveryRate;
 use crate::error::{LinkError, LinkFailure, MigrationError};
@@ -112,12 +112,12 @@ impl Flow {
     }
 
     /// Checks a frame about to be sent against the conversation.
-    pub(crate) fn sending(&self, message: MessageType) -> Result<(), WireError> {
+    pub(crate) fn sending(&self, message: &Message) -> Result<(), WireError> {
         self.lock().conversation.sending(message).map(drop)
     }
 
     /// Checks a frame the destination sent against the conversation.
-    pub(crate) fn received(&self, message: MessageType) -> Result<(), WireError> {
+    pub(crate) fn received(&self, message: &Message) -> Result<(), WireError> {
         self.lock().conversation.received(message).map(drop)
     }
 
@@ -249,8 +249,17 @@ mod tests {
 
     fn accepted() -> Flow {
         let mut conversation = Conversation::new(Role::Source);
-        conversation.sending(MessageType::MigrationRequest).unwrap();
-        conversation.received(MessageType::MigrationAccept).unwrap();
+        let request = mllm_wire::MigrationRequest {
+            vm_name: "vm".into(),
+            ram_bytes: 1 << 20,
+            page_size: 4096,
+            disk_bytes: vec![],
+            policy: mllm_wire::MigrationPolicy::Precopy,
+        };
+        conversation.sending(&request.into()).unwrap();
+        conversation
+            .received(&mllm_wire::MigrationAccept.into())
+            .unwrap();
         Flow::new(conversation)
     }
 

@@ -279,7 +279,7 @@ fn request_migration(
         disk_bytes: Vec::new(),
         policy: MigrationPolicy::Precopy,
     });
-    conversation.sending(request.message_type())?;
+    conversation.sending(&request)?;
     link.writer
         .send(&request)
         .map_err(failure)
@@ -289,7 +289,7 @@ fn request_migration(
         .recv()
         .map_err(failure)
         .during("waiting for the answer to the migration request")?;
-    conversation.received(answer.message_type())?;
+    conversation.received(&answer)?;
     match answer {
         Message::MigrationAccept(_) => Ok(()),
         Message::MigrationReject(reject) => Err(MigrationError::Refused {

@@ -23,7 +23,7 @@ pub(crate) fn send_frames(
     timeout: Duration,
 ) -> Traffic {
     for message in queue {
-        if let Err(error) = flow.sending(message.message_type()) {
+        if let Err(error) = flow.sending(&message) {
             flow.end(PeerOutcome::Failed(error.into()));
             let _ = socket.shutdown(Shutdown::Both);
             break;
@@ -51,7 +51,7 @@ pub(crate) fn receive_frames(
 ) -> Traffic {
     let failure = loop {
         let message = reader.recv().and_then(|message| {
-            flow.received(message.message_type())?;
+            flow.received(&message)?;
             Ok(message)
         });
         match message {

@@ -138,7 +138,10 @@ fn traffic_counts_every_byte_by_message_type_on_both_ends() {
     assert_eq!(batches.frames, 2);
     assert_eq!(
         sent.class_bytes(TrafficClass::Memory),
-        batches.bytes + sent.of_type(MessageType::RoundEnd).bytes
+        batches.bytes
+            + sent.of_type(MessageType::RoundEnd).bytes
+            + sent.of_type(MessageType::PendingPages).bytes
+            + sent.of_type(MessageType::PageRequest).bytes
     );
     let device_state = sent.class_bytes(TrafficClass::DeviceState);
     assert!(device_state > 3000, "{device_state}");

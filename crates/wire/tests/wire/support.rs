@@ -3,7 +3,8 @@
 use mllm_wire::{
     Abort, Ack, CompressionSetting, DestinationRunning, DeviceState, DeviceStateEnd, FrameReader,
     FrameWriter, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
-    PageBatchBuilder, RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
+    PageBatchBuilder, PageDigests, PageRange, PageRequest, PendingPages, PostcopyComplete,
+    RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 /// One message of every type, with non-trivial bodies.
@@ -47,6 +48,20 @@ pub fn sample_messages() -> Vec<Message> {
         }
         .into(),
         SourceStopped.into(),
+        PendingPages {
+            ranges: vec![PageRange::new(3, 9), PageRange::new(4000, 4001)],
+        }
+        .into(),
+        PageRequest {
+            pages: vec![0, 77, u32::MAX],
+        }
+        .into(),
+        PostcopyComplete.into(),
+        PageDigests {
+            first_page: 1024,
+            digests: vec![1, u64::MAX],
+        }
+        .into(),
         DestinationRunning.into(),
         Abort {
             reason: "destination QEMU exited".into(),
