@@ -11,6 +11,7 @@ use std::io;
 use std::time::Duration;
 
 use mllm_core::trace::TraceError;
+use mllm_faults::FaultError;
 use mllm_qemu::QemuError;
 use mllm_tracker::TrackerError;
 use mllm_wire::{Role, WireError};
@@ -55,6 +56,11 @@ pub enum MigrationError {
     /// The guest's writes could not be tracked.
     #[error("tracking the guest's memory writes")]
     Tracker(#[from] TrackerError),
+
+    /// Post-copy: the destination could not be woken for, or fill, the
+    /// pages it still lacks.
+    #[error("post-copy page faults")]
+    Faults(#[from] FaultError),
 
     /// Test mode: the destination's memory is not the source's.
     #[error("{0}")]
@@ -236,6 +242,10 @@ pub enum Recovery {
     Resumed,
     /// The migration paused it and could not resume it: an operator must.
     ResumeFailed(String),
+    /// The destination runs the VM (post-copy, or the failure came after the
+    /// destination reported it running): the source VM stays stopped and
+    /// must never run again.
+    DestinationRuns,
 }
 
 impl fmt::Display for Recovery {
@@ -247,6 +257,10 @@ impl fmt::Display for Recovery {
             Recovery::ResumeFailed(error) => {
                 write!(f, "the source VM could NOT be resumed: {error}")
             }
+            Recovery::DestinationRuns => f.write_str(
+                "the VM runs on the destination, so the source VM stays stopped; pages the \
+                 destination had not received are still in the source's RAM file",
+            ),
         }
     }
 }

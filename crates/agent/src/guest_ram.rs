@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use mllm_core::memory::{pages_in, PageIndex, PAGE_SIZE};
-use mllm_wire::RamDigest;
+use mllm_wire::{page_digest, PageDigests, RamDigest};
 
 use crate::error::MigrationError;
 
@@ -123,6 +123,36 @@ impl GuestRam {
     pub fn zero_page(&mut self, index: PageIndex) {
         // SAFETY: page_ptr checked the bounds.
         unsafe { std::ptr::write_bytes(self.page_ptr(index), 0, PAGE_SIZE) }
+    }
+
+    /// Digest of each page, `per_message` pages to a message. Only
+    /// meaningful while nothing writes the RAM (the source VM stopped).
+    pub fn page_digests(&self, per_message: PageIndex) -> Vec<PageDigests> {
+        let mut page = Box::new([0; PAGE_SIZE]);
+        let mut messages = Vec::new();
+        let mut first_page = 0;
+        while first_page < self.pages {
+            let end = first_page.saturating_add(per_message).min(self.pages);
+            let digests = (first_page..end)
+                .map(|index| {
+                    self.read_page(index, &mut page);
+                    page_digest(&page)
+                })
+                .collect();
+            messages.push(PageDigests {
+                first_page,
+                digests,
+            });
+            first_page = end;
+        }
+        messages
+    }
+
+    /// Digest of one page as it is now.
+    pub fn page_digest(&self, index: PageIndex) -> u64 {
+        let mut page = Box::new([0; PAGE_SIZE]);
+        self.read_page(index, &mut page);
+        page_digest(&page)
     }
 
     /// Digest of every page. Only meaningful while nothing writes the RAM:

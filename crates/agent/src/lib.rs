@@ -18,7 +18,7 @@
 //!   [`mllm_qemu::QemuProcess`], its RAM file and a connected `TcpStream`;
 //! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
 //! - [`record_memory_trace`] records which pages a running VM writes, interval
-//!   by interval, as a migration can too ([`PrecopySettings::trace_file`]).
+//!   by interval, as a migration can too ([`SourceSettings::trace_file`]).
 //!
 //! The long-running `mllm agent` built on them is the `mllm-daemon` crate.
 //! See `crates/agent/README.md` for the protocol sequence.
@@ -44,7 +44,9 @@ pub use mllm_control::{
     DestinationReport, Phase, Progress, RoundReport, SourceReport, SourceTimings, SwitchReason,
     TraceSummary,
 };
-pub use settings::{parse_compression, BoundAction, PrecopySettings, UnknownCompression};
+pub use settings::{
+    parse_compression, BoundAction, MigrationPolicy, SourceSettings, UnknownCompression,
+};
 pub use source::migrate_source;
 pub use vm_setup::{
     find_hook_library, hook_socket_of, make_migratable, ram_file_of, HOOK_LIBRARY_ENV,

@@ -20,6 +20,9 @@ pub(crate) struct PeerLink {
     pub peer: Role,
     /// Silence for this long means the link is dead.
     pub timeout: Duration,
+    /// How long the handshake took: both sides send first, so about one
+    /// round trip.
+    pub rtt: Duration,
     /// Another handle on the socket, to shut it down from any thread and
     /// so unblock whoever is reading or writing it.
     pub socket: TcpStream,
@@ -57,6 +60,7 @@ impl PeerLink {
             role,
             capabilities: Capabilities::all(),
         };
+        let started = std::time::Instant::now();
         let negotiated = handshake(&mut handshake_stream, &hello)
             .map_err(|e| MigrationError::link(e, peer, timeout))
             .during_with(|| format!("handshake with the agent at {address}"))?;
@@ -66,6 +70,7 @@ impl PeerLink {
             negotiated,
             peer,
             timeout,
+            rtt: started.elapsed(),
             socket: stream,
         })
     }
@@ -76,26 +81,22 @@ impl PeerLink {
     }
 }
 
-impl PeerLink {
-    /// Closes after a last message so the peer can read it: closing a socket
-    /// with unread data makes the kernel send a reset, and a reset makes the
-    /// peer's kernel drop what it had not read yet, the last message included.
-    /// So: stop writing, then read and discard until the peer closes too or
-    /// `linger` passes.
-    pub fn close_gracefully(&mut self, linger: Duration) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Write);
-        let _ = self
-            .socket
-            .set_read_timeout(Some(Duration::from_millis(100)));
-        let deadline = std::time::Instant::now() + linger;
-        let mut discard = [0u8; 64 << 10];
-        while std::time::Instant::now() < deadline {
-            match std::io::Read::read(&mut self.socket, &mut discard) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return,
-            }
+/// Closes after a last message so the peer can read it: closing a socket
+/// with unread data makes the kernel send a reset, and a reset makes the
+/// peer's kernel drop what it had not read yet, the last message included.
+/// So: stop writing, then read and discard until the peer closes too or
+/// `linger` passes.
+pub(crate) fn close_gracefully(mut socket: &TcpStream, linger: Duration) {
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+    let deadline = std::time::Instant::now() + linger;
+    let mut discard = [0u8; 64 << 10];
+    while std::time::Instant::now() < deadline {
+        match std::io::Read::read(&mut socket, &mut discard) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }

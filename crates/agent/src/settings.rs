@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use mllm_core::planner::PlannerConfig;
 pub use mllm_core::strategy::BoundAction;
-use mllm_core::strategy::{Precopy, PrecopyLimits, Strategy};
+use mllm_core::strategy::{Hybrid, Precopy, PrecopyLimits, Strategy};
+pub use mllm_wire::MigrationPolicy;
 use mllm_wire::{CompressionSetting, MAX_BATCH_PAGES};
 
 use crate::error::MigrationError;
 
-/// Settings of the source agent's pre-copy.
+/// Settings of the source agent's migration.
 #[derive(Debug, Clone)]
-pub struct PrecopySettings {
+pub struct SourceSettings {
+    /// Pre-copy until the rest fits the downtime target, or one pre-copy
+    /// round and post-copy for the pages written since.
+    pub policy: MigrationPolicy,
     /// Switch over once the predicted final transfer fits in this time
     /// (QEMU's `downtime-limit`, also 300 ms by default).
     pub downtime_target: Duration,
@@ -44,9 +48,10 @@ pub struct PrecopySettings {
     pub trace_interval: Duration,
 }
 
-impl Default for PrecopySettings {
+impl Default for SourceSettings {
     fn default() -> Self {
-        PrecopySettings {
+        SourceSettings {
+            policy: MigrationPolicy::Precopy,
             downtime_target: Duration::from_millis(300),
             compression: CompressionSetting::Zstd { level: 1 },
             batch_pages: 256,
@@ -61,14 +66,18 @@ impl Default for PrecopySettings {
     }
 }
 
-impl PrecopySettings {
+impl SourceSettings {
     /// The strategy these settings describe: pre-copy until the predicted
-    /// downtime fits the target, within the round and time bounds.
+    /// downtime fits the target, within the round and time bounds; or, for
+    /// post-copy, QEMU's post-copy after one pre-copy pass.
     pub(crate) fn strategy(&self) -> Box<dyn Strategy> {
         let config = PlannerConfig {
             downtime_target_s: self.downtime_target.as_secs_f64(),
             ..PlannerConfig::default()
         };
+        if self.policy == MigrationPolicy::Postcopy {
+            return Box::new(Hybrid::new(config));
+        }
         let limits = PrecopyLimits {
             max_rounds: u64::from(self.max_rounds),
             max_duration_s: self.max_duration.map(|limit| limit.as_secs_f64()),
@@ -133,11 +142,11 @@ mod tests {
 
     #[test]
     fn oversized_batches_are_refused() {
-        let settings = PrecopySettings {
+        let settings = SourceSettings {
             batch_pages: MAX_BATCH_PAGES + 1,
-            ..PrecopySettings::default()
+            ..SourceSettings::default()
         };
         assert!(settings.validate().is_err());
-        assert!(PrecopySettings::default().validate().is_ok());
+        assert!(SourceSettings::default().validate().is_ok());
     }
 }

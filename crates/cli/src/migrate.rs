@@ -21,7 +21,10 @@ pub struct MigrateArgs {
     /// The destination agent's migration address.
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "list")]
     to: Option<String>,
-    #[arg(long, default_value = "precopy", value_parser = ["precopy"])]
+    /// `precopy`: rounds until the rest fits the downtime target.
+    /// `postcopy`: one round, then the guest runs on the destination while
+    /// the pages written since follow (pushed, or fetched when touched).
+    #[arg(long, default_value = "precopy", value_parser = ["precopy", "postcopy"])]
     policy: String,
     /// Switch over once the final transfer is predicted to take at most this.
     #[arg(long, default_value_t = 300)]

@@ -58,7 +58,9 @@ pub use client::send_request;
 pub use memory_trace::TraceSummary;
 pub use messages::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest, VmInfo};
 pub use progress::{Phase, Progress};
-pub use report::{DestinationReport, RoundReport, SourceReport, SourceTimings, SwitchReason};
+pub use report::{
+    DestinationPostcopyReport, DestinationReport, PostcopyReport, RoundReport, SourceReport, SourceTimings, SwitchReason,
+};
 
 /// Where the daemon listens and its clients connect unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/mllm/agent.sock";

@@ -16,6 +16,9 @@ pub enum Phase {
     DeviceState,
     /// Everything is sent; waiting for the destination to run the VM.
     WaitingForDestination,
+    /// Post-copy: the destination runs the VM; the pages it still lacks are
+    /// pushed, those it touches first sent on demand.
+    Postcopy,
     /// The destination runs the VM; the source's copy is released.
     Completed,
 }

@@ -22,6 +22,17 @@ pub struct RoundReport {
     pub stopped: bool,
 }
 
+/// What a post-copy phase moved, from the source's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostcopyReport {
+    /// Pages sent in the strategy's order.
+    pub pages_pushed: u64,
+    /// Pages sent because the destination asked (its guest touched them first).
+    pub pages_on_demand: u64,
+    /// Requests the destination sent (one may name several pages).
+    pub requests: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceTimings {
     pub started_us: u64,
@@ -32,6 +43,10 @@ pub struct SourceTimings {
     /// The destination's `DestinationRunning` arrived (one link delay after
     /// the destination resumed).
     pub destination_running_us: u64,
+    /// The source let the VM go: at `destination_running_us` in pre-copy,
+    /// once the destination held every page in post-copy.
+    #[serde(default)]
+    pub released_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +72,9 @@ pub struct SourceReport {
     pub link_bytes_received: u64,
     /// Link rate measured from acknowledgements when the switch was decided.
     pub rate_bytes_per_s: Option<f64>,
+    /// Post-copy: what moved after the destination started running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy: Option<PostcopyReport>,
     /// Whether the destination compared RAM digests (test mode) and found them equal.
     pub verified: bool,
     /// The memory write trace recorded during pre-copy, when one was asked for.
@@ -77,7 +95,7 @@ impl SourceReport {
 
     pub fn total_time_ms(&self) -> f64 {
         self.timings
-            .destination_running_us
+            .released_us
             .saturating_sub(self.timings.started_us) as f64
             / 1000.0
     }
@@ -100,4 +118,27 @@ pub struct DestinationReport {
     pub device_state_loaded_us: u64,
     /// The destination VM's `RESUME` event.
     pub running_us: u64,
+    /// Post-copy: what arrived after the switch, and how long faults waited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy: Option<DestinationPostcopyReport>,
+}
+
+/// What a post-copy phase did at the destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestinationPostcopyReport {
+    /// Pending pages installed (each once).
+    pub pages_installed: u64,
+    /// Pages someone in the destination QEMU touched before they arrived,
+    /// each asked for once.
+    pub faults: u64,
+    /// Time from a fault to its page's installation.
+    pub fault_p50_ms: Option<f64>,
+    pub fault_p99_ms: Option<f64>,
+    pub fault_max_ms: Option<f64>,
+    /// Pages the kernel already held when installed (should stay 0: nobody
+    /// but the agent may fill a pending page).
+    pub already_present: u64,
+    /// Test mode: every pending page was checked against the source's
+    /// digest as it was installed, every other one at the switch.
+    pub verified: bool,
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use mllm_agent::{
     migrate_source, parse_compression, record_memory_trace, DestinationSettings, IncomingMigration,
-    PrecopySettings,
+    MigrationPolicy, SourceSettings,
 };
 use mllm_control::{
     ControlReply, ControlRequest, DestinationReport, MigrateRequest, Progress, RecordTraceRequest,
@@ -167,22 +167,22 @@ fn migrate(
     request: &MigrateRequest,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport> {
-    if request.policy != "precopy" {
-        bail!(
-            "unknown policy {:?}: this agent knows precopy",
-            request.policy
-        );
-    }
+    let policy = match request.policy.as_str() {
+        "precopy" => MigrationPolicy::Precopy,
+        "postcopy" => MigrationPolicy::Postcopy,
+        other => bail!("unknown policy {other:?}: this agent knows precopy and postcopy"),
+    };
     if let Some(path) = &request.trace_file {
         ensure_absolute(path)?;
     }
-    let settings = PrecopySettings {
+    let settings = SourceSettings {
+        policy,
         downtime_target: Duration::from_millis(request.downtime_ms),
         compression: parse_compression(&request.compression)?,
         max_rounds: request.max_rounds,
         verify: request.verify,
         trace_file: request.trace_file.clone(),
-        ..PrecopySettings::default()
+        ..SourceSettings::default()
     };
     let vm = host.get(&request.vm)?;
     let claim = vm.tracker.claim(&request.vm, TrackerUser::Migration)?;

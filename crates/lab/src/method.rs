@@ -18,6 +18,10 @@ pub enum Method {
     /// mllm's agents move guest RAM by pre-copy (the classic policy, the
     /// base later policies are measured against); QEMU moves device state.
     MllmPrecopy,
+    /// mllm's agents: one pre-copy round, then the guest runs on the
+    /// destination while the pages written since are pushed, those it
+    /// touches first fetched on demand.
+    MllmPostcopy,
 }
 
 impl Method {
@@ -29,12 +33,22 @@ impl Method {
             Method::QemuXbzrle => "qemu-xbzrle",
             Method::QemuMultifdZstd => "qemu-multifd-zstd",
             Method::MllmPrecopy => "mllm-precopy",
+            Method::MllmPostcopy => "mllm-postcopy",
         }
     }
 
     /// mllm's agents own the memory data plane (RAM in a shared file, the hook preloaded).
     pub fn is_mllm(self) -> bool {
-        matches!(self, Method::MllmPrecopy)
+        matches!(self, Method::MllmPrecopy | Method::MllmPostcopy)
+    }
+
+    /// The policy mllm's agents migrate with, for mllm's methods.
+    pub fn mllm_policy(self) -> Option<mllm_agent::MigrationPolicy> {
+        match self {
+            Method::MllmPrecopy => Some(mllm_agent::MigrationPolicy::Precopy),
+            Method::MllmPostcopy => Some(mllm_agent::MigrationPolicy::Postcopy),
+            _ => None,
+        }
     }
 
     pub fn uses_postcopy(self) -> bool {
@@ -44,7 +58,7 @@ impl Method {
     /// Migration capabilities both QEMUs must have enabled.
     pub fn qemu_capabilities(self) -> Vec<&'static str> {
         match self {
-            Method::QemuPrecopy | Method::MllmPrecopy => vec![],
+            Method::QemuPrecopy | Method::MllmPrecopy | Method::MllmPostcopy => vec![],
             Method::QemuPostcopy => vec!["postcopy-ram"],
             Method::QemuPostcopyPreempt => vec!["postcopy-ram", "postcopy-preempt"],
             Method::QemuXbzrle => vec!["xbzrle"],

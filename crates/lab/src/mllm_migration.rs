@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use mllm_agent::{
-    migrate_source, receive_migration, BoundAction, DestinationSettings, PrecopySettings,
-    SourceReport,
+    migrate_source, receive_migration, BoundAction, DestinationSettings, MigrationPolicy,
+    SourceReport, SourceSettings,
 };
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
@@ -29,9 +29,11 @@ pub struct RamFiles<'a> {
 /// The name of the memory write trace in a run's directory.
 pub const TRACE_FILE: &str = "memory.trace";
 
-/// Migrates by mllm pre-copy and records the guest's memory writes, one
-/// interval per 100 ms, into `trace_file`.
+/// Migrates with mllm's agents by `policy` and records the guest's memory
+/// writes during pre-copy, one interval per 100 ms, into `trace_file`.
+#[allow(clippy::too_many_arguments)] // the scenario's settings, each its own
 pub fn migrate(
+    policy: MigrationPolicy,
     downtime_target: Duration,
     timeout: Duration,
     source: &QemuProcess,
@@ -41,7 +43,8 @@ pub fn migrate(
     trace_file: &Path,
 ) -> MigrationOutcome {
     let started_us = wall_clock_us();
-    let settings = PrecopySettings {
+    let settings = SourceSettings {
+        policy,
         downtime_target,
         // Same rule as for QEMU's methods: no bound on rounds, cancelled
         // (the source keeps running) when the scenario's timeout passes.
@@ -51,13 +54,13 @@ pub fn migrate(
         // Test mode: every destination page is compared with the source's at the switch.
         verify: true,
         trace_file: Some(trace_file.to_owned()),
-        ..PrecopySettings::default()
+        ..SourceSettings::default()
     };
     match run(&settings, source, destination, ram, link) {
         Ok((report, running_us)) => MigrationOutcome {
             error: None,
             started_us: report.timings.started_us,
-            completed_us: Some(report.timings.destination_running_us),
+            completed_us: Some(report.timings.released_us),
             stopped_us: Some(report.timings.stopped_us),
             resumed_us: Some(running_us),
             memory_bytes: report.memory_bytes,
@@ -76,7 +79,7 @@ pub fn migrate(
 }
 
 fn run(
-    settings: &PrecopySettings,
+    settings: &SourceSettings,
     source: &QemuProcess,
     destination: &QemuProcess,
     ram: &RamFiles,

@@ -6,6 +6,12 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use mllm_core::memory::{PageIndex, PAGE_SIZE};
 
+/// Digest of one page, as [`crate::PageDigests`] carries it: xxh3-64, for
+/// the same reason as the ranges' xxh3-128 (bugs, not adversaries).
+pub fn page_digest(page: &[u8; PAGE_SIZE]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(page)
+}
+
 /// Digest of `page_count` pages starting at `first_page`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRangeDigest {

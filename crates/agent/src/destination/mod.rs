@@ -2,6 +2,7 @@
 //! the caller must see the request (which VM, how much RAM) before it
 //! starts the destination QEMU.
 
+mod postcopy;
 mod receiver;
 
 use std::net::TcpStream;
@@ -20,6 +21,7 @@ use crate::device_state::IncomingDeviceState;
 use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
 use crate::peer::PeerLink;
+use crate::vm_setup::hook_socket_of;
 
 /// Settings of the destination agent.
 #[derive(Debug, Clone)]
@@ -146,9 +148,13 @@ impl IncomingMigration {
         match request.policy {
             MigrationPolicy::Precopy => {}
             MigrationPolicy::Postcopy => {
-                return Err(MigrationError::Invalid(
-                    "this agent cannot receive a post-copy migration yet".into(),
-                ))
+                if hook_socket_of(&vm.config).is_none() {
+                    return Err(MigrationError::Invalid(
+                        "post-copy needs the hook preloaded into the destination QEMU, and this \
+                         QEMU has none"
+                            .into(),
+                    ));
+                }
             }
         }
         if request.page_size != PAGE_SIZE_U32 {

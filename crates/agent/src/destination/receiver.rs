@@ -1,23 +1,34 @@
 //! The destination's loop: pages into RAM (acknowledging each batch, which
 //! is how the source measures the link), the digest check in test mode,
-//! device state into QEMU, then `cont`.
+//! device state into QEMU, then `cont`. In post-copy the loop goes on after
+//! the switch, installing the pages that arrive while a fault thread asks
+//! for those the destination touches first, and QEMU loads the device state
+//! and resumes on a thread of its own (it may fault while it loads).
 
+use std::io::BufReader;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mllm_control::DestinationReport;
+use mllm_control::{DestinationPostcopyReport, DestinationReport};
+use mllm_core::memory::PageRange;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Abort, Ack, Conversation, DestinationRunning, Message, PageBatch, PageBatchDecoder,
-    PageContent, RamDigest, Role, TrafficClass,
+    Abort, Ack, Conversation, DestinationRunning, FrameReader, FrameWriter, Message, PageBatch,
+    PageBatchDecoder, PageContent, PageDigests, PostcopyComplete, RamDigest, Role, TrafficClass,
 };
 use serde_json::json;
 
+use super::postcopy::Postcopy;
 use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
-use crate::error::MigrationError;
+use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
-use crate::peer::PeerLink;
+use crate::peer::{close_gracefully, PeerLink};
+use crate::vm_setup::hook_socket_of;
 
 type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
@@ -30,14 +41,62 @@ const MISMATCHES_SHOWN: usize = 8;
 /// reaches the source (which stops sending once it reads it).
 const ABORT_LINGER: Duration = Duration::from_secs(3);
 
+/// The sending half of the link, shared with the post-copy threads; every
+/// message in and out is checked against the conversation it holds.
+#[derive(Debug)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    socket: TcpStream,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct OutboxState {
+    writer: FrameWriter<TcpStream>,
+    conversation: Conversation,
+}
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, message: &Message) -> Result<()> {
+        let mut state = self.lock();
+        state.conversation.sending(message)?;
+        state
+            .writer
+            .send(message)
+            .map_err(|e| MigrationError::link(e, Role::Source, self.timeout))
+    }
+
+    fn received(&self, message: &Message) -> Result<()> {
+        self.lock().conversation.received(message)?;
+        Ok(())
+    }
+
+    fn is_postcopy(&self) -> bool {
+        self.lock().conversation.is_postcopy()
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.lock().writer.traffic().total_bytes()
+    }
+}
+
+/// What the VM's start (device state loaded, `cont`) took.
+struct Started {
+    device_state_loaded_us: u64,
+    running_us: u64,
+}
+
 pub(super) struct Receiver<'a> {
     vm: &'a QemuProcess,
     ram: GuestRam,
+    hook_socket: Option<PathBuf>,
     device_state: Option<IncomingDeviceState>,
-    link: PeerLink,
-    /// Every message in and out is checked against it.
-    conversation: Conversation,
-    timeout: Duration,
+    reader: FrameReader<BufReader<TcpStream>>,
+    outbox: Arc<Outbox>,
     decoder: PageBatchDecoder,
     vm_name: String,
     started_us: u64,
@@ -65,13 +124,26 @@ impl<'a> Receiver<'a> {
             timeout,
             started_us,
         } = accepted;
+        let PeerLink {
+            reader,
+            writer,
+            socket,
+            ..
+        } = link;
         Receiver {
             vm,
             ram,
+            hook_socket: hook_socket_of(&vm.config),
             device_state: Some(device_state),
-            link,
-            conversation,
-            timeout,
+            reader,
+            outbox: Arc::new(Outbox {
+                state: Mutex::new(OutboxState {
+                    writer,
+                    conversation,
+                }),
+                socket,
+                timeout,
+            }),
             decoder: PageBatchDecoder::new(),
             vm_name: request.vm_name,
             started_us,
@@ -84,7 +156,8 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    /// Receives until the VM runs here; on failure tells the source why.
+    /// Receives until the VM runs here (and, in post-copy, holds every
+    /// page); on failure tells the source why.
     pub fn run(mut self) -> Result<DestinationReport> {
         match self.receive() {
             Ok(report) => Ok(report),
@@ -94,8 +167,8 @@ impl<'a> Receiver<'a> {
                 });
                 // After the source's own abort there is nobody to tell; the
                 // source learns of a broken link by itself.
-                if self.send(&abort).is_ok() {
-                    self.link.close_gracefully(ABORT_LINGER);
+                if self.outbox.send(&abort).is_ok() {
+                    close_gracefully(&self.outbox.socket, ABORT_LINGER);
                 }
                 Err(error)
             }
@@ -112,17 +185,20 @@ impl<'a> Receiver<'a> {
                 }
                 Message::SourceStopped(_) => tracing::info!("source VM paused: final round"),
                 Message::RamDigest(digest) => self.verify(&digest)?,
-                Message::DeviceState(state) => {
-                    self.device_state_bytes += state.chunk.len() as u64;
-                    self.device_state()?.write(&state.chunk)?;
+                Message::PendingPages(pending) => return self.receive_postcopy(&pending.ranges),
+                Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
+                Message::DeviceStateEnd(end) => {
+                    let started = start_vm(
+                        self.vm,
+                        self.take_device_state()?,
+                        end.total_bytes,
+                        &self.outbox,
+                        self.started_us,
+                    )?;
+                    self.await_release()?;
+                    return Ok(self.report(&started, None));
                 }
-                Message::DeviceStateEnd(end) => return self.start_vm(end.total_bytes),
-                Message::Abort(abort) => {
-                    return Err(MigrationError::PeerAborted {
-                        peer: Role::Source,
-                        reason: abort.reason,
-                    })
-                }
+                Message::Abort(abort) => return Err(aborted(abort)),
                 other => unreachable!(
                     "the conversation admitted {} from the source while receiving",
                     other.message_type()
@@ -131,23 +207,103 @@ impl<'a> Receiver<'a> {
         }
     }
 
+    /// After the source named the pending pages: install what arrives, ask
+    /// for what is touched, start the VM once the device state is in, and
+    /// report once every pending page is here.
+    fn receive_postcopy(&mut self, pending: &[PageRange]) -> Result<DestinationReport> {
+        let hook_socket = self.hook_socket.clone().ok_or_else(|| {
+            MigrationError::Invalid(
+                "post-copy needs the hook preloaded into the destination QEMU, and this QEMU \
+                 has none"
+                    .into(),
+            )
+        })?;
+        let postcopy = Postcopy::arm(self.vm, &self.ram, &hook_socket, pending)
+            .during("arming post-copy on the destination")?;
+        let stop = AtomicBool::new(false);
+        let outbox = Arc::clone(&self.outbox);
+        std::thread::scope(|scope| {
+            let faults = scope.spawn(|| postcopy.serve_faults(&stop, |ask| outbox.send(&ask)));
+            let received = self.receive_after_switch(&postcopy, scope);
+            stop.store(true, Ordering::Relaxed);
+            let served = faults.join().expect("the fault thread panicked");
+            let started = received?;
+            served.during("serving missing-page faults")?;
+            let report = postcopy.finish(true)?;
+            Ok(self.report(&started, Some(report)))
+        })
+    }
+
+    fn receive_after_switch<'scope>(
+        &mut self,
+        postcopy: &'scope Postcopy,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+    ) -> Result<Started>
+    where
+        'a: 'scope,
+    {
+        let mut starting = None;
+        loop {
+            match self.next_message()? {
+                Message::PageBatch(batch) => {
+                    self.install_pages(&batch, postcopy)?;
+                    if postcopy.receipt_due() {
+                        self.outbox
+                            .send(&Message::PostcopyComplete(PostcopyComplete))?;
+                    }
+                }
+                Message::PageDigests(digests) => self.verify_pages(postcopy, &digests)?,
+                Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
+                Message::DeviceStateEnd(end) => {
+                    let (vm, outbox, started_us) = (self.vm, Arc::clone(&self.outbox), self.started_us);
+                    let device_state = self.take_device_state()?;
+                    starting = Some(scope.spawn(move || {
+                        let started =
+                            start_vm(vm, device_state, end.total_bytes, &outbox, started_us)?;
+                        // The last page may have come before the start.
+                        if postcopy.vm_started() {
+                            outbox.send(&Message::PostcopyComplete(PostcopyComplete))?;
+                        }
+                        Ok(started)
+                    }));
+                }
+                // The source's release, once it has read our receipt.
+                Message::Ack(_) => break,
+                Message::Abort(abort) => return Err(aborted(abort)),
+                other => unreachable!(
+                    "the conversation admitted {} from the source in post-copy",
+                    other.message_type()
+                ),
+            }
+        }
+        starting
+            .expect("the release comes after the VM started")
+            .join()
+            .expect("the thread starting the VM panicked")
+    }
+
     /// The next message, checked against the conversation.
     fn next_message(&mut self) -> Result<Message> {
-        let message = self.link.reader.recv().map_err(|e| self.link.failure(e))?;
-        self.conversation.received(&message)?;
+        let message = self
+            .reader
+            .recv()
+            .map_err(|e| MigrationError::link(e, Role::Source, self.outbox.timeout))?;
+        self.outbox.received(&message)?;
         Ok(message)
     }
 
-    fn send(&mut self, message: &Message) -> Result<()> {
-        self.conversation.sending(message)?;
-        let sent = self.link.writer.send(message);
-        sent.map_err(|e| self.link.failure(e))
+    fn take_device_state(&mut self) -> Result<IncomingDeviceState> {
+        self.device_state
+            .take()
+            .ok_or_else(|| MigrationError::Invalid("device state ended twice".into()))
     }
 
-    fn device_state(&mut self) -> Result<&mut IncomingDeviceState> {
+    fn write_device_state(&mut self, chunk: &[u8]) -> Result<()> {
+        self.device_state_bytes += chunk.len() as u64;
         self.device_state
             .as_mut()
-            .ok_or_else(|| MigrationError::Invalid("device state arrived after its end".into()))
+            .ok_or_else(|| MigrationError::Invalid("device state arrived after its end".into()))?
+            .write(chunk)
     }
 
     fn write_pages(&mut self, batch: &PageBatch) -> Result<()> {
@@ -167,7 +323,7 @@ impl<'a> Receiver<'a> {
             }
         }
         self.pages += batch.pages.len() as u64;
-        self.send(&Message::Ack(Ack))?;
+        self.outbox.send(&Message::Ack(Ack))?;
         if self.qemu_checked.elapsed() >= QEMU_CHECK_INTERVAL {
             self.qemu_checked = Instant::now();
             self.vm
@@ -176,6 +332,24 @@ impl<'a> Receiver<'a> {
                 .map_err(|e| MigrationError::qemu("the destination QEMU failed", e))?;
         }
         Ok(())
+    }
+
+    /// After the switch every page the source sends is a pending one: it is
+    /// installed through the fault mechanism, never written behind it.
+    fn install_pages(&mut self, batch: &PageBatch, postcopy: &Postcopy) -> Result<()> {
+        const ZERO: [u8; mllm_core::memory::PAGE_SIZE] = [0; mllm_core::memory::PAGE_SIZE];
+        for (index, content) in self.decoder.decode(batch)? {
+            let data = match content {
+                PageContent::Zero => {
+                    self.zero_pages += 1;
+                    &ZERO
+                }
+                PageContent::Data(data) => data,
+            };
+            postcopy.install(index, data)?;
+        }
+        self.pages += batch.pages.len() as u64;
+        self.outbox.send(&Message::Ack(Ack))
     }
 
     /// Test mode: every page here must equal the source's at the switch.
@@ -206,31 +380,38 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    /// Finishes QEMU's load, runs the VM, and waits for the source to
-    /// confirm it released its copy.
-    fn start_vm(&mut self, total_bytes: u64) -> Result<DestinationReport> {
-        let device_state = self
-            .device_state
-            .take()
-            .ok_or_else(|| MigrationError::Invalid("device state ended twice".into()))?;
-        device_state.finish(self.vm, total_bytes, self.timeout)?;
-        let device_state_loaded_us = wall_clock_us();
-        self.vm
-            .qmp
-            .execute("cont", json!({}))
-            .map_err(|e| MigrationError::qemu("starting the destination VM", e))?;
-        let started_us = self.started_us;
-        let running_us = self
-            .vm
-            .qmp
-            .wait_event(
-                "RESUME of the destination VM",
-                Duration::from_secs(10),
-                |e| e.name == "RESUME" && e.timestamp_us >= started_us,
-            )
-            .map(|event| event.timestamp_us)
-            .unwrap_or_else(|_| wall_clock_us());
-        if let Err(error) = self.confirm_running() {
+    /// Test mode in post-copy: the pages present now must be the source's;
+    /// the pending ones are checked as they are installed.
+    fn verify_pages(&mut self, postcopy: &Postcopy, digests: &PageDigests) -> Result<()> {
+        let mismatched = postcopy.expect(&self.ram, digests);
+        if !mismatched.is_empty() {
+            return Err(MigrationError::MemoryMismatch(format!(
+                "PAGE DIGEST MISMATCH at the switch: {} pages differ from the source's (first: \
+                 {:?}); the destination's memory is not the source's, refusing to start the VM",
+                mismatched.len(),
+                &mismatched[..mismatched.len().min(MISMATCHES_SHOWN)]
+            )));
+        }
+        self.verified = true;
+        Ok(())
+    }
+
+    /// Waits for the source's release after the VM started here; without
+    /// it the VM is paused again so it cannot run on both sides.
+    fn await_release(&mut self) -> Result<()> {
+        let released = match self.next_message() {
+            Ok(Message::Ack(_)) => Ok(()),
+            Ok(Message::Abort(abort)) => Err(MigrationError::PeerAborted {
+                peer: Role::Source,
+                reason: format!("after the VM started here: {}", abort.reason),
+            }),
+            Ok(other) => unreachable!(
+                "the conversation admitted {} while awaiting the release",
+                other.message_type()
+            ),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = released {
             // The source resumes when it does not hear from us: never let the
             // VM run on both sides. Paused here, it can still be resumed by
             // hand once the source is known to be stopped.
@@ -240,8 +421,16 @@ impl<'a> Receiver<'a> {
                 Err(_) => "the source did not confirm it released the VM, and pausing the destination VM failed too",
             }));
         }
-        let received = self.link.reader.traffic();
-        Ok(DestinationReport {
+        Ok(())
+    }
+
+    fn report(
+        &self,
+        started: &Started,
+        postcopy: Option<DestinationPostcopyReport>,
+    ) -> DestinationReport {
+        let received = self.reader.traffic();
+        DestinationReport {
             vm_name: self.vm_name.clone(),
             rounds: self.rounds,
             pages_received: self.pages,
@@ -249,27 +438,52 @@ impl<'a> Receiver<'a> {
             memory_bytes: received.class_bytes(TrafficClass::Memory),
             device_state_bytes: self.device_state_bytes,
             link_bytes_received: received.total_bytes(),
-            link_bytes_sent: self.link.writer.traffic().total_bytes(),
+            link_bytes_sent: self.outbox.bytes_sent(),
             verified: self.verified,
             started_us: self.started_us,
-            device_state_loaded_us,
-            running_us,
-        })
-    }
-
-    /// Tells the source the VM runs and waits for its acknowledgement.
-    fn confirm_running(&mut self) -> Result<()> {
-        self.send(&Message::DestinationRunning(DestinationRunning))?;
-        match self.next_message()? {
-            Message::Ack(_) => Ok(()),
-            Message::Abort(abort) => Err(MigrationError::PeerAborted {
-                peer: Role::Source,
-                reason: format!("after the VM started here: {}", abort.reason),
-            }),
-            other => unreachable!(
-                "the conversation admitted {} while awaiting the release",
-                other.message_type()
-            ),
+            device_state_loaded_us: started.device_state_loaded_us,
+            running_us: started.running_us,
+            postcopy,
         }
+    }
+}
+
+/// Finishes QEMU's load of the device state, runs the VM and tells the
+/// source.
+fn start_vm(
+    vm: &QemuProcess,
+    device_state: IncomingDeviceState,
+    total_bytes: u64,
+    outbox: &Outbox,
+    started_us: u64,
+) -> Result<Started> {
+    device_state.finish(vm, total_bytes, outbox.timeout)?;
+    let device_state_loaded_us = wall_clock_us();
+    vm.qmp
+        .execute("cont", json!({}))
+        .map_err(|e| MigrationError::qemu("starting the destination VM", e))?;
+    let running_us = vm
+        .qmp
+        .wait_event(
+            "RESUME of the destination VM",
+            Duration::from_secs(10),
+            |e| e.name == "RESUME" && e.timestamp_us >= started_us,
+        )
+        .map(|event| event.timestamp_us)
+        .unwrap_or_else(|_| wall_clock_us());
+    if outbox.is_postcopy() {
+        tracing::info!("destination VM runs; post-copy continues");
+    }
+    outbox.send(&Message::DestinationRunning(DestinationRunning))?;
+    Ok(Started {
+        device_state_loaded_us,
+        running_us,
+    })
+}
+
+fn aborted(abort: Abort) -> MigrationError {
+    MigrationError::PeerAborted {
+        peer: Role::Source,
+        reason: abort.reason,
     }
 }

@@ -2,7 +2,7 @@
 //! guest wrote becomes one interval of an mllm-core memory trace, appended
 //! to a binary trace file as it comes, so a long recording never sits in
 //! memory. Two recorders use it: the source during a migration
-//! ([`crate::PrecopySettings::trace_file`]) and [`record_memory_trace`] for
+//! ([`crate::SourceSettings::trace_file`]) and [`record_memory_trace`] for
 //! a VM that is not migrating (`mllm trace record`).
 
 mod file;

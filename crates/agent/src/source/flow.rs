@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{Conversation, Message, Role, WireError};
 
 use super::rate::DeliveryRate;
@@ -49,6 +50,8 @@ struct FlowState {
     ended: Option<Ended>,
     /// The failure, until the migration takes it to report it.
     failure: Option<MigrationError>,
+    /// When the destination reported its VM running (wall clock, µs).
+    destination_running_us: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,9 +109,38 @@ impl Flow {
                 rate: DeliveryRate::default(),
                 ended: None,
                 failure: None,
+                destination_running_us: None,
             }),
             changed: Condvar::new(),
         }
+    }
+
+    /// Whether pages move after the switch in this migration.
+    pub(crate) fn is_postcopy(&self) -> bool {
+        self.lock().conversation.is_postcopy()
+    }
+
+    /// The destination reported its VM running: from now on the VM is the
+    /// destination's. Returns whether pages still move (post-copy), in
+    /// which case the destination's receipt ends the migration.
+    pub(crate) fn destination_running(&self) -> bool {
+        let mut state = self.lock();
+        state.destination_running_us = Some(wall_clock_us());
+        let postcopy = state.conversation.is_postcopy();
+        drop(state);
+        self.changed.notify_all();
+        postcopy
+    }
+
+    /// When the destination reported its VM running, if it has.
+    pub(crate) fn destination_running_us(&self) -> Option<u64> {
+        self.lock().destination_running_us
+    }
+
+    /// Whether the link's outcome is known (the destination's verdict, or
+    /// a failure).
+    pub(crate) fn has_ended(&self) -> bool {
+        self.lock().ended.is_some()
     }
 
     /// Checks a frame about to be sent against the conversation.

@@ -2,6 +2,7 @@
 
 mod flow;
 mod pipeline;
+mod postcopy;
 mod precopy;
 mod rate;
 mod reporter;
@@ -26,7 +27,9 @@ use serde_json::json;
 
 use self::flow::Flow;
 use self::pipeline::Pipeline;
+use self::postcopy::Owed;
 use self::precopy::{Measured, Transfer};
+use self::threads::AskedPages;
 use self::reporter::Reporter;
 use self::writes::WriteLog;
 use crate::device_state::ignore_shared_ram;
@@ -34,10 +37,10 @@ use crate::error::{Context, MigrationError, Recovery, SourceError};
 use crate::guest_ram::GuestRam;
 use crate::memory_trace::TraceFile;
 use crate::peer::PeerLink;
-use crate::settings::PrecopySettings;
+use crate::settings::SourceSettings;
 use crate::tracking::start_tracking;
 use mllm_control::{Phase, Progress};
-use mllm_control::{SourceReport, SourceTimings};
+use mllm_control::{PostcopyReport, SourceReport, SourceTimings};
 
 /// Frames queued for the sender thread beyond the one it is writing: enough
 /// to cover compressing the next batch, small next to the link's queue.
@@ -60,7 +63,7 @@ pub fn migrate_source(
     vm: &QemuProcess,
     ram_file: &Path,
     stream: TcpStream,
-    settings: &PrecopySettings,
+    settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport, SourceError> {
     let mut vm_state = VmState::default();
@@ -90,6 +93,8 @@ enum SourceVmPhase {
     Stopped,
     /// Paused, and QEMU's device-state migration started.
     QemuMigrating,
+    /// The destination runs the VM: the source must never resume it.
+    HandedOver,
 }
 
 /// Everything the pre-copy rounds and the switch-over work with.
@@ -99,10 +104,15 @@ struct SourceContext<'a> {
     /// Decides each pass and the switch (`mllm_core::strategy`).
     strategy: Box<dyn Strategy>,
     transfer: Transfer,
+    /// Post-copy: what the destination still lacks after the switch.
+    owed: &'a Owed,
+    /// The handshake's round trip: how much in flight keeps the link busy.
+    rtt: Duration,
+    compression: CompressionSetting,
     writes: WriteLog,
     pipeline: Pipeline<'a>,
     flow: &'a Flow,
-    settings: &'a PrecopySettings,
+    settings: &'a SourceSettings,
     reporter: Reporter<'a>,
     vm_state: &'a mut VmState,
     started: Instant,
@@ -125,7 +135,10 @@ impl SourceContext<'_> {
         let flow = self.flow.snapshot();
         // After the final round the pipeline already counts the next one.
         let round = match phase {
-            Phase::DeviceState | Phase::WaitingForDestination | Phase::Completed => {
+            Phase::DeviceState
+            | Phase::WaitingForDestination
+            | Phase::Postcopy
+            | Phase::Completed => {
                 self.pipeline.round() - 1
             }
             _ => self.pipeline.round(),
@@ -139,7 +152,7 @@ fn run(
     vm: &QemuProcess,
     ram_file: &Path,
     stream: TcpStream,
-    settings: &PrecopySettings,
+    settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
     vm_state: &mut VmState,
 ) -> Result<SourceReport, MigrationError> {
@@ -184,6 +197,7 @@ fn run(
         &mut conversation,
         vm,
         &ram,
+        settings.policy,
         settings.link_timeout,
     )?;
     let compression = usable_compression(settings.compression, &link.negotiated);
@@ -193,23 +207,36 @@ fn run(
     let writes = WriteLog::new(tracker, trace, settings.trace_interval);
 
     let flow = Flow::new(conversation);
+    let owed = Owed::new(ram.pages());
     let PeerLink {
         reader,
         writer,
         socket,
+        rtt,
         ..
     } = link;
     let timeout = settings.link_timeout;
     let (queue, outbox) = sync_channel(QUEUED_FRAMES);
+    let wake = queue.clone();
+    let asked = AskedPages {
+        owed: &owed,
+        ram: &ram,
+        compression,
+    };
     let (outcome, sent, received) = std::thread::scope(|scope| {
-        let sender = scope.spawn(|| threads::send_frames(writer, outbox, &flow, &socket, timeout));
-        let receiver = scope.spawn(|| threads::receive_frames(reader, &flow, &socket, timeout));
+        let sender =
+            scope.spawn(|| threads::send_frames(writer, outbox, asked, &flow, &socket, timeout));
+        let receiver = scope
+            .spawn(|| threads::receive_frames(reader, &owed, wake, &flow, &socket, timeout));
         let outcome = (|| -> Result<_, MigrationError> {
             let mut ctx = SourceContext {
                 vm,
                 ram: &ram,
                 strategy: settings.strategy(),
                 transfer: Transfer::new(ram.pages()),
+                owed: &owed,
+                rtt,
+                compression,
                 writes,
                 pipeline: Pipeline::new(queue, &flow, compression, settings.batch_pages)?,
                 flow: &flow,
@@ -235,7 +262,12 @@ fn run(
         let received = receiver.join().expect("the receiver thread panicked");
         (outcome, sent, received)
     });
+    if flow.destination_running_us().is_some() {
+        // Whatever failed after this, the guest runs on the destination.
+        vm_state.phase = SourceVmPhase::HandedOver;
+    }
     let (precopy, switched, rounds, memory_trace) = outcome?;
+    let postcopy = owed.counts();
 
     let pages_sent: u64 = rounds.iter().map(|round| round.pages).sum();
     Ok(SourceReport {
@@ -253,6 +285,11 @@ fn run(
         link_bytes_sent: sent.total_bytes(),
         link_bytes_received: received.total_bytes(),
         rate_bytes_per_s: precopy.rate,
+        postcopy: switched.postcopy.then_some(PostcopyReport {
+            pages_pushed: postcopy.pushed,
+            pages_on_demand: postcopy.sent_on_demand,
+            requests: postcopy.requests,
+        }),
         verified: settings.verify,
         memory_trace,
         timings: SourceTimings {
@@ -260,6 +297,7 @@ fn run(
             stopped_us: switched.stopped_us,
             device_state_sent_us: switched.device_state_sent_us,
             destination_running_us: switched.destination_running_us,
+            released_us: switched.released_us,
         },
     })
 }
@@ -269,6 +307,7 @@ fn request_migration(
     conversation: &mut Conversation,
     vm: &QemuProcess,
     ram: &GuestRam,
+    policy: MigrationPolicy,
     timeout: Duration,
 ) -> Result<(), MigrationError> {
     let failure = |error| MigrationError::link(error, Role::Destination, timeout);
@@ -277,7 +316,7 @@ fn request_migration(
         ram_bytes: ram.len_bytes(),
         page_size: PAGE_SIZE_U32,
         disk_bytes: Vec::new(),
-        policy: MigrationPolicy::Precopy,
+        policy,
     });
     conversation.sending(&request)?;
     link.writer
@@ -327,6 +366,9 @@ fn recover(vm: &QemuProcess, state: &VmState) -> Recovery {
     }
     if state.phase < SourceVmPhase::Stopped {
         return Recovery::NeverStopped;
+    }
+    if state.phase == SourceVmPhase::HandedOver {
+        return Recovery::DestinationRuns;
     }
     if !state.was_running {
         return Recovery::StaysPaused;

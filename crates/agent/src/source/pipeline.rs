@@ -10,6 +10,7 @@ use mllm_core::vm::PAGE_HEADER_BYTES;
 use mllm_wire::{CompressionSetting, Message, PageBatchBuilder, RoundEnd, PAGE_SIZE};
 
 use super::flow::Flow;
+use super::threads::Outgoing;
 use crate::error::MigrationError;
 use crate::guest_ram::GuestRam;
 
@@ -25,7 +26,7 @@ struct RoundCounter {
 }
 
 pub(crate) struct Pipeline<'a> {
-    queue: SyncSender<Message>,
+    queue: SyncSender<Outgoing>,
     flow: &'a Flow,
     builder: PageBatchBuilder,
     page: Box<[u8; PAGE_SIZE]>,
@@ -39,7 +40,7 @@ pub(crate) struct Pipeline<'a> {
 
 impl<'a> Pipeline<'a> {
     pub fn new(
-        queue: SyncSender<Message>,
+        queue: SyncSender<Outgoing>,
         flow: &'a Flow,
         compression: CompressionSetting,
         batch_pages: usize,
@@ -68,7 +69,7 @@ impl<'a> Pipeline<'a> {
 
     /// Queues any message for the sender, in order after everything before.
     pub fn send(&mut self, message: Message) -> Result<()> {
-        self.queue.send(message).map_err(|_| {
+        self.queue.send(Outgoing::Frame(message)).map_err(|_| {
             self.flow
                 .cause_or(MigrationError::Invalid("the sender thread stopped".into()))
         })
@@ -80,6 +81,18 @@ impl<'a> Pipeline<'a> {
         if self.builder.push(index, &self.page) {
             self.flush()?;
         }
+        Ok(())
+    }
+
+    /// Whether the next page starts a new batch.
+    pub fn batch_is_empty(&self) -> bool {
+        self.builder.is_empty()
+    }
+
+    /// Pages per batch from the next batch on; the current one must be empty.
+    pub fn set_batch_pages(&mut self, compression: CompressionSetting, pages: usize) -> Result<()> {
+        debug_assert!(self.builder.is_empty());
+        self.builder = PageBatchBuilder::new(compression, pages)?;
         Ok(())
     }
 

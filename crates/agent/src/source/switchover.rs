@@ -1,26 +1,47 @@
 //! The switch: stop the VM, send the last written pages (and in test mode a
 //! digest of all of them), relay QEMU's device state, and wait until the
-//! destination says its VM runs.
+//! destination says its VM runs. In post-copy the strategy leaves some pages
+//! for after the switch: the destination learns which, drops its stale
+//! copies, and once it runs they are pushed in the strategy's order while
+//! those its guest touches first are sent on demand (by the sender thread,
+//! `threads.rs`), until the destination holds them all.
 
 use std::time::Duration;
 
 use mllm_qemu::qmp::wall_clock_us;
-use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, SourceStopped};
+use mllm_core::memory::{push_merged, PageIndex, PageRange};
+use mllm_core::strategy::{SendQueue, Space};
+use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, PendingPages, SourceStopped};
 use serde_json::json;
 
+use super::flow::FlowSnapshot;
 use super::precopy::send_round;
 use super::{SourceContext, SourceVmPhase};
 use crate::device_state::OutgoingDeviceState;
+use mllm_core::convert::saturating_u64;
 use crate::error::{Context, MigrationError};
 use mllm_control::Phase;
 
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// Test mode: page digests per frame (2 MiB of digests, 1 GiB of RAM).
+const DIGESTS_PER_FRAME: PageIndex = 256 * 1024;
+/// Pages per pushed batch after the switch: a page the guest faults on
+/// waits behind at most one such batch at the source.
+const PUSH_BATCH_PAGES: usize = 32;
+/// Queued beyond one round trip's worth of link, so the link never idles
+/// between an acknowledgement and the next batch.
+const PUSH_SLACK: Duration = Duration::from_millis(10);
+/// Least in flight whatever the measured rate, so a slow start still moves.
+const PUSH_MIN_IN_FLIGHT: u64 = 256 << 10;
 
 pub(super) struct Switched {
+    /// Pages moved after the switch.
+    pub postcopy: bool,
     pub stopped_us: u64,
     pub device_state_bytes: u64,
     pub device_state_sent_us: u64,
     pub destination_running_us: u64,
+    pub released_us: u64,
 }
 
 /// Called once the strategy decided to switch.
@@ -38,14 +59,28 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     let written = ctx.writes.take().during("final scan")?;
     ctx.transfer.written(&written);
     let switch = ctx.strategy.switch(ctx.transfer.state());
-    if !switch.postcopy.is_empty() {
+    let pending = memory_pages(switch.postcopy)?;
+    let postcopy = ctx.flow.is_postcopy();
+    if !pending.is_empty() && !postcopy {
         return Err(MigrationError::Invalid(
-            "the strategy wants pages moved after the switch, which this agent cannot do yet"
+            "the strategy wants pages moved after the switch, but the migration was requested \
+             as pre-copy"
                 .into(),
         ));
     }
     send_round(ctx, Phase::FinalRound, switch.downtime, true)?;
-    if ctx.settings.verify {
+    if postcopy {
+        // Owed before the destination hears of them: it may ask at once.
+        ctx.owed.owe(&pending);
+        ctx.pipeline.send(Message::PendingPages(PendingPages {
+            ranges: as_ranges(&pending),
+        }))?;
+        if ctx.settings.verify {
+            for digests in ctx.ram.page_digests(DIGESTS_PER_FRAME) {
+                ctx.pipeline.send(Message::PageDigests(digests))?;
+            }
+        }
+    } else if ctx.settings.verify {
         // The sender is still busy with the final pages while this hashes.
         let digest = ctx.ram.digest();
         ctx.pipeline.send(Message::RamDigest(digest))?;
@@ -65,27 +100,102 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     }))?;
     let device_state_sent_us = wall_clock_us();
 
-    // Silence on the link is caught by the receiver's timeout, so waiting
-    // for the last batches needs no bound of its own however many there are.
-    while ctx
-        .flow
-        .wait_until(REPORT_INTERVAL, |flow| flow.unacked_bytes == 0)?
-        .is_none()
-    {
-        ctx.report(Phase::WaitingForDestination, 0.0);
+    if postcopy {
+        push(ctx, &pending)?;
+    } else {
+        // Silence on the link is caught by the receiver's timeout, so waiting
+        // for the last batches needs no bound of its own however many there are.
+        while ctx
+            .flow
+            .wait_until(REPORT_INTERVAL, |flow| flow.unacked_bytes == 0)?
+            .is_none()
+        {
+            ctx.report(Phase::WaitingForDestination, 0.0);
+        }
     }
     ctx.report(Phase::WaitingForDestination, 0.0);
     ctx.flow.wait_for_outcome(ctx.settings.link_timeout)?;
-    let destination_running_us = wall_clock_us();
+    let destination_running_us = ctx
+        .flow
+        .destination_running_us()
+        .unwrap_or_else(wall_clock_us);
     // Releases the destination, which pauses its VM again if this never
     // arrives. From here the VM is the destination's whatever happens, so a
     // failure to send must not make the source resume: it is ignored.
     let _ = ctx.pipeline.send(Message::Ack(Ack));
+    let released_us = wall_clock_us();
     ctx.report(Phase::Completed, 0.0);
     Ok(Switched {
+        postcopy,
         stopped_us,
         device_state_bytes,
         device_state_sent_us,
         destination_running_us,
+        released_us,
     })
+}
+
+/// The pages of a queue (the strategy's post-copy order); disks do not move
+/// yet.
+fn memory_pages(mut queue: SendQueue) -> Result<Vec<PageIndex>, MigrationError> {
+    let mut pages = Vec::with_capacity(queue.len());
+    while let Some((space, item)) = queue.next(|_, _| true) {
+        if space == Space::Disk {
+            return Err(MigrationError::Invalid(format!(
+                "the strategy moves disk block {item} after the switch, but this agent moves no \
+                 disks yet"
+            )));
+        }
+        pages.push(item);
+    }
+    Ok(pages)
+}
+
+/// `pages` as sorted, merged ranges.
+fn as_ranges(pages: &[PageIndex]) -> Vec<PageRange> {
+    let mut sorted = pages.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ranges = Vec::new();
+    for page in sorted {
+        push_merged(&mut ranges, PageRange::new(page, page + 1));
+    }
+    ranges
+}
+
+/// Pushes the pages the destination still lacks, in the strategy's order,
+/// keeping about one round trip of them in flight: enough to fill the link,
+/// little enough that a page the guest asks for does not queue behind
+/// seconds of pushed ones. Stops early once the destination has them all.
+fn push(ctx: &mut SourceContext<'_>, pages: &[PageIndex]) -> Result<(), MigrationError> {
+    ctx.pipeline
+        .set_batch_pages(ctx.compression, PUSH_BATCH_PAGES)?;
+    let window = (ctx.rtt + PUSH_SLACK).as_secs_f64();
+    let room = |flow: &FlowSnapshot| {
+        let limit = flow
+            .rate
+            .map_or(PUSH_MIN_IN_FLIGHT, |rate| saturating_u64(rate * window))
+            .max(PUSH_MIN_IN_FLIGHT);
+        flow.unacked_bytes <= limit
+    };
+    let mut left = pages.len();
+    for &page in pages {
+        left -= 1;
+        if ctx.pipeline.batch_is_empty() {
+            if ctx.flow.has_ended() {
+                break;
+            }
+            while ctx.flow.wait_until(REPORT_INTERVAL, room)?.is_none() {
+                ctx.report(Phase::Postcopy, 0.0);
+            }
+            ctx.report(
+                Phase::Postcopy,
+                left as f64 * ctx.pipeline.bytes_per_written_page(),
+            );
+        }
+        if ctx.owed.take_for_push(page) {
+            ctx.pipeline.send_page(ctx.ram, page)?;
+        }
+    }
+    ctx.pipeline.flush()
 }

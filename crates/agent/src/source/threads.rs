@@ -1,32 +1,66 @@
 //! The source's two I/O threads. The sender keeps the link busy with queued
-//! frames while the migration reads and compresses the next pages; the
+//! frames while the migration reads and compresses the next pages, and in
+//! post-copy sends the pages the destination asks for ahead of them; the
 //! receiver turns the destination's replies into flow events. Either one,
 //! on a failure, records the cause and shuts the socket down, which unblocks
 //! the other and the migration.
 
 use std::io::BufReader;
 use std::net::{Shutdown, TcpStream};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
-use mllm_wire::{FrameReader, FrameWriter, Message, Role, Traffic};
+use mllm_wire::{
+    CompressionSetting, FrameReader, FrameWriter, Message, PageBatchBuilder, Role, Traffic,
+    PAGE_SIZE,
+};
 
 use super::flow::{Flow, PeerOutcome};
+use super::postcopy::Owed;
 use crate::error::MigrationError;
+use crate::guest_ram::GuestRam;
 
-/// Writes queued messages until the queue closes; returns what it sent.
+/// Asked-for pages per batch: small, so one answer is one page's trip and
+/// the next request does not wait behind a large batch.
+const ASKED_PAGES_PER_BATCH: usize = 16;
+
+/// What the sender thread is handed.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A frame to send after those queued before it.
+    Frame(Message),
+    /// The destination asked for pages: look at [`Owed`] now.
+    Asked,
+}
+
+/// Where asked-for pages come from: the source's RAM, which no longer
+/// changes once the VM has stopped.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AskedPages<'a> {
+    pub owed: &'a Owed,
+    pub ram: &'a GuestRam,
+    pub compression: CompressionSetting,
+}
+
+/// Writes queued messages until the queue closes, asked-for pages first;
+/// returns what it sent.
 pub(crate) fn send_frames(
     mut writer: FrameWriter<TcpStream>,
-    queue: Receiver<Message>,
+    queue: Receiver<Outgoing>,
+    asked: AskedPages<'_>,
     flow: &Flow,
     socket: &TcpStream,
     timeout: Duration,
 ) -> Traffic {
-    for message in queue {
+    let mut send = |message: Message, counts_as_batch: bool| -> bool {
         if let Err(error) = flow.sending(&message) {
             flow.end(PeerOutcome::Failed(error.into()));
             let _ = socket.shutdown(Shutdown::Both);
-            break;
+            return false;
+        }
+        if counts_as_batch {
+            // Queued by this thread, so in the order the frames leave.
+            flow.queued(message.frame_len());
         }
         let before = writer.traffic().total_bytes();
         if let Err(error) = writer.send(&message) {
@@ -34,17 +68,55 @@ pub(crate) fn send_frames(
                 .during(format!("sending a {} frame", message.message_type()));
             flow.end(PeerOutcome::Failed(cause));
             let _ = socket.shutdown(Shutdown::Both);
-            break;
+            return false;
         }
         flow.wrote(writer.traffic().total_bytes() - before);
+        true
+    };
+    for outgoing in queue {
+        loop {
+            let pages = asked.owed.take_asked(ASKED_PAGES_PER_BATCH);
+            if pages.is_empty() {
+                break;
+            }
+            let batch = match asked_batch(&asked, &pages) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    flow.end(PeerOutcome::Failed(error));
+                    let _ = socket.shutdown(Shutdown::Both);
+                    return writer.traffic().clone();
+                }
+            };
+            if !send(batch, true) {
+                return writer.traffic().clone();
+            }
+        }
+        if let Outgoing::Frame(message) = outgoing {
+            if !send(message, false) {
+                break;
+            }
+        }
     }
     writer.traffic().clone()
 }
 
+/// One batch of the asked-for `pages`, read now.
+fn asked_batch(asked: &AskedPages<'_>, pages: &[u32]) -> Result<Message, MigrationError> {
+    let mut builder = PageBatchBuilder::new(asked.compression, pages.len())?;
+    let mut page = Box::new([0; PAGE_SIZE]);
+    for &index in pages {
+        asked.ram.read_page(index, &mut page);
+        let _ = builder.push(index, &page);
+    }
+    Ok(Message::PageBatch(builder.finish()?))
+}
+
 /// Reads the destination's replies until its verdict or a failure; returns
-/// what it received.
+/// what it received. `wake` tells the sender of asked-for pages.
 pub(crate) fn receive_frames(
     mut reader: FrameReader<BufReader<TcpStream>>,
+    owed: &Owed,
+    wake: SyncSender<Outgoing>,
     flow: &Flow,
     socket: &TcpStream,
     timeout: Duration,
@@ -60,7 +132,19 @@ pub(crate) fn receive_frames(
                     break error;
                 }
             }
+            Ok(Message::PageRequest(request)) => {
+                // A full queue means the sender will look soon anyway.
+                if owed.ask(&request.pages) {
+                    let _ = wake.try_send(Outgoing::Asked);
+                }
+            }
             Ok(Message::DestinationRunning(_)) => {
+                if !flow.destination_running() {
+                    flow.end(PeerOutcome::Running);
+                    return reader.traffic().clone();
+                }
+            }
+            Ok(Message::PostcopyComplete(_)) => {
                 flow.end(PeerOutcome::Running);
                 return reader.traffic().clone();
             }

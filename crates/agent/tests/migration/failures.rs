@@ -11,8 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use mllm_agent::{
-    migrate_source, GuestRam, MigrationError, Phase, PrecopySettings, Progress, Recovery,
-    SourceError,
+    migrate_source, GuestRam, MigrationError, Phase, Progress, Recovery, SourceError,
+    SourceSettings,
 };
 use mllm_wire::{
     handshake, Capabilities, DestinationRunning, FrameReader, FrameWriter, Hello, Message,
@@ -161,10 +161,10 @@ fn migrate_with(
     on_progress: impl Fn(&Vm, &Progress) -> bool,
 ) -> Failed {
     let destination = Vm::incoming("destination", memory_mib);
-    let settings = PrecopySettings {
+    let settings = SourceSettings {
         downtime_target: Duration::from_millis(target_ms),
         verify: true,
-        ..PrecopySettings::default()
+        ..SourceSettings::default()
     };
     let outcome = migrate(
         source,
@@ -203,7 +203,7 @@ fn against_fake_destination(source: &Vm, fake: impl FnOnce(TcpStream) + Send) ->
             &source.qemu,
             &source.ram_file,
             TcpStream::connect(address).unwrap(),
-            &PrecopySettings::default(),
+            &SourceSettings::default(),
             &|_| {},
         )
         .expect_err("the migration must fail");

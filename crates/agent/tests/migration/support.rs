@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use mllm_agent::{
     make_migratable, migrate_source, receive_migration, DestinationReport, DestinationSettings,
-    MigrationError, PrecopySettings, Progress, SourceError, SourceReport,
+    MigrationError, Progress, SourceError, SourceReport, SourceSettings,
 };
 use mllm_lab::image::{GuestImage, ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
@@ -204,7 +204,7 @@ pub fn migrate(
     source: &Vm,
     destination: &Vm,
     link: LinkConfig,
-    settings: &PrecopySettings,
+    settings: &SourceSettings,
     cut_when: impl Fn(&Progress) -> bool,
 ) -> Outcome {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

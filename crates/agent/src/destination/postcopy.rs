@@ -1,0 +1,264 @@
+//! Post-copy at the destination: the pages that arrive after the switch.
+//!
+//! When the source names the pending pages, the destination registers guest
+//! RAM for missing-page faults (through the hook inside its QEMU) and then
+//! drops its stale copies of those pages from the RAM file, in that order so
+//! no access in between can read a hole as zeros. From then on anyone in the
+//! destination QEMU who touches a pending page (the guest, or QEMU itself
+//! while it loads the device state) sleeps until the page is installed; a
+//! fault thread asks the source for it. Pages are installed atomically with
+//! `UFFDIO_COPY`, which wakes the sleepers; pages present before the switch
+//! never fault.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use mllm_control::DestinationPostcopyReport;
+use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE};
+use mllm_core::PageSet;
+use mllm_faults::{arm_missing, punch_holes, Installed, MissingPages};
+use mllm_qemu::QemuProcess;
+use mllm_tracker::find_ram_mapping;
+use mllm_wire::{page_digest, Message, PageDigests, PageRequest};
+
+use crate::error::MigrationError;
+use crate::guest_ram::GuestRam;
+
+/// How long the fault thread waits for a fault before it looks whether it
+/// should stop.
+const FAULT_POLL: Duration = Duration::from_millis(20);
+/// Faults gathered into one request when several are pending at once.
+const PAGES_PER_REQUEST: usize = 64;
+
+#[derive(Debug)]
+pub(super) struct Postcopy {
+    faults: MissingPages,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Pending pages not installed yet.
+    missing: PageSet,
+    missing_count: u64,
+    /// When each asked-for page was first faulted on.
+    asked_at: HashMap<PageIndex, Instant>,
+    fault_latencies: Vec<Duration>,
+    installed: u64,
+    /// Pages the kernel already had when they were installed: someone
+    /// populated them behind the fault mechanism.
+    already_present: u64,
+    /// Test mode: the source's digest of each pending page at the switch.
+    expected: HashMap<PageIndex, u64>,
+    mismatched: Vec<PageIndex>,
+    /// The VM runs here: the receipt may go once the last page is in.
+    vm_started: bool,
+    receipt_sent: bool,
+}
+
+impl State {
+    fn take_receipt(&mut self) -> bool {
+        let due = self.vm_started && self.missing_count == 0 && !self.receipt_sent;
+        self.receipt_sent |= due;
+        due
+    }
+}
+
+impl Postcopy {
+    /// Registers `ram` of `vm` for missing-page faults through the hook at
+    /// `hook_socket`, then drops the destination's copies of `pending`.
+    pub fn arm(
+        vm: &QemuProcess,
+        ram: &GuestRam,
+        hook_socket: &Path,
+        pending: &[PageRange],
+    ) -> Result<Postcopy, MigrationError> {
+        let mapping = find_ram_mapping(vm.pid().cast_signed(), ram.path())?;
+        let faults = arm_missing(hook_socket, mapping)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(ram.path())
+            .map_err(|e| {
+                MigrationError::io(
+                    format!("opening guest RAM file {}", ram.path().display()),
+                    e,
+                )
+            })?;
+        punch_holes(&file, pending)?;
+        let mut missing = PageSet::new(ram.pages());
+        let mut missing_count = 0;
+        for range in pending {
+            for page in range.pages() {
+                if page >= ram.pages() {
+                    return Err(MigrationError::Invalid(format!(
+                        "the source left page {page} for post-copy, beyond the {} pages of \
+                         guest RAM",
+                        ram.pages()
+                    )));
+                }
+                if missing.insert_new(page) {
+                    missing_count += 1;
+                }
+            }
+        }
+        tracing::info!(pages = missing_count, "post-copy armed");
+        Ok(Postcopy {
+            faults,
+            state: Mutex::new(State {
+                missing,
+                missing_count,
+                asked_at: HashMap::new(),
+                fault_latencies: Vec::new(),
+                installed: 0,
+                already_present: 0,
+                expected: HashMap::new(),
+                mismatched: Vec::new(),
+                vm_started: false,
+                receipt_sent: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_missing(&self, page: PageIndex) -> bool {
+        let state = self.lock();
+        page < state.missing.universe() && state.missing.contains(page)
+    }
+
+    /// The VM runs here. Returns whether the receipt is due now (every
+    /// page was already in); it is then the caller's to send.
+    pub fn vm_started(&self) -> bool {
+        let mut state = self.lock();
+        state.vm_started = true;
+        state.take_receipt()
+    }
+
+    /// Whether the receipt is due now: the VM runs and every pending page
+    /// is in. True once; the caller sends it.
+    pub fn receipt_due(&self) -> bool {
+        self.lock().take_receipt()
+    }
+
+    /// Test mode: checks the pages present since before the switch against
+    /// the source's digests now, and keeps the pending pages' digests for
+    /// when they are installed. Returns the mismatching present pages.
+    pub fn expect(&self, ram: &GuestRam, digests: &PageDigests) -> Vec<PageIndex> {
+        let mut state = self.lock();
+        let mut mismatched = Vec::new();
+        for (page, &digest) in (digests.first_page..).zip(&digests.digests) {
+            if page >= state.missing.universe() {
+                mismatched.push(page);
+            } else if state.missing.contains(page) {
+                state.expected.insert(page, digest);
+            } else if ram.page_digest(page) != digest {
+                mismatched.push(page);
+            }
+        }
+        mismatched
+    }
+
+    /// Installs `content` as `page` if it is still missing; a page pushed
+    /// and asked for arrives twice, the second copy is dropped.
+    pub fn install(&self, page: PageIndex, content: &[u8; PAGE_SIZE]) -> Result<(), MigrationError> {
+        if !self.is_missing(page) {
+            return Ok(());
+        }
+        let outcome = self.faults.install(page, content)?;
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.missing.remove(page);
+        state.missing_count -= 1;
+        state.installed += 1;
+        if outcome == Installed::AlreadyPresent {
+            state.already_present += 1;
+        }
+        if let Some(asked) = state.asked_at.remove(&page) {
+            state.fault_latencies.push(now - asked);
+        }
+        if let Some(expected) = state.expected.remove(&page) {
+            if page_digest(content) != expected {
+                state.mismatched.push(page);
+            }
+        }
+        Ok(())
+    }
+
+    /// Until `stop`: reads faults and asks the source (through `ask`) for
+    /// each missing page once.
+    pub fn serve_faults(
+        &self,
+        stop: &AtomicBool,
+        ask: impl Fn(Message) -> Result<(), MigrationError>,
+    ) -> Result<(), MigrationError> {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(first) = self.faults.wait_fault(FAULT_POLL)? else {
+                continue;
+            };
+            let mut pages = vec![first];
+            while pages.len() < PAGES_PER_REQUEST {
+                match self.faults.wait_fault(Duration::ZERO)? {
+                    Some(page) => pages.push(page),
+                    None => break,
+                }
+            }
+            let now = Instant::now();
+            let new: Vec<PageIndex> = {
+                let mut state = self.lock();
+                pages
+                    .into_iter()
+                    .filter(|&page| {
+                        page < state.missing.universe()
+                            && state.missing.contains(page)
+                            && !state.asked_at.contains_key(&page)
+                    })
+                    .inspect(|&page| {
+                        state.asked_at.insert(page, now);
+                    })
+                    .collect()
+            };
+            if !new.is_empty() {
+                ask(Message::PageRequest(PageRequest { pages: new }))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the post-copy phase did; test mode fails on any page whose
+    /// installed content is not the source's.
+    pub fn finish(&self, verify: bool) -> Result<DestinationPostcopyReport, MigrationError> {
+        let mut state = self.lock();
+        if verify && !state.mismatched.is_empty() {
+            state.mismatched.sort_unstable();
+            return Err(MigrationError::MemoryMismatch(format!(
+                "PAGE DIGEST MISMATCH after post-copy: {} pages differ from the source's at the \
+                 switch (first: {:?})",
+                state.mismatched.len(),
+                &state.mismatched[..state.mismatched.len().min(8)]
+            )));
+        }
+        let mut latencies = std::mem::take(&mut state.fault_latencies);
+        latencies.sort_unstable();
+        let percentile = |share: f64| {
+            // Nearest rank: the smallest latency at or above the share.
+            let rank = (share * latencies.len() as f64).ceil();
+            let index = mllm_core::convert::saturating_usize(rank).saturating_sub(1);
+            latencies.get(index).map(|d| d.as_secs_f64() * 1000.0)
+        };
+        Ok(DestinationPostcopyReport {
+            pages_installed: state.installed,
+            faults: latencies.len() as u64,
+            fault_p50_ms: percentile(0.5),
+            fault_p99_ms: percentile(0.99),
+            fault_max_ms: latencies.last().map(|d| d.as_secs_f64() * 1000.0),
+            already_present: state.already_present,
+            verified: verify,
+        })
+    }
+}
