@@ -1,6 +1,8 @@
-//! The conversation between `mllm-hook`, preloaded into QEMU, and the agent's
-//! tracker (`mllm-tracker`). Both sides encode and parse their messages here,
-//! so they cannot drift apart.
+//! The conversation between `mllm-hook`, preloaded into QEMU, and the agent
+//! (`mllm-tracker` for write tracking, `mllm-faults` for missing pages). Both
+//! sides encode and parse their messages here, so they cannot drift apart;
+//! [`uffd_abi`] declares the kernel interface of the descriptor the hook
+//! hands over.
 //!
 //! # Transport
 //!
@@ -14,20 +16,30 @@
 //! [`MAX_REPLY_LEN`], newline included: each side reads no further, and the
 //! parsers reject a longer line before looking inside it.
 //!
-//! # Request
+//! # Requests
 //!
-//! `WP <start> <len>` ([`Request::WriteProtect`]): create a userfaultfd in
-//! QEMU, register `len` bytes of QEMU's address space from address `start`
-//! with it in asynchronous write-protect mode, and write-protect them. `start`
-//! is hexadecimal (`0x` optional; clients send it without), `len` decimal;
-//! both are multiples of the page size and `len` is not zero. For example
-//! `WP 7f3a40000000 268435456`.
+//! Both take a range of QEMU's address space: `start` hexadecimal (`0x`
+//! optional; clients send it without), `len` decimal, both multiples of the
+//! page size and `len` not zero.
+//!
+//! - `WP <start> <len>` ([`Request::WriteProtect`]): create a userfaultfd in
+//!   QEMU, register the range with it in asynchronous write-protect mode, and
+//!   write-protect it. For example `WP 7f3a40000000 268435456`.
+//! - `MISSING <start> <len>` ([`Request::Missing`]): create a userfaultfd in
+//!   QEMU with `UFFD_FEATURE_MISSING_SHMEM` and register the range with it in
+//!   missing mode (`UFFDIO_REGISTER_MODE_MISSING`): from then on, any QEMU
+//!   thread touching a page of the range that the shared file does not hold
+//!   sleeps until the descriptor's holder installs the page (`UFFDIO_COPY`)
+//!   or wakes it (`UFFDIO_WAKE`). For example `MISSING 7f3a40000000 268435456`.
+//!
+//! Both descriptors are created `O_NONBLOCK | O_CLOEXEC`.
 //!
 //! # Replies
 //!
-//! - `OK 0x<features>` ([`Reply::Armed`]): the range is write-protected;
-//!   `<features>` are the `UFFD_FEATURE_*` bits the kernel granted
-//!   ([`UffdFeatures`]), hexadecimal. The userfaultfd comes with this reply.
+//! - `OK 0x<features>` ([`Reply::Armed`]): the range is registered (and for
+//!   `WP` write-protected); `<features>` are the `UFFD_FEATURE_*` bits
+//!   enabled on the descriptor ([`UffdFeatures`]), hexadecimal. The
+//!   userfaultfd comes with this reply.
 //! - `ERR <reason>` ([`Reply::Refused`]): nothing was armed, and no
 //!   descriptor comes with the reply. The reason is for an operator.
 //!
@@ -36,10 +48,17 @@
 //! The hook refuses with `ERR`:
 //! - a malformed request, quoting what is wrong with it ([`ParseError`]);
 //! - an empty range, or one not aligned to the page size;
-//! - a kernel without `UFFD_FEATURE_WP_ASYNC` (Linux 6.7+);
+//! - for `WP`, a kernel without `UFFD_FEATURE_WP_ASYNC` (Linux 6.7+); for
+//!   `MISSING`, one without `UFFD_FEATURE_MISSING_SHMEM`, or a QEMU without
+//!   the privilege to handle faults the kernel takes on its behalf
+//!   (`CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd=1`; `WP` falls back to
+//!   user-mode faults, which async write-protect never blocks on, but a
+//!   missing page that `read(2)` fills in QEMU would then fail with `EFAULT`
+//!   instead of waiting);
 //! - a failing kernel call, named with its errno, for example
 //!   `UFFDIO_REGISTER (write-protect mode): Device or resource busy (os error 16)`
-//!   when the range is still registered through an earlier userfaultfd, or
+//!   when the range is still registered through an earlier userfaultfd (of
+//!   either kind: a page can be registered with one userfaultfd only), or
 //!   `Invalid argument` when it is not mapped.
 //!
 //! A request the hook cannot read (nothing within its time limit, or a read
@@ -54,14 +73,30 @@
 //! keeps the descriptor open for as long as it tracks.
 //!
 //! The registration lasts while any copy of the descriptor is open, and the
-//! hook keeps one: tracking survives the client closing its copy. The next
-//! well-formed `WP` request first drops the hook's copy, so a restarted agent
-//! can arm again; while a client still holds the earlier descriptor, the new
-//! registration fails with `EBUSY`.
+//! hook keeps one of each kind: tracking survives the client closing its
+//! copy, and so do missing-page registrations (QEMU threads on a missing page
+//! keep sleeping rather than going on with an empty page). The next
+//! well-formed request of the same kind first drops the hook's copy of that
+//! kind, so a restarted agent can arm again; while a client still holds the
+//! earlier descriptor, the new registration fails with `EBUSY`. When the last
+//! copy of a `MISSING` descriptor closes, the kernel removes its registration
+//! and wakes the sleeping threads, which then see each missing page as a new
+//! zero-filled page: a `MISSING` request that replaces a live one leaves that
+//! window open for the length of one registration.
+//!
+//! The `WP` and `MISSING` descriptors are independent: the hook holds at most
+//! one of each, and a request of one kind never touches the other's.
 
 #![forbid(unsafe_code)]
 
+pub mod uffd_abi;
+
 use std::fmt;
+
+pub use uffd_abi::{
+    UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+    UFFD_FEATURE_WP_UNPOPULATED,
+};
 
 /// Environment variable naming the unix socket the hook listens on.
 pub const SOCKET_ENV: &str = "MLLM_HOOK_SOCKET";
@@ -71,16 +106,11 @@ pub const MAX_REQUEST_LEN: usize = 256;
 /// Longest reply line, newline included.
 pub const MAX_REPLY_LEN: usize = 512;
 
-/// `UFFD_FEATURE_*` bits the hook asks for, from the kernel's
-/// `include/uapi/linux/userfaultfd.h` (the installed headers predate them).
-pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
-pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-
 const WRITE_PROTECT: &str = "WP";
+const MISSING: &str = "MISSING";
 const ARMED: &str = "OK";
 const REFUSED_PREFIX: &str = "ERR ";
-const REQUEST_SYNTAX: &str = "`WP <start_hex> <len>`";
+const REQUEST_SYNTAX: &str = "`WP <start_hex> <len>` or `MISSING <start_hex> <len>`";
 const REPLY_SYNTAX: &str = "`OK 0x<features>` or `ERR <reason>`";
 
 /// What a client asks of the hook.
@@ -88,6 +118,9 @@ const REPLY_SYNTAX: &str = "`OK 0x<features>` or `ERR <reason>`";
 pub enum Request {
     /// Write-protect `len` bytes of QEMU's address space from `start`.
     WriteProtect { start: u64, len: u64 },
+    /// Make QEMU's threads wait for missing pages among `len` bytes of its
+    /// address space from `start`.
+    Missing { start: u64, len: u64 },
 }
 
 impl Request {
@@ -95,6 +128,7 @@ impl Request {
     pub fn encode(&self) -> String {
         match self {
             Request::WriteProtect { start, len } => format!("{WRITE_PROTECT} {start:x} {len}\n"),
+            Request::Missing { start, len } => format!("{MISSING} {start:x} {len}\n"),
         }
     }
 
@@ -102,16 +136,23 @@ impl Request {
     pub fn parse(line: &[u8]) -> Result<Request, ParseError> {
         let line = one_line(line, MAX_REQUEST_LEN)?;
         let mut words = line.split_ascii_whitespace();
-        match (words.next(), words.next(), words.next(), words.next()) {
-            (Some(WRITE_PROTECT), Some(start), Some(len), None) => Ok(Request::WriteProtect {
-                start: parse_number(NumberField::Start, start)?,
-                len: parse_number(NumberField::Length, len)?,
-            }),
-            _ => Err(ParseError::Unexpected {
-                expected: REQUEST_SYNTAX,
-                line: line.to_owned(),
-            }),
-        }
+        let (kind, start, len) = match (words.next(), words.next(), words.next(), words.next()) {
+            (Some(kind @ (WRITE_PROTECT | MISSING)), Some(start), Some(len), None) => {
+                (kind, start, len)
+            }
+            _ => {
+                return Err(ParseError::Unexpected {
+                    expected: REQUEST_SYNTAX,
+                    line: line.to_owned(),
+                })
+            }
+        };
+        let start = parse_number(NumberField::Start, start)?;
+        let len = parse_number(NumberField::Length, len)?;
+        Ok(match kind {
+            WRITE_PROTECT => Request::WriteProtect { start, len },
+            _ => Request::Missing { start, len },
+        })
     }
 }
 
@@ -172,10 +213,11 @@ impl UffdFeatures {
 
 impl fmt::Display for UffdFeatures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const NAMES: [(u64, &str); 3] = [
+        const NAMES: [(u64, &str); 4] = [
             (UFFD_FEATURE_WP_ASYNC, "wp_async"),
             (UFFD_FEATURE_WP_UNPOPULATED, "wp_unpopulated"),
             (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "wp_hugetlbfs_shmem"),
+            (UFFD_FEATURE_MISSING_SHMEM, "missing_shmem"),
         ];
         write!(f, "0x{:x} (", self.0)?;
         let mut granted = NAMES.iter().filter(|(bit, _)| self.contains(*bit));
@@ -235,9 +277,9 @@ impl std::error::Error for ParseError {}
 /// The numeric fields of the messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NumberField {
-    /// `WP`'s start address, hexadecimal.
+    /// A request's start address, hexadecimal.
     Start,
-    /// `WP`'s length in bytes, decimal.
+    /// A request's length in bytes, decimal.
     Length,
     /// `OK`'s feature bits, hexadecimal.
     Features,
@@ -318,11 +360,19 @@ mod tests {
         Request::WriteProtect { start, len }
     }
 
+    fn missing(start: u64, len: u64) -> Request {
+        Request::Missing { start, len }
+    }
+
     #[test]
     fn messages_are_encoded_in_the_wire_format() {
         assert_eq!(
             write_protect(0x7f00_0000_0000, 8192).encode(),
             "WP 7f0000000000 8192\n"
+        );
+        assert_eq!(
+            missing(0x7f00_0000_0000, 8192).encode(),
+            "MISSING 7f0000000000 8192\n"
         );
         let armed = Reply::Armed {
             features: UffdFeatures(0xb000),
@@ -344,8 +394,13 @@ mod tests {
         ] {
             assert_eq!(Request::parse(line.as_bytes()), expected, "{line:?}");
         }
+        assert_eq!(
+            Request::parse(b" MISSING\t0x7f0000000000  8192\n"),
+            Ok(missing(0x7f00_0000_0000, 8192))
+        );
         // Syntax only: the hook itself refuses empty and unaligned ranges.
         assert_eq!(Request::parse(b"WP 1001 0"), Ok(write_protect(0x1001, 0)));
+        assert_eq!(Request::parse(b"MISSING 1001 0"), Ok(missing(0x1001, 0)));
     }
 
     #[test]
@@ -364,8 +419,16 @@ mod tests {
             ("WP", unexpected("WP")),
             ("WP 1000", unexpected("WP 1000")),
             ("wp 1000 4096", unexpected("wp 1000 4096")),
-            ("MISSING 1000 4096", unexpected("MISSING 1000 4096")),
+            ("missing 1000 4096", unexpected("missing 1000 4096")),
+            ("MINOR 1000 4096", unexpected("MINOR 1000 4096")),
+            ("MISSING 1000", unexpected("MISSING 1000")),
             ("WP 1000 4096 extra", unexpected("WP 1000 4096 extra")),
+            (
+                "MISSING 1000 4096 8192",
+                unexpected("MISSING 1000 4096 8192"),
+            ),
+            ("MISSING 1000 4k", bad(NumberField::Length, "4k")),
+            ("MISSING -1000 4096", bad(NumberField::Start, "-1000")),
             ("WP zz 4096", bad(NumberField::Start, "zz")),
             ("WP 0x 4096", bad(NumberField::Start, "0x")),
             ("WP +1000 4096", bad(NumberField::Start, "+1000")),
@@ -401,8 +464,9 @@ mod tests {
     fn parse_errors_say_what_was_expected_and_what_came() {
         let messages = [
             (
-                Request::parse(b"MISSING 1000 4096\n"),
-                r#"expected `WP <start_hex> <len>`, got "MISSING 1000 4096""#,
+                Request::parse(b"MINOR 1000 4096\n"),
+                "expected `WP <start_hex> <len>` or `MISSING <start_hex> <len>`, \
+                 got \"MINOR 1000 4096\"",
             ),
             (
                 Request::parse(b"WP zz 4096"),
@@ -467,18 +531,20 @@ mod tests {
     }
 
     #[test]
-    fn features_name_the_write_protect_bits() {
+    fn features_name_the_bits_the_hook_asks_for() {
         let granted = UffdFeatures(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED);
         assert!(granted.contains(UFFD_FEATURE_WP_ASYNC));
         assert!(!granted.contains(UFFD_FEATURE_WP_HUGETLBFS_SHMEM));
         assert_eq!(granted.to_string(), "0xa000 (wp_async, wp_unpopulated)");
+        let missing = UffdFeatures(UFFD_FEATURE_MISSING_SHMEM);
+        assert_eq!(missing.to_string(), "0x20 (missing_shmem)");
         assert_eq!(UffdFeatures(0).to_string(), "0x0 ()");
     }
 
     proptest! {
         #[test]
-        fn every_request_survives_encoding(start: u64, len: u64) {
-            let request = write_protect(start, len);
+        fn every_request_survives_encoding(start: u64, len: u64, wp: bool) {
+            let request = if wp { write_protect(start, len) } else { missing(start, len) };
             let line = request.encode();
             prop_assert!(line.len() <= MAX_REQUEST_LEN);
             prop_assert_eq!(Request::parse(line.as_bytes()), Ok(request));
@@ -512,7 +578,7 @@ mod tests {
 
         #[test]
         fn near_misses_parse_or_fail_without_panicking(
-            line in "(WP|OK|ERR|wp)?( {0,2}(0x)?[0-9a-fA-F+-]{0,24}){0,4}\n?"
+            line in "(WP|MISSING|OK|ERR|wp)?( {0,2}(0x)?[0-9a-fA-F+-]{0,24}){0,4}\n?"
         ) {
             let _ = Request::parse(line.as_bytes());
             let _ = Reply::parse(line.as_bytes());

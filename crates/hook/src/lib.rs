@@ -1,9 +1,11 @@
 //! Preloaded into QEMU (`LD_PRELOAD=libmllm_hook.so`) so the agent can track
-//! guest-RAM writes from outside QEMU.
+//! guest-RAM writes from outside QEMU, and serve the pages a post-copy
+//! destination does not hold yet.
 //!
 //! A userfaultfd only covers the address space of the process that created
-//! it, so the one that write-protects QEMU's guest RAM must be created inside
-//! QEMU. This library does exactly that on request and nothing else: when
+//! it, so the one that write-protects QEMU's guest RAM, or makes its threads
+//! wait for missing pages, must be created inside QEMU. This library does
+//! exactly that on request and nothing else: when
 //! `MLLM_HOOK_SOCKET` names a unix socket path, one thread listens there and
 //! serves the requests described in `mllm-hook-protocol`. When the variable
 //! is unset the library does nothing at all.

@@ -31,13 +31,19 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
+/// The hook's copies of the descriptors it armed, one per kind: each keeps
+/// its registration alive whatever the agent does with its own copy.
+#[derive(Default)]
+struct Held {
+    write_protect: Option<OwnedFd>,
+    missing: Option<OwnedFd>,
+}
+
 pub fn serve(listener: UnixListener) {
-    // The hook's copy of the armed descriptor keeps tracking alive whatever
-    // the agent does with its own copy.
-    let mut armed: Option<OwnedFd> = None;
+    let mut held = Held::default();
     for connection in listener.incoming() {
         let result = match connection {
-            Ok(stream) => answer(&stream, &mut armed),
+            Ok(stream) => answer(&stream, &mut held),
             Err(error) => {
                 std::thread::sleep(ACCEPT_RETRY_DELAY);
                 Err(error)
@@ -49,30 +55,36 @@ pub fn serve(listener: UnixListener) {
     }
 }
 
-fn answer(stream: &UnixStream, armed: &mut Option<OwnedFd>) -> io::Result<()> {
+fn answer(stream: &UnixStream, held: &mut Held) -> io::Result<()> {
     stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
     let mut line = Vec::new();
     // One byte more than a request may have, so that a longer one is refused
     // as too long rather than parsed cut.
     let limit = MAX_REQUEST_LEN as u64 + 1;
     BufReader::new(stream.take(limit)).read_until(b'\n', &mut line)?;
-    let Request::WriteProtect { start, len } = match Request::parse(&line) {
+    let request = match Request::parse(&line) {
         Ok(request) => request,
         Err(error) => return send_reply(stream, &refusal(error.to_string()), None),
+    };
+    let (start, len, held_copy, register): (_, _, _, fn(u64, u64) -> _) = match request {
+        Request::WriteProtect { start, len } => {
+            (start, len, &mut held.write_protect, uffd::write_protect)
+        }
+        Request::Missing { start, len } => (start, len, &mut held.missing, uffd::register_missing),
     };
     if let Err(reason) = check_page_aligned(start, len, page_size()) {
         return send_reply(stream, &refusal(reason), None);
     }
     // A restarted agent re-arms: the earlier descriptor must go first, or its
     // registration of the same range makes the new one fail with EBUSY.
-    drop(armed.take());
-    match uffd::write_protect(start, len) {
-        Ok(protected) => {
+    drop(held_copy.take());
+    match register(start, len) {
+        Ok(registered) => {
             let reply = Reply::Armed {
-                features: protected.features,
+                features: registered.features,
             };
-            let sent = send_reply(stream, &reply, Some(protected.uffd.as_fd()));
-            *armed = Some(protected.uffd);
+            let sent = send_reply(stream, &reply, Some(registered.uffd.as_fd()));
+            *held_copy = Some(registered.uffd);
             sent
         }
         Err(reason) => send_reply(stream, &refusal(reason), None),

@@ -1,70 +1,51 @@
-//! Creates a userfaultfd that write-protects a range asynchronously: writes
-//! are never blocked, the kernel only clears the page's write-protect bit,
-//! which the agent then reads (and sets again) with `PAGEMAP_SCAN`.
+//! Creates and registers the userfaultfds the hook hands over, in one of two
+//! modes:
+//! - asynchronous write-protect: writes are never blocked, the kernel only
+//!   clears the page's write-protect bit, which the agent then reads (and
+//!   sets again) with `PAGEMAP_SCAN`;
+//! - missing pages: a thread touching a page absent from the shared file
+//!   sleeps until the agent installs it.
 //!
-//! The ABI is declared here from the kernel's `include/uapi/linux/userfaultfd.h`
-//! because the installed headers (and the libc crate) predate
-//! `UFFD_FEATURE_WP_ASYNC` (Linux 6.7); the feature bits are declared in
-//! `mllm-hook-protocol`, whose replies report them.
+//! The kernel ABI is declared in `mllm_hook_protocol::uffd_abi`, shared with
+//! the agent, which resolves faults on the same descriptor.
 
 use std::io;
-use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use mllm_hook_protocol::uffd_abi::{
+    UffdioApi, UffdioRange, UffdioRegister, UffdioWriteprotect, UFFDIO_API, UFFDIO_REGISTER,
+    UFFDIO_REGISTER_MODE_MISSING, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT,
+    UFFDIO_WRITEPROTECT_MODE_WP, UFFD_API, UFFD_USER_MODE_ONLY,
+};
 use mllm_hook_protocol::{
-    UffdFeatures, UFFD_FEATURE_WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
-    UFFD_FEATURE_WP_UNPOPULATED,
+    UffdFeatures, UFFD_FEATURE_MISSING_SHMEM, UFFD_FEATURE_WP_ASYNC,
+    UFFD_FEATURE_WP_HUGETLBFS_SHMEM, UFFD_FEATURE_WP_UNPOPULATED,
 };
 
-const UFFD_API: u64 = 0xAA;
-const UFFD_USER_MODE_ONLY: libc::c_int = 1;
-const REGISTER_MODE_WP: u64 = 1 << 1;
-const WRITEPROTECT_MODE_WP: u64 = 1 << 0;
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRange {
-    start: u64,
-    len: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    range: UffdioRange,
-    mode: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioWriteprotect {
-    range: UffdioRange,
-    mode: u64,
-}
-
-/// `_IOWR(0xAA, nr, size)` in the generic ioctl encoding used by x86 and arm64.
-const fn uffd_iowr(nr: u64, size: usize) -> libc::Ioctl {
-    ((3 << 30) | ((size as u64) << 16) | (0xAA << 8) | nr) as libc::Ioctl
-}
-
-const UFFDIO_API: libc::Ioctl = uffd_iowr(0x3F, size_of::<UffdioApi>());
-const UFFDIO_REGISTER: libc::Ioctl = uffd_iowr(0x00, size_of::<UffdioRegister>());
-const UFFDIO_WRITEPROTECT: libc::Ioctl = uffd_iowr(0x06, size_of::<UffdioWriteprotect>());
-
-pub struct WriteProtected {
+pub struct Registered {
     pub uffd: OwnedFd,
     pub features: UffdFeatures,
 }
 
+/// Which faults a userfaultfd must be able to hold, which decides whether an
+/// unprivileged QEMU may have one.
+#[derive(Clone, Copy)]
+enum FaultsHeld {
+    /// Faults taken in user mode are enough: without CAP_SYS_PTRACE (and
+    /// vm.unprivileged_userfaultfd=0) fall back to UFFD_USER_MODE_ONLY.
+    UserMode,
+    /// Faults the kernel takes on QEMU's behalf too (a `read(2)` into a
+    /// missing page): a user-mode-only descriptor would fail those with
+    /// EFAULT instead of making them wait.
+    UserAndKernelMode,
+}
+
 /// Registers `[start, start + len)` of this process for asynchronous
 /// write-protection and write-protects all of it.
-pub fn write_protect(start: u64, len: u64) -> Result<WriteProtected, String> {
-    let supported = supported_features()?;
+pub fn write_protect(start: u64, len: u64) -> Result<Registered, String> {
+    // Asynchronous write-protect faults are resolved by the kernel before
+    // the user-mode restriction applies, so tracking is the same.
+    let supported = supported_features(FaultsHeld::UserMode)?;
     if supported & UFFD_FEATURE_WP_ASYNC == 0 {
         return Err("kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux 6.7+)".into());
     }
@@ -73,12 +54,12 @@ pub fn write_protect(start: u64, len: u64) -> Result<WriteProtected, String> {
     // a clear errno. Ask for what the kernel has and report what was granted.
     let features = supported
         & (UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED | UFFD_FEATURE_WP_HUGETLBFS_SHMEM);
-    let uffd = open_userfaultfd()?;
+    let uffd = open_userfaultfd(FaultsHeld::UserMode)?;
     enable_features(&uffd, features)?;
     let range = || UffdioRange { start, len };
     let mut register = UffdioRegister {
         range: range(),
-        mode: REGISTER_MODE_WP,
+        mode: UFFDIO_REGISTER_MODE_WP,
         ioctls: 0,
     };
     ioctl(
@@ -89,7 +70,7 @@ pub fn write_protect(start: u64, len: u64) -> Result<WriteProtected, String> {
     )?;
     let mut protect = UffdioWriteprotect {
         range: range(),
-        mode: WRITEPROTECT_MODE_WP,
+        mode: UFFDIO_WRITEPROTECT_MODE_WP,
     };
     ioctl(
         &uffd,
@@ -97,16 +78,42 @@ pub fn write_protect(start: u64, len: u64) -> Result<WriteProtected, String> {
         &mut protect,
         "UFFDIO_WRITEPROTECT",
     )?;
-    Ok(WriteProtected {
+    Ok(Registered {
         uffd,
         features: UffdFeatures(features),
     })
 }
 
+/// Registers `[start, start + len)` of this process, a shared-memory
+/// mapping, for missing-page faults.
+pub fn register_missing(start: u64, len: u64) -> Result<Registered, String> {
+    let supported = supported_features(FaultsHeld::UserAndKernelMode)?;
+    if supported & UFFD_FEATURE_MISSING_SHMEM == 0 {
+        return Err("kernel lacks UFFD_FEATURE_MISSING_SHMEM (needs Linux 4.11+)".into());
+    }
+    let uffd = open_userfaultfd(FaultsHeld::UserAndKernelMode)?;
+    enable_features(&uffd, UFFD_FEATURE_MISSING_SHMEM)?;
+    let mut register = UffdioRegister {
+        range: UffdioRange { start, len },
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    ioctl(
+        &uffd,
+        UFFDIO_REGISTER,
+        &mut register,
+        "UFFDIO_REGISTER (missing mode)",
+    )?;
+    Ok(Registered {
+        uffd,
+        features: UffdFeatures(UFFD_FEATURE_MISSING_SHMEM),
+    })
+}
+
 /// A userfaultfd accepts UFFDIO_API only once, so the supported features are
 /// asked on a throwaway descriptor: requesting none returns them all.
-fn supported_features() -> Result<u64, String> {
-    let probe = open_userfaultfd()?;
+fn supported_features(faults: FaultsHeld) -> Result<u64, String> {
+    let probe = open_userfaultfd(faults)?;
     let mut api = UffdioApi {
         api: UFFD_API,
         features: 0,
@@ -125,19 +132,21 @@ fn enable_features(uffd: &OwnedFd, features: u64) -> Result<(), String> {
     ioctl(uffd, UFFDIO_API, &mut api, "UFFDIO_API")
 }
 
-fn open_userfaultfd() -> Result<OwnedFd, String> {
+fn open_userfaultfd(faults: FaultsHeld) -> Result<OwnedFd, String> {
     let flags = libc::O_CLOEXEC | libc::O_NONBLOCK;
-    let fd = match userfaultfd(flags) {
-        // Without CAP_SYS_PTRACE (and vm.unprivileged_userfaultfd=0) only
-        // user-mode faults may be handled; asynchronous write-protect faults
-        // are resolved by the kernel before that restriction applies, so
-        // tracking is the same.
-        Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
-            userfaultfd(flags | UFFD_USER_MODE_ONLY)
-        }
+    let opened = match userfaultfd(flags) {
+        Err(error) if error.raw_os_error() == Some(libc::EPERM) => match faults {
+            FaultsHeld::UserMode => userfaultfd(flags | UFFD_USER_MODE_ONLY),
+            FaultsHeld::UserAndKernelMode => {
+                return Err(format!(
+                    "userfaultfd: {error}: faults the kernel takes on QEMU's behalf need \
+                     CAP_SYS_PTRACE or vm.unprivileged_userfaultfd=1"
+                ))
+            }
+        },
         other => other,
     };
-    fd.map_err(|error| format!("userfaultfd: {error}"))
+    opened.map_err(|error| format!("userfaultfd: {error}"))
 }
 
 fn userfaultfd(flags: libc::c_int) -> io::Result<OwnedFd> {
@@ -151,10 +160,10 @@ fn userfaultfd(flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn ioctl<T>(uffd: &OwnedFd, request: libc::Ioctl, arg: &mut T, what: &str) -> Result<(), String> {
+fn ioctl<T>(uffd: &OwnedFd, request: u64, arg: &mut T, what: &str) -> Result<(), String> {
     // SAFETY: each request is paired with the #[repr(C)] structure the kernel
     // expects for it, borrowed mutably for the duration of the call.
-    let result = unsafe { libc::ioctl(uffd.as_raw_fd(), request, arg as *mut T) };
+    let result = unsafe { libc::ioctl(uffd.as_raw_fd(), request as libc::Ioctl, arg as *mut T) };
     if result < 0 {
         return Err(format!("{what}: {}", io::Error::last_os_error()));
     }

@@ -1,6 +1,7 @@
-//! A stand-in for QEMU in the tracker's tests and benchmark: maps a
-//! shared-memory file the way QEMU maps guest RAM (`memory-backend-file`,
-//! `share=on`) and writes pages on command, so the written set is known.
+//! A stand-in for QEMU in the tracker's and mllm-faults' tests and the
+//! tracker's benchmark: maps a shared-memory file the way QEMU maps guest RAM
+//! (`memory-backend-file`, `share=on`) and writes or reads pages on command,
+//! so the pages touched are known.
 //!
 //! Usage: `page_writer FILE BYTES`. Prints `ready` once the file is mapped,
 //! then answers each command line on stdin with `done <count>`:
@@ -8,11 +9,16 @@
 //! - `stride FIRST STEP COUNT`: writes pages FIRST, FIRST+STEP, ... wrapping
 //!   around the end (count: pages written);
 //! - `spin HOT MILLIS`: writes random pages among the first HOT for MILLIS
-//!   milliseconds (count: writes done).
+//!   milliseconds (count: writes done);
+//! - `read P...`: reads each listed page whole, in order (count: a checksum
+//!   of their bytes, std's `DefaultHasher::new()` fed each page in turn). A
+//!   page missing under a missing-page userfaultfd blocks the read until it
+//!   is installed.
 //!
 //! It exits at the end of its input.
 
 use std::fs::OpenOptions;
+use std::hash::{DefaultHasher, Hasher};
 use std::io::{self, BufRead, Write};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -55,14 +61,30 @@ impl SharedRam {
     }
 
     fn write_page(&self, page: u64) {
-        assert!(page < self.pages, "page {page} is beyond {}", self.pages);
-        // SAFETY: the page lies inside the mapping; a word at its start is
-        // aligned. Volatile so that every requested write reaches memory.
+        // SAFETY: a word at the start of a page of the mapping is aligned.
+        // Volatile so that every requested write reaches memory.
         unsafe {
-            let page = usize::try_from(page).expect("a page within the mapping");
-            let word = self.base.add(page * PAGE_SIZE).cast::<u64>();
+            let word = self.page_start(page).cast::<u64>();
             word.write_volatile(word.read_volatile().wrapping_add(1));
         }
+    }
+
+    fn read_page(&self, page: u64) -> [u8; PAGE_SIZE] {
+        let start = self.page_start(page);
+        let mut content = [0u8; PAGE_SIZE];
+        for (offset, byte) in content.iter_mut().enumerate() {
+            // SAFETY: the byte lies inside the page. Volatile because other
+            // processes write the file.
+            *byte = unsafe { start.add(offset).read_volatile() };
+        }
+        content
+    }
+
+    fn page_start(&self, page: u64) -> *mut u8 {
+        assert!(page < self.pages, "page {page} is beyond {}", self.pages);
+        let page = usize::try_from(page).expect("a page within the mapping");
+        // SAFETY: the page lies inside the mapping.
+        unsafe { self.base.add(page * PAGE_SIZE) }
     }
 }
 
@@ -92,6 +114,13 @@ fn main() -> io::Result<()> {
                 count
             }
             ("spin", &[hot, millis]) => spin(&ram, hot, Duration::from_millis(millis)),
+            ("read", pages) => {
+                let mut checksum = DefaultHasher::new();
+                pages
+                    .iter()
+                    .for_each(|&page| checksum.write(&ram.read_page(page)));
+                checksum.finish()
+            }
             _ => panic!("unknown command {line:?}"),
         };
         writeln!(output, "done {count}")?;

@@ -1,5 +1,6 @@
 //! The agent's side of the hook protocol (`mllm-hook-protocol`): ask the
-//! hook inside QEMU to write-protect guest RAM and receive its userfaultfd.
+//! hook inside QEMU to register guest RAM (for write tracking here; for
+//! missing pages in `mllm-faults`) and receive its userfaultfd.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -12,11 +13,11 @@ use mllm_hook_protocol::{Reply, Request, UffdFeatures, MAX_REPLY_LEN};
 use crate::error::TrackerError;
 use crate::maps::RamMapping;
 
-/// Registering and write-protecting takes a page-table walk over guest RAM:
+/// Registering and write-protecting take a page-table walk over guest RAM:
 /// milliseconds per GiB, far below this.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A userfaultfd registered over guest RAM in QEMU, write-protecting it.
+/// A userfaultfd the hook registered over a range of QEMU's address space.
 #[derive(Debug)]
 pub struct ArmedHook {
     /// Keeping this open keeps the registration alive even if the hook
@@ -28,6 +29,20 @@ pub struct ArmedHook {
 /// Asks the hook listening on `socket_path` to write-protect `ram` and
 /// returns the userfaultfd it armed.
 pub fn arm_hook(socket_path: &Path, ram: RamMapping) -> Result<ArmedHook, TrackerError> {
+    let request = Request::WriteProtect {
+        start: ram.start,
+        len: ram.len,
+    };
+    request_userfaultfd(socket_path, request)
+}
+
+/// Sends `request` to the hook listening on `socket_path` and returns the
+/// userfaultfd that comes with its `OK` (every request that succeeds hands
+/// one over).
+pub fn request_userfaultfd(
+    socket_path: &Path,
+    request: Request,
+) -> Result<ArmedHook, TrackerError> {
     let socket = || socket_path.to_owned();
     let unreachable_hook = |source| TrackerError::HookUnreachable {
         socket: socket(),
@@ -37,10 +52,6 @@ pub fn arm_hook(socket_path: &Path, ram: RamMapping) -> Result<ArmedHook, Tracke
     stream
         .set_read_timeout(Some(REPLY_TIMEOUT))
         .map_err(unreachable_hook)?;
-    let request = Request::WriteProtect {
-        start: ram.start,
-        len: ram.len,
-    };
     stream
         .write_all(request.encode().as_bytes())
         .map_err(unreachable_hook)?;

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 pub use detect::detect;
 pub use error::{MethodFailure, MisMapping, ProcAccess, TrackerError, WalkError};
-pub use hook_client::{arm_hook, ArmedHook};
+pub use hook_client::{arm_hook, request_userfaultfd, ArmedHook};
 pub use maps::{find_ram_mapping, RamMapping};
 pub use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE};
 pub use mllm_hook_protocol::UffdFeatures;

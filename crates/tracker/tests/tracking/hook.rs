@@ -72,7 +72,7 @@ fn the_hook_refuses_bad_requests_and_rearms_once_released() {
     };
     let reason = refusal(&writer, unaligned.encode().as_bytes());
     assert!(reason.contains("aligned"), "{reason}");
-    let reason = refusal(&writer, b"MISSING 1000 4096\n");
+    let reason = refusal(&writer, b"MINOR 1000 4096\n");
     assert!(reason.contains("expected `WP"), "{reason}");
     let overlong = format!("WP 1000 {}\n", "0".repeat(MAX_REQUEST_LEN));
     let reason = refusal(&writer, overlong.as_bytes());

@@ -9,5 +9,6 @@ mod detect;
 mod hook;
 mod pagemap_scan;
 mod qemu;
+mod qemu_process;
 mod soft_dirty;
 mod support;

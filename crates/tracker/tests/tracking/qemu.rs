@@ -1,66 +1,12 @@
 //! The hook and the tracker on a real QEMU 10 guest (firmware only).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mllm_hook_protocol::SOCKET_ENV;
 use mllm_qemu::qmp::QmpClient;
 use mllm_tracker::{detect, find_ram_mapping, TrackingMethod, WriteTracker, PAGE_SIZE};
 use serde_json::json;
 
-use crate::support::{artifacts, unique_name};
-
-const RAM_MIB: u64 = 256;
-
-/// QEMU with its RAM in /dev/shm and the hook preloaded; killed and cleaned
-/// up on drop, whatever the test's outcome.
-struct Qemu {
-    child: Child,
-    ram_file: PathBuf,
-    qmp_socket: PathBuf,
-    hook_socket: PathBuf,
-}
-
-impl Qemu {
-    fn start_paused() -> Qemu {
-        let ram_file = PathBuf::from("/dev/shm").join(unique_name("qemu.ram"));
-        let qmp_socket = std::env::temp_dir().join(unique_name("qmp.sock"));
-        let hook_socket = std::env::temp_dir().join(unique_name("hook.sock"));
-        let backend = format!(
-            "memory-backend-file,id=ram0,size={RAM_MIB}M,mem-path={},share=on",
-            ram_file.display()
-        );
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-m", &format!("{RAM_MIB}M")])
-            .args(["-object", &backend, "-machine", "pc,memory-backend=ram0"])
-            .args(["-display", "none", "-nodefaults", "-S"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
-            .env("LD_PRELOAD", &artifacts().hook_library)
-            .env(SOCKET_ENV, &hook_socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting qemu-system-x86_64 (QEMU 10 must be installed)");
-        Qemu {
-            child,
-            ram_file,
-            qmp_socket,
-            hook_socket,
-        }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for path in [&self.ram_file, &self.qmp_socket, &self.hook_socket] {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
+use crate::qemu_process::{Qemu, QEMU_RAM_MIB as RAM_MIB};
 
 fn pages_written(tracker: &mut dyn WriteTracker) -> u64 {
     let mut written = Vec::new();

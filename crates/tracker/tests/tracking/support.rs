@@ -1,6 +1,6 @@
-//! Shared by the tests and the benchmark: builds the hook and the
-//! `page_writer` stand-in, and drives a writer process with the hook
-//! preloaded.
+//! Shared by the tests and the benchmark, and by mllm-faults' tests: builds
+//! the hook and the `page_writer` stand-in, and drives a writer process with
+//! the hook preloaded.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -105,14 +105,29 @@ impl PageWriter {
         &self.socket
     }
 
+    /// The file in /dev/shm the writer maps.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
     /// Where the writer maps its file, found the way the agent finds QEMU's RAM.
     pub fn ram(&self) -> RamMapping {
-        find_ram_mapping(self.pid(), &self.file).expect("the writer's mapping")
+        find_ram_mapping(self.pid(), self.file()).expect("the writer's mapping")
     }
 
     /// Runs one command (see the `page_writer` example) and returns its count.
     pub fn command(&mut self, line: &str) -> u64 {
+        self.send(line);
+        self.count()
+    }
+
+    /// Sends one command without waiting for it to finish.
+    pub fn send(&mut self, line: &str) {
         writeln!(self.input, "{line}").expect("sending a command to page_writer");
+    }
+
+    /// Waits for the command sent last to finish and returns its count.
+    pub fn count(&mut self) -> u64 {
         let reply = self.reply();
         let count = reply.strip_prefix("done ").expect("a `done` reply");
         count.parse().expect("a count")
