@@ -166,7 +166,11 @@ impl Postcopy {
 
     /// Installs `content` as `page` if it is still missing; a page pushed
     /// and asked for arrives twice, the second copy is dropped.
-    pub fn install(&self, page: PageIndex, content: &[u8; PAGE_SIZE]) -> Result<(), MigrationError> {
+    pub fn install(
+        &self,
+        page: PageIndex,
+        content: &[u8; PAGE_SIZE],
+    ) -> Result<(), MigrationError> {
         if !self.is_missing(page) {
             return Ok(());
         }
@@ -197,33 +201,25 @@ impl Postcopy {
         stop: &AtomicBool,
         ask: impl Fn(Message) -> Result<(), MigrationError>,
     ) -> Result<(), MigrationError> {
+        let mut faulted = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            let Some(first) = self.faults.wait_fault(FAULT_POLL)? else {
+            faulted.clear();
+            if self.faults.wait_faults(FAULT_POLL, &mut faulted)? == 0 {
                 continue;
-            };
-            let mut pages = vec![first];
-            while pages.len() < PAGES_PER_REQUEST {
-                match self.faults.wait_fault(Duration::ZERO)? {
-                    Some(page) => pages.push(page),
-                    None => break,
-                }
             }
             let now = Instant::now();
-            let new: Vec<PageIndex> = {
+            let mut new = Vec::new();
+            {
                 let mut state = self.lock();
-                pages
-                    .into_iter()
-                    .filter(|&page| {
-                        page < state.missing.universe()
-                            && state.missing.contains(page)
-                            && !state.asked_at.contains_key(&page)
-                    })
-                    .inspect(|&page| {
+                for &page in &faulted {
+                    let missing = page < state.missing.universe() && state.missing.contains(page);
+                    if missing && !state.asked_at.contains_key(&page) {
                         state.asked_at.insert(page, now);
-                    })
-                    .collect()
-            };
-            if !new.is_empty() {
+                        new.push(page);
+                    }
+                }
+            }
+            for new in new.chunks(PAGES_PER_REQUEST).map(<[PageIndex]>::to_vec) {
                 ask(Message::PageRequest(PageRequest { pages: new }))?;
             }
         }

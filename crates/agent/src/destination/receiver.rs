@@ -255,7 +255,8 @@ impl<'a> Receiver<'a> {
                 Message::PageDigests(digests) => self.verify_pages(postcopy, &digests)?,
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
                 Message::DeviceStateEnd(end) => {
-                    let (vm, outbox, started_us) = (self.vm, Arc::clone(&self.outbox), self.started_us);
+                    let (vm, outbox, started_us) =
+                        (self.vm, Arc::clone(&self.outbox), self.started_us);
                     let device_state = self.take_device_state()?;
                     starting = Some(scope.spawn(move || {
                         let started =

@@ -29,8 +29,8 @@ use self::flow::Flow;
 use self::pipeline::Pipeline;
 use self::postcopy::Owed;
 use self::precopy::{Measured, Transfer};
-use self::threads::AskedPages;
 use self::reporter::Reporter;
+use self::threads::AskedPages;
 use self::writes::WriteLog;
 use crate::device_state::ignore_shared_ram;
 use crate::error::{Context, MigrationError, Recovery, SourceError};
@@ -138,9 +138,7 @@ impl SourceContext<'_> {
             Phase::DeviceState
             | Phase::WaitingForDestination
             | Phase::Postcopy
-            | Phase::Completed => {
-                self.pipeline.round() - 1
-            }
+            | Phase::Completed => self.pipeline.round() - 1,
             _ => self.pipeline.round(),
         };
         self.reporter
@@ -226,8 +224,8 @@ fn run(
     let (outcome, sent, received) = std::thread::scope(|scope| {
         let sender =
             scope.spawn(|| threads::send_frames(writer, outbox, asked, &flow, &socket, timeout));
-        let receiver = scope
-            .spawn(|| threads::receive_frames(reader, &owed, wake, &flow, &socket, timeout));
+        let receiver =
+            scope.spawn(|| threads::receive_frames(reader, &owed, wake, &flow, &socket, timeout));
         let outcome = (|| -> Result<_, MigrationError> {
             let mut ctx = SourceContext {
                 vm,

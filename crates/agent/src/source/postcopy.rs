@@ -129,6 +129,9 @@ mod tests {
         assert_eq!(owed.take_asked(1), [2]);
         assert!(owed.take_asked(10).is_empty(), "1 went by push");
         let counts = owed.counts();
-        assert_eq!((counts.pushed, counts.sent_on_demand, counts.requests), (1, 2, 3));
+        assert_eq!(
+            (counts.pushed, counts.sent_on_demand, counts.requests),
+            (1, 2, 3)
+        );
     }
 }

@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use mllm_qemu::qmp::wall_clock_us;
 use mllm_core::memory::{push_merged, PageIndex, PageRange};
 use mllm_core::strategy::{SendQueue, Space};
+use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, PendingPages, SourceStopped};
 use serde_json::json;
 
@@ -18,9 +18,9 @@ use super::flow::FlowSnapshot;
 use super::precopy::send_round;
 use super::{SourceContext, SourceVmPhase};
 use crate::device_state::OutgoingDeviceState;
-use mllm_core::convert::saturating_u64;
 use crate::error::{Context, MigrationError};
 use mllm_control::Phase;
+use mllm_core::convert::saturating_u64;
 
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// Test mode: page digests per frame (2 MiB of digests, 1 GiB of RAM).

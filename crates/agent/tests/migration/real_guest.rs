@@ -132,11 +132,17 @@ fn post_copy_moves_a_writing_guest_with_every_page_checked() {
     let sent = report.postcopy.expect("a post-copy report");
     let got = received.postcopy.expect("a post-copy report");
     assert!(sent.pages_pushed + sent.pages_on_demand > 0, "{sent:?}");
-    assert_eq!(sent.pages_pushed + sent.pages_on_demand, got.pages_installed);
+    assert_eq!(
+        sent.pages_pushed + sent.pages_on_demand,
+        got.pages_installed
+    );
     // Test mode: every page present at the switch was compared there, every
     // pending one as it was installed; success means equal memory.
     assert!(got.verified && received.verified);
-    assert_eq!(got.already_present, 0, "a pending page was filled behind us");
+    assert_eq!(
+        got.already_present, 0,
+        "a pending page was filled behind us"
+    );
     assert!(
         report.timings.released_us >= report.timings.destination_running_us,
         "released before the destination ran"
