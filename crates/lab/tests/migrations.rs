@@ -135,3 +135,13 @@ fn mllm_precopy_moves_the_guest_with_equal_memory() {
     // Everything, pages and device state, crossed the one link.
     assert!(result.link_bytes_to_destination > result.memory_bytes);
 }
+
+#[test]
+fn mllm_postcopy_moves_the_guest_after_one_round() {
+    let result = migrate(Method::MllmPostcopy, "120s");
+    // Test mode: every page was compared with the source's, those present at
+    // the switch there, the others as they were installed after it.
+    assert_guest_moved(&result);
+    // One pre-copy round and the (empty) final round at the switch.
+    assert_eq!(result.rounds, 2, "rounds: {}", result.rounds);
+}
