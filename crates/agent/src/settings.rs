@@ -4,20 +4,46 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mllm_core::memory::PageIndex;
 use mllm_core::planner::PlannerConfig;
 pub use mllm_core::strategy::BoundAction;
-use mllm_core::strategy::{Hybrid, Precopy, PrecopyLimits, Strategy};
+use mllm_core::strategy::{Hybrid, Mllm, Precopy, PrecopyLimits, Strategy};
+pub use mllm_core::workingset::EstimatorKind;
 pub use mllm_wire::MigrationPolicy;
 use mllm_wire::{CompressionSetting, MAX_BATCH_PAGES};
 
 use crate::error::MigrationError;
 
+/// How the source decides what to send, in which order, and when to switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceStrategy {
+    /// Rounds until what is dirty fits the downtime target (QEMU's rule).
+    Precopy,
+    /// One round, then the guest runs on the destination while the pages
+    /// written meanwhile follow (QEMU's post-copy after a first pass).
+    Postcopy,
+    /// MLLM: the write workingset, predicted by `estimator` from the writes
+    /// the tracker sees, is left out of the pre-copy rounds; at the switch
+    /// the hottest pending pages move while the guest is paused, as many as
+    /// fit the downtime target, and the rest after it by post-copy, hottest
+    /// first.
+    Mllm { estimator: EstimatorKind },
+}
+
+impl SourceStrategy {
+    /// The policy the destination is asked to receive.
+    pub fn policy(self) -> MigrationPolicy {
+        match self {
+            SourceStrategy::Precopy => MigrationPolicy::Precopy,
+            SourceStrategy::Postcopy | SourceStrategy::Mllm { .. } => MigrationPolicy::Postcopy,
+        }
+    }
+}
+
 /// Settings of the source agent's migration.
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
-    /// Pre-copy until the rest fits the downtime target, or one pre-copy
-    /// round and post-copy for the pages written since.
-    pub policy: MigrationPolicy,
+    pub strategy: SourceStrategy,
     /// Switch over once the predicted final transfer fits in this time
     /// (QEMU's `downtime-limit`, also 300 ms by default).
     pub downtime_target: Duration,
@@ -43,15 +69,16 @@ pub struct SourceSettings {
     /// interval per tracker scan. If writing it fails, the migration goes on
     /// and the report says why the trace ended early.
     pub trace_file: Option<PathBuf>,
-    /// While a trace is recorded, the tracker is scanned at least this
-    /// often, in the middle of rounds too, so intervals stay short.
+    /// While a trace is recorded, or the strategy learns from the guest's
+    /// writes, the tracker is scanned at least this often, in the middle of
+    /// rounds too, so intervals stay short.
     pub trace_interval: Duration,
 }
 
 impl Default for SourceSettings {
     fn default() -> Self {
         SourceSettings {
-            policy: MigrationPolicy::Precopy,
+            strategy: SourceStrategy::Precopy,
             downtime_target: Duration::from_millis(300),
             compression: CompressionSetting::Zstd { level: 1 },
             batch_pages: 256,
@@ -67,16 +94,24 @@ impl Default for SourceSettings {
 }
 
 impl SourceSettings {
-    /// The strategy these settings describe: pre-copy until the predicted
-    /// downtime fits the target, within the round and time bounds; or, for
-    /// post-copy, QEMU's post-copy after one pre-copy pass.
-    pub(crate) fn strategy(&self) -> Box<dyn Strategy> {
+    /// The strategy these settings describe, for a guest of `pages` pages.
+    pub(crate) fn build_strategy(&self, pages: PageIndex) -> Box<dyn Strategy> {
         let config = PlannerConfig {
             downtime_target_s: self.downtime_target.as_secs_f64(),
+            // The strategy observes one interval per tracker scan.
+            interval_s: self.trace_interval.as_secs_f64(),
             ..PlannerConfig::default()
         };
-        if self.policy == MigrationPolicy::Postcopy {
-            return Box::new(Hybrid::new(config));
+        match self.strategy {
+            SourceStrategy::Precopy => {}
+            SourceStrategy::Postcopy => return Box::new(Hybrid::new(config)),
+            SourceStrategy::Mllm { estimator } => {
+                return Box::new(Mllm::new(
+                    config,
+                    estimator.build(pages, ESTIMATOR_HORIZON),
+                    None,
+                ))
+            }
         }
         let limits = PrecopyLimits {
             max_rounds: u64::from(self.max_rounds),
@@ -98,12 +133,18 @@ impl SourceSettings {
         if self.downtime_target.is_zero() {
             return invalid("the downtime target must be positive".into());
         }
-        if self.trace_file.is_some() && self.trace_interval.is_zero() {
+        let periodic =
+            self.trace_file.is_some() || matches!(self.strategy, SourceStrategy::Mllm { .. });
+        if periodic && self.trace_interval.is_zero() {
             return invalid("the trace interval must be positive".into());
         }
         Ok(())
     }
 }
+
+/// How far ahead, in scan intervals, the learning estimators (improved,
+/// hierarchical) train their prediction to look: the simulator's default.
+const ESTIMATOR_HORIZON: u32 = 10;
 
 /// A compression name that [`parse_compression`] does not know.
 #[derive(Debug, thiserror::Error)]

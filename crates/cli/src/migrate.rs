@@ -24,7 +24,9 @@ pub struct MigrateArgs {
     /// `precopy`: rounds until the rest fits the downtime target.
     /// `postcopy`: one round, then the guest runs on the destination while
     /// the pages written since follow (pushed, or fetched when touched).
-    #[arg(long, default_value = "precopy", value_parser = ["precopy", "postcopy"])]
+    /// `mllm`: rounds that leave out the predicted write workingset, which
+    /// moves at the switch (as much as fits the target) and after it.
+    #[arg(long, default_value = "precopy", value_parser = ["precopy", "postcopy", "mllm"])]
     policy: String,
     /// Switch over once the final transfer is predicted to take at most this.
     #[arg(long, default_value_t = 300)]

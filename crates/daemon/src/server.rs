@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use mllm_agent::{
-    migrate_source, parse_compression, record_memory_trace, DestinationSettings, IncomingMigration,
-    MigrationPolicy, SourceSettings,
+    migrate_source, parse_compression, record_memory_trace, DestinationSettings, EstimatorKind,
+    IncomingMigration, SourceSettings, SourceStrategy,
 };
 use mllm_control::{
     ControlReply, ControlRequest, DestinationReport, MigrateRequest, Progress, RecordTraceRequest,
@@ -167,16 +167,19 @@ fn migrate(
     request: &MigrateRequest,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport> {
-    let policy = match request.policy.as_str() {
-        "precopy" => MigrationPolicy::Precopy,
-        "postcopy" => MigrationPolicy::Postcopy,
-        other => bail!("unknown policy {other:?}: this agent knows precopy and postcopy"),
+    let strategy = match request.policy.as_str() {
+        "precopy" => SourceStrategy::Precopy,
+        "postcopy" => SourceStrategy::Postcopy,
+        "mllm" => SourceStrategy::Mllm {
+            estimator: EstimatorKind::Improved,
+        },
+        other => bail!("unknown policy {other:?}: this agent knows precopy, postcopy and mllm"),
     };
     if let Some(path) = &request.trace_file {
         ensure_absolute(path)?;
     }
     let settings = SourceSettings {
-        policy,
+        strategy,
         downtime_target: Duration::from_millis(request.downtime_ms),
         compression: parse_compression(&request.compression)?,
         max_rounds: request.max_rounds,

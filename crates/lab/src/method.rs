@@ -1,5 +1,6 @@
 //! The migration methods the lab can run and compare.
 
+use mllm_agent::{EstimatorKind, SourceStrategy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,6 +23,10 @@ pub enum Method {
     /// destination while the pages written since are pushed, those it
     /// touches first fetched on demand.
     MllmPostcopy,
+    /// mllm's agents with the MLLM planner: pre-copy rounds that leave out
+    /// the predicted write workingset, which moves at the switch and by
+    /// post-copy after it, hottest first.
+    Mllm,
 }
 
 impl Method {
@@ -34,19 +39,23 @@ impl Method {
             Method::QemuMultifdZstd => "qemu-multifd-zstd",
             Method::MllmPrecopy => "mllm-precopy",
             Method::MllmPostcopy => "mllm-postcopy",
+            Method::Mllm => "mllm",
         }
     }
 
     /// mllm's agents own the memory data plane (RAM in a shared file, the hook preloaded).
     pub fn is_mllm(self) -> bool {
-        matches!(self, Method::MllmPrecopy | Method::MllmPostcopy)
+        self.mllm_strategy().is_some()
     }
 
-    /// The policy mllm's agents migrate with, for mllm's methods.
-    pub fn mllm_policy(self) -> Option<mllm_agent::MigrationPolicy> {
+    /// How mllm's agents migrate, for mllm's methods.
+    pub fn mllm_strategy(self) -> Option<SourceStrategy> {
         match self {
-            Method::MllmPrecopy => Some(mllm_agent::MigrationPolicy::Precopy),
-            Method::MllmPostcopy => Some(mllm_agent::MigrationPolicy::Postcopy),
+            Method::MllmPrecopy => Some(SourceStrategy::Precopy),
+            Method::MllmPostcopy => Some(SourceStrategy::Postcopy),
+            Method::Mllm => Some(SourceStrategy::Mllm {
+                estimator: EstimatorKind::Improved,
+            }),
             _ => None,
         }
     }
@@ -58,7 +67,9 @@ impl Method {
     /// Migration capabilities both QEMUs must have enabled.
     pub fn qemu_capabilities(self) -> Vec<&'static str> {
         match self {
-            Method::QemuPrecopy | Method::MllmPrecopy | Method::MllmPostcopy => vec![],
+            Method::QemuPrecopy | Method::MllmPrecopy | Method::MllmPostcopy | Method::Mllm => {
+                vec![]
+            }
             Method::QemuPostcopy => vec!["postcopy-ram"],
             Method::QemuPostcopyPreempt => vec!["postcopy-ram", "postcopy-preempt"],
             Method::QemuXbzrle => vec!["xbzrle"],

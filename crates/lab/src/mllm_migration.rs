@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use mllm_agent::{
-    migrate_source, receive_migration, BoundAction, DestinationSettings, MigrationPolicy,
-    SourceReport, SourceSettings,
+    migrate_source, receive_migration, BoundAction, DestinationSettings, SourceReport,
+    SourceSettings, SourceStrategy,
 };
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
@@ -29,11 +29,11 @@ pub struct RamFiles<'a> {
 /// The name of the memory write trace in a run's directory.
 pub const TRACE_FILE: &str = "memory.trace";
 
-/// Migrates with mllm's agents by `policy` and records the guest's memory
+/// Migrates with mllm's agents by `strategy` and records the guest's memory
 /// writes during pre-copy, one interval per 100 ms, into `trace_file`.
 #[allow(clippy::too_many_arguments)] // the scenario's settings, each its own
 pub fn migrate(
-    policy: MigrationPolicy,
+    strategy: SourceStrategy,
     downtime_target: Duration,
     timeout: Duration,
     source: &QemuProcess,
@@ -44,7 +44,7 @@ pub fn migrate(
 ) -> MigrationOutcome {
     let started_us = wall_clock_us();
     let settings = SourceSettings {
-        policy,
+        strategy,
         downtime_target,
         // Same rule as for QEMU's methods: no bound on rounds, cancelled
         // (the source keeps running) when the scenario's timeout passes.

@@ -148,13 +148,13 @@ fn run_in(
     let link = Link::new(scenario.link.clone())?;
     let link_started_us = wall_clock_us();
     let timing = &scenario.timing;
-    let outcome = if let Some(policy) = method.mllm_policy() {
+    let outcome = if let Some(strategy) = method.mllm_strategy() {
         let ram = RamFiles {
             source: &source_ram,
             destination: &destination_ram,
         };
         mllm_migration::migrate(
-            policy,
+            strategy,
             timing.downtime_target,
             timing.migration_timeout,
             &source,

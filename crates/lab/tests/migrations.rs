@@ -145,3 +145,11 @@ fn mllm_postcopy_moves_the_guest_after_one_round() {
     // One pre-copy round and the (empty) final round at the switch.
     assert_eq!(result.rounds, 2, "rounds: {}", result.rounds);
 }
+
+#[test]
+fn mllm_moves_the_guest_with_the_planner_in_the_loop() {
+    let result = migrate(Method::Mllm, "120s");
+    // Test mode, as for the other mllm methods: memory checked page by page.
+    assert_guest_moved(&result);
+    assert!(result.rounds >= 2, "rounds: {}", result.rounds);
+}

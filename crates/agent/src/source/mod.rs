@@ -123,10 +123,19 @@ impl SourceContext<'_> {
         let flow = self.flow.snapshot();
         Measured {
             rate: flow.rate,
+            rtt_s: self.rtt.as_secs_f64(),
             in_flight_bytes: flow.unacked_bytes,
             elapsed_s: self.started.elapsed().as_secs_f64(),
             memory_bytes_sent: self.pipeline.memory_bytes(),
             bytes_per_written_page: self.pipeline.bytes_per_written_page(),
+        }
+    }
+
+    /// Hands the strategy the guest's writes scanned since it last looked,
+    /// if it learns from them.
+    fn observe_writes(&mut self) {
+        for interval in self.writes.take_intervals() {
+            self.strategy.observe(&interval);
         }
     }
 
@@ -195,14 +204,15 @@ fn run(
         &mut conversation,
         vm,
         &ram,
-        settings.policy,
+        settings.strategy.policy(),
         settings.link_timeout,
     )?;
     let compression = usable_compression(settings.compression, &link.negotiated);
     ignore_shared_ram(vm)?;
     let tracker = start_tracking(vm, ram_file)?;
     let tracking_method = tracker.method().to_string();
-    let writes = WriteLog::new(tracker, trace, settings.trace_interval);
+    let strategy = settings.build_strategy(ram.pages());
+    let writes = WriteLog::new(tracker, trace, strategy.learns(), settings.trace_interval);
 
     let flow = Flow::new(conversation);
     let owed = Owed::new(ram.pages());
@@ -230,7 +240,7 @@ fn run(
             let mut ctx = SourceContext {
                 vm,
                 ram: &ram,
-                strategy: settings.strategy(),
+                strategy,
                 transfer: Transfer::new(ram.pages()),
                 owed: &owed,
                 rtt,

@@ -65,6 +65,7 @@ impl Transfer {
     pub fn measured(&mut self, measured: Measured) -> &TransferState {
         let state = &mut self.state;
         state.link.bandwidth_bytes_per_s = measured.rate.unwrap_or(0.0);
+        state.link.rtt_s = measured.rtt_s;
         state.in_flight_bytes = measured.in_flight_bytes;
         state.elapsed_s = measured.elapsed_s;
         state.memory_bytes_sent = measured.memory_bytes_sent;
@@ -87,6 +88,7 @@ impl Transfer {
 /// What the source measured, for the strategy.
 pub(super) struct Measured {
     pub rate: Option<f64>,
+    pub rtt_s: f64,
     pub in_flight_bytes: u64,
     pub elapsed_s: f64,
     pub memory_bytes_sent: u64,
@@ -102,6 +104,7 @@ pub(super) struct PrecopyEnd {
 
 pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<PrecopyEnd> {
     loop {
+        ctx.observe_writes();
         let measured = ctx.measure();
         let rate = measured.rate;
         let state = ctx.transfer.measured(measured);

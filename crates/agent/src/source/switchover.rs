@@ -58,6 +58,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     ctx.pipeline.send(Message::SourceStopped(SourceStopped))?;
     let written = ctx.writes.take().during("final scan")?;
     ctx.transfer.written(&written);
+    ctx.observe_writes();
     let switch = ctx.strategy.switch(ctx.transfer.state());
     let pending = memory_pages(switch.postcopy)?;
     let postcopy = ctx.flow.is_postcopy();

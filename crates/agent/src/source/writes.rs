@@ -1,14 +1,17 @@
 //! What the source knows of the guest's writes: the pages written since the
-//! last round was planned, from tracker scans. When a trace is recorded,
-//! each scan is also one trace interval, and the source scans every
-//! `trace_interval` while a round is sent or drains, so the trace keeps a
-//! fine grain however long the rounds are; the pages found accumulate until
-//! the next round takes them, so the rounds are what they would be without.
+//! last round was planned, from tracker scans. When a trace is recorded, or
+//! the strategy learns from the guest's writes, each scan is also one
+//! interval of the trace and of what the strategy observes, and the source
+//! scans every `trace_interval` while a round is sent or drains, so the
+//! intervals keep a fine grain however long the rounds are; the pages found
+//! accumulate until the next round takes them, so the rounds are what they
+//! would be without.
 
 use std::time::{Duration, Instant};
 
 use mllm_control::TraceSummary;
 use mllm_core::memory::{self, PageRange};
+use mllm_core::strategy::GuestInterval;
 use mllm_tracker::WriteTracker;
 
 use crate::error::{Context, MigrationError};
@@ -18,10 +21,7 @@ type Result<T, E = MigrationError> = std::result::Result<T, E>;
 
 enum Recording {
     Off,
-    On {
-        trace: TraceFile,
-        schedule: ScanSchedule,
-    },
+    On(TraceFile),
     /// Writing the trace failed; the file holds the intervals before.
     Failed(TraceSummary),
 }
@@ -29,6 +29,11 @@ enum Recording {
 pub(crate) struct WriteLog {
     tracker: Box<dyn WriteTracker>,
     recording: Recording,
+    /// When the next scan is due, if scans are periodic (a trace, or a
+    /// strategy that learns).
+    schedule: Option<ScanSchedule>,
+    /// For a strategy that learns: the intervals not yet handed to it.
+    learned: Option<Vec<GuestInterval>>,
     last_scan: Instant,
     /// Written since the last [`WriteLog::take`]: sorted, disjoint, merged.
     pending: Vec<PageRange>,
@@ -37,38 +42,44 @@ pub(crate) struct WriteLog {
 
 impl WriteLog {
     /// `tracker` was started just now; `trace`, if any, gets an interval
-    /// per scan, scans being due every `trace_interval`.
+    /// per scan, and so does the strategy if it `learns`; either makes scans
+    /// due every `interval`.
     pub fn new(
         tracker: Box<dyn WriteTracker>,
         trace: Option<TraceFile>,
-        trace_interval: Duration,
+        learns: bool,
+        interval: Duration,
     ) -> WriteLog {
         let started = Instant::now();
+        let periodic = learns || trace.is_some();
         WriteLog {
             tracker,
-            recording: match trace {
-                Some(trace) => Recording::On {
-                    trace,
-                    schedule: ScanSchedule::new(started, trace_interval),
-                },
-                None => Recording::Off,
-            },
+            recording: trace.map_or(Recording::Off, Recording::On),
+            schedule: periodic.then(|| ScanSchedule::new(started, interval)),
+            learned: learns.then(Vec::new),
             last_scan: started,
             pending: Vec::new(),
             scanned: Vec::new(),
         }
     }
 
-    /// Time left until the trace needs its next scan; `None` when no trace
-    /// is recorded.
+    /// Time left until the next periodic scan; `None` when scans are not
+    /// periodic.
     pub fn until_scan_due(&self) -> Option<Duration> {
-        match &self.recording {
-            Recording::On { schedule, .. } => Some(schedule.until_due(Instant::now())),
-            _ => None,
-        }
+        self.schedule
+            .as_ref()
+            .map(|schedule| schedule.until_due(Instant::now()))
     }
 
-    /// Scans if the trace's next scan is due.
+    /// The intervals scanned since the last call, for a strategy that learns.
+    pub fn take_intervals(&mut self) -> Vec<GuestInterval> {
+        self.learned
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Scans if the next periodic scan is due.
     pub fn scan_if_due(&mut self) -> Result<()> {
         if self.until_scan_due() == Some(Duration::ZERO) {
             self.scan()?;
@@ -87,6 +98,16 @@ impl WriteLog {
             .scan(&mut self.scanned)
             .during("scanning for pages the guest wrote")?;
         let now = Instant::now();
+        if let Some(schedule) = &mut self.schedule {
+            schedule.scanned(now);
+        }
+        if let Some(learned) = &mut self.learned {
+            learned.push(GuestInterval {
+                duration_s: now.duration_since(self.last_scan).as_secs_f64(),
+                memory_writes: self.scanned.iter().flat_map(PageRange::pages).collect(),
+                ..GuestInterval::default()
+            });
+        }
         self.record(now);
         self.last_scan = now;
         self.pending = memory::union(&self.pending, &self.scanned);
@@ -96,10 +117,9 @@ impl WriteLog {
     /// Adds the scan that ended at `now` to the trace. A trace that cannot
     /// be written is given up, not the migration.
     fn record(&mut self, now: Instant) {
-        let Recording::On { trace, schedule } = &mut self.recording else {
+        let Recording::On(trace) = &mut self.recording else {
             return;
         };
-        schedule.scanned(now);
         if let Err(error) = trace.push(now.duration_since(self.last_scan), &self.scanned) {
             tracing::warn!("memory trace abandoned, the migration goes on: {error:#}");
             let summary = TraceSummary {
@@ -114,7 +134,7 @@ impl WriteLog {
     pub fn finish_trace(self) -> Option<TraceSummary> {
         match self.recording {
             Recording::Off => None,
-            Recording::On { trace, .. } => {
+            Recording::On(trace) => {
                 let so_far = trace.summary().clone();
                 Some(trace.finish().unwrap_or_else(|error| TraceSummary {
                     error: Some(format!("{error:#}")),
@@ -176,7 +196,7 @@ mod tests {
         let (tracker, _) = tracker(&[&[(0, 2)], &[(1, 4), (8, 9)], &[(20, 21)], &[(3, 5)]]);
         let trace = TraceFile::create(&path, 32).unwrap();
         // A zero interval: every check finds a scan due.
-        let mut writes = WriteLog::new(tracker, Some(trace), Duration::ZERO);
+        let mut writes = WriteLog::new(tracker, Some(trace), false, Duration::ZERO);
         writes.scan_if_due().unwrap();
         writes.scan_if_due().unwrap();
         let round = writes.take().unwrap();
@@ -195,7 +215,7 @@ mod tests {
     #[test]
     fn without_a_trace_only_rounds_scan() {
         let (tracker, calls) = tracker(&[&[(5, 6)]]);
-        let mut writes = WriteLog::new(tracker, None, Duration::ZERO);
+        let mut writes = WriteLog::new(tracker, None, false, Duration::ZERO);
         assert_eq!(writes.until_scan_due(), None);
         writes.scan_if_due().unwrap();
         assert_eq!(calls.load(Ordering::Relaxed), 0);
@@ -211,7 +231,7 @@ mod tests {
         let scattered: Vec<(u32, u32)> = (0..10_000).map(|i| (2 * i, 2 * i + 1)).collect();
         let (tracker, _) = tracker(&[&scattered, &[(1, 2)]]);
         let full_disk = TraceFile::create(Path::new("/dev/full"), 20_000).unwrap();
-        let mut writes = WriteLog::new(tracker, Some(full_disk), Duration::from_secs(3600));
+        let mut writes = WriteLog::new(tracker, Some(full_disk), false, Duration::from_secs(3600));
         assert_eq!(writes.take().unwrap().len(), 10_000);
         assert_eq!(writes.take().unwrap(), [PageRange::new(1, 2)]);
         let summary = writes.finish_trace().unwrap();

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 
-use mllm_agent::{MigrationPolicy, Phase, SourceSettings};
+use mllm_agent::{Phase, SourceSettings, SourceStrategy};
 use mllm_core::trace::binary::read_memory;
 
 use crate::support::{link_config, migrate, one_vm_pair_at_a_time, Vm, GUEST_MIB};
@@ -107,7 +107,7 @@ fn post_copy_moves_a_writing_guest_with_every_page_checked() {
     let source = Vm::boot_memload("source");
     let destination = Vm::incoming("destination", GUEST_MIB);
     let settings = SourceSettings {
-        policy: MigrationPolicy::Postcopy,
+        strategy: SourceStrategy::Postcopy,
         verify: true,
         ..SourceSettings::default()
     };

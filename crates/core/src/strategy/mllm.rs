@@ -90,6 +90,12 @@ impl Strategy for Mllm {
                     .then(Space::Memory, plan.memory_precopy),
             );
         }
+        if !self.horizon.is_finite() {
+            // Planned before the link's rate was known (a live migration
+            // measures it from the first pass): the pre-copy's horizon
+            // comes from the first rate measured.
+            self.horizon = planner::plan(&self.input(state)).horizon;
+        }
         let step = planner::next_step(
             &self.input(state),
             &state.pending_pages(),
