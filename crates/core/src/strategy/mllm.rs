@@ -135,3 +135,86 @@ impl Strategy for Mllm {
         self.forecast
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::link::Link;
+    use crate::vm::VmLayout;
+    use crate::workingset::EstimatorKind;
+    use crate::PageSet;
+
+    const PAGES: u32 = 4096;
+    /// Pages the guest writes in every interval.
+    const HOT: std::ops::Range<u32> = 0..64;
+
+    fn state(bandwidth: f64, valid: PageSet) -> TransferState {
+        TransferState {
+            layout: Arc::new(VmLayout::uncompressed(4096, PAGES, None, 0)),
+            link: Link {
+                bandwidth_bytes_per_s: bandwidth,
+                rtt_s: 0.05,
+                fetch_service_s: 0.0,
+            },
+            in_flight_bytes: 0,
+            elapsed_s: 1.0,
+            memory_valid: valid,
+            disk_valid: None,
+            zero_pages: PageSet::new(PAGES),
+            memory_bytes_sent: 0,
+        }
+    }
+
+    /// A live migration plans its first pass before it has measured the
+    /// link or seen a write: it sends everything, learns during the pass,
+    /// and then keeps the pages written every interval out of pre-copy.
+    #[test]
+    fn planned_before_the_link_is_measured_it_learns_during_the_first_pass() {
+        let config = PlannerConfig {
+            interval_s: 0.1,
+            ..PlannerConfig::default()
+        };
+        let estimator = EstimatorKind::Improved.build(PAGES, 10);
+        let mut mllm = Mllm::new(config, estimator, None);
+        match mllm.next_pass(&state(0.0, PageSet::new(PAGES))) {
+            Pass::Send(first) => assert_eq!(first.len(), PAGES as usize),
+            other => panic!("{other:?}"),
+        }
+        for _ in 0..30 {
+            mllm.observe(&GuestInterval {
+                duration_s: 0.1,
+                memory_writes: HOT.collect(),
+                ..GuestInterval::default()
+            });
+        }
+        // After the pass the hot pages (and a few others) are dirty again.
+        let mut valid = PageSet::full(PAGES);
+        for page in HOT.chain(1000..1010) {
+            valid.remove(page);
+        }
+        let after_pass = state(12.5e6, valid);
+        let next = mllm.next_pass(&after_pass);
+        assert!(mllm.horizon.is_finite(), "horizon {}", mllm.horizon);
+        let resent: Vec<u32> = match next {
+            Pass::Send(mut pass) => std::iter::from_fn(|| pass.next(|_, _| true))
+                .map(|(_, page)| page)
+                .collect(),
+            Pass::Switch(_) => Vec::new(),
+            Pass::Abort(reason) => panic!("{reason}"),
+        };
+        assert!(
+            resent.iter().all(|page| !HOT.contains(page)),
+            "the write workingset was pre-copied again: {resent:?}"
+        );
+        let switch = mllm.switch(&after_pass);
+        let mut hot_after = switch.postcopy;
+        let mut downtime = switch.downtime;
+        let moved: Vec<u32> = std::iter::from_fn(|| downtime.next(|_, _| true))
+            .chain(std::iter::from_fn(|| hot_after.next(|_, _| true)))
+            .map(|(_, page)| page)
+            .collect();
+        assert!(HOT.clone().all(|page| moved.contains(&page)));
+    }
+}
