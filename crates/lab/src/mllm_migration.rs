@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use mllm_agent::{
-    migrate_source, receive_migration, BoundAction, DestinationSettings, SourceReport,
-    SourceSettings, SourceStrategy,
+    migrate_source, receive_migration, BoundAction, DestinationReport, DestinationSettings,
+    SourceReport, SourceSettings, SourceStrategy,
 };
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 
-use crate::outcome::MigrationOutcome;
+use crate::outcome::{MigrationOutcome, PostcopyResult};
 use mllm_core::convert::saturating_u64;
 
 /// Guest RAM files on both sides, on tmpfs.
@@ -57,18 +57,25 @@ pub fn migrate(
         ..SourceSettings::default()
     };
     match run(&settings, source, destination, ram, link) {
-        Ok((report, running_us)) => MigrationOutcome {
+        Ok((report, received)) => MigrationOutcome {
             error: None,
             started_us: report.timings.started_us,
             completed_us: Some(report.timings.released_us),
             stopped_us: Some(report.timings.stopped_us),
-            resumed_us: Some(running_us),
+            resumed_us: Some(received.running_us),
             memory_bytes: report.memory_bytes,
             disk_bytes: 0,
             rounds: report.rounds.len() as u64,
             reported_downtime_ms: Some(saturating_u64(report.downtime_upper_bound_ms())),
             retransmitted_pages: Some(report.retransmitted_pages),
             tracking_method: Some(report.tracking_method),
+            postcopy: received.postcopy.map(|postcopy| PostcopyResult {
+                pages: postcopy.pages_installed,
+                faults: postcopy.faults,
+                fault_p50_ms: postcopy.fault_p50_ms,
+                fault_p99_ms: postcopy.fault_p99_ms,
+                fault_max_ms: postcopy.fault_max_ms,
+            }),
         },
         Err(err) => MigrationOutcome {
             error: Some(format!("{err:#}")),
@@ -84,11 +91,11 @@ fn run(
     destination: &QemuProcess,
     ram: &RamFiles,
     link: &Link,
-) -> Result<(SourceReport, u64)> {
+) -> Result<(SourceReport, DestinationReport)> {
     let listener = TcpListener::bind("127.0.0.1:0").context("destination agent cannot listen")?;
     let via_link = link.forward(listener.local_addr()?)?;
     std::thread::scope(|scope| {
-        let destination_side = scope.spawn(|| -> Result<u64> {
+        let destination_side = scope.spawn(|| -> Result<DestinationReport> {
             let (stream, _) = listener.accept()?;
             let report = receive_migration(
                 destination,
@@ -96,7 +103,7 @@ fn run(
                 stream,
                 &DestinationSettings::default(),
             )?;
-            Ok(report.running_us)
+            Ok(report)
         });
         let stream = TcpStream::connect(via_link).context("cannot reach the destination agent")?;
         let sent = migrate_source(source, ram.source, stream, settings, &|progress| {
@@ -106,10 +113,10 @@ fn run(
             .join()
             .map_err(|_| anyhow!("the destination agent panicked"))?;
         let report = sent?;
-        let running_us = received.context("destination agent")?;
+        let received = received.context("destination agent")?;
         if let Some(error) = report.memory_trace.as_ref().and_then(|t| t.error.as_ref()) {
             tracing::warn!("the memory trace ended early: {error}");
         }
-        Ok((report, running_us))
+        Ok((report, received))
     })
 }

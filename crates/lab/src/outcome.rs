@@ -19,4 +19,19 @@ pub struct MigrationOutcome {
     pub retransmitted_pages: Option<u64>,
     /// How written pages were found, where the engine tracks them itself.
     pub tracking_method: Option<String>,
+    /// Post-copy by mllm's agents: what moved after the switch and how
+    /// long the destination's faults waited.
+    pub postcopy: Option<PostcopyResult>,
+}
+
+/// What moved after the switch, in the lab's result.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PostcopyResult {
+    /// Pages moved after the destination ran, pushed or asked for.
+    pub pages: u64,
+    /// Pages the destination touched before they arrived.
+    pub faults: u64,
+    pub fault_p50_ms: Option<f64>,
+    pub fault_p99_ms: Option<f64>,
+    pub fault_max_ms: Option<f64>,
 }

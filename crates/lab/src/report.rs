@@ -64,6 +64,9 @@ pub fn compare(results: &[RunResult]) -> String {
         "mem MiB",
         "disk MiB",
         "rounds",
+        "resent pages",
+        "post-copy pages",
+        "fault p50/p99 ms",
         "ops/s before",
         "during",
         "after",
@@ -83,6 +86,14 @@ pub fn compare(results: &[RunResult]) -> String {
                 mib(r.memory_bytes),
                 mib(r.disk_bytes),
                 r.rounds.to_string(),
+                r.retransmitted_pages
+                    .map_or("-".into(), |pages| pages.to_string()),
+                r.postcopy
+                    .as_ref()
+                    .map_or("-".into(), |p| p.pages.to_string()),
+                r.postcopy.as_ref().map_or("-".into(), |p| {
+                    format!("{}/{}", ms(p.fault_p50_ms), ms(p.fault_p99_ms))
+                }),
                 rate(r.workload.baseline_ops_per_s),
                 rate(r.workload.during_ops_per_s),
                 rate(r.workload.after_ops_per_s),

@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::outcome::PostcopyResult;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     pub method: String,
@@ -34,6 +36,9 @@ pub struct RunResult {
     pub retransmitted_pages: Option<u64>,
     /// How written pages were found (mllm's engine).
     pub tracking_method: Option<String>,
+    /// Pages moved after the switch and fault latency (mllm's post-copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postcopy: Option<PostcopyResult>,
     pub workload: WorkloadResult,
     pub destination: DestinationCheck,
     /// For a failed migration: was the source VM still running afterwards?

@@ -243,6 +243,7 @@ fn run_in(
         reported_downtime_ms: outcome.reported_downtime_ms,
         retransmitted_pages: outcome.retransmitted_pages,
         tracking_method: outcome.tracking_method.clone(),
+        postcopy: outcome.postcopy.clone(),
         workload: analysis::workload_rates(
             &source_output,
             &destination_output,

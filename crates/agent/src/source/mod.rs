@@ -277,7 +277,9 @@ fn run(
     let (precopy, switched, rounds, memory_trace) = outcome?;
     let postcopy = owed.counts();
 
-    let pages_sent: u64 = rounds.iter().map(|round| round.pages).sum();
+    let pages_sent = rounds.iter().map(|round| round.pages).sum::<u64>()
+        + postcopy.pushed
+        + postcopy.sent_on_demand;
     Ok(SourceReport {
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
