@@ -125,27 +125,19 @@ impl GuestRam {
         unsafe { std::ptr::write_bytes(self.page_ptr(index), 0, PAGE_SIZE) }
     }
 
-    /// Digest of each page, `per_message` pages to a message. Only
-    /// meaningful while nothing writes the RAM (the source VM stopped).
-    pub fn page_digests(&self, per_message: PageIndex) -> Vec<PageDigests> {
+    /// Digest of each of `pages`. Only meaningful while nothing writes them
+    /// (the source VM stopped).
+    pub fn page_digests(&self, pages: &[PageIndex]) -> PageDigests {
         let mut page = Box::new([0; PAGE_SIZE]);
-        let mut messages = Vec::new();
-        let mut first_page = 0;
-        while first_page < self.pages {
-            let end = first_page.saturating_add(per_message).min(self.pages);
-            let digests = (first_page..end)
-                .map(|index| {
+        PageDigests {
+            pages: pages
+                .iter()
+                .map(|&index| {
                     self.read_page(index, &mut page);
-                    page_digest(&page)
+                    (index, page_digest(&page))
                 })
-                .collect();
-            messages.push(PageDigests {
-                first_page,
-                digests,
-            });
-            first_page = end;
+                .collect(),
         }
-        messages
     }
 
     /// Digest of one page as it is now.
@@ -153,6 +145,17 @@ impl GuestRam {
         let mut page = Box::new([0; PAGE_SIZE]);
         self.read_page(index, &mut page);
         page_digest(&page)
+    }
+
+    /// Digest of every page but those `skip` names: the pages a post-copy
+    /// destination lacks, which must not be read (reading a missing page
+    /// through this mapping would fill it with zeros behind the fault
+    /// mechanism). Meaningful while nothing writes the other pages.
+    pub fn digest_without(&self, skip: impl Fn(PageIndex) -> bool) -> RamDigest {
+        // SAFETY: as in `digest`; the skipped pages are never read, only
+        // their place in the range is passed over.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base, self.len) };
+        RamDigest::compute_without(bytes, DIGEST_PAGES_PER_RANGE, skip)
     }
 
     /// Digest of every page. Only meaningful while nothing writes the RAM:

@@ -106,11 +106,20 @@ impl SourceSettings {
             SourceStrategy::Precopy => {}
             SourceStrategy::Postcopy => return Box::new(Hybrid::new(config)),
             SourceStrategy::Mllm { estimator } => {
+                // The planner fills its downtime budget with the hottest
+                // pages. Half of the target is kept for what that budget
+                // does not see live: batches still in flight at the stop
+                // (up to half the target, see `wait_for_drain`), the device
+                // state, and QEMU's stop, load and resume.
+                let config = PlannerConfig {
+                    downtime_target_s: config.downtime_target_s / 2.0,
+                    ..config
+                };
                 return Box::new(Mllm::new(
                     config,
                     estimator.build(pages, ESTIMATOR_HORIZON),
                     None,
-                ))
+                ));
             }
         }
         let limits = PrecopyLimits {

@@ -20,7 +20,7 @@
 //!       │── SourceStopped ──────────────────────────────▶│  Switching: VM paused
 //!       │── PageBatch … RoundEnd ───────────────────────▶│  final round
 //!       │── PendingPages (post-copy) ───────────────────▶│  dropped, fault now
-//!       │── RamDigest | PageDigests (test mode) ────────▶│  compared, or refuse
+//!       │── RamDigest, PageDigests (test mode) ─────────▶│  compared, or refuse
 //!       │── DeviceState … ──────────────────────────────▶│  DeviceState: QEMU's
 //!       │── DeviceStateEnd (total bytes) ───────────────▶│  stream, relayed
 //!       │                                                 │  AwaitingRunning: load, cont
@@ -327,11 +327,7 @@ mod tests {
             M::PendingPages => PendingPages { ranges: vec![] }.into(),
             M::PageRequest => PageRequest { pages: vec![1] }.into(),
             M::PostcopyComplete => PostcopyComplete.into(),
-            M::PageDigests => PageDigests {
-                first_page: 0,
-                digests: vec![],
-            }
-            .into(),
+            M::PageDigests => PageDigests { pages: vec![] }.into(),
         }
     }
 

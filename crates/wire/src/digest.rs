@@ -2,7 +2,7 @@
 //! ranges whose digests differ locate a lost or corrupted page.
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use mllm_core::memory::{PageIndex, PAGE_SIZE};
 
@@ -50,6 +50,43 @@ impl RamDigest {
                 first_page: pages_of(range * range_bytes),
                 page_count: pages_of(bytes.len()),
                 digest: xxh3_128(bytes),
+            })
+            .collect();
+        RamDigest { ranges }
+    }
+
+    /// Like [`RamDigest::compute`], each range's digest covering only the
+    /// pages `skip` leaves in: the pages a post-copy destination does not
+    /// hold yet, which it must not read.
+    pub fn compute_without(
+        ram: &[u8],
+        pages_per_range: PageIndex,
+        skip: impl Fn(PageIndex) -> bool,
+    ) -> Self {
+        assert!(
+            pages_per_range > 0,
+            "a digest range holds at least one page"
+        );
+        let pages_of = |bytes: usize| {
+            PageIndex::try_from(bytes.div_ceil(PAGE_SIZE)).expect("guest RAM fits PageIndex")
+        };
+        let range_bytes = pages_per_range as usize * PAGE_SIZE;
+        let ranges = ram
+            .chunks(range_bytes)
+            .enumerate()
+            .map(|(range, bytes)| {
+                let first_page = pages_of(range * range_bytes);
+                let mut hasher = Xxh3::new();
+                for (page, content) in (first_page..).zip(bytes.chunks(PAGE_SIZE)) {
+                    if !skip(page) {
+                        hasher.update(content);
+                    }
+                }
+                PageRangeDigest {
+                    first_page,
+                    page_count: pages_of(bytes.len()),
+                    digest: hasher.digest128(),
+                }
             })
             .collect();
         RamDigest { ranges }

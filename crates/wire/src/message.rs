@@ -112,13 +112,13 @@ pub struct PageRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostcopyComplete;
 
-/// Test mode for post-copy: a digest of each page of the source's RAM at
-/// the switch, `first_page` onwards. The destination checks each page as it
-/// stands before the guest resumes, or as it is installed after.
+/// Test mode for post-copy: the digest of each pending page of the
+/// source's RAM at the switch ([`crate::page_digest`]); the destination
+/// checks each as it installs it. The other pages are checked at the switch
+/// by a [`RamDigest`] whose ranges leave the pending pages out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageDigests {
-    pub first_page: PageIndex,
-    pub digests: Vec<u64>,
+    pub pages: Vec<(PageIndex, u64)>,
 }
 
 /// Destination's VM runs: the source may release its copy.

@@ -23,7 +23,7 @@ use mllm_core::PageSet;
 use mllm_faults::{arm_missing, punch_holes, Installed, MissingPages};
 use mllm_qemu::QemuProcess;
 use mllm_tracker::find_ram_mapping;
-use mllm_wire::{page_digest, Message, PageDigests, PageRequest};
+use mllm_wire::{page_digest, Message, PageDigests, PageRequest, RamDigest};
 
 use crate::error::MigrationError;
 use crate::guest_ram::GuestRam;
@@ -146,22 +146,26 @@ impl Postcopy {
         self.lock().take_receipt()
     }
 
-    /// Test mode: checks the pages present since before the switch against
-    /// the source's digests now, and keeps the pending pages' digests for
-    /// when they are installed. Returns the mismatching present pages.
-    pub fn expect(&self, ram: &GuestRam, digests: &PageDigests) -> Vec<PageIndex> {
+    /// Test mode: the digest of the pages present since before the switch,
+    /// leaving out the pending ones (which must not be read).
+    pub fn digest_present(&self, ram: &GuestRam) -> RamDigest {
+        let state = self.lock();
+        ram.digest_without(|page| state.missing.contains(page))
+    }
+
+    /// Test mode: keeps the source's digests of pending pages for when they
+    /// are installed. Fails on a page that is not pending.
+    pub fn expect(&self, digests: &PageDigests) -> Result<(), MigrationError> {
         let mut state = self.lock();
-        let mut mismatched = Vec::new();
-        for (page, &digest) in (digests.first_page..).zip(&digests.digests) {
-            if page >= state.missing.universe() {
-                mismatched.push(page);
-            } else if state.missing.contains(page) {
-                state.expected.insert(page, digest);
-            } else if ram.page_digest(page) != digest {
-                mismatched.push(page);
+        for &(page, digest) in &digests.pages {
+            if page >= state.missing.universe() || !state.missing.contains(page) {
+                return Err(MigrationError::Invalid(format!(
+                    "the source sent the digest of page {page}, which is not pending"
+                )));
             }
+            state.expected.insert(page, digest);
         }
-        mismatched
+        Ok(())
     }
 
     /// Installs `content` as `page` if it is still missing; a page pushed

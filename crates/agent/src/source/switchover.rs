@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use mllm_core::memory::{push_merged, PageIndex, PageRange};
 use mllm_core::strategy::{SendQueue, Space};
+use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, PendingPages, SourceStopped};
 use serde_json::json;
@@ -23,8 +24,8 @@ use mllm_control::Phase;
 use mllm_core::convert::saturating_u64;
 
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
-/// Test mode: page digests per frame (2 MiB of digests, 1 GiB of RAM).
-const DIGESTS_PER_FRAME: PageIndex = 256 * 1024;
+/// Test mode: page digests per frame (at most 15 bytes each).
+const DIGESTS_PER_FRAME: usize = 256 * 1024;
 /// Pages per pushed batch after the switch: a page the guest faults on
 /// waits behind at most one such batch at the source.
 const PUSH_BATCH_PAGES: usize = 32;
@@ -77,8 +78,15 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
             ranges: as_ranges(&pending),
         }))?;
         if ctx.settings.verify {
-            for digests in ctx.ram.page_digests(DIGESTS_PER_FRAME) {
-                ctx.pipeline.send(Message::PageDigests(digests))?;
+            // The pending pages one by one, as the destination installs
+            // them; the others by ranges that leave the pending ones out.
+            let mut pending_set = PageSet::new(ctx.ram.pages());
+            pending_set.insert_all(&pending);
+            let digest = ctx.ram.digest_without(|page| pending_set.contains(page));
+            ctx.pipeline.send(Message::RamDigest(digest))?;
+            for pages in pending.chunks(DIGESTS_PER_FRAME) {
+                ctx.pipeline
+                    .send(Message::PageDigests(ctx.ram.page_digests(pages)))?;
             }
         }
     } else if ctx.settings.verify {

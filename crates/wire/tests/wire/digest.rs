@@ -32,3 +32,20 @@ fn a_different_ram_size_mismatches() {
     assert_eq!(mismatches.len(), 1);
     assert_eq!(mismatches[0].first_page, 8);
 }
+
+#[test]
+fn skipped_pages_do_not_count_and_the_others_still_do() {
+    let source = ram(10);
+    let mut destination = ram(10);
+    // A post-copy destination's pending page holds anything (a hole).
+    destination[5 * PAGE_SIZE..6 * PAGE_SIZE].fill(0);
+    let pending = |page| page == 5;
+    let theirs = RamDigest::compute_without(&source, 4, pending);
+    assert!(theirs
+        .mismatches(&RamDigest::compute_without(&destination, 4, pending))
+        .is_empty());
+    destination[6 * PAGE_SIZE] ^= 1;
+    let mismatches = theirs.mismatches(&RamDigest::compute_without(&destination, 4, pending));
+    assert_eq!(mismatches.len(), 1);
+    assert_eq!(mismatches[0].first_page, 4);
+}

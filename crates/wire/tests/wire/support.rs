@@ -58,8 +58,7 @@ pub fn sample_messages() -> Vec<Message> {
         .into(),
         PostcopyComplete.into(),
         PageDigests {
-            first_page: 1024,
-            digests: vec![1, u64::MAX],
+            pages: vec![(1024, 1), (7, u64::MAX)],
         }
         .into(),
         DestinationRunning.into(),
