@@ -2,7 +2,7 @@
 //! ranges whose digests differ locate a lost or corrupted page.
 
 use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+use xxhash_rust::xxh3::Xxh3;
 
 use mllm_core::memory::{PageIndex, PAGE_SIZE};
 
@@ -31,28 +31,11 @@ impl RamDigest {
     /// Digests `ram` in ranges of `pages_per_range` pages (the last range may be shorter).
     ///
     /// # Panics
-    /// If `pages_per_range` is zero.
     /// If `pages_per_range` is zero, or `ram` holds more pages than a
     /// [`PageIndex`] numbers.
     pub fn compute(ram: &[u8], pages_per_range: PageIndex) -> Self {
-        assert!(
-            pages_per_range > 0,
-            "a digest range holds at least one page"
-        );
-        let pages_of = |bytes: usize| {
-            PageIndex::try_from(bytes.div_ceil(PAGE_SIZE)).expect("guest RAM fits PageIndex")
-        };
-        let range_bytes = pages_per_range as usize * PAGE_SIZE;
-        let ranges = ram
-            .chunks(range_bytes)
-            .enumerate()
-            .map(|(range, bytes)| PageRangeDigest {
-                first_page: pages_of(range * range_bytes),
-                page_count: pages_of(bytes.len()),
-                digest: xxh3_128(bytes),
-            })
-            .collect();
-        RamDigest { ranges }
+        // Streaming xxh3 over a range's pages equals xxh3 of the range.
+        Self::compute_without(ram, pages_per_range, |_| false)
     }
 
     /// Like [`RamDigest::compute`], each range's digest covering only the
