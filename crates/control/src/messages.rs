@@ -24,7 +24,7 @@ pub enum ControlRequest {
 pub struct MigrateRequest {
     pub vm: String,
     pub to: String,
-    /// Only `precopy` exists so far.
+    /// `precopy`, `postcopy` or `mllm` (see `mllm migrate --help`).
     pub policy: String,
     pub downtime_ms: u64,
     /// `none`, `lz4`, `zstd` or `zstd:LEVEL`.
