@@ -2,17 +2,48 @@
 
 use std::fs::File;
 
-use mllm_agent::{Phase, SourceSettings, SourceStrategy};
+use mllm_agent::{
+    DestinationReport, Phase, Progress, SourceReport, SourceSettings, SourceStrategy,
+};
 use mllm_core::trace::binary::read_memory;
+use mllm_link::LinkConfig;
 
 use crate::support::{link_config, migrate, one_vm_pair_at_a_time, Vm, GUEST_MIB};
 use crate::trace::assert_sees_the_workload;
 
+/// A memload guest moved to a fresh destination, with both sides' reports.
+struct Moved {
+    source: Vm,
+    destination: Vm,
+    report: SourceReport,
+    received: DestinationReport,
+    progress: Vec<Progress>,
+}
+
+/// Boots a memload guest and moves it with `settings` through `link`; the
+/// migration must succeed. Prints both reports.
+fn move_memload_guest(settings: &SourceSettings, link: LinkConfig) -> Moved {
+    let source = Vm::boot_memload("source");
+    let destination = Vm::incoming("destination", GUEST_MIB);
+    let outcome = migrate(&source, &destination, link, settings, |_| false);
+    let report = outcome.source.expect("source side of the migration");
+    let received = outcome
+        .destination
+        .expect("destination side of the migration");
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    println!("{}", serde_json::to_string_pretty(&received).unwrap());
+    Moved {
+        source,
+        destination,
+        report,
+        received,
+        progress: outcome.progress,
+    }
+}
+
 #[test]
 fn a_memload_guest_moves_with_equal_digests_and_keeps_its_heartbeat() {
     let _one_at_a_time = one_vm_pair_at_a_time();
-    let source = Vm::boot_memload("source");
-    let destination = Vm::incoming("destination", GUEST_MIB);
     let trace_dir = tempfile::tempdir().unwrap();
     let trace_path = trace_dir.path().join("memory.trace");
     let settings = SourceSettings {
@@ -20,19 +51,13 @@ fn a_memload_guest_moves_with_equal_digests_and_keeps_its_heartbeat() {
         trace_file: Some(trace_path.clone()),
         ..SourceSettings::default()
     };
-    let outcome = migrate(
-        &source,
-        &destination,
-        link_config(200, 20),
-        &settings,
-        |_| false,
-    );
-    let report = outcome.source.expect("source side of the migration");
-    let received = outcome
-        .destination
-        .expect("destination side of the migration");
-    println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    println!("{}", serde_json::to_string_pretty(&received).unwrap());
+    let Moved {
+        source,
+        destination,
+        report,
+        received,
+        progress,
+    } = move_memload_guest(&settings, link_config(200, 20));
 
     assert!(
         report.verified && received.verified,
@@ -73,13 +98,10 @@ fn a_memload_guest_moves_with_equal_digests_and_keeps_its_heartbeat() {
     let longest_ms = trace.intervals.iter().map(|i| i.duration_us).max().unwrap() as f64 / 1e3;
     assert!(longest_ms <= 250.0, "an interval of {longest_ms:.1} ms");
     assert_sees_the_workload(&trace.intervals);
-    let phases: Vec<Phase> = outcome.progress.iter().map(|p| p.phase).collect();
+    let phases: Vec<Phase> = progress.iter().map(|p| p.phase).collect();
     assert_eq!(phases.first(), Some(&Phase::Connecting));
     assert_eq!(phases.last(), Some(&Phase::Completed));
-    assert!(outcome
-        .progress
-        .iter()
-        .any(|p| p.rate_bytes_per_s.is_some()));
+    assert!(progress.iter().any(|p| p.rate_bytes_per_s.is_some()));
 
     // The source is left paused for its owner to quit; the guest lives on
     // at the destination, its heartbeat continuing where it stopped.
@@ -104,27 +126,19 @@ fn a_memload_guest_moves_with_equal_digests_and_keeps_its_heartbeat() {
 #[test]
 fn post_copy_moves_a_writing_guest_with_every_page_checked() {
     let _one_at_a_time = one_vm_pair_at_a_time();
-    let source = Vm::boot_memload("source");
-    let destination = Vm::incoming("destination", GUEST_MIB);
     let settings = SourceSettings {
         strategy: SourceStrategy::Postcopy,
         verify: true,
         ..SourceSettings::default()
     };
     // 50 ms of round trip: faults cost what they would between data centers.
-    let outcome = migrate(
-        &source,
-        &destination,
-        link_config(100, 50),
-        &settings,
-        |_| false,
-    );
-    let report = outcome.source.expect("source side of the migration");
-    let received = outcome
-        .destination
-        .expect("destination side of the migration");
-    println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    println!("{}", serde_json::to_string_pretty(&received).unwrap());
+    let Moved {
+        source,
+        destination,
+        report,
+        received,
+        ..
+    } = move_memload_guest(&settings, link_config(100, 50));
 
     // One pre-copy round, then the switch: what the guest wrote meanwhile
     // moved after it, pushed or fetched on demand.
