@@ -140,13 +140,6 @@ impl GuestRam {
         }
     }
 
-    /// Digest of one page as it is now.
-    pub fn page_digest(&self, index: PageIndex) -> u64 {
-        let mut page = Box::new([0; PAGE_SIZE]);
-        self.read_page(index, &mut page);
-        page_digest(&page)
-    }
-
     /// Digest of every page but those `skip` names: the pages a post-copy
     /// destination lacks, which must not be read (reading a missing page
     /// through this mapping would fill it with zeros behind the fault

@@ -75,10 +75,6 @@ impl Outbox {
         Ok(())
     }
 
-    fn is_postcopy(&self) -> bool {
-        self.lock().conversation.is_postcopy()
-    }
-
     fn bytes_sent(&self) -> u64 {
         self.lock().writer.traffic().total_bytes()
     }
@@ -464,9 +460,6 @@ fn start_vm(
         )
         .map(|event| event.timestamp_us)
         .unwrap_or_else(|_| wall_clock_us());
-    if outbox.is_postcopy() {
-        tracing::info!("destination VM runs; post-copy continues");
-    }
     outbox.send(&Message::DestinationRunning(DestinationRunning))?;
     Ok(Started {
         device_state_loaded_us,
