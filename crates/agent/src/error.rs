@@ -246,6 +246,10 @@ pub enum Recovery {
     /// destination reported it running): the source VM stays stopped and
     /// must never run again.
     DestinationRuns,
+    /// The source handed the VM over, then lost the destination before it
+    /// said whether the VM runs there: the source VM stays paused, since
+    /// resuming it could run the guest twice.
+    Undecided,
 }
 
 impl fmt::Display for Recovery {
@@ -260,6 +264,11 @@ impl fmt::Display for Recovery {
             Recovery::DestinationRuns => f.write_str(
                 "the VM runs on the destination, so the source VM stays stopped; pages the \
                  destination had not received are still in the source's RAM file",
+            ),
+            Recovery::Undecided => f.write_str(
+                "the VM was handed over, but the destination never confirmed it runs there: the \
+                 source VM stays paused and holds the whole guest; resume it only once the \
+                 destination VM is known not to run",
             ),
         }
     }

@@ -22,8 +22,8 @@
 //!       │── PendingPages (post-copy) ───────────────────▶│  dropped, fault now
 //!       │── RamDigest, PageDigests (test mode) ─────────▶│  compared, or refuse
 //!       │── DeviceState … ──────────────────────────────▶│  DeviceState: QEMU's
-//!       │── DeviceStateEnd (total bytes) ───────────────▶│  stream, relayed
-//!       │                                                 │  AwaitingRunning: load, cont
+//!       │── HandOver (device-state bytes) ──────────────▶│  stream, relayed
+//!       │   the VM is the destination's from here         │  AwaitingRunning: load, cont
 //!       │◀──────────────────────── DestinationRunning ────│  AwaitingRelease, or
 //!       │                                                 │  Postcopy:
 //!       │── PageBatch (pushed, or asked for) ───────────▶│    installed
@@ -39,10 +39,43 @@
 //! `PostcopyComplete`. Without it, a page after the device state has begun
 //! is a protocol error.
 //!
-//! Either side may send `Abort` (with its reason) in any phase before
-//! `Released`; the conversation then ends and the source keeps the VM,
-//! resuming it if it paused it. A destination that does not get the final
-//! `Ack` pauses its VM again, so the guest never runs on both sides.
+//! Either side may send `Abort` (with its reason) before the hand-over; the
+//! conversation then ends and the source keeps the VM, resuming it if it
+//! paused it.
+//!
+//! # Ownership
+//!
+//! One frame moves the VM: `HandOver`, the last of the switch. The rule:
+//!
+//! - The source records the hand-over *before* it sends the frame; from then
+//!   on it never resumes the VM on its own. After it, an `Abort` from the
+//!   source is a protocol error: it can no longer take the VM back.
+//! - The destination never runs the VM before it has the frame (it could not:
+//!   the device state is complete only then). Once it has it, it runs the VM
+//!   whatever becomes of the link: in pre-copy it needs nothing more.
+//! - The one way back: the destination sends `Abort` before
+//!   `DestinationRunning` (its QEMU failed to load or to resume). It sends it
+//!   only once its VM cannot run (paused, or its QEMU killed), so the source,
+//!   reading an `Abort` before `DestinationRunning`, resumes.
+//!
+//! Each failure, and where the guest runs after it:
+//!
+//! | failure                                         | source VM        | destination VM |
+//! |-------------------------------------------------|------------------|----------------|
+//! | link cut, or either side fails, before the source sends `HandOver` | resumed | never ran |
+//! | destination fails after `HandOver`, tells the source (`Abort`)      | resumed | never ran, killed |
+//! | link cut after `HandOver` arrived (pre-copy)                        | stays paused | runs |
+//! | link cut after the source sent `HandOver`, before it arrived        | stays paused | never runs |
+//! | link cut after `HandOver` in post-copy                              | stays paused, holds the missing pages | fails on the first missing page |
+//!
+//! The fourth row is the window no protocol over one link can close (two
+//! generals): its length is one frame's one-way trip. The source then
+//! reports that it cannot tell whether the destination runs, and stays
+//! paused: an operator, who can ask the destination, decides. Nothing is
+//! lost either way: the paused source still holds the whole guest. In the
+//! last row the guest's memory since the switch exists only at the
+//! destination and the missing pages only at the source; recovering it needs
+//! the agents to reconnect (not built yet).
 //!
 //! # Phases
 //!
@@ -57,7 +90,7 @@
 //!           └─ RamDigest, Ack ─────────────▶│DeviceState
 //!                                           ▼
 //!           ┌─ DeviceState, Ack ─────── DeviceState
-//!           └──────────────────────────────▶│DeviceStateEnd
+//!           └──────────────────────────────▶│HandOver (the VM moves)
 //!                                           ▼
 //!           ┌─ Ack (of batches) ─────── AwaitingRunning
 //!           └──────────────────────────────▶│DestinationRunning
@@ -70,7 +103,8 @@
 //!                                            ▼
 //!                                      AwaitingRelease
 //!
-//!  any phase but Released, Ended ─Abort→ Ended
+//!  any phase but Released, Ended ─Abort (destination)→ Ended
+//!  any phase before AwaitingRunning ─Abort (source)→ Ended
 //! ```
 //!
 //! Acknowledgements of batches trail the batches, so the destination's `Ack`
@@ -208,6 +242,8 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
     );
     Some(match (phase, from, message) {
         (P::Released | P::Ended, _, _) => return None,
+        // Handed over: the source cannot take the VM back.
+        (P::AwaitingRunning | P::Postcopy | P::AwaitingRelease, S, M::Abort) => return None,
         (_, _, M::Abort) => P::Ended,
         (P::AwaitingRequest, S, M::MigrationRequest) => P::AwaitingAnswer,
         (P::AwaitingAnswer, D, M::MigrationAccept) => P::Precopy,
@@ -220,7 +256,7 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
         (_, S, M::PageBatch) if postcopy && pages_after_switch => phase,
         (_, D, M::PageRequest | M::Ack) if postcopy && pages_after_switch => phase,
         (P::Switching | P::DeviceState, S, M::DeviceState) => P::DeviceState,
-        (P::DeviceState, S, M::DeviceStateEnd) => P::AwaitingRunning,
+        (P::DeviceState, S, M::HandOver) => P::AwaitingRunning,
         (P::AwaitingRunning, D, M::DestinationRunning) if postcopy => P::Postcopy,
         (P::AwaitingRunning, D, M::DestinationRunning) => P::AwaitingRelease,
         (P::Postcopy, D, M::PostcopyComplete) => P::AwaitingRelease,
@@ -258,7 +294,7 @@ mod tests {
         (Role::Source, M::DeviceState),
         (Role::Destination, M::Ack),
         (Role::Source, M::DeviceState),
-        (Role::Source, M::DeviceStateEnd),
+        (Role::Source, M::HandOver),
         (Role::Destination, M::DestinationRunning),
         (Role::Source, M::Ack),
     ];
@@ -278,7 +314,7 @@ mod tests {
         (Role::Source, M::DeviceState),
         (Role::Source, M::PageBatch),
         (Role::Destination, M::Ack),
-        (Role::Source, M::DeviceStateEnd),
+        (Role::Source, M::HandOver),
         (Role::Destination, M::PageRequest),
         (Role::Source, M::PageBatch),
         (Role::Destination, M::DestinationRunning),
@@ -315,7 +351,10 @@ mod tests {
             .into(),
             M::RoundEnd => RoundEnd { round: 1, pages: 0 }.into(),
             M::DeviceState => DeviceState { chunk: vec![] }.into(),
-            M::DeviceStateEnd => DeviceStateEnd { total_bytes: 0 }.into(),
+            M::HandOver => HandOver {
+                device_state_bytes: 0,
+            }
+            .into(),
             M::DestinationRunning => DestinationRunning.into(),
             M::Abort => Abort {
                 reason: "stop".into(),
@@ -379,20 +418,31 @@ mod tests {
     }
 
     #[test]
-    fn either_side_may_abort_until_the_release() {
+    fn the_destination_may_abort_until_the_release_the_source_until_the_hand_over() {
         for (policy, path) in [
             (MigrationPolicy::Precopy, HAPPY_PATH),
             (MigrationPolicy::Postcopy, POSTCOPY_PATH),
         ] {
+            let hand_over = path
+                .iter()
+                .position(|&(_, kind)| kind == M::HandOver)
+                .unwrap();
             for cut in 0..path.len() {
-                for side in [Role::Source, Role::Destination] {
-                    let mut messages = path[..cut].to_vec();
-                    messages.push((side, M::Abort));
-                    assert_eq!(
-                        play_with(policy, &messages).unwrap(),
-                        Phase::Ended,
-                        "after {cut}"
-                    );
+                let mut messages = path[..cut].to_vec();
+                messages.push((Role::Destination, M::Abort));
+                assert_eq!(
+                    play_with(policy, &messages).unwrap(),
+                    Phase::Ended,
+                    "after {cut}"
+                );
+                let mut messages = path[..cut].to_vec();
+                messages.push((Role::Source, M::Abort));
+                let played = play_with(policy, &messages);
+                if cut <= hand_over {
+                    assert_eq!(played.unwrap(), Phase::Ended, "after {cut}");
+                } else {
+                    let error = played.unwrap_err().to_string();
+                    assert!(error.contains("the source sent Abort"), "{error}");
                 }
             }
             let mut after_release = path.to_vec();

@@ -28,7 +28,7 @@ pub use error::WireError;
 pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
 pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};
 pub use message::{
-    Abort, Ack, DestinationRunning, DeviceState, DeviceStateEnd, FrameType, Message, MessageType,
+    Abort, Ack, DestinationRunning, DeviceState, FrameType, HandOver, Message, MessageType,
     MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, PageDigests, PageRequest,
     PendingPages, PostcopyComplete, RoundEnd, SourceStopped,
 };

@@ -86,10 +86,14 @@ pub struct DeviceState {
     pub chunk: Vec<u8>,
 }
 
-/// QEMU's device-state stream is complete; the total lets the destination detect a loss.
+/// The switch's last frame: QEMU's device-state stream is complete (its
+/// length lets the destination detect a loss), and the VM is the
+/// destination's. The source records the hand-over before sending this and
+/// from then on never resumes the VM on its own; the destination never runs
+/// the VM before it has this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceStateEnd {
-    pub total_bytes: u64,
+pub struct HandOver {
+    pub device_state_bytes: u64,
 }
 
 /// Post-copy: the pages that move after the switch, sent with the source
@@ -233,7 +237,7 @@ message_table! {
     4 => PageBatch: Memory,
     5 => RoundEnd: Memory,
     7 => DeviceState: DeviceState,
-    8 => DeviceStateEnd: DeviceState,
+    8 => HandOver: Control,
     10 => DestinationRunning: Control,
     11 => Abort: Control,
     12 => RamDigest: Verification,

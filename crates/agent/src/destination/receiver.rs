@@ -183,15 +183,15 @@ impl<'a> Receiver<'a> {
                 Message::RamDigest(digest) => self.verify(&digest)?,
                 Message::PendingPages(pending) => return self.receive_postcopy(&pending.ranges),
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
-                Message::DeviceStateEnd(end) => {
+                Message::HandOver(end) => {
                     let started = start_vm(
                         self.vm,
                         self.take_device_state()?,
-                        end.total_bytes,
+                        end.device_state_bytes,
                         &self.outbox,
                         self.started_us,
                     )?;
-                    self.await_release()?;
+                    self.await_release();
                     return Ok(self.report(&started, None));
                 }
                 Message::Abort(abort) => return Err(aborted(abort)),
@@ -254,13 +254,18 @@ impl<'a> Receiver<'a> {
                 }
                 Message::PageDigests(digests) => postcopy.expect(&digests)?,
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
-                Message::DeviceStateEnd(end) => {
+                Message::HandOver(end) => {
                     let (vm, outbox, started_us) =
                         (self.vm, Arc::clone(&self.outbox), self.started_us);
                     let device_state = self.take_device_state()?;
                     starting = Some(scope.spawn(move || {
-                        let started =
-                            start_vm(vm, device_state, end.total_bytes, &outbox, started_us)?;
+                        let started = start_vm(
+                            vm,
+                            device_state,
+                            end.device_state_bytes,
+                            &outbox,
+                            started_us,
+                        )?;
                         // The last page may have come before the start.
                         if postcopy.vm_started() {
                             outbox.send(&Message::PostcopyComplete(PostcopyComplete))?;
@@ -385,32 +390,25 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    /// Waits for the source's release after the VM started here; without
-    /// it the VM is paused again so it cannot run on both sides.
-    fn await_release(&mut self) -> Result<()> {
-        let released = match self.next_message() {
-            Ok(Message::Ack(_)) => Ok(()),
-            Ok(Message::Abort(abort)) => Err(MigrationError::PeerAborted {
-                peer: Role::Source,
-                reason: format!("after the VM started here: {}", abort.reason),
-            }),
+    /// Waits for the source's release after the VM started here. The VM is
+    /// ours since the hand-over and needs nothing more from the source, so
+    /// a release that does not come is only worth a warning.
+    fn await_release(&mut self) {
+        match self.next_message() {
+            Ok(Message::Ack(_)) => {}
+            Ok(Message::Abort(abort)) => unreachable!(
+                "the conversation admits no abort from the source after the hand-over: {}",
+                abort.reason
+            ),
             Ok(other) => unreachable!(
                 "the conversation admitted {} while awaiting the release",
                 other.message_type()
             ),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = released {
-            // The source resumes when it does not hear from us: never let the
-            // VM run on both sides. Paused here, it can still be resumed by
-            // hand once the source is known to be stopped.
-            let paused = self.vm.qmp.execute("stop", json!({}));
-            return Err(error.during(match paused {
-                Ok(_) => "the source did not confirm it released the VM; the destination VM was paused again so it cannot run twice",
-                Err(_) => "the source did not confirm it released the VM, and pausing the destination VM failed too",
-            }));
+            Err(error) => tracing::warn!(
+                error = %error.chain(),
+                "the source's release did not arrive; the VM runs here, as handed over"
+            ),
         }
-        Ok(())
     }
 
     fn report(
@@ -448,9 +446,12 @@ fn start_vm(
 ) -> Result<Started> {
     device_state.finish(vm, total_bytes, outbox.timeout)?;
     let device_state_loaded_us = wall_clock_us();
-    vm.qmp
-        .execute("cont", json!({}))
-        .map_err(|e| MigrationError::qemu("starting the destination VM", e))?;
+    if let Err(error) = vm.qmp.execute("cont", json!({})) {
+        // The source resumes on our abort, so the VM must not run here
+        // whatever `cont` did before it failed.
+        make_sure_it_cannot_run(vm);
+        return Err(MigrationError::qemu("starting the destination VM", error));
+    }
     let running_us = vm
         .qmp
         .wait_event(
@@ -460,11 +461,24 @@ fn start_vm(
         )
         .map(|event| event.timestamp_us)
         .unwrap_or_else(|_| wall_clock_us());
-    outbox.send(&Message::DestinationRunning(DestinationRunning))?;
+    if let Err(error) = outbox.send(&Message::DestinationRunning(DestinationRunning)) {
+        // The VM is ours since the hand-over; the source stays paused
+        // without this and says it cannot tell.
+        tracing::warn!(error = %error.chain(), "could not tell the source the VM runs here");
+    }
     Ok(Started {
         device_state_loaded_us,
         running_us,
     })
+}
+
+/// Pauses the VM, or kills its QEMU if it does not answer.
+fn make_sure_it_cannot_run(vm: &QemuProcess) {
+    if vm.qmp.execute("stop", json!({})).is_err() {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // own child's, which cannot be reaped (and reused) while `vm` lives.
+        unsafe { libc::kill(vm.pid().cast_signed(), libc::SIGKILL) };
+    }
 }
 
 fn aborted(abort: Abort) -> MigrationError {

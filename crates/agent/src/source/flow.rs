@@ -52,6 +52,8 @@ struct FlowState {
     failure: Option<MigrationError>,
     /// When the destination reported its VM running (wall clock, µs).
     destination_running_us: Option<u64>,
+    /// The link ended with the destination's `Abort`.
+    destination_aborted: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +112,7 @@ impl Flow {
                 ended: None,
                 failure: None,
                 destination_running_us: None,
+                destination_aborted: false,
             }),
             changed: Condvar::new(),
         }
@@ -135,6 +138,12 @@ impl Flow {
     /// When the destination reported its VM running, if it has.
     pub(crate) fn destination_running_us(&self) -> Option<u64> {
         self.lock().destination_running_us
+    }
+
+    /// Whether the link ended with the destination's `Abort`: before it
+    /// reports its VM running, that means the VM will not run there.
+    pub(crate) fn destination_aborted(&self) -> bool {
+        self.lock().destination_aborted
     }
 
     /// Whether the link's outcome is known (the destination's verdict, or
@@ -194,6 +203,13 @@ impl Flow {
             match outcome {
                 PeerOutcome::Running => state.ended = Some(Ended::Running),
                 PeerOutcome::Failed(error) => {
+                    state.destination_aborted = matches!(
+                        error,
+                        MigrationError::PeerAborted {
+                            peer: Role::Destination,
+                            ..
+                        }
+                    );
                     state.ended = Some(Ended::Failed);
                     state.failure = Some(error);
                 }

@@ -80,6 +80,9 @@ struct VmState {
     /// The VM was running when the migration began.
     was_running: bool,
     phase: SourceVmPhase,
+    /// After the hand-over, the destination aborted before it reported the
+    /// VM running: it never ran it and never will.
+    destination_declined: bool,
 }
 
 /// How far the migration went with the source VM; each phase includes the
@@ -93,8 +96,13 @@ enum SourceVmPhase {
     Stopped,
     /// Paused, and QEMU's device-state migration started.
     QemuMigrating,
-    /// The destination runs the VM: the source must never resume it.
+    /// The hand-over is recorded (and about to be sent): the destination may
+    /// run the VM, so the source resumes it only if the destination says it
+    /// never will (`VmState::destination_declined`).
     HandedOver,
+    /// The destination reported the VM running: the source must never
+    /// resume it.
+    DestinationRuns,
 }
 
 /// Everything the pre-copy rounds and the switch-over work with.
@@ -272,7 +280,9 @@ fn run(
     });
     if flow.destination_running_us().is_some() {
         // Whatever failed after this, the guest runs on the destination.
-        vm_state.phase = SourceVmPhase::HandedOver;
+        vm_state.phase = SourceVmPhase::DestinationRuns;
+    } else {
+        vm_state.destination_declined = flow.destination_aborted();
     }
     let (precopy, switched, rounds, memory_trace) = outcome?;
     let postcopy = owed.counts();
@@ -377,8 +387,10 @@ fn recover(vm: &QemuProcess, state: &VmState) -> Recovery {
     if state.phase < SourceVmPhase::Stopped {
         return Recovery::NeverStopped;
     }
-    if state.phase == SourceVmPhase::HandedOver {
-        return Recovery::DestinationRuns;
+    match state.phase {
+        SourceVmPhase::DestinationRuns => return Recovery::DestinationRuns,
+        SourceVmPhase::HandedOver if !state.destination_declined => return Recovery::Undecided,
+        _ => {}
     }
     if !state.was_running {
         return Recovery::StaysPaused;

@@ -12,7 +12,7 @@ use mllm_core::memory::{push_merged, PageIndex, PageRange};
 use mllm_core::strategy::{SendQueue, Space};
 use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
-use mllm_wire::{Ack, DeviceState, DeviceStateEnd, Message, PendingPages, SourceStopped};
+use mllm_wire::{Ack, DeviceState, HandOver, Message, PendingPages, SourceStopped};
 use serde_json::json;
 
 use super::flow::FlowSnapshot;
@@ -104,9 +104,11 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
             pipeline.send(Message::DeviceState(DeviceState { chunk }))
         })
         .map_err(|error| ctx.flow.cause_or(error))?;
-    ctx.pipeline.send(Message::DeviceStateEnd(DeviceStateEnd {
-        total_bytes: device_state_bytes,
-    }))?;
+    // Recorded before it can arrive: from here the source never resumes the
+    // VM on its own (see `mllm_wire::conversation`, "Ownership").
+    ctx.vm_state.phase = SourceVmPhase::HandedOver;
+    ctx.pipeline
+        .send(Message::HandOver(HandOver { device_state_bytes }))?;
     let device_state_sent_us = wall_clock_us();
 
     if postcopy {
@@ -128,9 +130,8 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
         .flow
         .destination_running_us()
         .unwrap_or_else(wall_clock_us);
-    // Releases the destination, which pauses its VM again if this never
-    // arrives. From here the VM is the destination's whatever happens, so a
-    // failure to send must not make the source resume: it is ignored.
+    // Tells the destination the source let go. The VM is the destination's
+    // since the hand-over, so a failure to send changes nothing: ignored.
     let _ = ctx.pipeline.send(Message::Ack(Ack));
     let released_us = wall_clock_us();
     ctx.report(Phase::Completed, 0.0);

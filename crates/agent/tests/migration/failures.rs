@@ -1,5 +1,6 @@
 //! Whatever fails before the destination runs, the source VM keeps (or gets
-//! back) its guest, memory intact, and the error names the cause.
+//! back) its guest, memory intact, and the error names the cause; a cut
+//! after the hand-over leaves the guest running on the destination alone.
 //!
 //! Booting a TCG guest takes seconds, so one source guest lives through
 //! every failure in turn: each step also shows that a failed migration
@@ -7,6 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -14,13 +16,17 @@ use mllm_agent::{
     migrate_source, GuestRam, MigrationError, Phase, Progress, Recovery, SourceError,
     SourceSettings,
 };
+use mllm_link::Link;
 use mllm_wire::{
     handshake, Capabilities, DestinationRunning, FrameReader, FrameWriter, Hello, Message,
     MigrationAccept, Role,
 };
 
 use crate::protocol::{accept_frame_with_bad_checksum, hello_of_version};
-use crate::support::{link_config, migrate, one_vm_pair_at_a_time, Vm, GUEST_MIB};
+use crate::support::{link_config, migrate, migrate_through, one_vm_pair_at_a_time, Vm, GUEST_MIB};
+
+/// The link of every step unless a step needs a longer trip.
+const RTT_MS: u64 = 20;
 
 #[test]
 fn the_source_survives_every_failure_before_the_destination_runs() {
@@ -105,10 +111,28 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
     assert!(error.contains("was resumed"), "{error}");
     assert_kept_running(&source, &error, "cut during the device-state transfer");
 
-    let error = migrate_with(&source, GUEST_MIB, 1, |destination, p| {
+    // The destination's QEMU dies after the source handed the VM over, before
+    // the hand-over arrives (a 200 ms one-way trip): the destination tells
+    // the source it will not run the VM, and the source takes it back.
+    let error = migrate_with(&source, GUEST_MIB, 1000, 400, |destination, p| {
+        if p.phase == Phase::WaitingForDestination {
+            kill(destination);
+        }
+        false
+    });
+    assert!(
+        matches!(error.kind(), MigrationError::PeerAborted { .. }),
+        "{error}"
+    );
+    assert_kept_running(
+        &source,
+        &error,
+        "destination QEMU killed after the hand-over",
+    );
+
+    let error = migrate_with(&source, GUEST_MIB, 1, RTT_MS, |destination, p| {
         if p.phase == Phase::Precopy && p.round >= 2 {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(destination.qemu.pid().cast_signed(), libc::SIGKILL) };
+            kill(destination);
         }
         false
     });
@@ -119,7 +143,7 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
     );
     assert_kept_running(&source, &error, "destination QEMU killed");
 
-    let error = migrate_with(&source, GUEST_MIB, 1000, |destination, p| {
+    let error = migrate_with(&source, GUEST_MIB, 1000, RTT_MS, |destination, p| {
         if p.phase == Phase::FinalRound {
             corrupt_every_1024th_page(destination);
         }
@@ -128,6 +152,55 @@ fn the_source_survives_every_failure_before_the_destination_runs() {
     assert!(error.contains("RAM DIGEST MISMATCH"), "{error}");
     assert!(error.contains("was resumed"), "{error}");
     assert_kept_running(&source, &error, "destination memory corrupted");
+}
+
+/// A cut after the hand-over arrived: the destination runs the VM, the
+/// source cannot tell and stays paused. Exactly one guest runs.
+#[test]
+fn a_cut_after_the_hand_over_leaves_the_guest_running_on_the_destination_alone() {
+    let _one_at_a_time = one_vm_pair_at_a_time();
+    let source = Vm::boot_memload("source");
+    let destination = Vm::incoming("destination", GUEST_MIB);
+    // The destination's word that it runs takes 200 ms to come back: the
+    // cut, made as soon as the destination runs, always beats it.
+    let link = Link::new(link_config(200, 400)).unwrap();
+    let settings = SourceSettings {
+        verify: true,
+        ..SourceSettings::default()
+    };
+    let finished = AtomicBool::new(false);
+    let outcome = thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                if destination.is_running() {
+                    link.cut();
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let outcome = migrate_through(&source, &destination, &link, &settings, |_| false);
+        finished.store(true, Ordering::Relaxed);
+        outcome
+    });
+    let error = Failed::from(outcome.source.expect_err("the source cannot know"));
+    println!("source: {error}");
+    assert_eq!(error.error.recovery, Recovery::Undecided, "{error}");
+    assert!(error.contains("never confirmed it runs there"), "{error}");
+    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    let received = outcome
+        .destination
+        .expect("the destination runs the VM it was handed");
+    assert!(received.verified, "test mode compares the RAM digests");
+    assert!(!source.is_running(), "the source VM resumed");
+    assert!(destination.is_running(), "the destination VM does not run");
+    destination.assert_alive_and_intact("destination after a cut after the hand-over");
+    assert!(!source.is_running(), "the source VM resumed later");
+}
+
+fn kill(vm: &Vm) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(vm.qemu.pid().cast_signed(), libc::SIGKILL) };
 }
 
 /// Overwrites pages of the destination's RAM behind the agent's back. The
@@ -148,7 +221,7 @@ fn migrate_to_new_destination(
     target_ms: u64,
     cut_when: impl Fn(&Progress) -> bool,
 ) -> Failed {
-    migrate_with(source, memory_mib, target_ms, |_, progress| {
+    migrate_with(source, memory_mib, target_ms, RTT_MS, |_, progress| {
         cut_when(progress)
     })
 }
@@ -158,6 +231,7 @@ fn migrate_with(
     source: &Vm,
     memory_mib: u64,
     target_ms: u64,
+    rtt_ms: u64,
     on_progress: impl Fn(&Vm, &Progress) -> bool,
 ) -> Failed {
     let destination = Vm::incoming("destination", memory_mib);
@@ -169,7 +243,7 @@ fn migrate_with(
     let outcome = migrate(
         source,
         &destination,
-        link_config(200, 20),
+        link_config(200, rtt_ms),
         &settings,
         |progress| on_progress(&destination, progress),
     );

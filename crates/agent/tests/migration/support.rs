@@ -207,8 +207,24 @@ pub fn migrate(
     settings: &SourceSettings,
     cut_when: impl Fn(&Progress) -> bool,
 ) -> Outcome {
+    migrate_through(
+        source,
+        destination,
+        &Link::new(link).unwrap(),
+        settings,
+        cut_when,
+    )
+}
+
+/// Like [`migrate`], through a link the caller may also cut.
+pub fn migrate_through(
+    source: &Vm,
+    destination: &Vm,
+    link: &Link,
+    settings: &SourceSettings,
+    cut_when: impl Fn(&Progress) -> bool,
+) -> Outcome {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let link = Link::new(link).unwrap();
     let via_link = link.forward(listener.local_addr().unwrap()).unwrap();
     let cut = AtomicBool::new(false);
     let progress = Mutex::new(Vec::new());

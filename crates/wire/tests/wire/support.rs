@@ -1,8 +1,8 @@
 //! Helpers shared by the protocol tests.
 
 use mllm_wire::{
-    Abort, Ack, CompressionSetting, DestinationRunning, DeviceState, DeviceStateEnd, FrameReader,
-    FrameWriter, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
+    Abort, Ack, CompressionSetting, DestinationRunning, DeviceState, FrameReader, FrameWriter,
+    HandOver, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
     PageBatchBuilder, PageDigests, PageRange, PageRequest, PendingPages, PostcopyComplete,
     RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
@@ -43,8 +43,8 @@ pub fn sample_messages() -> Vec<Message> {
                 .collect(),
         }
         .into(),
-        DeviceStateEnd {
-            total_bytes: 330_000,
+        HandOver {
+            device_state_bytes: 330_000,
         }
         .into(),
         SourceStopped.into(),
