@@ -104,9 +104,9 @@ fn run_in(
             "console=ttyS0 panic=-1 loglevel=4 {}",
             scenario.kernel_params()
         ),
-        disk: disk.as_ref().map(|image| DiskAttachment {
-            image: image.clone(),
-        }),
+        disk: disk
+            .as_ref()
+            .map(|image| DiskAttachment::Image(image.clone())),
         serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
         incoming,
         run_dir: sockets.to_owned(),

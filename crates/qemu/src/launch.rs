@@ -35,10 +35,15 @@ pub enum RamBackend {
     SharedFile(PathBuf),
 }
 
+/// Where the guest's virtio disk (raw) comes from.
 #[derive(Debug, Clone)]
-pub struct DiskAttachment {
-    /// Raw image file backing the guest's virtio disk.
-    pub image: PathBuf,
+pub enum DiskAttachment {
+    /// A raw image file QEMU opens itself: what QEMU's own storage
+    /// migration (blockdev-mirror) works with.
+    Image(PathBuf),
+    /// An NBD export served on a unix socket, by an mllm agent that sees
+    /// every request. Guest discards reach it as TRIM (`discard=unmap`).
+    Nbd { socket: PathBuf, export: String },
 }
 
 /// Everything needed to start one QEMU process.
@@ -128,12 +133,19 @@ impl QemuConfig {
         }
         if let Some(disk) = &self.disk {
             args.push("-blockdev".into());
-            args.push(format!(
-                "driver=file,filename={},node-name=disk0-file",
-                disk.image.display()
-            ));
+            args.push(match disk {
+                DiskAttachment::Image(image) => format!(
+                    "driver=file,filename={},node-name=disk0-file,discard=unmap",
+                    image.display()
+                ),
+                DiskAttachment::Nbd { socket, export } => format!(
+                    "driver=nbd,server.type=unix,server.path={},export={export},\
+                     node-name=disk0-file,discard=unmap",
+                    socket.display()
+                ),
+            });
             args.push("-blockdev".into());
-            args.push("driver=raw,file=disk0-file,node-name=disk0".into());
+            args.push("driver=raw,file=disk0-file,node-name=disk0,discard=unmap".into());
             args.push("-device".into());
             args.push("virtio-blk-pci,drive=disk0,id=vdisk0".into());
         }
