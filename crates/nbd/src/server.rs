@@ -120,36 +120,29 @@ impl Server {
         // Accept only when poll says a client waits, and never block in
         // accept if that client left meanwhile.
         listener.set_nonblocking(true).map_err(NbdError::Listener)?;
-        thread::scope(|scope| {
-            let mut connections = Vec::new();
-            loop {
-                connections.retain(|connection: &thread::ScopedJoinHandle<'_, ()>| {
-                    !connection.is_finished()
-                });
-                if self.stop.stopping() {
-                    return Ok(());
+        // The scope outlives every connection thread: returning waits for
+        // them all.
+        thread::scope(|scope| loop {
+            if self.stop.stopping() {
+                return Ok(());
+            }
+            if let Err(error) = self.stop.wait_readable(&listener) {
+                self.stop.shut_down();
+                return Err(NbdError::Accept(error));
+            }
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(error)
+                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
+                {
+                    continue;
                 }
-                if let Err(error) = self.stop.wait_readable(&listener) {
+                Err(error) => {
                     self.stop.shut_down();
                     return Err(NbdError::Accept(error));
                 }
-                let stream = match listener.accept() {
-                    Ok((stream, _)) => stream,
-                    Err(error)
-                        if matches!(
-                            error.kind(),
-                            ErrorKind::WouldBlock | ErrorKind::Interrupted
-                        ) =>
-                    {
-                        continue;
-                    }
-                    Err(error) => {
-                        self.stop.shut_down();
-                        return Err(NbdError::Accept(error));
-                    }
-                };
-                connections.push(scope.spawn(move || self.serve_logged(stream)));
-            }
+            };
+            scope.spawn(move || self.serve_logged(stream));
         })
     }
 

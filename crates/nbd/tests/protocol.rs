@@ -492,6 +492,9 @@ fn raw_file_trim_and_zeroes_make_holes_that_reads_report() {
             .error,
         0
     );
+    // Empty ranges are allowed and change nothing.
+    assert_eq!(client.call(CMD_TRIM, 0, 4096, 0, &[]).error, 0);
+    assert_eq!(client.call(CMD_WRITE_ZEROES, 0, 4096, 0, &[]).error, 0);
     let punched = allocated();
     assert_eq!(
         trimmed - punched,
