@@ -13,14 +13,15 @@
 //!       │                                                 │  AwaitingRequest
 //!       │── MigrationRequest (VM, RAM size, policy) ─────▶│  AwaitingAnswer
 //!       │◀──────────── MigrationAccept | MigrationReject ──│  Precopy | Ended
-//!       │── PageBatch ──────────────────────────────────▶│  round 1: every page;
+//!       │── PageBatch, BlockBatch (disks) ──────────────▶│  round 1: every page,
+//!       │                                                 │  every used block;
 //!       │◀────────────────────────────────────── Ack ─────│  one Ack per batch
 //!       │── RoundEnd ───────────────────────────────────▶│  (the source measures
 //!       │        … more rounds: pages written meanwhile … │   the link by the Acks)
 //!       │── SourceStopped ──────────────────────────────▶│  Switching: VM paused
 //!       │── PageBatch … RoundEnd ───────────────────────▶│  final round
 //!       │── PendingPages (post-copy) ───────────────────▶│  dropped, fault now
-//!       │── RamDigest, PageDigests (test mode) ─────────▶│  compared, or refuse
+//!       │── RamDigest, DiskDigest, PageDigests (test) ──▶│  compared, or refuse
 //!       │── DeviceState … ──────────────────────────────▶│  DeviceState: QEMU's
 //!       │── HandOver (device-state bytes) ──────────────▶│  stream, relayed
 //!       │   the VM is the destination's from here         │  AwaitingRunning: load, cont
@@ -83,11 +84,11 @@
 //!  AwaitingRequest ─MigrationRequest→ AwaitingAnswer ─MigrationReject→ Ended
 //!                                           │MigrationAccept
 //!                                           ▼
-//!           ┌─ PageBatch, RoundEnd, Ack ─ Precopy
-//!           └──────────────────────────────▶│SourceStopped
+//!  ┌─ Page/BlockBatch, RoundEnd, Ack ──── Precopy
+//!  └───────────────────────────────────────▶│SourceStopped
 //!                                           ▼
-//!           ┌─ PageBatch, RoundEnd, ── Switching
-//!           └─ RamDigest, Ack ─────────────▶│DeviceState
+//!  ┌─ Page/BlockBatch, RoundEnd, ────── Switching
+//!  └─ Ram/DiskDigest, Ack ─────────────────▶│DeviceState
 //!                                           ▼
 //!           ┌─ DeviceState, Ack ─────── DeviceState
 //!           └──────────────────────────────▶│HandOver (the VM moves)
@@ -249,9 +250,13 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
         (P::AwaitingAnswer, D, M::MigrationAccept) => P::Precopy,
         (P::AwaitingAnswer, D, M::MigrationReject) => P::Ended,
         (P::Precopy | P::Switching | P::DeviceState | P::AwaitingRunning, D, M::Ack) => phase,
-        (P::Precopy, S, M::PageBatch | M::RoundEnd) => P::Precopy,
+        (P::Precopy, S, M::PageBatch | M::BlockBatch | M::RoundEnd) => P::Precopy,
         (P::Precopy, S, M::SourceStopped) => P::Switching,
-        (P::Switching, S, M::PageBatch | M::RoundEnd | M::RamDigest) => P::Switching,
+        (
+            P::Switching,
+            S,
+            M::PageBatch | M::BlockBatch | M::RoundEnd | M::RamDigest | M::DiskDigest,
+        ) => P::Switching,
         (P::Switching, S, M::PendingPages | M::PageDigests) if postcopy => P::Switching,
         (_, S, M::PageBatch) if postcopy && pages_after_switch => phase,
         (_, D, M::PageRequest | M::Ack) if postcopy && pages_after_switch => phase,
@@ -367,6 +372,20 @@ mod tests {
             M::PageRequest => PageRequest { pages: vec![1] }.into(),
             M::PostcopyComplete => PostcopyComplete.into(),
             M::PageDigests => PageDigests { pages: vec![] }.into(),
+            M::BlockBatch => BlockBatch {
+                disk: 0,
+                batch: PageBatch {
+                    compression: Compression::None,
+                    pages: vec![],
+                    payload: vec![],
+                },
+            }
+            .into(),
+            M::DiskDigest => DiskDigest {
+                disk: 0,
+                digest: RamDigest { ranges: vec![] },
+            }
+            .into(),
         }
     }
 

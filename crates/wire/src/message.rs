@@ -96,6 +96,23 @@ pub struct HandOver {
     pub device_state_bytes: u64,
 }
 
+/// Blocks of guest disk `disk` (its index in the request's `disk_bytes`),
+/// packed and compressed as pages are: the block size is the page size,
+/// and entries carry block indexes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockBatch {
+    pub disk: u16,
+    pub batch: PageBatch,
+}
+
+/// Test mode: the digest of disk `disk` at the switch, in the layout of
+/// [`RamDigest`]; the destination refuses to run a VM whose disk differs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskDigest {
+    pub disk: u16,
+    pub digest: RamDigest,
+}
+
 /// Post-copy: the pages that move after the switch, sent with the source
 /// paused. The destination's copies of them are stale: it drops them, so
 /// touching one faults until the source's version arrives.
@@ -247,6 +264,8 @@ message_table! {
     16 => PageRequest: Memory,
     17 => PostcopyComplete: Control,
     18 => PageDigests: Verification,
+    19 => BlockBatch: Disk,
+    20 => DiskDigest: Verification,
 }
 
 /// Encoded size of a body: postcard's size-counting flavor walks the value

@@ -14,8 +14,10 @@ pub enum TrafficClass {
     Memory,
     /// QEMU's relayed device-state stream.
     DeviceState,
-    /// Test-mode digests of guest RAM.
+    /// Test-mode digests of guest RAM and disks.
     Verification,
+    /// Guest disk blocks.
+    Disk,
 }
 
 /// Frames and bytes of one message type; bytes include frame header and checksum.

@@ -151,6 +151,7 @@ fn traffic_counts_every_byte_by_message_type_on_both_ends() {
         TrafficClass::Memory,
         TrafficClass::DeviceState,
         TrafficClass::Verification,
+        TrafficClass::Disk,
     ];
     let by_class: u64 = classes.iter().map(|&c| sent.class_bytes(c)).sum();
     assert_eq!(by_class, sent.total_bytes());

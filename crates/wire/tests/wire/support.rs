@@ -1,10 +1,10 @@
 //! Helpers shared by the protocol tests.
 
 use mllm_wire::{
-    Abort, Ack, CompressionSetting, DestinationRunning, DeviceState, FrameReader, FrameWriter,
-    HandOver, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
-    PageBatchBuilder, PageDigests, PageRange, PageRequest, PendingPages, PostcopyComplete,
-    RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
+    Abort, Ack, BlockBatch, CompressionSetting, DestinationRunning, DeviceState, DiskDigest,
+    FrameReader, FrameWriter, HandOver, Message, MigrationAccept, MigrationPolicy, MigrationReject,
+    MigrationRequest, PageBatchBuilder, PageDigests, PageRange, PageRequest, PendingPages,
+    PostcopyComplete, RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 /// One message of every type, with non-trivial bodies.
@@ -31,7 +31,7 @@ pub fn sample_messages() -> Vec<Message> {
             reason: "RAM size differs".into(),
         }
         .into(),
-        batch.into(),
+        batch.clone().into(),
         RoundEnd {
             round: 3,
             pages: 131_072,
@@ -68,6 +68,16 @@ pub fn sample_messages() -> Vec<Message> {
         .into(),
         RamDigest::compute(&ram, 3).into(),
         Ack.into(),
+        BlockBatch {
+            disk: 1,
+            batch: batch.clone(),
+        }
+        .into(),
+        DiskDigest {
+            disk: 0,
+            digest: RamDigest::compute(&ram, 2),
+        }
+        .into(),
     ]
 }
 
