@@ -17,6 +17,12 @@ pub struct RoundReport {
     pub zero_pages: u64,
     /// Frame bytes of the round's page batches.
     pub bytes: u64,
+    /// Disk blocks sent, zero-block markers included.
+    #[serde(default)]
+    pub blocks: u64,
+    /// Frame bytes of the round's block batches.
+    #[serde(default)]
+    pub disk_bytes: u64,
     pub duration_ms: f64,
     /// The final round, sent with the VM stopped.
     pub stopped: bool,
@@ -63,6 +69,16 @@ pub struct SourceReport {
     pub pages_sent: u64,
     /// Pages sent more than once (every page is sent once by round 1).
     pub retransmitted_pages: u64,
+    /// Disk blocks sent, in every round.
+    #[serde(default)]
+    pub blocks_sent: u64,
+    /// Blocks sent beyond the used blocks at the start: blocks the guest
+    /// wrote during the migration, sent again or for the first time.
+    #[serde(default)]
+    pub retransmitted_blocks: u64,
+    /// Frame bytes of block batches.
+    #[serde(default)]
+    pub disk_bytes: u64,
     /// Link bytes of page batches and round ends.
     pub memory_bytes: u64,
     /// Bytes of QEMU's device-state stream (payload, without framing).
@@ -108,6 +124,11 @@ pub struct DestinationReport {
     pub pages_received: u64,
     pub zero_pages: u64,
     pub memory_bytes: u64,
+    /// Disk blocks written into the VM's disk, zero blocks included.
+    #[serde(default)]
+    pub blocks_received: u64,
+    #[serde(default)]
+    pub disk_bytes: u64,
     pub device_state_bytes: u64,
     pub link_bytes_received: u64,
     pub link_bytes_sent: u64,

@@ -123,7 +123,7 @@ fn receive(host: &VmHost, stream: TcpStream) -> Result<DestinationReport> {
             return Err(error);
         }
     };
-    let report = incoming.receive(&vm.qemu, &vm.ram_file)?;
+    let report = incoming.receive(&vm.qemu, &vm.ram_file, &[])?;
     host.register(&name, vm)?;
     Ok(report)
 }
@@ -190,7 +190,7 @@ fn migrate(
     let vm = host.get(&request.vm)?;
     let claim = vm.tracker.claim(&request.vm, TrackerUser::Migration)?;
     let result = connect_to_peer(&request.to).and_then(|stream| {
-        migrate_source(&vm.qemu, &vm.ram_file, stream, &settings, &|progress| {
+        migrate_source(&vm.qemu, &vm.ram_file, &[], stream, &settings, &|progress| {
             *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
             on_progress(progress);
         })

@@ -1,16 +1,18 @@
-//! mllm's own engine in the lab: the agents' library moves guest RAM through
-//! the link and relays QEMU's device state, in-process, and records the
+//! mllm's own engine in the lab: the agents' library moves guest RAM (and
+//! the disk, which the agents serve to the QEMUs over NBD) through the link
+//! and relays QEMU's device state, in-process, and records the
 //! guest's memory writes during pre-copy as a trace (`memory.trace` next to
 //! `result.json`), which the simulator can replay.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use mllm_agent::{
     migrate_source, receive_migration, BoundAction, DestinationReport, DestinationSettings,
-    SourceReport, SourceSettings, SourceStrategy,
+    SourceReport, SourceSettings, SourceStrategy, TrackedDisk,
 };
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
@@ -19,11 +21,14 @@ use mllm_qemu::QemuProcess;
 use crate::outcome::{MigrationOutcome, PostcopyResult};
 use mllm_core::convert::saturating_u64;
 
-/// Guest RAM files on both sides, on tmpfs.
+/// The guest's RAM files (on tmpfs) and disks on both sides.
 #[derive(Debug)]
-pub struct RamFiles<'a> {
-    pub source: &'a Path,
-    pub destination: &'a Path,
+pub struct GuestFiles<'a> {
+    pub source_ram: &'a Path,
+    pub destination_ram: &'a Path,
+    /// As the agents serve them to the QEMUs; none for a diskless guest.
+    pub source_disks: &'a [Arc<TrackedDisk>],
+    pub destination_disks: &'a [Arc<TrackedDisk>],
 }
 
 /// The name of the memory write trace in a run's directory.
@@ -38,7 +43,7 @@ pub fn migrate(
     timeout: Duration,
     source: &QemuProcess,
     destination: &QemuProcess,
-    ram: &RamFiles,
+    files: &GuestFiles,
     link: &Link,
     trace_file: &Path,
 ) -> MigrationOutcome {
@@ -56,7 +61,7 @@ pub fn migrate(
         trace_file: Some(trace_file.to_owned()),
         ..SourceSettings::default()
     };
-    match run(&settings, source, destination, ram, link) {
+    match run(&settings, source, destination, files, link) {
         Ok((report, received)) => MigrationOutcome {
             error: None,
             started_us: report.timings.started_us,
@@ -64,7 +69,7 @@ pub fn migrate(
             stopped_us: Some(report.timings.stopped_us),
             resumed_us: Some(received.running_us),
             memory_bytes: report.memory_bytes,
-            disk_bytes: 0,
+            disk_bytes: report.disk_bytes,
             rounds: report.rounds.len() as u64,
             reported_downtime_ms: Some(saturating_u64(report.downtime_upper_bound_ms())),
             retransmitted_pages: Some(report.retransmitted_pages),
@@ -89,7 +94,7 @@ fn run(
     settings: &SourceSettings,
     source: &QemuProcess,
     destination: &QemuProcess,
-    ram: &RamFiles,
+    files: &GuestFiles,
     link: &Link,
 ) -> Result<(SourceReport, DestinationReport)> {
     let listener = TcpListener::bind("127.0.0.1:0").context("destination agent cannot listen")?;
@@ -99,16 +104,22 @@ fn run(
             let (stream, _) = listener.accept()?;
             let report = receive_migration(
                 destination,
-                ram.destination,
+                files.destination_ram,
+                files.destination_disks,
                 stream,
                 &DestinationSettings::default(),
             )?;
             Ok(report)
         });
         let stream = TcpStream::connect(via_link).context("cannot reach the destination agent")?;
-        let sent = migrate_source(source, ram.source, stream, settings, &|progress| {
-            tracing::debug!(?progress, "mllm migration progress")
-        });
+        let sent = migrate_source(
+            source,
+            files.source_ram,
+            files.source_disks,
+            stream,
+            settings,
+            &|progress| tracing::debug!(?progress, "mllm migration progress"),
+        );
         let received = destination_side
             .join()
             .map_err(|_| anyhow!("the destination agent panicked"))?;

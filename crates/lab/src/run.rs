@@ -3,6 +3,7 @@
 //! and measure.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,14 +16,16 @@ use crate::build;
 use crate::disk;
 use crate::image::{GuestImage, SERIAL_PORTS};
 use crate::method::Method;
-use crate::mllm_migration::{self, RamFiles};
+use crate::mllm_migration::{self, GuestFiles};
 use crate::plot;
 use crate::qemu_migration;
 use crate::result::{Environment, RunResult};
 use crate::scenario::{Scenario, Workload};
-use mllm_agent::make_migratable;
+use mllm_agent::{make_migratable, DiskServer, TrackedDisk};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The NBD export name of the guest's disk when an agent serves it.
+const DISK_EXPORT: &str = "disk0";
 
 /// Runs every method the scenario names, each on a fresh VM from the same
 /// image through the same link settings. One method writes `out/result.json`,
@@ -91,7 +94,29 @@ fn run_in(
         )?),
         None => None,
     };
-    let vm = |name: &str, disk: &Option<PathBuf>, incoming: bool| QemuConfig {
+    // mllm's agents serve the disk to QEMU over NBD: they see every request.
+    let served = |side: &str, image: &Option<PathBuf>| -> Result<Option<DiskServer>> {
+        match image {
+            Some(image) if method.is_mllm() => Ok(Some(DiskServer::start(
+                TrackedDisk::open(image)?,
+                &sockets.join(format!("{side}.nbd")),
+                DISK_EXPORT,
+            )?)),
+            _ => Ok(None),
+        }
+    };
+    let source_server = served("source", &source_disk)?;
+    let destination_server = served("destination", &destination_disk)?;
+    let attachment = |image: &Option<PathBuf>, server: &Option<DiskServer>| match server {
+        Some(server) => Some(DiskAttachment::Nbd {
+            socket: server.socket().to_owned(),
+            export: DISK_EXPORT.into(),
+        }),
+        None => image.clone().map(DiskAttachment::Image),
+    };
+    let source_attachment = attachment(&source_disk, &source_server);
+    let destination_attachment = attachment(&destination_disk, &destination_server);
+    let vm = |name: &str, disk: &Option<DiskAttachment>, incoming: bool| QemuConfig {
         name: name.to_owned(),
         binary: "qemu-system-x86_64".into(),
         accelerator: scenario.vm.accelerator,
@@ -104,17 +129,15 @@ fn run_in(
             "console=ttyS0 panic=-1 loglevel=4 {}",
             scenario.kernel_params()
         ),
-        disk: disk
-            .as_ref()
-            .map(|image| DiskAttachment::Image(image.clone())),
+        disk: disk.clone(),
         serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
         incoming,
         run_dir: sockets.to_owned(),
         env: vec![],
     };
 
-    let mut source_config = vm("source", &source_disk, false);
-    let mut destination_config = vm("destination", &destination_disk, true);
+    let mut source_config = vm("source", &source_attachment, false);
+    let mut destination_config = vm("destination", &destination_attachment, true);
     // mllm's agents map guest RAM themselves: it lives in tmpfs files, and
     // the hook inside QEMU hands them the write tracking.
     let ram_dir = tempfile::Builder::new()
@@ -149,9 +172,16 @@ fn run_in(
     let link_started_us = wall_clock_us();
     let timing = &scenario.timing;
     let outcome = if let Some(strategy) = method.mllm_strategy() {
-        let ram = RamFiles {
-            source: &source_ram,
-            destination: &destination_ram,
+        let disks_of = |server: &Option<DiskServer>| -> Vec<Arc<TrackedDisk>> {
+            server.iter().map(|s| Arc::clone(s.disk())).collect()
+        };
+        let (source_disks, destination_disks) =
+            (disks_of(&source_server), disks_of(&destination_server));
+        let files = GuestFiles {
+            source_ram: &source_ram,
+            destination_ram: &destination_ram,
+            source_disks: &source_disks,
+            destination_disks: &destination_disks,
         };
         mllm_migration::migrate(
             strategy,
@@ -159,7 +189,7 @@ fn run_in(
             timing.migration_timeout,
             &source,
             &destination,
-            &ram,
+            &files,
             &link,
             &dir.join(mllm_migration::TRACE_FILE),
         )

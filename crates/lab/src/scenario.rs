@@ -260,10 +260,12 @@ impl Scenario {
                 );
             }
         }
-        if self.vm.disk.is_some() {
-            if let Some(method) = self.methods.iter().find(|m| m.is_mllm()) {
-                bail!("{method} does not move disks yet: remove [vm.disk] or use QEMU's methods");
-            }
+        if self.vm.disk.is_some() && self.methods.contains(&Method::Mllm) {
+            bail!(
+                "{} moves disk blocks after the switch, which mllm's agents cannot do yet: \
+                 use mllm-precopy or mllm-postcopy with [vm.disk]",
+                Method::Mllm
+            );
         }
         ensure!(
             !self.methods.is_empty(),

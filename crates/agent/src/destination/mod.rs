@@ -7,6 +7,7 @@ mod receiver;
 
 use std::net::TcpStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mllm_control::DestinationReport;
@@ -18,6 +19,7 @@ use mllm_wire::{
 };
 
 use crate::device_state::IncomingDeviceState;
+use crate::disk::TrackedDisk;
 use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
 use crate::peer::PeerLink;
@@ -40,17 +42,20 @@ impl Default for DestinationSettings {
 
 /// Receives a migration into `vm`, a QEMU started with `-incoming defer`
 /// and its guest RAM in the shared file `ram_file`, from the source agent
-/// at the other end of `stream`. Returns once the VM runs here.
+/// at the other end of `stream`. Returns once the VM runs here. `disks` are
+/// the VM's disks as this agent serves them to QEMU, in the source's order:
+/// they are emptied, then filled with the source's blocks.
 ///
 /// On failure the destination VM never ran; the caller discards it (kills
 /// the QEMU, removes the RAM file). The source is told why.
 pub fn receive_migration(
     vm: &QemuProcess,
     ram_file: &Path,
+    disks: &[Arc<TrackedDisk>],
     stream: TcpStream,
     settings: &DestinationSettings,
 ) -> Result<DestinationReport, MigrationError> {
-    IncomingMigration::accept(stream, settings)?.receive(vm, ram_file)
+    IncomingMigration::accept(stream, settings)?.receive(vm, ram_file, disks)
 }
 
 /// A migration whose request has arrived but is not yet accepted.
@@ -112,9 +117,10 @@ impl IncomingMigration {
         self,
         vm: &QemuProcess,
         ram_file: &Path,
+        disks: &[Arc<TrackedDisk>],
     ) -> Result<DestinationReport, MigrationError> {
         let vm_name = self.request.vm_name.clone();
-        let prepared = self.prepare(vm, ram_file);
+        let prepared = self.prepare(vm, ram_file, disks);
         let (ram, device_state) = match prepared {
             Ok(ready) => ready,
             Err(error) => {
@@ -131,7 +137,7 @@ impl IncomingMigration {
             .writer
             .send(&accept)
             .map_err(|e| accepted.link.failure(e))?;
-        receiver::Receiver::new(vm, ram, device_state, accepted)
+        receiver::Receiver::new(vm, ram, disks, device_state, accepted)
             .run()
             .during_with(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
     }
@@ -141,6 +147,7 @@ impl IncomingMigration {
         &self,
         vm: &QemuProcess,
         ram_file: &Path,
+        disks: &[Arc<TrackedDisk>],
     ) -> Result<(GuestRam, IncomingDeviceState), MigrationError> {
         let request = &self.request;
         // Policies this agent cannot serve do not decode; the match is the
@@ -171,8 +178,37 @@ impl IncomingMigration {
                 ram.len_bytes() >> 20
             )));
         }
+        let sizes: Vec<u64> = disks.iter().map(|disk| disk.size()).collect();
+        if sizes != request.disk_bytes {
+            return Err(MigrationError::Invalid(format!(
+                "disks differ: the source VM has {}, the destination VM {}",
+                describe_disks(&request.disk_bytes),
+                describe_disks(&sizes)
+            )));
+        }
+        for disk in disks {
+            // Blocks the source does not send must read as zeros here.
+            disk.clear()?;
+        }
         let device_state = IncomingDeviceState::listen(vm)
             .during("the destination QEMU cannot receive device state")?;
         Ok((ram, device_state))
+    }
+}
+
+/// "no disk", or the sizes in MiB: "2 disks (1024 MiB, 64 MiB)".
+fn describe_disks(sizes: &[u64]) -> String {
+    match sizes {
+        [] => "no disk".into(),
+        [size] => format!("one disk of {} MiB", size >> 20),
+        _ => format!(
+            "{} disks ({})",
+            sizes.len(),
+            sizes
+                .iter()
+                .map(|size| format!("{} MiB", size >> 20))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }

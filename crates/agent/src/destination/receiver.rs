@@ -17,7 +17,8 @@ use mllm_core::memory::PageRange;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Abort, Ack, Conversation, DestinationRunning, FrameReader, FrameWriter, Message, PageBatch,
+    Abort, Ack, BlockBatch, Conversation, DestinationRunning, DiskDigest, FrameReader,
+    FrameWriter, Message, PageBatch,
     PageBatchDecoder, PageContent, PostcopyComplete, RamDigest, Role, TrafficClass,
 };
 use serde_json::json;
@@ -25,6 +26,7 @@ use serde_json::json;
 use super::postcopy::Postcopy;
 use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
+use crate::disk::TrackedDisk;
 use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
 use crate::peer::{close_gracefully, PeerLink};
@@ -89,6 +91,9 @@ struct Started {
 pub(super) struct Receiver<'a> {
     vm: &'a QemuProcess,
     ram: GuestRam,
+    /// The VM's disks here, in the request's order; emptied before the
+    /// first block arrives.
+    disks: &'a [Arc<TrackedDisk>],
     hook_socket: Option<PathBuf>,
     device_state: Option<IncomingDeviceState>,
     reader: FrameReader<BufReader<TcpStream>>,
@@ -99,6 +104,7 @@ pub(super) struct Receiver<'a> {
     rounds: u32,
     pages: u64,
     zero_pages: u64,
+    blocks: u64,
     device_state_bytes: u64,
     verified: bool,
     qemu_checked: Instant,
@@ -110,6 +116,7 @@ impl<'a> Receiver<'a> {
     pub fn new(
         vm: &'a QemuProcess,
         ram: GuestRam,
+        disks: &'a [Arc<TrackedDisk>],
         device_state: IncomingDeviceState,
         accepted: IncomingMigration,
     ) -> Receiver<'a> {
@@ -129,6 +136,7 @@ impl<'a> Receiver<'a> {
         Receiver {
             vm,
             ram,
+            disks,
             hook_socket: hook_socket_of(&vm.config),
             device_state: Some(device_state),
             reader,
@@ -146,6 +154,7 @@ impl<'a> Receiver<'a> {
             rounds: 0,
             pages: 0,
             zero_pages: 0,
+            blocks: 0,
             device_state_bytes: 0,
             verified: false,
             qemu_checked: Instant::now(),
@@ -175,6 +184,8 @@ impl<'a> Receiver<'a> {
         loop {
             match self.next_message()? {
                 Message::PageBatch(batch) => self.write_pages(&batch)?,
+                Message::BlockBatch(blocks) => self.write_blocks(&blocks)?,
+                Message::DiskDigest(digest) => self.verify_disk(&digest)?,
                 Message::RoundEnd(end) => {
                     self.rounds = end.round;
                     tracing::info!(round = end.round, pages = end.pages, "round received");
@@ -191,6 +202,7 @@ impl<'a> Receiver<'a> {
                         &self.outbox,
                         self.started_us,
                     )?;
+                    self.sync_disks();
                     self.await_release();
                     return Ok(self.report(&started, None));
                 }
@@ -340,6 +352,67 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
+    fn write_blocks(&mut self, blocks: &BlockBatch) -> Result<()> {
+        let disk = self.disks.get(usize::from(blocks.disk)).ok_or_else(|| {
+            MigrationError::Invalid(format!(
+                "the source sent blocks of disk {}, but the VM has {} disks",
+                blocks.disk,
+                self.disks.len()
+            ))
+        })?;
+        for (index, content) in self.decoder.decode(&blocks.batch)? {
+            if index >= disk.blocks() {
+                return Err(MigrationError::Invalid(format!(
+                    "the source sent block {index}, beyond the {} blocks of disk {}",
+                    disk.blocks(),
+                    blocks.disk
+                )));
+            }
+            match content {
+                PageContent::Zero => disk.zero_block(index)?,
+                PageContent::Data(data) => disk.write_block(index, data)?,
+            }
+        }
+        self.blocks += blocks.batch.pages.len() as u64;
+        self.outbox.send(&Message::Ack(Ack))
+    }
+
+    /// Test mode: the disk must equal the source's at the switch.
+    fn verify_disk(&mut self, theirs: &DiskDigest) -> Result<()> {
+        let disk = self.disks.get(usize::from(theirs.disk)).ok_or_else(|| {
+            MigrationError::Invalid(format!(
+                "the source sent the digest of disk {}, but the VM has {} disks",
+                theirs.disk,
+                self.disks.len()
+            ))
+        })?;
+        let mismatches = theirs.digest.mismatches(&disk.digest()?);
+        if let Some(first) = mismatches.first() {
+            return Err(MigrationError::MemoryMismatch(format!(
+                "DISK DIGEST MISMATCH: {} of {} ranges of disk {} differ from the source's \
+                 (first: blocks {}..{}); refusing to start the VM",
+                mismatches.len(),
+                theirs.digest.ranges.len(),
+                theirs.disk,
+                first.first_page,
+                first.first_page + first.page_count
+            )));
+        }
+        tracing::info!(disk = theirs.disk, "disk digests match");
+        Ok(())
+    }
+
+    /// The VM runs on these disks now, and the source lets its copy go:
+    /// what arrived must survive a crash of this host. A failure is only
+    /// logged: the VM runs, and its own flushes will retry.
+    fn sync_disks(&self) {
+        for disk in self.disks {
+            if let Err(error) = disk.sync() {
+                tracing::warn!(disk = %disk.path().display(), error = %error.chain(), "syncing a migrated disk failed");
+            }
+        }
+    }
+
     /// After the switch every page the source sends is a pending one: it is
     /// installed through the fault mechanism, never written behind it.
     fn install_pages(&mut self, batch: &PageBatch, postcopy: &Postcopy) -> Result<()> {
@@ -423,6 +496,8 @@ impl<'a> Receiver<'a> {
             pages_received: self.pages,
             zero_pages: self.zero_pages,
             memory_bytes: received.class_bytes(TrafficClass::Memory),
+            blocks_received: self.blocks,
+            disk_bytes: received.class_bytes(TrafficClass::Disk),
             device_state_bytes: self.device_state_bytes,
             link_bytes_received: received.total_bytes(),
             link_bytes_sent: self.outbox.bytes_sent(),

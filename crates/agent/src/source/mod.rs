@@ -13,10 +13,12 @@ mod writes;
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mllm_core::convert::saturating_u64;
 use mllm_core::strategy::Strategy;
+use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
@@ -33,11 +35,12 @@ use self::reporter::Reporter;
 use self::threads::AskedPages;
 use self::writes::WriteLog;
 use crate::device_state::ignore_shared_ram;
+use crate::disk::TrackedDisk;
 use crate::error::{Context, MigrationError, Recovery, SourceError};
 use crate::guest_ram::GuestRam;
 use crate::memory_trace::TraceFile;
 use crate::peer::PeerLink;
-use crate::settings::SourceSettings;
+use crate::settings::{SourceSettings, SourceStrategy};
 use crate::tracking::start_tracking;
 use mllm_control::{Phase, Progress};
 use mllm_control::{PostcopyReport, SourceReport, SourceTimings};
@@ -52,6 +55,10 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 /// `ram_file`, to the destination agent at the other end of `stream`, with
 /// pre-copy. `progress` is called at phase changes and about every 100 ms.
 ///
+/// `disks` are the VM's disks as this agent serves them to QEMU (at most
+/// one for now); their used blocks move with the memory, and blocks the
+/// guest writes meanwhile are sent again, round after round.
+///
 /// On success the destination runs the VM and the source QEMU is left
 /// stopped (its owner quits it). On failure the source VM runs again (or
 /// never stopped) with its memory untouched: the agent only reads it. The
@@ -62,12 +69,14 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 pub fn migrate_source(
     vm: &QemuProcess,
     ram_file: &Path,
+    disks: &[Arc<TrackedDisk>],
     stream: TcpStream,
     settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport, SourceError> {
     let mut vm_state = VmState::default();
-    run(vm, ram_file, stream, settings, progress, &mut vm_state).map_err(|cause| SourceError {
+    let local = LocalVm { vm, ram_file, disks };
+    run(local, stream, settings, progress, &mut vm_state).map_err(|cause| SourceError {
         vm: vm.config.name.clone(),
         recovery: recover(vm, &vm_state),
         cause: Box::new(cause),
@@ -105,10 +114,20 @@ enum SourceVmPhase {
     DestinationRuns,
 }
 
+/// The VM as this host runs it.
+#[derive(Clone, Copy)]
+struct LocalVm<'a> {
+    vm: &'a QemuProcess,
+    ram_file: &'a Path,
+    disks: &'a [Arc<TrackedDisk>],
+}
+
 /// Everything the pre-copy rounds and the switch-over work with.
 struct SourceContext<'a> {
     vm: &'a QemuProcess,
     ram: &'a GuestRam,
+    /// The VM's disk; a strategy's `Space::Disk` items are its blocks.
+    disk: Option<&'a TrackedDisk>,
     /// Decides each pass and the switch (`mllm_core::strategy`).
     strategy: Box<dyn Strategy>,
     transfer: Transfer,
@@ -139,6 +158,16 @@ impl SourceContext<'_> {
         }
     }
 
+    /// Pages and blocks written since the previous scan become pending.
+    fn scan_writes(&mut self) -> Result<(), MigrationError> {
+        let written = self.writes.take()?;
+        self.transfer.written(&written);
+        if let Some(disk) = self.disk {
+            self.transfer.written_blocks(&disk.take_dirty());
+        }
+        Ok(())
+    }
+
     /// Hands the strategy the guest's writes scanned since it last looked,
     /// if it learns from them.
     fn observe_writes(&mut self) {
@@ -164,16 +193,17 @@ impl SourceContext<'_> {
 }
 
 fn run(
-    vm: &QemuProcess,
-    ram_file: &Path,
+    local: LocalVm<'_>,
     stream: TcpStream,
     settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
     vm_state: &mut VmState,
 ) -> Result<SourceReport, MigrationError> {
+    let LocalVm { vm, ram_file, .. } = local;
     let started = Instant::now();
     let started_us = wall_clock_us();
     settings.validate()?;
+    let disk = movable_disk(local.disks, settings)?;
     let status = vm
         .qmp
         .execute("query-status", json!({}))
@@ -210,7 +240,7 @@ fn run(
     request_migration(
         &mut link,
         &mut conversation,
-        vm,
+        local,
         &ram,
         settings.strategy.policy(),
         settings.link_timeout,
@@ -219,6 +249,16 @@ fn run(
     ignore_shared_ram(vm)?;
     let tracker = start_tracking(vm, ram_file)?;
     let tracking_method = tracker.method().to_string();
+    let used_blocks = match disk {
+        Some(disk) => {
+            // Tracking starts before the used blocks are read, as for pages:
+            // whatever the guest writes from here is sent (again) later.
+            disk.take_dirty();
+            Some(disk.used_blocks()?)
+        }
+        None => None,
+    };
+    let initially_used = used_blocks.as_ref().map_or(0, PageSet::count);
     let strategy = settings.build_strategy(ram.pages());
     let writes = WriteLog::new(tracker, trace, strategy.learns(), settings.trace_interval);
 
@@ -248,8 +288,9 @@ fn run(
             let mut ctx = SourceContext {
                 vm,
                 ram: &ram,
+                disk,
                 strategy,
-                transfer: Transfer::new(ram.pages()),
+                transfer: Transfer::new(ram.pages(), used_blocks),
                 owed: &owed,
                 rtt,
                 compression,
@@ -290,6 +331,7 @@ fn run(
     let pages_sent = rounds.iter().map(|round| round.pages).sum::<u64>()
         + postcopy.pushed
         + postcopy.sent_on_demand;
+    let blocks_sent = rounds.iter().map(|round| round.blocks).sum::<u64>();
     Ok(SourceReport {
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
@@ -299,6 +341,9 @@ fn run(
         pages_sent,
         // Round 1 sends every page once: every later page is a resend.
         retransmitted_pages: pages_sent.saturating_sub(u64::from(ram.pages())),
+        blocks_sent,
+        retransmitted_blocks: blocks_sent.saturating_sub(initially_used),
+        disk_bytes: sent.class_bytes(TrafficClass::Disk),
         rounds,
         memory_bytes: sent.class_bytes(TrafficClass::Memory),
         device_state_bytes: switched.device_state_bytes,
@@ -322,20 +367,45 @@ fn run(
     })
 }
 
+/// The one disk a migration can move today, if the VM has one.
+fn movable_disk<'a>(
+    disks: &'a [Arc<TrackedDisk>],
+    settings: &SourceSettings,
+) -> Result<Option<&'a TrackedDisk>, MigrationError> {
+    match disks {
+        [] => Ok(None),
+        [disk] => {
+            if let SourceStrategy::Mllm { .. } = settings.strategy {
+                // Its switch leaves the disk's pending blocks for after it.
+                return Err(MigrationError::Invalid(
+                    "the mllm policy moves disk blocks after the switch, which this agent \
+                     cannot do yet: migrate a VM with a disk with the precopy or postcopy policy"
+                        .into(),
+                ));
+            }
+            Ok(Some(disk))
+        }
+        _ => Err(MigrationError::Invalid(format!(
+            "the VM has {} disks; this agent moves at most one disk per VM",
+            disks.len()
+        ))),
+    }
+}
+
 fn request_migration(
     link: &mut PeerLink,
     conversation: &mut Conversation,
-    vm: &QemuProcess,
+    local: LocalVm<'_>,
     ram: &GuestRam,
     policy: MigrationPolicy,
     timeout: Duration,
 ) -> Result<(), MigrationError> {
     let failure = |error| MigrationError::link(error, Role::Destination, timeout);
     let request = Message::MigrationRequest(MigrationRequest {
-        vm_name: vm.config.name.clone(),
+        vm_name: local.vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
         page_size: PAGE_SIZE_U32,
-        disk_bytes: Vec::new(),
+        disk_bytes: local.disks.iter().map(|disk| disk.size()).collect(),
         policy,
     });
     conversation.sending(&request)?;

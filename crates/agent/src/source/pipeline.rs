@@ -1,16 +1,18 @@
-//! Pages in, batches out: reads pages from guest RAM, packs them into
-//! compressed batches and queues them (and any other message) for the
-//! sender thread, counting what each round sent.
+//! Pages and blocks in, batches out: reads pages from guest RAM and blocks
+//! from the guest's disk, packs them into compressed batches and queues them
+//! (and any other message) for the sender thread, counting what each round
+//! sent.
 
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use mllm_core::memory::PageIndex;
 use mllm_core::vm::PAGE_HEADER_BYTES;
-use mllm_wire::{CompressionSetting, Message, PageBatchBuilder, RoundEnd, PAGE_SIZE};
+use mllm_wire::{BlockBatch, CompressionSetting, Message, PageBatchBuilder, RoundEnd, PAGE_SIZE};
 
 use super::flow::Flow;
 use super::threads::Outgoing;
+use crate::disk::TrackedDisk;
 use crate::error::MigrationError;
 use crate::guest_ram::GuestRam;
 
@@ -22,13 +24,31 @@ struct RoundCounter {
     pages: u64,
     zero_pages: u64,
     bytes: u64,
+    blocks: u64,
+    disk_bytes: u64,
     started: Instant,
+}
+
+impl RoundCounter {
+    fn new(round: u32) -> RoundCounter {
+        RoundCounter {
+            round,
+            pages: 0,
+            zero_pages: 0,
+            bytes: 0,
+            blocks: 0,
+            disk_bytes: 0,
+            started: Instant::now(),
+        }
+    }
 }
 
 pub(crate) struct Pipeline<'a> {
     queue: SyncSender<Outgoing>,
     flow: &'a Flow,
     builder: PageBatchBuilder,
+    /// Blocks of the one disk a VM may have (see `SourceContext::disk`).
+    blocks: PageBatchBuilder,
     page: Box<[u8; PAGE_SIZE]>,
     current: RoundCounter,
     rounds: Vec<RoundReport>,
@@ -49,14 +69,9 @@ impl<'a> Pipeline<'a> {
             queue,
             flow,
             builder: PageBatchBuilder::new(compression, batch_pages)?,
+            blocks: PageBatchBuilder::new(compression, batch_pages)?,
             page: Box::new([0; PAGE_SIZE]),
-            current: RoundCounter {
-                round: 1,
-                pages: 0,
-                zero_pages: 0,
-                bytes: 0,
-                started: Instant::now(),
-            },
+            current: RoundCounter::new(1),
             rounds: Vec::new(),
             data_pages: 0,
             data_bytes: 0,
@@ -84,6 +99,15 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
+    /// Reads block `block` of `disk` now and adds it to the current block batch.
+    pub fn send_block(&mut self, disk: &TrackedDisk, block: u32) -> Result<()> {
+        disk.read_block(block, &mut self.page)?;
+        if self.blocks.push(block, &self.page) {
+            self.flush_blocks()?;
+        }
+        Ok(())
+    }
+
     /// Whether the next page starts a new batch.
     pub fn batch_is_empty(&self) -> bool {
         self.builder.is_empty()
@@ -96,8 +120,9 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// Compresses and queues the pages collected so far.
+    /// Compresses and queues the pages and blocks collected so far.
     pub fn flush(&mut self) -> Result<()> {
+        self.flush_blocks()?;
         if self.builder.is_empty() {
             return Ok(());
         }
@@ -110,13 +135,30 @@ impl<'a> Pipeline<'a> {
             self.data_bytes += batch.payload.len() as u64 + data * u64::from(PAGE_HEADER_BYTES);
         }
         let message = Message::PageBatch(batch);
+        self.current.bytes += self.queue_batch(message)?;
+        Ok(())
+    }
+
+    fn flush_blocks(&mut self) -> Result<()> {
+        if self.blocks.is_empty() {
+            return Ok(());
+        }
+        let batch = self.blocks.finish()?;
+        self.current.blocks += batch.pages.len() as u64;
+        let message = Message::BlockBatch(BlockBatch { disk: 0, batch });
+        self.current.disk_bytes += self.queue_batch(message)?;
+        Ok(())
+    }
+
+    /// Queues a batch the destination acknowledges; returns its link bytes.
+    fn queue_batch(&mut self, message: Message) -> Result<u64> {
         let bytes = message.frame_len();
-        self.current.bytes += bytes;
         self.flow.queued(bytes);
         self.send(message)?;
         // A failure seen by the I/O threads stops the round at once rather
         // than when the queue next blocks.
-        self.flow.check()
+        self.flow.check()?;
+        Ok(bytes)
     }
 
     /// Ends the current round; the next pages belong to the next round.
@@ -127,6 +169,8 @@ impl<'a> Pipeline<'a> {
             pages: self.current.pages,
             zero_pages: self.current.zero_pages,
             bytes: self.current.bytes,
+            blocks: self.current.blocks,
+            disk_bytes: self.current.disk_bytes,
             duration_ms: self.current.started.elapsed().as_secs_f64() * 1000.0,
             stopped,
         };
@@ -135,13 +179,7 @@ impl<'a> Pipeline<'a> {
             pages: report.pages,
         }))?;
         self.rounds.push(report.clone());
-        self.current = RoundCounter {
-            round: self.current.round + 1,
-            pages: 0,
-            zero_pages: 0,
-            bytes: 0,
-            started: Instant::now(),
-        };
+        self.current = RoundCounter::new(self.current.round + 1);
         Ok(report)
     }
 

@@ -9,7 +9,7 @@ use mllm_core::convert::saturating_u32;
 use mllm_core::link::Link;
 use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE_U32};
 use mllm_core::strategy::{Pass, SendQueue, Space, SwitchReason, TransferState};
-use mllm_core::vm::VmLayout;
+use mllm_core::vm::{DiskLayout, VmLayout};
 use mllm_core::PageSet;
 
 use super::SourceContext;
@@ -23,21 +23,30 @@ use mllm_control::RoundReport;
 const PAGES_PER_REPORT: u64 = 64;
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// What the destination holds, in the strategy's terms: pages are valid
-/// once queued and invalid again when a scan finds them written.
+/// What the destination holds, in the strategy's terms: pages and blocks
+/// are valid once queued and invalid again when a scan finds them written.
 pub(super) struct Transfer {
     state: TransferState,
 }
 
 impl Transfer {
-    pub fn new(pages: PageIndex) -> Transfer {
+    /// `used_blocks`: the disk's blocks that hold data, if the VM has a
+    /// disk. The others are zero on both sides (the destination's image
+    /// starts empty): they count as held and never cross the link.
+    pub fn new(pages: PageIndex, used_blocks: Option<PageSet>) -> Transfer {
+        let disk = used_blocks.map(|used| DiskLayout {
+            block_size: PAGE_SIZE_U32,
+            allocated: used.clone(),
+            used,
+        });
+        let disk_valid = disk.as_ref().map(|disk| disk.used.complement());
         // Device state is relayed after the switch decision and is not
         // priced in it, as QEMU's own downtime estimate does not either.
-        let layout = VmLayout::uncompressed(PAGE_SIZE_U32, pages, None, 0);
+        let layout = VmLayout::uncompressed(PAGE_SIZE_U32, pages, disk, 0);
         Transfer {
             state: TransferState {
                 memory_valid: PageSet::new(pages),
-                disk_valid: None,
+                disk_valid,
                 zero_pages: PageSet::new(pages),
                 layout: Arc::new(layout),
                 link: Link {
@@ -61,6 +70,15 @@ impl Transfer {
         }
     }
 
+    /// Blocks the guest wrote since the previous scan must be sent again.
+    pub fn written_blocks(&mut self, blocks: &[u32]) {
+        if let Some(valid) = &mut self.state.disk_valid {
+            for &block in blocks {
+                valid.remove(block);
+            }
+        }
+    }
+
     /// The state as of now, from what the link and pipeline measured.
     pub fn measured(&mut self, measured: Measured) -> &TransferState {
         let state = &mut self.state;
@@ -80,8 +98,12 @@ impl Transfer {
         &self.state
     }
 
-    fn sent(&mut self, page: PageIndex) {
-        self.state.memory_valid.insert(page);
+    fn sent(&mut self, space: Space, item: u32) {
+        match (space, &mut self.state.disk_valid) {
+            (Space::Memory, _) => self.state.memory_valid.insert(item),
+            (Space::Disk, Some(valid)) => valid.insert(item),
+            (Space::Disk, None) => unreachable!("a block was sent for a VM without a disk"),
+        }
     }
 }
 
@@ -122,8 +144,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<PrecopyEnd> {
             Pass::Abort(reason) => return Err(MigrationError::NotConverging(reason)),
         }
         wait_for_drain(ctx)?;
-        let written = ctx.writes.take()?;
-        ctx.transfer.written(&written);
+        ctx.scan_writes()?;
     }
 }
 
@@ -136,14 +157,17 @@ pub(super) fn send_round(
 ) -> Result<RoundReport> {
     let total = pass.len() as u64;
     let mut sent = 0;
-    while let Some((space, page)) = pass.next(|_, _| true) {
-        if space == Space::Disk {
-            return Err(MigrationError::Invalid(format!(
-                "the strategy sent disk block {page}, but this agent moves no disks yet"
-            )));
+    while let Some((space, item)) = pass.next(|_, _| true) {
+        match (space, ctx.disk) {
+            (Space::Memory, _) => ctx.pipeline.send_page(ctx.ram, item)?,
+            (Space::Disk, Some(disk)) => ctx.pipeline.send_block(disk, item)?,
+            (Space::Disk, None) => {
+                return Err(MigrationError::Invalid(format!(
+                    "the strategy sent disk block {item}, but the VM has no disk"
+                )))
+            }
         }
-        ctx.pipeline.send_page(ctx.ram, page)?;
-        ctx.transfer.sent(page);
+        ctx.transfer.sent(space, item);
         sent += 1;
         if sent % PAGES_PER_REPORT == 0 {
             // The final round runs with the VM stopped: nothing to scan.

@@ -12,7 +12,7 @@ use mllm_core::memory::{push_merged, PageIndex, PageRange};
 use mllm_core::strategy::{SendQueue, Space};
 use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
-use mllm_wire::{Ack, DeviceState, HandOver, Message, PendingPages, SourceStopped};
+use mllm_wire::{Ack, DeviceState, DiskDigest, HandOver, Message, PendingPages, SourceStopped};
 use serde_json::json;
 
 use super::flow::FlowSnapshot;
@@ -57,8 +57,9 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
         .map_err(|e| MigrationError::qemu("stopping the source VM", e))?;
     let stopped_us = wall_clock_us();
     ctx.pipeline.send(Message::SourceStopped(SourceStopped))?;
-    let written = ctx.writes.take().during("final scan")?;
-    ctx.transfer.written(&written);
+    // QEMU drained the disk's requests when it stopped: the last written
+    // blocks are marked too.
+    ctx.scan_writes().during("final scan")?;
     ctx.observe_writes();
     let switch = ctx.strategy.switch(ctx.transfer.state());
     let pending = memory_pages(switch.postcopy)?;
@@ -93,6 +94,11 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
         // The sender is still busy with the final pages while this hashes.
         let digest = ctx.ram.digest();
         ctx.pipeline.send(Message::RamDigest(digest))?;
+    }
+    if let (Some(disk), true) = (ctx.disk, ctx.settings.verify) {
+        let digest = disk.digest()?;
+        ctx.pipeline
+            .send(Message::DiskDigest(DiskDigest { disk: 0, digest }))?;
     }
 
     ctx.report(Phase::DeviceState, 0.0);
@@ -145,15 +151,15 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     })
 }
 
-/// The pages of a queue (the strategy's post-copy order); disks do not move
-/// yet.
+/// The pages of a queue (the strategy's post-copy order); disk blocks do
+/// not move after the switch yet.
 fn memory_pages(mut queue: SendQueue) -> Result<Vec<PageIndex>, MigrationError> {
     let mut pages = Vec::with_capacity(queue.len());
     while let Some((space, item)) = queue.next(|_, _| true) {
         if space == Space::Disk {
             return Err(MigrationError::Invalid(format!(
-                "the strategy moves disk block {item} after the switch, but this agent moves no \
-                 disks yet"
+                "the strategy moves disk block {item} after the switch, but this agent moves \
+                 disk blocks only before it"
             )));
         }
         pages.push(item);

@@ -276,6 +276,7 @@ fn against_fake_destination(source: &Vm, fake: impl FnOnce(TcpStream) + Send) ->
         let error = migrate_source(
             &source.qemu,
             &source.ram_file,
+            &[],
             TcpStream::connect(address).unwrap(),
             &SourceSettings::default(),
             &|_| {},

@@ -139,6 +139,7 @@ fn accepted_source_then(after_accept: Vec<Message>) -> (String, String) {
     let error = receive_migration(
         &destination.qemu,
         &destination.ram_file,
+        &[],
         stream,
         &DestinationSettings::default(),
     )

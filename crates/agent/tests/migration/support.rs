@@ -242,6 +242,7 @@ pub fn migrate_through(
             receive_migration(
                 &destination.qemu,
                 &destination.ram_file,
+                &[],
                 stream,
                 &DestinationSettings::default(),
             )
@@ -250,6 +251,7 @@ pub fn migrate_through(
         let source_result = migrate_source(
             &source.qemu,
             &source.ram_file,
+            &[],
             stream,
             settings,
             &on_progress,
