@@ -25,6 +25,7 @@
 
 mod destination;
 mod device_state;
+mod disk;
 mod error;
 mod guest_ram;
 mod memory_trace;
@@ -35,6 +36,7 @@ mod tracking;
 mod vm_setup;
 
 pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
+pub use disk::{write_disk_trace, DiskActivity, DiskServer, TrackedDisk, BLOCK_SIZE};
 pub use error::{LinkError, LinkFailure, MigrationError, Recovery, SourceError};
 pub use guest_ram::GuestRam;
 pub use memory_trace::record_memory_trace;
