@@ -182,7 +182,7 @@ fn a_disk_copied_block_by_block_has_the_sources_digest() {
 }
 
 #[test]
-fn the_server_replaces_a_stale_socket_and_removes_its_own() {
+fn the_server_replaces_a_stale_socket_never_a_live_one_and_removes_its_own() {
     let dir = TempDir::new().unwrap();
     let disk = sparse_image(dir.path(), "disk.raw", MIB);
     let socket = dir.path().join("disk0.sock");
@@ -192,6 +192,12 @@ fn the_server_replaces_a_stale_socket_and_removes_its_own() {
     assert_eq!(server.socket(), socket);
     if have_qemu_io() {
         qemu_io(&server, &["write -P 0x01 0 4k", "read -P 0x01 0 4k"]);
+    }
+    let error = DiskServer::start(Arc::clone(&disk), &socket, EXPORT).unwrap_err();
+    assert!(error.chain().contains("listens"), "{}", error.chain());
+    assert!(socket.exists(), "a live server's socket stays");
+    if have_qemu_io() {
+        qemu_io(&server, &["read -P 0x01 0 4k"]);
     }
     drop(server);
     assert!(!socket.exists());

@@ -3,7 +3,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -25,8 +25,9 @@ pub struct DiskServer {
 
 impl DiskServer {
     /// Serves `disk` as the NBD export `export` on a new unix socket at
-    /// `socket`, replacing a socket file left there by an earlier agent (any
-    /// other kind of file there is an error).
+    /// `socket`, replacing a socket file left there by an agent that has
+    /// gone (a live server's socket, or any other kind of file there, is an
+    /// error).
     pub fn start(
         disk: Arc<TrackedDisk>,
         socket: &Path,
@@ -44,7 +45,7 @@ impl DiskServer {
         };
         remove_stale_socket(socket).map_err(failed)?;
         let listener = UnixListener::bind(socket).map_err(failed)?;
-        let store: Arc<dyn BlockStore> = Arc::clone(&disk) as Arc<dyn BlockStore>;
+        let store: Arc<dyn BlockStore> = Arc::<TrackedDisk>::clone(&disk);
         let server = Server::new(export, store).map_err(|error| failed(io::Error::other(error)))?;
         let shutdown = server.shutdown_handle();
         let export_name = export.to_owned();
@@ -95,9 +96,19 @@ impl Drop for DiskServer {
     }
 }
 
+/// Removes the socket file at `socket` unless something still listens on it:
+/// taking over a live agent's socket would cut its QEMU off its disk.
 fn remove_stale_socket(socket: &Path) -> io::Result<()> {
     match fs::symlink_metadata(socket) {
-        Ok(metadata) if metadata.file_type().is_socket() => fs::remove_file(socket),
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            if UnixStream::connect(socket).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another server listens on this socket",
+                ));
+            }
+            fs::remove_file(socket)
+        }
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a file that is not a socket is in the way",

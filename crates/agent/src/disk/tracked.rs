@@ -366,6 +366,25 @@ mod tests {
     }
 
     #[test]
+    fn requests_from_many_threads_at_once_are_all_marked() {
+        let file = image(1024);
+        let disk = TrackedDisk::open(file.path()).unwrap();
+        std::thread::scope(|scope| {
+            for worker in 0..4u64 {
+                let disk = &disk;
+                scope.spawn(move || {
+                    for block in (worker..1024).step_by(4) {
+                        disk.write_at(&[1; 512], block * BLOCK_SIZE_U64, false)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(disk.take_dirty(), (0..1024).collect::<Vec<u32>>());
+        assert_eq!(disk.recent_accesses().len(), 1024);
+    }
+
+    #[test]
     fn agent_writes_change_the_image_without_marking_it() {
         let file = image(8);
         let disk = TrackedDisk::open(file.path()).unwrap();
