@@ -19,6 +19,10 @@
 //! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
 //! - [`record_memory_trace`] records which pages a running VM writes, interval
 //!   by interval, as a migration can too ([`SourceSettings::trace_file`]).
+//! - [`DiskServer`] serves a guest disk image to the local QEMU over NBD
+//!   through a [`TrackedDisk`], which records what the guest does to it:
+//!   dirty blocks, blocks read and written per interval, and the access
+//!   trace ([`write_disk_trace`]).
 //!
 //! The long-running `mllm agent` built on them is the `mllm-daemon` crate.
 //! See `crates/agent/README.md` for the protocol sequence.
