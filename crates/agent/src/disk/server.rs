@@ -43,17 +43,18 @@ impl DiskServer {
                 error,
             )
         };
-        remove_stale_socket(socket).map_err(failed)?;
-        let listener = UnixListener::bind(socket).map_err(failed)?;
         let store: Arc<dyn BlockStore> = Arc::<TrackedDisk>::clone(&disk);
         let server = Server::new(export, store).map_err(|error| failed(io::Error::other(error)))?;
+        remove_stale_socket(socket).map_err(failed)?;
+        let listener = UnixListener::bind(socket).map_err(failed)?;
         let shutdown = server.shutdown_handle();
         let export_name = export.to_owned();
         let thread = thread::Builder::new()
             .name(format!("nbd-{export}"))
             .spawn(move || {
                 if let Err(error) = server.serve_unix(listener) {
-                    tracing::error!(export = %export_name, "NBD server stopped: {error}");
+                    // Debug: the display drops the system's error under it.
+                    tracing::error!(export = %export_name, "NBD server stopped: {error:?}");
                 }
             });
         let thread = match thread {

@@ -124,9 +124,9 @@ impl TrackedDisk {
     }
 
     /// Blocks holding data: allocated in the image and not all zeros. Reads
-    /// every allocated block. Blocks the guest changes during the scan may
-    /// be missed or not; take the dirty blocks before the scan to send them
-    /// again after it.
+    /// every allocated block. A block the guest changes during the scan may
+    /// be counted either way: take the dirty blocks just before the scan,
+    /// and the next [`TrackedDisk::take_dirty`] names every such block.
     pub fn used_blocks(&self) -> Result<PageSet, MigrationError> {
         let failed = |error| {
             MigrationError::io(
