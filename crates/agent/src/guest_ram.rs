@@ -16,8 +16,9 @@ use mllm_wire::{page_digest, PageDigests, RamDigest};
 use crate::error::MigrationError;
 
 /// Pages per digest range: 1 MiB, so a mismatch points at a small region
-/// while the digest of a 4 GiB guest stays a few thousand entries.
-const DIGEST_PAGES_PER_RANGE: PageIndex = 256;
+/// while the digest of a 4 GiB guest stays a few thousand entries. Disk
+/// digests use the same ranges (`disk::TrackedDisk::digest`).
+pub(crate) const DIGEST_PAGES_PER_RANGE: PageIndex = 256;
 
 pub struct GuestRam {
     path: PathBuf,

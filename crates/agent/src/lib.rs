@@ -19,12 +19,17 @@
 //! - [`make_migratable`] prepares a `QemuConfig` (shared RAM file, hook);
 //! - [`record_memory_trace`] records which pages a running VM writes, interval
 //!   by interval, as a migration can too ([`SourceSettings::trace_file`]).
+//! - [`DiskServer`] serves a guest disk image to the local QEMU over NBD
+//!   through a [`TrackedDisk`], which records what the guest does to it:
+//!   dirty blocks, blocks read and written per interval, and the access
+//!   trace ([`write_disk_trace`]).
 //!
 //! The long-running `mllm agent` built on them is the `mllm-daemon` crate.
 //! See `crates/agent/README.md` for the protocol sequence.
 
 mod destination;
 mod device_state;
+mod disk;
 mod error;
 mod guest_ram;
 mod memory_trace;
@@ -35,6 +40,7 @@ mod tracking;
 mod vm_setup;
 
 pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
+pub use disk::{write_disk_trace, DiskActivity, DiskServer, TrackedDisk, BLOCK_SIZE};
 pub use error::{LinkError, LinkFailure, MigrationError, Recovery, SourceError};
 pub use guest_ram::GuestRam;
 pub use memory_trace::record_memory_trace;
