@@ -190,10 +190,17 @@ fn migrate(
     let vm = host.get(&request.vm)?;
     let claim = vm.tracker.claim(&request.vm, TrackerUser::Migration)?;
     let result = connect_to_peer(&request.to).and_then(|stream| {
-        migrate_source(&vm.qemu, &vm.ram_file, &[], stream, &settings, &|progress| {
-            *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
-            on_progress(progress);
-        })
+        migrate_source(
+            &vm.qemu,
+            &vm.ram_file,
+            &[],
+            stream,
+            &settings,
+            &|progress| {
+                *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+                on_progress(progress);
+            },
+        )
         .map_err(anyhow::Error::from)
     });
     *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -17,9 +17,9 @@ use mllm_core::memory::PageRange;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Abort, Ack, BlockBatch, Conversation, DestinationRunning, DiskDigest, FrameReader,
-    FrameWriter, Message, PageBatch,
-    PageBatchDecoder, PageContent, PostcopyComplete, RamDigest, Role, TrafficClass,
+    Abort, Ack, BlockBatch, Conversation, DestinationRunning, DiskDigest, FrameReader, FrameWriter,
+    Message, PageBatch, PageBatchDecoder, PageContent, PostcopyComplete, RamDigest, Role,
+    TrafficClass,
 };
 use serde_json::json;
 

@@ -75,7 +75,11 @@ pub fn migrate_source(
     progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport, SourceError> {
     let mut vm_state = VmState::default();
-    let local = LocalVm { vm, ram_file, disks };
+    let local = LocalVm {
+        vm,
+        ram_file,
+        disks,
+    };
     run(local, stream, settings, progress, &mut vm_state).map_err(|cause| SourceError {
         vm: vm.config.name.clone(),
         recovery: recover(vm, &vm_state),
