@@ -15,6 +15,7 @@ pub mod method;
 pub mod mllm_migration;
 pub mod outcome;
 pub mod paths;
+pub mod physical_limit;
 pub mod plot;
 pub mod qemu_migration;
 pub mod report;
