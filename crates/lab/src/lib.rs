@@ -18,6 +18,7 @@ pub mod paths;
 pub mod physical_limit;
 pub mod plot;
 pub mod qemu_migration;
+pub mod qemu_settings;
 pub mod report;
 pub mod result;
 pub mod rootfs;

@@ -3,9 +3,12 @@
 
 use std::sync::Mutex;
 
+use serde_json::json;
+
 use mllm_lab::image::{GuestImage, ImageBuilder};
 use mllm_lab::method::Method;
 use mllm_lab::paths;
+use mllm_lab::qemu_settings::QemuSettings;
 use mllm_lab::result::RunResult;
 use mllm_lab::run::run_method;
 use mllm_lab::scenario::Scenario;
@@ -83,12 +86,58 @@ fn assert_guest_moved(result: &RunResult) {
     assert!(gap < 5_000.0, "guest stalled for {gap} ms");
     assert!(result.downtime_ms.is_some_and(|d| d > 0.0));
     assert!(result.workload.after_ops_per_s.is_some_and(|r| r > 0.0));
+    assert_sane_physical_limit(result);
+}
+
+/// The test guest's RAM, as the scenario sets it.
+const RAM_BYTES: u64 = 256 << 20;
+
+fn assert_sane_physical_limit(result: &RunResult) {
+    let limit = result.physical_limit.as_ref().expect("physical limit");
+    assert_eq!(limit.ram_bytes, RAM_BYTES);
+    // The guest's kernel and the workload's 64 MiB are in RAM; at most all
+    // of it, as if nothing compressed.
+    assert!(
+        limit.bytes > 0 && limit.bytes <= RAM_BYTES,
+        "{} bytes",
+        limit.bytes
+    );
+    assert!(limit.unique_pages <= limit.nonzero_pages);
+    let rtt = 0.05;
+    let at_link_rate = limit.bytes as f64 * 8.0 / 100e6;
+    assert!(
+        (limit.seconds - at_link_rate - rtt).abs() < 1e-6,
+        "{limit:?}"
+    );
+    // No method beats it.
+    let times = result.times_limit().expect("total time and limit");
+    assert!(
+        times > 1.0,
+        "total time is {times} times the physical limit"
+    );
+}
+
+/// The QEMU settings in result.json: what both QEMUs reported back after
+/// they were set (`query-migrate-capabilities`, `query-migrate-parameters`).
+fn qemu_settings(result: &RunResult) -> &QemuSettings {
+    result.qemu.as_ref().expect("QEMU settings in result.json")
+}
+
+fn assert_expert_switchover(result: &RunResult) {
+    let source = &qemu_settings(result).source;
+    assert_eq!(source.parameters["downtime-limit"], json!(300));
+    // 100 Mbit/s in bytes per second.
+    assert_eq!(
+        source.parameters["avail-switchover-bandwidth"],
+        json!(12_500_000)
+    );
 }
 
 #[test]
 fn qemu_precopy_through_the_link_keeps_the_guest_running() {
     let result = migrate(Method::QemuPrecopy, "120s");
     assert_guest_moved(&result);
+    assert_expert_switchover(&result);
     // The relay sees QEMU's stream plus framing: its count must agree with
     // QEMU's own within a few percent.
     let ratio = result.link_bytes_to_destination as f64 / result.memory_bytes as f64;
@@ -111,6 +160,49 @@ fn qemu_precopy_through_the_link_keeps_the_guest_running() {
 fn qemu_postcopy_through_the_link_keeps_the_guest_running() {
     let result = migrate(Method::QemuPostcopy, "120s");
     assert_guest_moved(&result);
+}
+
+#[test]
+fn qemu_postcopy_preempt_sends_its_second_channel_through_the_link() {
+    let result = migrate(Method::QemuPostcopyPreempt, "120s");
+    assert_guest_moved(&result);
+    assert_expert_switchover(&result);
+    // The destination must have preemption on too, or it never accepts the channel.
+    let qemu = qemu_settings(&result);
+    for side in [&qemu.source, &qemu.destination] {
+        for wanted in ["postcopy-ram", "postcopy-preempt"] {
+            assert!(
+                side.capabilities.iter().any(|c| c == wanted),
+                "{:?}",
+                side.capabilities
+            );
+        }
+    }
+    // The main stream and the preempt channel both crossed the link.
+    assert!(
+        result.link_connections >= 2,
+        "{} connections",
+        result.link_connections
+    );
+}
+
+#[test]
+fn qemu_multifd_zstd_runs_two_zstd_channels_through_the_link() {
+    let result = migrate(Method::QemuMultifdZstd, "120s");
+    assert_guest_moved(&result);
+    assert_expert_switchover(&result);
+    let qemu = qemu_settings(&result);
+    for parameters in [&qemu.source.parameters, &qemu.destination.parameters] {
+        assert_eq!(parameters["multifd-channels"], json!(2));
+        assert_eq!(parameters["multifd-compression"], json!("zstd"));
+        assert_eq!(parameters["multifd-zstd-level"], json!(1));
+    }
+    // The main stream and both channels.
+    assert!(
+        result.link_connections >= 3,
+        "{} connections",
+        result.link_connections
+    );
 }
 
 #[test]
