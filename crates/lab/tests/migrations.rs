@@ -21,11 +21,8 @@ fn image() -> GuestImage {
         .expect("guest image")
 }
 
-fn scenario(method: &str, timeout: &str) -> Scenario {
-    Scenario::parse(&format!(
-        r#"
-name = "ci-{method}"
-methods = ["{method}"]
+/// The memory workload: 64 MiB, 500 page writes/s into a 5 % hot set.
+const MEMLOAD: &str = r#"
 [vm]
 memory = "256MiB"
 [workload]
@@ -34,6 +31,30 @@ size = "64MiB"
 hot_fraction = 0.05
 skew = "zipf:0.9"
 write_rate = 500
+"#;
+
+/// A 64 MiB disk, 16 MiB of it data, and the disk workload over its first 8 MiB.
+const DISKLOAD: &str = r#"
+[vm]
+memory = "256MiB"
+disk = { size = "64MiB", used = "16MiB" }
+[workload]
+kind = "diskload"
+length = "8MiB"
+hot_fraction = 0.1
+hot_access_pct = 90
+skew = "zipf:0.9"
+write_rate = 50
+read_pct = 70
+random_fraction = 0.5
+"#;
+
+fn scenario(method: &str, guest: &str, timeout: &str) -> Scenario {
+    Scenario::parse(&format!(
+        r#"
+name = "ci-{method}"
+methods = ["{method}"]
+{guest}
 [link]
 bandwidth = "100Mbit"
 rtt = "50ms"
@@ -48,12 +69,16 @@ migration_timeout = "{timeout}"
 }
 
 fn migrate(method: Method, timeout: &str) -> RunResult {
+    migrate_guest(method, MEMLOAD, timeout)
+}
+
+fn migrate_guest(method: Method, guest: &str, timeout: &str) -> RunResult {
     let _serial = ONE_VM_PAIR_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
     let result = run_method(
-        &scenario(method.name(), timeout),
+        &scenario(method.name(), guest, timeout),
         method,
         &image(),
         out.path(),
@@ -95,10 +120,10 @@ const RAM_BYTES: u64 = 256 << 20;
 fn assert_sane_physical_limit(result: &RunResult) {
     let limit = result.physical_limit.as_ref().expect("physical limit");
     assert_eq!(limit.ram_bytes, RAM_BYTES);
-    // The guest's kernel and the workload's 64 MiB are in RAM; at most all
-    // of it, as if nothing compressed.
+    // The guest's kernel and its workload's data are there; at most all of
+    // RAM and disk, as if nothing compressed.
     assert!(
-        limit.bytes > 0 && limit.bytes <= RAM_BYTES,
+        limit.bytes > 0 && limit.bytes <= limit.ram_bytes + limit.disk_bytes,
         "{} bytes",
         limit.bytes
     );
@@ -203,6 +228,22 @@ fn qemu_multifd_zstd_runs_two_zstd_channels_through_the_link() {
         "{} connections",
         result.link_connections
     );
+}
+
+#[test]
+fn qemu_precopy_mirrors_the_disk_at_4_kib_and_write_blocking_once_ready() {
+    let result = migrate_guest(Method::QemuPrecopy, DISKLOAD, "180s");
+    assert_guest_moved(&result);
+    assert_expert_switchover(&result);
+    let mirror = qemu_settings(&result)
+        .mirror
+        .as_ref()
+        .expect("mirror settings");
+    assert_eq!(mirror.granularity, 4096);
+    assert_eq!(mirror.copy_mode_when_ready, "write-blocking");
+    assert!(result.disk_bytes > 0);
+    let limit = result.physical_limit.as_ref().unwrap();
+    assert_eq!(limit.disk_bytes, 64 << 20);
 }
 
 #[test]
