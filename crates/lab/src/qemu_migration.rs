@@ -179,7 +179,7 @@ fn run(
 /// Sets both QEMUs up and returns the settings as QEMU reports them back
 /// (`query-migrate-capabilities`, `query-migrate-parameters`): a value QEMU
 /// did not take is an error, not a silently weaker baseline.
-pub fn configure(
+fn configure(
     settings: &QemuSettings,
     source: &QemuProcess,
     destination: &QemuProcess,
