@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
-    /// QEMU's pre-copy with default parameters.
+    /// QEMU's pre-copy. Every QEMU method runs with the settings an expert
+    /// would choose for the link (`crate::qemu_settings`).
     QemuPrecopy,
     /// QEMU's pre-copy, switched to post-copy after the first full pass.
     QemuPostcopy,
@@ -62,30 +63,6 @@ impl Method {
 
     pub fn uses_postcopy(self) -> bool {
         matches!(self, Method::QemuPostcopy | Method::QemuPostcopyPreempt)
-    }
-
-    /// Migration capabilities both QEMUs must have enabled.
-    pub fn qemu_capabilities(self) -> Vec<&'static str> {
-        match self {
-            Method::QemuPrecopy | Method::MllmPrecopy | Method::MllmPostcopy | Method::Mllm => {
-                vec![]
-            }
-            Method::QemuPostcopy => vec!["postcopy-ram"],
-            Method::QemuPostcopyPreempt => vec!["postcopy-ram", "postcopy-preempt"],
-            Method::QemuXbzrle => vec!["xbzrle"],
-            Method::QemuMultifdZstd => vec!["multifd"],
-        }
-    }
-
-    /// Migration parameters both QEMUs must have set.
-    pub fn qemu_parameters(self) -> serde_json::Value {
-        match self {
-            Method::QemuMultifdZstd => serde_json::json!({
-                "multifd-channels": 2,
-                "multifd-compression": "zstd",
-            }),
-            _ => serde_json::json!({}),
-        }
     }
 }
 

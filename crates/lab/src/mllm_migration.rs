@@ -81,6 +81,8 @@ pub fn migrate(
                 fault_p99_ms: postcopy.fault_p99_ms,
                 fault_max_ms: postcopy.fault_max_ms,
             }),
+            // The agents set QEMU up for device state themselves.
+            qemu_settings: None,
         },
         Err(err) => MigrationOutcome {
             error: Some(format!("{err:#}")),

@@ -1,5 +1,7 @@
 //! What a migration engine reports back to the lab, whichever engine ran.
 
+use crate::qemu_settings::QemuSettings;
+
 /// Instants are host wall-clock µs since the epoch, comparable across both
 /// VMs' QMP events and the serial lines.
 #[derive(Debug, Default, Clone)]
@@ -22,6 +24,8 @@ pub struct MigrationOutcome {
     /// Post-copy by mllm's agents: what moved after the switch and how
     /// long the destination's faults waited.
     pub postcopy: Option<PostcopyResult>,
+    /// QEMU's methods: the migration settings as QEMU reported them back.
+    pub qemu_settings: Option<QemuSettings>,
 }
 
 /// What moved after the switch, in the lab's result.

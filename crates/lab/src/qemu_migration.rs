@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::method::Method;
 use crate::outcome::MigrationOutcome;
+use crate::qemu_settings::{MirrorSettings, QemuSettings, SideSettings};
 
 /// Where the source sends each stream; every address is the link's.
 struct Route {
@@ -44,9 +45,10 @@ impl Route {
 
 const QMP_WAIT: Duration = Duration::from_secs(30);
 
+/// Migrates by `method` with `settings` (from [`QemuSettings::for_method`]).
 pub fn migrate(
     method: Method,
-    downtime_target: Duration,
+    settings: &QemuSettings,
     timeout: Duration,
     source: &QemuProcess,
     destination: &QemuProcess,
@@ -60,7 +62,7 @@ pub fn migrate(
     if let Err(err) = route.and_then(|route| {
         run(
             method,
-            downtime_target,
+            settings,
             timeout,
             source,
             destination,
@@ -84,7 +86,7 @@ pub fn migrate(
 
 fn run(
     method: Method,
-    downtime_target: Duration,
+    settings: &QemuSettings,
     timeout: Duration,
     source: &QemuProcess,
     destination: &QemuProcess,
@@ -92,14 +94,18 @@ fn run(
     outcome: &mut MigrationOutcome,
 ) -> Result<()> {
     let with_disk = route.disk.is_some();
-    configure(method, source, destination, downtime_target, with_disk)?;
+    outcome.qemu_settings = Some(configure(settings, source, destination)?);
     destination.qmp.execute(
         "migrate-incoming",
         json!({"uri": format!("tcp:127.0.0.1:{}", route.destination_migration_port)}),
     )?;
     let deadline = Instant::now() + timeout;
     if let Some((nbd_via_link, nbd_port)) = route.disk {
-        start_mirror(source, destination, nbd_via_link, nbd_port, timeout)?;
+        let mirror = settings
+            .mirror
+            .as_ref()
+            .context("a VM with a disk needs mirror settings")?;
+        start_mirror(source, destination, mirror, nbd_via_link, nbd_port, timeout)?;
     }
     source.qmp.execute(
         "migrate",
@@ -170,47 +176,72 @@ fn run(
     Ok(())
 }
 
+/// Sets both QEMUs up and returns the settings as QEMU reports them back
+/// (`query-migrate-capabilities`, `query-migrate-parameters`): a value QEMU
+/// did not take is an error, not a silently weaker baseline.
 fn configure(
-    method: Method,
+    settings: &QemuSettings,
     source: &QemuProcess,
     destination: &QemuProcess,
-    downtime_target: Duration,
-    with_disk: bool,
-) -> Result<()> {
-    for (side, qemu) in [("source", source), ("destination", destination)] {
-        let mut capabilities: Vec<Value> = method
-            .qemu_capabilities()
-            .into_iter()
-            .map(|c| json!({"capability": c, "state": true}))
-            .collect();
-        capabilities.push(json!({"capability": "events", "state": true}));
-        if with_disk && side == "source" {
-            capabilities.push(json!({"capability": "pause-before-switchover", "state": true}));
-        }
+) -> Result<QemuSettings> {
+    Ok(QemuSettings {
+        source: configure_side("source", source, &settings.source)?,
+        destination: configure_side("destination", destination, &settings.destination)?,
+        mirror: settings.mirror.clone(),
+    })
+}
+
+fn configure_side(side: &str, qemu: &QemuProcess, wanted: &SideSettings) -> Result<SideSettings> {
+    let capabilities: Vec<Value> = wanted
+        .capabilities
+        .iter()
+        .map(|c| json!({"capability": c, "state": true}))
+        .collect();
+    qemu.qmp
+        .execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": capabilities}),
+        )
+        .with_context(|| format!("enabling {:?} on the {side}", wanted.capabilities))?;
+    if !wanted.parameters.is_empty() {
         qemu.qmp
             .execute(
-                "migrate-set-capabilities",
-                json!({"capabilities": capabilities}),
+                "migrate-set-parameters",
+                Value::Object(wanted.parameters.clone()),
             )
-            .with_context(|| format!("enabling {method} capabilities on the {side}"))?;
-        let mut parameters = method.qemu_parameters();
-        if side == "source" {
-            let limit_ms = u64::try_from(downtime_target.as_millis())
-                .context("downtime target beyond u64 milliseconds")?;
-            parameters["downtime-limit"] = json!(limit_ms);
-        }
-        if parameters.as_object().is_some_and(|p| !p.is_empty()) {
-            qemu.qmp
-                .execute("migrate-set-parameters", parameters)
-                .with_context(|| format!("setting {method} parameters on the {side}"))?;
-        }
+            .with_context(|| format!("setting migration parameters on the {side}"))?;
     }
-    Ok(())
+    let enabled: Vec<String> = qemu
+        .qmp
+        .execute("query-migrate-capabilities", json!({}))?
+        .as_array()
+        .context("query-migrate-capabilities returned no list")?
+        .iter()
+        .filter(|c| c["state"] == true)
+        .filter_map(|c| c["capability"].as_str().map(str::to_owned))
+        .collect();
+    if let Some(missing) = wanted.capabilities.iter().find(|c| !enabled.contains(c)) {
+        bail!("the {side} QEMU did not enable capability {missing}");
+    }
+    let current = qemu.qmp.execute("query-migrate-parameters", json!({}))?;
+    let mut parameters = serde_json::Map::new();
+    for (name, value) in &wanted.parameters {
+        let reported = &current[name];
+        if reported != value {
+            bail!("the {side} QEMU reports {name} = {reported}, not the {value} it was set to");
+        }
+        parameters.insert(name.clone(), reported.clone());
+    }
+    Ok(SideSettings {
+        capabilities: enabled,
+        parameters,
+    })
 }
 
 fn start_mirror(
     source: &QemuProcess,
     destination: &QemuProcess,
+    mirror: &MirrorSettings,
     nbd_via_link: SocketAddr,
     nbd_port: u16,
     timeout: Duration,
@@ -234,7 +265,14 @@ fn start_mirror(
     )?;
     source.qmp.execute(
         "blockdev-mirror",
-        json!({"job-id": "mirror0", "device": "disk0", "target": "mirror-target", "sync": "full"}),
+        json!({
+            "job-id": "mirror0",
+            "device": "disk0",
+            "target": "mirror-target",
+            "sync": "full",
+            "granularity": mirror.granularity,
+            "copy-mode": mirror.copy_mode,
+        }),
     )?;
     // Memory migration starts only once the disk copy has caught up, as libvirt does.
     source.qmp.wait_event(
@@ -253,6 +291,12 @@ fn start_mirror(
         .and_then(|e| e.data["error"].as_str().map(str::to_owned))
     {
         bail!("disk mirror failed: {error}");
+    }
+    if mirror.copy_mode_when_ready != mirror.copy_mode {
+        source.qmp.execute(
+            "block-job-change",
+            json!({"id": "mirror0", "type": "mirror", "copy-mode": mirror.copy_mode_when_ready}),
+        )?;
     }
     Ok(())
 }

@@ -6,8 +6,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::PostcopyResult;
+use crate::physical_limit::PhysicalLimit;
+use crate::qemu_settings::QemuSettings;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunResult {
     pub method: String,
     pub scenario: String,
@@ -23,6 +25,10 @@ pub struct RunResult {
     pub link_bytes: u64,
     pub link_bytes_to_destination: u64,
     pub link_bytes_to_source: u64,
+    /// Connections the link carried (QEMU opens one per multifd channel
+    /// and one for post-copy preemption besides its main stream).
+    #[serde(default)]
+    pub link_connections: u64,
     /// Memory bytes the migration sent, by its own count.
     pub memory_bytes: u64,
     /// Disk bytes the migration sent, by its own count.
@@ -39,6 +45,14 @@ pub struct RunResult {
     /// Pages moved after the switch and fault latency (mllm's post-copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postcopy: Option<PostcopyResult>,
+    /// QEMU's methods: migration capabilities and parameters of both QEMUs,
+    /// as QEMU reported them back, and the disk mirror's settings.
+    #[serde(default)]
+    pub qemu: Option<QemuSettings>,
+    /// The least time any method could take on this run's content and
+    /// link; `None` only in results written before it was measured.
+    #[serde(default)]
+    pub physical_limit: Option<PhysicalLimit>,
     pub workload: WorkloadResult,
     pub destination: DestinationCheck,
     /// For a failed migration: was the source VM still running afterwards?
@@ -76,6 +90,12 @@ pub struct Environment {
 }
 
 impl RunResult {
+    /// Total time as a multiple of the physical limit.
+    pub fn times_limit(&self) -> Option<f64> {
+        let limit_ms = self.physical_limit.as_ref()?.seconds * 1000.0;
+        (limit_ms > 0.0).then_some(self.total_time_ms? / limit_ms)
+    }
+
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))

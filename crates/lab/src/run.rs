@@ -17,8 +17,10 @@ use crate::disk;
 use crate::image::{GuestImage, SERIAL_PORTS};
 use crate::method::Method;
 use crate::mllm_migration::{self, GuestFiles};
+use crate::physical_limit::ContentSnapshot;
 use crate::plot;
 use crate::qemu_migration;
+use crate::qemu_settings::QemuSettings;
 use crate::result::{Environment, RunResult};
 use crate::scenario::{Scenario, Workload};
 use mllm_agent::{make_migratable, DiskServer, TrackedDisk};
@@ -146,6 +148,10 @@ fn run_in(
         .context("cannot create guest RAM files in /dev/shm")?;
     let source_ram = ram_dir.path().join("source.ram");
     let destination_ram = ram_dir.path().join("destination.ram");
+    // Every source keeps its RAM in a file, so the physical limit can read
+    // it at the start of the migration whichever method runs; without
+    // `x-ignore-shared` QEMU migrates shared RAM like any other.
+    source_config.ram = RamBackend::SharedFile(source_ram.clone());
     if method.is_mllm() {
         let hook = build::hook_library()?;
         make_migratable(
@@ -171,6 +177,15 @@ fn run_in(
     let link = Link::new(scenario.link.clone())?;
     let link_started_us = wall_clock_us();
     let timing = &scenario.timing;
+    let qemu_settings = QemuSettings::for_method(
+        method,
+        &scenario.link,
+        timing.downtime_target,
+        source_disk.is_some(),
+    )?;
+    // Read before the migration's clock starts, so that it costs the
+    // measured migration nothing; the guest runs on meanwhile.
+    let content = ContentSnapshot::take(&source_ram, source_disk.as_deref())?;
     let outcome = if let Some(strategy) = method.mllm_strategy() {
         let disks_of = |server: &Option<DiskServer>| -> Vec<Arc<TrackedDisk>> {
             server.iter().map(|s| Arc::clone(s.disk())).collect()
@@ -194,9 +209,12 @@ fn run_in(
             &dir.join(mllm_migration::TRACE_FILE),
         )
     } else {
+        let settings = qemu_settings
+            .as_ref()
+            .context("every method that is not mllm's is QEMU's")?;
         qemu_migration::migrate(
             method,
-            timing.downtime_target,
+            settings,
             timing.migration_timeout,
             &source,
             &destination,
@@ -231,6 +249,10 @@ fn run_in(
         expect_verification,
     );
     let source_running_after = (!success_so_far).then(|| is_running(&source));
+    source.shutdown();
+    destination.shutdown();
+    // Once the VMs are gone: the compression takes a core for a while.
+    let physical_limit = content.limit(scenario.link.bandwidth_bits_per_s, scenario.link.rtt)?;
 
     let mut error = outcome.error.clone();
     if success_so_far && !destination_check.healthy {
@@ -267,6 +289,7 @@ fn run_in(
         link_bytes: link_stats.bytes_forward + link_stats.bytes_backward,
         link_bytes_to_destination: link_stats.bytes_forward,
         link_bytes_to_source: link_stats.bytes_backward,
+        link_connections: link_stats.connections,
         memory_bytes: outcome.memory_bytes,
         disk_bytes: outcome.disk_bytes,
         rounds: outcome.rounds,
@@ -274,6 +297,8 @@ fn run_in(
         retransmitted_pages: outcome.retransmitted_pages,
         tracking_method: outcome.tracking_method.clone(),
         postcopy: outcome.postcopy.clone(),
+        qemu: outcome.qemu_settings.clone(),
+        physical_limit: Some(physical_limit),
         workload: analysis::workload_rates(
             &source_output,
             &destination_output,
@@ -312,8 +337,6 @@ fn run_in(
     ) {
         tracing::warn!("could not draw the timeline plot: {err:#}");
     }
-    source.shutdown();
-    destination.shutdown();
     Ok(result)
 }
 

@@ -3,9 +3,12 @@
 
 use std::sync::Mutex;
 
+use serde_json::json;
+
 use mllm_lab::image::{GuestImage, ImageBuilder};
 use mllm_lab::method::Method;
 use mllm_lab::paths;
+use mllm_lab::qemu_settings::QemuSettings;
 use mllm_lab::result::RunResult;
 use mllm_lab::run::run_method;
 use mllm_lab::scenario::Scenario;
@@ -18,11 +21,8 @@ fn image() -> GuestImage {
         .expect("guest image")
 }
 
-fn scenario(method: &str, timeout: &str) -> Scenario {
-    Scenario::parse(&format!(
-        r#"
-name = "ci-{method}"
-methods = ["{method}"]
+/// The memory workload: 64 MiB, 500 page writes/s into a 5 % hot set.
+const MEMLOAD: &str = r#"
 [vm]
 memory = "256MiB"
 [workload]
@@ -31,6 +31,30 @@ size = "64MiB"
 hot_fraction = 0.05
 skew = "zipf:0.9"
 write_rate = 500
+"#;
+
+/// A 64 MiB disk, 16 MiB of it data, and the disk workload over its first 8 MiB.
+const DISKLOAD: &str = r#"
+[vm]
+memory = "256MiB"
+disk = { size = "64MiB", used = "16MiB" }
+[workload]
+kind = "diskload"
+length = "8MiB"
+hot_fraction = 0.1
+hot_access_pct = 90
+skew = "zipf:0.9"
+write_rate = 50
+read_pct = 70
+random_fraction = 0.5
+"#;
+
+fn scenario(method: &str, guest: &str, timeout: &str) -> Scenario {
+    Scenario::parse(&format!(
+        r#"
+name = "ci-{method}"
+methods = ["{method}"]
+{guest}
 [link]
 bandwidth = "100Mbit"
 rtt = "50ms"
@@ -44,47 +68,22 @@ migration_timeout = "{timeout}"
     .expect("test scenario")
 }
 
-/// A guest that reads and writes its disk (16 of 64 MiB used).
-fn disk_scenario(method: &str) -> Scenario {
-    Scenario::parse(&format!(
-        r#"
-name = "ci-disk-{method}"
-methods = ["{method}"]
-[vm]
-memory = "256MiB"
-disk = {{ size = "64MiB", used = "16MiB" }}
-[workload]
-kind = "diskload"
-length = "16MiB"
-hot_fraction = 0.1
-hot_access_pct = 90
-skew = "zipf:0.9"
-write_rate = 50
-read_pct = 70
-random_fraction = 0.5
-[link]
-bandwidth = "200Mbit"
-rtt = "20ms"
-[timing]
-warmup = "4s"
-baseline_window = "2s"
-after = "5s"
-migration_timeout = "120s"
-"#
-    ))
-    .expect("test scenario")
-}
-
 fn migrate(method: Method, timeout: &str) -> RunResult {
-    run(method, &scenario(method.name(), timeout))
+    migrate_guest(method, MEMLOAD, timeout)
 }
 
-fn run(method: Method, scenario: &Scenario) -> RunResult {
+fn migrate_guest(method: Method, guest: &str, timeout: &str) -> RunResult {
     let _serial = ONE_VM_PAIR_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let out = tempfile::tempdir().unwrap();
-    let result = run_method(scenario, method, &image(), out.path()).expect("lab run");
+    let result = run_method(
+        &scenario(method.name(), guest, timeout),
+        method,
+        &image(),
+        out.path(),
+    )
+    .expect("lab run");
     println!("{}", mllm_lab::report::summary(&result));
     result
 }
@@ -112,12 +111,58 @@ fn assert_guest_moved(result: &RunResult) {
     assert!(gap < 5_000.0, "guest stalled for {gap} ms");
     assert!(result.downtime_ms.is_some_and(|d| d > 0.0));
     assert!(result.workload.after_ops_per_s.is_some_and(|r| r > 0.0));
+    assert_sane_physical_limit(result);
+}
+
+/// The test guest's RAM, as the scenario sets it.
+const RAM_BYTES: u64 = 256 << 20;
+
+fn assert_sane_physical_limit(result: &RunResult) {
+    let limit = result.physical_limit.as_ref().expect("physical limit");
+    assert_eq!(limit.ram_bytes, RAM_BYTES);
+    // The guest's kernel and its workload's data are there; at most all of
+    // RAM and disk, as if nothing compressed.
+    assert!(
+        limit.bytes > 0 && limit.bytes <= limit.ram_bytes + limit.disk_bytes,
+        "{} bytes",
+        limit.bytes
+    );
+    assert!(limit.unique_pages <= limit.nonzero_pages);
+    let rtt = 0.05;
+    let at_link_rate = limit.bytes as f64 * 8.0 / 100e6;
+    assert!(
+        (limit.seconds - at_link_rate - rtt).abs() < 1e-6,
+        "{limit:?}"
+    );
+    // No method beats it.
+    let times = result.times_limit().expect("total time and limit");
+    assert!(
+        times > 1.0,
+        "total time is {times} times the physical limit"
+    );
+}
+
+/// The QEMU settings in result.json: what both QEMUs reported back after
+/// they were set (`query-migrate-capabilities`, `query-migrate-parameters`).
+fn qemu_settings(result: &RunResult) -> &QemuSettings {
+    result.qemu.as_ref().expect("QEMU settings in result.json")
+}
+
+fn assert_expert_switchover(result: &RunResult) {
+    let source = &qemu_settings(result).source;
+    assert_eq!(source.parameters["downtime-limit"], json!(300));
+    // 100 Mbit/s in bytes per second.
+    assert_eq!(
+        source.parameters["avail-switchover-bandwidth"],
+        json!(12_500_000)
+    );
 }
 
 #[test]
 fn qemu_precopy_through_the_link_keeps_the_guest_running() {
     let result = migrate(Method::QemuPrecopy, "120s");
     assert_guest_moved(&result);
+    assert_expert_switchover(&result);
     // The relay sees QEMU's stream plus framing: its count must agree with
     // QEMU's own within a few percent.
     let ratio = result.link_bytes_to_destination as f64 / result.memory_bytes as f64;
@@ -140,6 +185,65 @@ fn qemu_precopy_through_the_link_keeps_the_guest_running() {
 fn qemu_postcopy_through_the_link_keeps_the_guest_running() {
     let result = migrate(Method::QemuPostcopy, "120s");
     assert_guest_moved(&result);
+}
+
+#[test]
+fn qemu_postcopy_preempt_sends_its_second_channel_through_the_link() {
+    let result = migrate(Method::QemuPostcopyPreempt, "120s");
+    assert_guest_moved(&result);
+    assert_expert_switchover(&result);
+    // The destination must have preemption on too, or it never accepts the channel.
+    let qemu = qemu_settings(&result);
+    for side in [&qemu.source, &qemu.destination] {
+        for wanted in ["postcopy-ram", "postcopy-preempt"] {
+            assert!(
+                side.capabilities.iter().any(|c| c == wanted),
+                "{:?}",
+                side.capabilities
+            );
+        }
+    }
+    // The main stream and the preempt channel both crossed the link.
+    assert!(
+        result.link_connections >= 2,
+        "{} connections",
+        result.link_connections
+    );
+}
+
+#[test]
+fn qemu_multifd_zstd_runs_two_zstd_channels_through_the_link() {
+    let result = migrate(Method::QemuMultifdZstd, "120s");
+    assert_guest_moved(&result);
+    assert_expert_switchover(&result);
+    let qemu = qemu_settings(&result);
+    for parameters in [&qemu.source.parameters, &qemu.destination.parameters] {
+        assert_eq!(parameters["multifd-channels"], json!(2));
+        assert_eq!(parameters["multifd-compression"], json!("zstd"));
+        assert_eq!(parameters["multifd-zstd-level"], json!(1));
+    }
+    // The main stream and both channels.
+    assert!(
+        result.link_connections >= 3,
+        "{} connections",
+        result.link_connections
+    );
+}
+
+#[test]
+fn qemu_precopy_mirrors_the_disk_at_4_kib_and_write_blocking_once_ready() {
+    let result = migrate_guest(Method::QemuPrecopy, DISKLOAD, "180s");
+    assert_guest_moved(&result);
+    assert_expert_switchover(&result);
+    let mirror = qemu_settings(&result)
+        .mirror
+        .as_ref()
+        .expect("mirror settings");
+    assert_eq!(mirror.granularity, 4096);
+    assert_eq!(mirror.copy_mode_when_ready, "write-blocking");
+    assert!(result.disk_bytes > 0);
+    let limit = result.physical_limit.as_ref().unwrap();
+    assert_eq!(limit.disk_bytes, 64 << 20);
 }
 
 #[test]
@@ -185,7 +289,7 @@ fn mllm_moves_the_guest_with_the_planner_in_the_loop() {
 
 #[test]
 fn mllm_precopy_moves_a_guest_with_its_disk() {
-    let result = run(Method::MllmPrecopy, &disk_scenario("mllm-precopy"));
+    let result = migrate_guest(Method::MllmPrecopy, DISKLOAD, "120s");
     // Test mode: the destination compared its disk's digest with the
     // source's at the switch, and its memory page by page.
     assert_guest_moved(&result);

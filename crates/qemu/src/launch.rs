@@ -26,7 +26,10 @@ impl Accelerator {
     }
 }
 
-/// Where guest RAM lives.
+/// Where guest RAM lives. Both backends are the memory backend `ram0`, and
+/// QEMU names the RAM block in its migration stream after the backend, so a
+/// VM with one kind migrates into a VM with the other (the lab's sources keep
+/// their RAM in a file for every method; QEMU's destinations stay anonymous).
 #[derive(Debug, Clone)]
 pub enum RamBackend {
     /// QEMU's own anonymous memory: what a plain QEMU migration uses.
@@ -108,20 +111,20 @@ impl QemuConfig {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
         ];
-        let machine = match &self.ram {
-            RamBackend::Anonymous => "q35".to_owned(),
-            RamBackend::SharedFile(path) => {
-                args.push("-object".into());
-                args.push(format!(
-                    "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
-                    self.memory_mib,
-                    path.display()
-                ));
-                "q35,memory-backend=ram0".to_owned()
+        let backend = match &self.ram {
+            RamBackend::Anonymous => {
+                format!("memory-backend-ram,id=ram0,size={}M", self.memory_mib)
             }
+            RamBackend::SharedFile(path) => format!(
+                "memory-backend-file,id=ram0,size={}M,mem-path={},share=on",
+                self.memory_mib,
+                path.display()
+            ),
         };
+        args.push("-object".into());
+        args.push(backend);
         args.push("-machine".into());
-        args.push(machine);
+        args.push("q35,memory-backend=ram0".into());
         for port in &self.serial_ports {
             args.push("-chardev".into());
             args.push(format!(
@@ -338,5 +341,28 @@ mod tests {
         assert!(args.contains("memory-backend-file,id=ram0,size=256M,mem-path=/dev/shm/x,share=on"));
         assert!(args.contains("q35,memory-backend=ram0"));
         assert!(args.ends_with("-incoming defer"));
+    }
+
+    #[test]
+    fn anonymous_ram_is_the_same_backend_so_either_kind_migrates_into_the_other() {
+        let config = QemuConfig {
+            name: "dst".into(),
+            binary: "qemu-system-x86_64".into(),
+            accelerator: Accelerator::Tcg,
+            memory_mib: 256,
+            vcpus: 1,
+            ram: RamBackend::Anonymous,
+            kernel: "k".into(),
+            initrd: "i".into(),
+            kernel_cmdline: "console=ttyS0".into(),
+            disk: None,
+            serial_ports: vec![],
+            incoming: true,
+            run_dir: "/tmp/r".into(),
+            env: vec![],
+        };
+        let args = config.args().join(" ");
+        assert!(args.contains("memory-backend-ram,id=ram0,size=256M"));
+        assert!(args.contains("q35,memory-backend=ram0"));
     }
 }
