@@ -95,7 +95,13 @@ impl Default for SourceSettings {
 
 impl SourceSettings {
     /// The strategy these settings describe, for a guest of `pages` pages.
-    pub(crate) fn build_strategy(&self, pages: PageIndex) -> Box<dyn Strategy> {
+    /// `disk_blocks`: the VM's disk, if it has one: MLLM then predicts its
+    /// read workingset too.
+    pub(crate) fn build_strategy(
+        &self,
+        pages: PageIndex,
+        disk_blocks: Option<u32>,
+    ) -> Box<dyn Strategy> {
         let config = PlannerConfig {
             downtime_target_s: self.downtime_target.as_secs_f64(),
             // The strategy observes one interval per tracker scan.
@@ -118,7 +124,7 @@ impl SourceSettings {
                 return Box::new(Mllm::new(
                     config,
                     estimator.build(pages, ESTIMATOR_HORIZON),
-                    None,
+                    disk_blocks.map(|blocks| estimator.build(blocks, ESTIMATOR_HORIZON)),
                 ));
             }
         }

@@ -59,8 +59,8 @@ pub use memory_trace::TraceSummary;
 pub use messages::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest, VmInfo};
 pub use progress::{Phase, Progress};
 pub use report::{
-    DestinationPostcopyReport, DestinationReport, PostcopyReport, RoundReport, SourceReport,
-    SourceTimings, SwitchReason,
+    DestinationPostcopyReport, DestinationReport, DiskPostcopyReport, PostcopyReport, RoundReport,
+    SourceReport, SourceTimings, SwitchReason,
 };
 
 /// Where the daemon listens and its clients connect unless told otherwise.

@@ -28,6 +28,19 @@ pub struct RoundReport {
     pub stopped: bool,
 }
 
+/// What the post-copy of a disk did at the destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskPostcopyReport {
+    /// Pending blocks installed from the source (pushed or fetched).
+    pub blocks_installed: u64,
+    /// Pending blocks the guest overwrote whole before they came: never fetched.
+    pub blocks_overwritten: u64,
+    /// Guest requests that waited for a block from the source.
+    pub fetches: u64,
+    pub fetch_p50_ms: Option<f64>,
+    pub fetch_p99_ms: Option<f64>,
+}
+
 /// What a post-copy phase moved, from the source's side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostcopyReport {
@@ -37,6 +50,12 @@ pub struct PostcopyReport {
     pub pages_on_demand: u64,
     /// Requests the destination sent (one may name several pages).
     pub requests: u64,
+    /// Disk blocks sent in the strategy's order.
+    #[serde(default)]
+    pub blocks_pushed: u64,
+    /// Disk blocks sent because the destination's guest needed them first.
+    #[serde(default)]
+    pub blocks_on_demand: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +161,8 @@ pub struct DestinationReport {
     /// Post-copy: what arrived after the switch, and how long faults waited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postcopy: Option<DestinationPostcopyReport>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_postcopy: Option<DiskPostcopyReport>,
 }
 
 /// What a post-copy phase did at the destination.

@@ -260,13 +260,6 @@ impl Scenario {
                 );
             }
         }
-        if self.vm.disk.is_some() && self.methods.contains(&Method::Mllm) {
-            bail!(
-                "{} moves disk blocks after the switch, which mllm's agents cannot do yet: \
-                 use mllm-precopy or mllm-postcopy with [vm.disk]",
-                Method::Mllm
-            );
-        }
         ensure!(
             !self.methods.is_empty(),
             "methods is empty: name at least one migration method"

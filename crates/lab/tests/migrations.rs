@@ -301,3 +301,16 @@ fn mllm_precopy_moves_a_guest_with_its_disk() {
         result.disk_bytes
     );
 }
+
+#[test]
+fn mllm_moves_the_disk_read_workingset_first_and_the_rest_after_the_switch() {
+    let result = migrate_guest(Method::Mllm, DISKLOAD, "120s");
+    // Test mode: the blocks present at the switch were compared by digest
+    // then, the others one by one as they arrived after it; memory likewise.
+    assert_guest_moved(&result);
+    assert!(
+        result.disk_bytes > 1 << 20 && result.disk_bytes < 24 << 20,
+        "disk bytes: {}",
+        result.disk_bytes
+    );
+}

@@ -20,15 +20,15 @@
 //!       │        … more rounds: pages written meanwhile … │   the link by the Acks)
 //!       │── SourceStopped ──────────────────────────────▶│  Switching: VM paused
 //!       │── PageBatch … RoundEnd ───────────────────────▶│  final round
-//!       │── PendingPages (post-copy) ───────────────────▶│  dropped, fault now
+//!       │── PendingPages, PendingBlocks (post-copy) ────▶│  dropped, fault now
 //!       │── RamDigest, DiskDigest, PageDigests (test) ──▶│  compared, or refuse
 //!       │── DeviceState … ──────────────────────────────▶│  DeviceState: QEMU's
 //!       │── HandOver (device-state bytes) ──────────────▶│  stream, relayed
 //!       │   the VM is the destination's from here         │  AwaitingRunning: load, cont
 //!       │◀──────────────────────── DestinationRunning ────│  AwaitingRelease, or
 //!       │                                                 │  Postcopy:
-//!       │── PageBatch (pushed, or asked for) ───────────▶│    installed
-//!       │◀──────────────────────── PageRequest, Ack ──────│    faults, receipts
+//!       │── Page/BlockBatch (pushed, or asked for) ─────▶│    installed
+//!       │◀────────────── PageRequest, BlockRequest, Ack ──│    faults, receipts
 //!       │◀──────────────────────── PostcopyComplete ──────│  AwaitingRelease
 //!       │── Ack ────────────────────────────────────────▶│  Released
 //! ```
@@ -257,16 +257,24 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
             S,
             M::PageBatch | M::BlockBatch | M::RoundEnd | M::RamDigest | M::DiskDigest,
         ) => P::Switching,
-        (P::Switching, S, M::PendingPages | M::PageDigests) if postcopy => P::Switching,
-        (_, S, M::PageBatch) if postcopy && pages_after_switch => phase,
-        (_, D, M::PageRequest | M::Ack) if postcopy && pages_after_switch => phase,
+        (
+            P::Switching,
+            S,
+            M::PendingPages | M::PageDigests | M::PendingBlocks | M::BlockDigests,
+        ) if postcopy => P::Switching,
+        (_, S, M::PageBatch | M::BlockBatch) if postcopy && pages_after_switch => phase,
+        (_, D, M::PageRequest | M::BlockRequest | M::Ack) if postcopy && pages_after_switch => {
+            phase
+        }
         (P::Switching | P::DeviceState, S, M::DeviceState) => P::DeviceState,
         (P::DeviceState, S, M::HandOver) => P::AwaitingRunning,
         (P::AwaitingRunning, D, M::DestinationRunning) if postcopy => P::Postcopy,
         (P::AwaitingRunning, D, M::DestinationRunning) => P::AwaitingRelease,
         (P::Postcopy, D, M::PostcopyComplete) => P::AwaitingRelease,
         // Pushed pages the source sent before it read the receipt.
-        (P::AwaitingRelease, S, M::PageBatch) | (P::AwaitingRelease, D, M::Ack) if postcopy => {
+        (P::AwaitingRelease, S, M::PageBatch | M::BlockBatch) | (P::AwaitingRelease, D, M::Ack)
+            if postcopy =>
+        {
             phase
         }
         (P::AwaitingRelease, S, M::Ack) => P::Released,
@@ -379,6 +387,21 @@ mod tests {
                     pages: vec![],
                     payload: vec![],
                 },
+            }
+            .into(),
+            M::PendingBlocks => PendingBlocks {
+                disk: 0,
+                ranges: vec![],
+            }
+            .into(),
+            M::BlockRequest => BlockRequest {
+                disk: 0,
+                blocks: vec![1],
+            }
+            .into(),
+            M::BlockDigests => BlockDigests {
+                disk: 0,
+                blocks: vec![],
             }
             .into(),
             M::DiskDigest => DiskDigest {

@@ -28,9 +28,10 @@ pub use error::WireError;
 pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
 pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};
 pub use message::{
-    Abort, Ack, BlockBatch, DestinationRunning, DeviceState, DiskDigest, FrameType, HandOver,
-    Message, MessageType, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
-    PageDigests, PageRequest, PendingPages, PostcopyComplete, RoundEnd, SourceStopped,
+    Abort, Ack, BlockBatch, BlockDigests, BlockRequest, DestinationRunning, DeviceState,
+    DiskDigest, FrameType, HandOver, Message, MessageType, MigrationAccept, MigrationPolicy,
+    MigrationReject, MigrationRequest, PageDigests, PageRequest, PendingBlocks, PendingPages,
+    PostcopyComplete, RoundEnd, SourceStopped,
 };
 /// The page size pages travel in; defined by `mllm-core`, re-exported for
 /// code that only speaks the protocol.

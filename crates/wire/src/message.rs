@@ -142,6 +142,31 @@ pub struct PageDigests {
     pub pages: Vec<(PageIndex, u64)>,
 }
 
+/// Post-copy of disk `disk`: its blocks that move after the switch. The
+/// destination's copies of them are stale: a guest request touching one
+/// waits until the source's version arrives (a full overwrite needs none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingBlocks {
+    pub disk: u16,
+    pub ranges: Vec<PageRange>,
+}
+
+/// Post-copy: the destination's guest reads (or partly writes) these
+/// missing blocks of disk `disk`; the source sends them ahead of the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRequest {
+    pub disk: u16,
+    pub blocks: Vec<u32>,
+}
+
+/// Test mode, post-copy: the source's digest of each pending block of disk
+/// `disk` at the switch, checked as the destination installs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDigests {
+    pub disk: u16,
+    pub blocks: Vec<(u32, u64)>,
+}
+
 /// Destination's VM runs: the source may release its copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRunning;
@@ -266,6 +291,9 @@ message_table! {
     18 => PageDigests: Verification,
     19 => BlockBatch: Disk,
     20 => DiskDigest: Verification,
+    21 => PendingBlocks: Disk,
+    22 => BlockRequest: Disk,
+    23 => BlockDigests: Verification,
 }
 
 /// Encoded size of a body: postcard's size-counting flavor walks the value

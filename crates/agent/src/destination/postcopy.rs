@@ -61,8 +61,8 @@ struct State {
 }
 
 impl State {
-    fn take_receipt(&mut self) -> bool {
-        let due = self.vm_started && self.missing_count == 0 && !self.receipt_sent;
+    fn take_receipt(&mut self, blocks_done: bool) -> bool {
+        let due = self.vm_started && self.missing_count == 0 && blocks_done && !self.receipt_sent;
         self.receipt_sent |= due;
         due
     }
@@ -132,18 +132,17 @@ impl Postcopy {
         page < state.missing.universe() && state.missing.contains(page)
     }
 
-    /// The VM runs here. Returns whether the receipt is due now (every
-    /// page was already in); it is then the caller's to send.
-    pub fn vm_started(&self) -> bool {
-        let mut state = self.lock();
-        state.vm_started = true;
-        state.take_receipt()
+    /// The VM runs here; the caller then asks whether the receipt is due.
+    pub fn vm_started(&self) {
+        self.lock().vm_started = true;
     }
 
-    /// Whether the receipt is due now: the VM runs and every pending page
-    /// is in. True once; the caller sends it.
-    pub fn receipt_due(&self) -> bool {
-        self.lock().take_receipt()
+    /// Whether the receipt is due now: the VM runs, every pending page is
+    /// in, and (`blocks_done`) every pending disk block. True once; the
+    /// caller sends it. Each caller looks at the blocks after its own
+    /// change (a start, a page, a block), so the last change sees it due.
+    pub fn receipt_due(&self, blocks_done: bool) -> bool {
+        self.lock().take_receipt(blocks_done)
     }
 
     /// Test mode: the digest of the pages present since before the switch,

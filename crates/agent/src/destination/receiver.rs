@@ -17,9 +17,9 @@ use mllm_core::memory::PageRange;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
-    Abort, Ack, BlockBatch, Conversation, DestinationRunning, DiskDigest, FrameReader, FrameWriter,
-    Message, PageBatch, PageBatchDecoder, PageContent, PostcopyComplete, RamDigest, Role,
-    TrafficClass,
+    Abort, Ack, BlockBatch, BlockRequest, Conversation, DestinationRunning, DiskDigest,
+    FrameReader, FrameWriter, Message, PageBatch, PageBatchDecoder, PageContent, PendingBlocks,
+    PostcopyComplete, RamDigest, Role, TrafficClass,
 };
 use serde_json::json;
 
@@ -105,6 +105,8 @@ pub(super) struct Receiver<'a> {
     pages: u64,
     zero_pages: u64,
     blocks: u64,
+    /// The source left disk blocks for after the switch.
+    disk_postcopy: bool,
     device_state_bytes: u64,
     verified: bool,
     qemu_checked: Instant,
@@ -155,6 +157,7 @@ impl<'a> Receiver<'a> {
             pages: 0,
             zero_pages: 0,
             blocks: 0,
+            disk_postcopy: false,
             device_state_bytes: 0,
             verified: false,
             qemu_checked: Instant::now(),
@@ -167,6 +170,9 @@ impl<'a> Receiver<'a> {
         match self.receive() {
             Ok(report) => Ok(report),
             Err(error) => {
+                for disk in self.disks {
+                    disk.abandon_remote(&error.chain());
+                }
                 let abort = Message::Abort(Abort {
                     reason: error.chain(),
                 });
@@ -192,6 +198,7 @@ impl<'a> Receiver<'a> {
                 }
                 Message::SourceStopped(_) => tracing::info!("source VM paused: final round"),
                 Message::RamDigest(digest) => self.verify(&digest)?,
+                Message::PendingBlocks(pending) => self.arm_disk(&pending)?,
                 Message::PendingPages(pending) => return self.receive_postcopy(&pending.ranges),
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
                 Message::HandOver(end) => {
@@ -238,7 +245,14 @@ impl<'a> Receiver<'a> {
             let started = received?;
             served.during("serving missing-page faults")?;
             let report = postcopy.finish(self.verified)?;
-            Ok(self.report(&started, Some(report)))
+            let disk_report = match self.disks.first() {
+                Some(disk) if self.disk_postcopy => Some(disk.finish_remote(self.verified)?),
+                _ => None,
+            };
+            self.sync_disks();
+            let mut report = self.report(&started, Some(report));
+            report.disk_postcopy = disk_report;
+            Ok(report)
         })
     }
 
@@ -255,20 +269,29 @@ impl<'a> Receiver<'a> {
             match self.next_message()? {
                 Message::PageBatch(batch) => {
                     self.install_pages(&batch, postcopy)?;
-                    if postcopy.receipt_due() {
-                        self.outbox
-                            .send(&Message::PostcopyComplete(PostcopyComplete))?;
-                    }
+                    self.send_receipt_if_due(postcopy)?;
+                }
+                Message::BlockBatch(blocks) => {
+                    self.install_blocks(&blocks)?;
+                    self.send_receipt_if_due(postcopy)?;
                 }
                 Message::RamDigest(digest) => {
                     let ours = postcopy.digest_present(&self.ram);
                     self.compare(&digest, &ours)?;
                 }
                 Message::PageDigests(digests) => postcopy.expect(&digests)?,
+                Message::DiskDigest(digest) => self.verify_disk(&digest)?,
+                Message::BlockDigests(digests) => {
+                    self.disk(digests.disk)?.expect_blocks(&digests.blocks)?
+                }
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
                 Message::HandOver(end) => {
-                    let (vm, outbox, started_us) =
-                        (self.vm, Arc::clone(&self.outbox), self.started_us);
+                    let (vm, outbox, started_us, disks) = (
+                        self.vm,
+                        Arc::clone(&self.outbox),
+                        self.started_us,
+                        self.disks,
+                    );
                     let device_state = self.take_device_state()?;
                     starting = Some(scope.spawn(move || {
                         let started = start_vm(
@@ -278,8 +301,9 @@ impl<'a> Receiver<'a> {
                             &outbox,
                             started_us,
                         )?;
-                        // The last page may have come before the start.
-                        if postcopy.vm_started() {
+                        // The last page or block may have come before the start.
+                        postcopy.vm_started();
+                        if postcopy.receipt_due(blocks_done(disks)) {
                             outbox.send(&Message::PostcopyComplete(PostcopyComplete))?;
                         }
                         Ok(started)
@@ -352,14 +376,59 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    fn write_blocks(&mut self, blocks: &BlockBatch) -> Result<()> {
-        let disk = self.disks.get(usize::from(blocks.disk)).ok_or_else(|| {
+    fn disk(&self, disk: u16) -> Result<&'a Arc<TrackedDisk>> {
+        self.disks.get(usize::from(disk)).ok_or_else(|| {
             MigrationError::Invalid(format!(
-                "the source sent blocks of disk {}, but the VM has {} disks",
-                blocks.disk,
+                "the source named disk {disk}, but the VM has {} disks",
                 self.disks.len()
             ))
-        })?;
+        })
+    }
+
+    /// Post-copy: the source's pending blocks are stale here; guest
+    /// requests that need one ask the source through the outbox.
+    fn arm_disk(&mut self, pending: &PendingBlocks) -> Result<()> {
+        let disk = self.disk(pending.disk)?;
+        let (outbox, index) = (Arc::clone(&self.outbox), pending.disk);
+        disk.arm_remote(
+            &pending.ranges,
+            Arc::new(move |blocks| {
+                outbox.send(&Message::BlockRequest(BlockRequest {
+                    disk: index,
+                    blocks,
+                }))
+            }),
+        )?;
+        self.disk_postcopy = true;
+        tracing::info!(blocks = disk.missing_blocks(), "disk post-copy armed");
+        Ok(())
+    }
+
+    /// After the switch: blocks pushed or asked for, installed unless the
+    /// guest overwrote them meanwhile.
+    fn install_blocks(&mut self, blocks: &BlockBatch) -> Result<()> {
+        let disk = self.disk(blocks.disk)?;
+        for (index, content) in self.decoder.decode(&blocks.batch)? {
+            let data = match content {
+                PageContent::Zero => &ZERO_BLOCK,
+                PageContent::Data(data) => data,
+            };
+            disk.install_block(index, data)?;
+        }
+        self.blocks += blocks.batch.pages.len() as u64;
+        self.outbox.send(&Message::Ack(Ack))
+    }
+
+    fn send_receipt_if_due(&self, postcopy: &Postcopy) -> Result<()> {
+        if postcopy.receipt_due(blocks_done(self.disks)) {
+            self.outbox
+                .send(&Message::PostcopyComplete(PostcopyComplete))?;
+        }
+        Ok(())
+    }
+
+    fn write_blocks(&mut self, blocks: &BlockBatch) -> Result<()> {
+        let disk = self.disk(blocks.disk)?;
         for (index, content) in self.decoder.decode(&blocks.batch)? {
             if index >= disk.blocks() {
                 return Err(MigrationError::Invalid(format!(
@@ -379,14 +448,10 @@ impl<'a> Receiver<'a> {
 
     /// Test mode: the disk must equal the source's at the switch.
     fn verify_disk(&mut self, theirs: &DiskDigest) -> Result<()> {
-        let disk = self.disks.get(usize::from(theirs.disk)).ok_or_else(|| {
-            MigrationError::Invalid(format!(
-                "the source sent the digest of disk {}, but the VM has {} disks",
-                theirs.disk,
-                self.disks.len()
-            ))
-        })?;
-        let mismatches = theirs.digest.mismatches(&disk.digest()?);
+        let disk = self.disk(theirs.disk)?;
+        // Pending blocks are stale here: their digests come one by one.
+        let ours = disk.digest_without(|block| disk.is_missing(block))?;
+        let mismatches = theirs.digest.mismatches(&ours);
         if let Some(first) = mismatches.first() {
             return Err(MigrationError::MemoryMismatch(format!(
                 "DISK DIGEST MISMATCH: {} of {} ranges of disk {} differ from the source's \
@@ -416,12 +481,11 @@ impl<'a> Receiver<'a> {
     /// After the switch every page the source sends is a pending one: it is
     /// installed through the fault mechanism, never written behind it.
     fn install_pages(&mut self, batch: &PageBatch, postcopy: &Postcopy) -> Result<()> {
-        const ZERO: [u8; mllm_core::memory::PAGE_SIZE] = [0; mllm_core::memory::PAGE_SIZE];
         for (index, content) in self.decoder.decode(batch)? {
             let data = match content {
                 PageContent::Zero => {
                     self.zero_pages += 1;
-                    &ZERO
+                    &ZERO_BLOCK
                 }
                 PageContent::Data(data) => data,
             };
@@ -506,6 +570,7 @@ impl<'a> Receiver<'a> {
             device_state_loaded_us: started.device_state_loaded_us,
             running_us: started.running_us,
             postcopy,
+            disk_postcopy: None,
         }
     }
 }
@@ -545,6 +610,14 @@ fn start_vm(
         device_state_loaded_us,
         running_us,
     })
+}
+
+/// A page or block of zeros.
+const ZERO_BLOCK: [u8; mllm_core::memory::PAGE_SIZE] = [0; mllm_core::memory::PAGE_SIZE];
+
+/// Whether no disk waits for blocks from the source.
+fn blocks_done(disks: &[Arc<TrackedDisk>]) -> bool {
+    disks.iter().all(|disk| disk.missing_blocks() == 0)
 }
 
 /// Pauses the VM, or kills its QEMU if it does not answer.

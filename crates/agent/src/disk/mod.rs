@@ -15,6 +15,7 @@
 
 mod activity;
 mod mapping;
+mod remote;
 mod server;
 mod trace_file;
 mod tracked;

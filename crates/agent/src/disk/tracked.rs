@@ -8,14 +8,16 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use mllm_core::memory::pages_in;
+use mllm_control::DiskPostcopyReport;
+use mllm_core::memory::{pages_in, PageRange};
 use mllm_core::trace::{DiskAccess, DiskOp};
 use mllm_core::PageSet;
 use mllm_nbd::{BlockStore, RawFile, Zeroing};
-use mllm_wire::RamDigest;
+use mllm_wire::{page_digest, RamDigest};
 
 use super::activity::{blocks_covering, Activity, DiskActivity};
 use super::mapping::ReadOnlyMapping;
+use super::remote::{AskForBlocks, RemoteBlocks};
 use super::{BLOCK_SIZE, BLOCK_SIZE_U64};
 use crate::error::MigrationError;
 use crate::guest_ram::DIGEST_PAGES_PER_RANGE;
@@ -32,6 +34,8 @@ pub struct TrackedDisk {
     size: u64,
     blocks: u32,
     activity: Mutex<Activity>,
+    /// Post-copy at a destination: blocks still on the source.
+    remote: RemoteBlocks,
 }
 
 impl fmt::Debug for TrackedDisk {
@@ -73,6 +77,7 @@ impl TrackedDisk {
             size,
             blocks,
             activity: Mutex::new(Activity::new(blocks)),
+            remote: RemoteBlocks::new(blocks),
         }))
     }
 
@@ -205,6 +210,84 @@ impl TrackedDisk {
     /// Test mode: the image's digest, in the ranges of guest RAM digests.
     /// Only meaningful while nothing writes the disk.
     pub fn digest(&self) -> Result<RamDigest, MigrationError> {
+        self.digest_without(|_| false)
+    }
+
+    /// Test mode: the digest of every block but those `skip` names (a
+    /// post-copy destination's pending ones), in the ranges of
+    /// [`TrackedDisk::digest`].
+    pub fn digest_without(&self, skip: impl Fn(u32) -> bool) -> Result<RamDigest, MigrationError> {
+        let mapping = self.map()?;
+        Ok(RamDigest::compute_without(
+            mapping.bytes(),
+            DIGEST_PAGES_PER_RANGE,
+            skip,
+        ))
+    }
+
+    /// Test mode: the digest of each of `blocks`, as a page's.
+    pub fn block_digests(&self, blocks: &[u32]) -> Result<Vec<(u32, u64)>, MigrationError> {
+        let mut content = Box::new([0; BLOCK_SIZE]);
+        blocks
+            .iter()
+            .map(|&block| {
+                self.read_block(block, &mut content)?;
+                Ok((block, page_digest(&content)))
+            })
+            .collect()
+    }
+
+    /// Post-copy at the destination: `pending` blocks are stale here from
+    /// now on; a guest request that needs one asks for it through `ask`
+    /// and waits until [`TrackedDisk::install_block`] brings it.
+    pub fn arm_remote(
+        &self,
+        pending: &[PageRange],
+        ask: AskForBlocks,
+    ) -> Result<(), MigrationError> {
+        self.remote.arm(pending, ask)
+    }
+
+    /// Writes a block that came from the source after the switch, if it is
+    /// still pending; returns whether it was.
+    pub fn install_block(
+        &self,
+        block: u32,
+        data: &[u8; BLOCK_SIZE],
+    ) -> Result<bool, MigrationError> {
+        self.remote.install(
+            block,
+            || page_digest(data),
+            || self.write_block(block, data),
+        )
+    }
+
+    /// Blocks still on the source.
+    pub fn missing_blocks(&self) -> u64 {
+        self.remote.missing_count()
+    }
+
+    pub fn is_missing(&self, block: u32) -> bool {
+        self.remote.is_missing(block)
+    }
+
+    /// Test mode: the source's digests of pending blocks.
+    pub fn expect_blocks(&self, digests: &[(u32, u64)]) -> Result<(), MigrationError> {
+        self.remote.expect(digests)
+    }
+
+    /// Every pending block arrived: what the post-copy did.
+    pub fn finish_remote(&self, verify: bool) -> Result<DiskPostcopyReport, MigrationError> {
+        self.remote.finish(verify)
+    }
+
+    /// The migration failed: guest requests waiting for pending blocks fail
+    /// with `reason` rather than wait forever.
+    pub fn abandon_remote(&self, reason: &str) {
+        self.remote.abandon(reason);
+    }
+
+    fn map(&self) -> Result<ReadOnlyMapping, MigrationError> {
         let len = usize::try_from(self.size).map_err(|_| {
             MigrationError::Invalid(format!(
                 "disk image {} of {} bytes is too large to map",
@@ -212,10 +295,21 @@ impl TrackedDisk {
                 self.size
             ))
         })?;
-        let mapping = ReadOnlyMapping::new(&self.file, len).map_err(|error| {
+        ReadOnlyMapping::new(&self.file, len).map_err(|error| {
             MigrationError::io(format!("mapping disk image {}", self.path.display()), error)
-        })?;
-        Ok(RamDigest::compute(mapping.bytes(), DIGEST_PAGES_PER_RANGE))
+        })
+    }
+
+    /// Waits until the blocks under a guest request are here; `overwrite`:
+    /// the request replaces the blocks it covers whole.
+    fn await_remote(&self, offset: u64, len: u64, overwrite: bool) -> io::Result<()> {
+        let blocks = blocks_covering(offset, len);
+        let whole = if overwrite {
+            whole_blocks(offset, len)
+        } else {
+            0..0
+        };
+        self.remote.wait_for(blocks, whole)
     }
 
     fn offset_of(&self, block: u32, doing: &str) -> Result<u64, MigrationError> {
@@ -244,6 +338,14 @@ impl TrackedDisk {
     fn record(&self, op: DiskOp, offset: u64, length: u64) {
         self.activity().record(op, offset, length);
     }
+}
+
+/// The blocks `offset..offset + len` covers entirely.
+fn whole_blocks(offset: u64, len: u64) -> Range<u32> {
+    let first = offset.div_ceil(BLOCK_SIZE_U64);
+    let end = offset.saturating_add(len) / BLOCK_SIZE_U64;
+    let block = |at: u64| u32::try_from(at).unwrap_or(u32::MAX);
+    block(first)..block(end).max(block(first))
 }
 
 /// The ranges of `0..size` outside `holes` (sorted, not overlapping).
@@ -278,12 +380,14 @@ impl BlockStore for TrackedDisk {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.await_remote(offset, buf.len() as u64, false)?;
         let result = self.image.read_at(buf, offset);
         self.record(DiskOp::Read, offset, buf.len() as u64);
         result
     }
 
     fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.await_remote(offset, data.len() as u64, true)?;
         let result = self.image.write_at(data, offset, fua);
         self.record(DiskOp::Write, offset, data.len() as u64);
         result
@@ -294,12 +398,14 @@ impl BlockStore for TrackedDisk {
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        self.await_remote(offset, len, true)?;
         let result = self.image.trim(offset, len, fua);
         self.record(DiskOp::Write, offset, len);
         result
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, zeroing: Zeroing, fua: bool) -> io::Result<()> {
+        self.await_remote(offset, len, true)?;
         let result = self.image.write_zeroes(offset, len, zeroing, fua);
         self.record(DiskOp::Write, offset, len);
         result

@@ -40,7 +40,7 @@ use crate::error::{Context, MigrationError, Recovery, SourceError};
 use crate::guest_ram::GuestRam;
 use crate::memory_trace::TraceFile;
 use crate::peer::PeerLink;
-use crate::settings::{SourceSettings, SourceStrategy};
+use crate::settings::SourceSettings;
 use crate::tracking::start_tracking;
 use mllm_control::{Phase, Progress};
 use mllm_control::{PostcopyReport, SourceReport, SourceTimings};
@@ -137,6 +137,8 @@ struct SourceContext<'a> {
     transfer: Transfer,
     /// Post-copy: what the destination still lacks after the switch.
     owed: &'a Owed,
+    /// The same for the disk's blocks.
+    owed_blocks: &'a Owed,
     /// The handshake's round trip: how much in flight keeps the link busy.
     rtt: Duration,
     compression: CompressionSetting,
@@ -173,9 +175,16 @@ impl SourceContext<'_> {
     }
 
     /// Hands the strategy the guest's writes scanned since it last looked,
-    /// if it learns from them.
+    /// if it learns from them; the disk blocks read and written meanwhile
+    /// go with the latest interval (the disk is not sampled per interval).
     fn observe_writes(&mut self) {
-        for interval in self.writes.take_intervals() {
+        let mut intervals = self.writes.take_intervals();
+        if let (Some(last), Some(disk)) = (intervals.last_mut(), self.disk) {
+            let activity = disk.take_activity();
+            last.disk_reads = activity.reads;
+            last.disk_writes = activity.writes;
+        }
+        for interval in intervals {
             self.strategy.observe(&interval);
         }
     }
@@ -207,7 +216,7 @@ fn run(
     let started = Instant::now();
     let started_us = wall_clock_us();
     settings.validate()?;
-    let disk = movable_disk(local.disks, settings)?;
+    let disk = movable_disk(local.disks)?;
     let status = vm
         .qmp
         .execute("query-status", json!({}))
@@ -263,11 +272,12 @@ fn run(
         None => None,
     };
     let initially_used = used_blocks.as_ref().map_or(0, PageSet::count);
-    let strategy = settings.build_strategy(ram.pages());
+    let strategy = settings.build_strategy(ram.pages(), disk.map(|disk| disk.blocks()));
     let writes = WriteLog::new(tracker, trace, strategy.learns(), settings.trace_interval);
 
     let flow = Flow::new(conversation);
     let owed = Owed::new(ram.pages());
+    let owed_blocks = Owed::new(disk.map_or(0, |disk| disk.blocks()));
     let PeerLink {
         reader,
         writer,
@@ -280,14 +290,17 @@ fn run(
     let wake = queue.clone();
     let asked = AskedPages {
         owed: &owed,
+        owed_blocks: &owed_blocks,
+        disk,
         ram: &ram,
         compression,
     };
     let (outcome, sent, received) = std::thread::scope(|scope| {
         let sender =
             scope.spawn(|| threads::send_frames(writer, outbox, asked, &flow, &socket, timeout));
-        let receiver =
-            scope.spawn(|| threads::receive_frames(reader, &owed, wake, &flow, &socket, timeout));
+        let receiver = scope.spawn(|| {
+            threads::receive_frames(reader, &owed, &owed_blocks, wake, &flow, &socket, timeout)
+        });
         let outcome = (|| -> Result<_, MigrationError> {
             let mut ctx = SourceContext {
                 vm,
@@ -296,6 +309,7 @@ fn run(
                 strategy,
                 transfer: Transfer::new(ram.pages(), used_blocks),
                 owed: &owed,
+                owed_blocks: &owed_blocks,
                 rtt,
                 compression,
                 writes,
@@ -335,7 +349,10 @@ fn run(
     let pages_sent = rounds.iter().map(|round| round.pages).sum::<u64>()
         + postcopy.pushed
         + postcopy.sent_on_demand;
-    let blocks_sent = rounds.iter().map(|round| round.blocks).sum::<u64>();
+    let postcopy_blocks = owed_blocks.counts();
+    let blocks_sent = rounds.iter().map(|round| round.blocks).sum::<u64>()
+        + postcopy_blocks.pushed
+        + postcopy_blocks.sent_on_demand;
     Ok(SourceReport {
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
@@ -357,7 +374,9 @@ fn run(
         postcopy: switched.postcopy.then_some(PostcopyReport {
             pages_pushed: postcopy.pushed,
             pages_on_demand: postcopy.sent_on_demand,
-            requests: postcopy.requests,
+            requests: postcopy.requests + postcopy_blocks.requests,
+            blocks_pushed: postcopy_blocks.pushed,
+            blocks_on_demand: postcopy_blocks.sent_on_demand,
         }),
         verified: settings.verify,
         memory_trace,
@@ -372,23 +391,10 @@ fn run(
 }
 
 /// The one disk a migration can move today, if the VM has one.
-fn movable_disk<'a>(
-    disks: &'a [Arc<TrackedDisk>],
-    settings: &SourceSettings,
-) -> Result<Option<&'a TrackedDisk>, MigrationError> {
+fn movable_disk(disks: &[Arc<TrackedDisk>]) -> Result<Option<&TrackedDisk>, MigrationError> {
     match disks {
         [] => Ok(None),
-        [disk] => {
-            if let SourceStrategy::Mllm { .. } = settings.strategy {
-                // Its switch leaves the disk's pending blocks for after it.
-                return Err(MigrationError::Invalid(
-                    "the mllm policy moves disk blocks after the switch, which this agent \
-                     cannot do yet: migrate a VM with a disk with the precopy or postcopy policy"
-                        .into(),
-                ));
-            }
-            Ok(Some(disk))
-        }
+        [disk] => Ok(Some(disk)),
         _ => Err(MigrationError::Invalid(format!(
             "the VM has {} disks; this agent moves at most one disk per VM",
             disks.len()

@@ -108,15 +108,17 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// Whether the next page starts a new batch.
+    /// Whether the next page or block starts a new batch.
     pub fn batch_is_empty(&self) -> bool {
-        self.builder.is_empty()
+        self.builder.is_empty() && self.blocks.is_empty()
     }
 
-    /// Pages per batch from the next batch on; the current one must be empty.
+    /// Pages (and blocks) per batch from the next batch on; the current
+    /// ones must be empty.
     pub fn set_batch_pages(&mut self, compression: CompressionSetting, pages: usize) -> Result<()> {
-        debug_assert!(self.builder.is_empty());
+        debug_assert!(self.batch_is_empty());
         self.builder = PageBatchBuilder::new(compression, pages)?;
+        self.blocks = PageBatchBuilder::new(compression, pages)?;
         Ok(())
     }
 

@@ -12,7 +12,10 @@ use mllm_core::memory::{push_merged, PageIndex, PageRange};
 use mllm_core::strategy::{SendQueue, Space};
 use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
-use mllm_wire::{Ack, DeviceState, DiskDigest, HandOver, Message, PendingPages, SourceStopped};
+use mllm_wire::{
+    Ack, BlockDigests, DeviceState, DiskDigest, HandOver, Message, PendingBlocks, PendingPages,
+    SourceStopped,
+};
 use serde_json::json;
 
 use super::flow::FlowSnapshot;
@@ -62,9 +65,10 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     ctx.scan_writes().during("final scan")?;
     ctx.observe_writes();
     let switch = ctx.strategy.switch(ctx.transfer.state());
-    let pending = memory_pages(switch.postcopy)?;
+    let after_switch = items_in_order(switch.postcopy);
+    let (pending, pending_blocks) = split_by_space(&after_switch);
     let postcopy = ctx.flow.is_postcopy();
-    if !pending.is_empty() && !postcopy {
+    if !after_switch.is_empty() && !postcopy {
         return Err(MigrationError::Invalid(
             "the strategy wants pages moved after the switch, but the migration was requested \
              as pre-copy"
@@ -74,6 +78,28 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     send_round(ctx, Phase::FinalRound, switch.downtime, true)?;
     if postcopy {
         // Owed before the destination hears of them: it may ask at once.
+        // Blocks first: the pages' announcement starts the destination's
+        // post-copy, which then expects no more announcements.
+        if let Some(disk) = ctx.disk {
+            ctx.owed_blocks.owe(&pending_blocks);
+            ctx.pipeline.send(Message::PendingBlocks(PendingBlocks {
+                disk: 0,
+                ranges: as_ranges(&pending_blocks),
+            }))?;
+            if ctx.settings.verify {
+                let mut pending_set = PageSet::new(disk.blocks());
+                pending_set.insert_all(&pending_blocks);
+                let digest = disk.digest_without(|block| pending_set.contains(block))?;
+                ctx.pipeline
+                    .send(Message::DiskDigest(DiskDigest { disk: 0, digest }))?;
+                for blocks in pending_blocks.chunks(DIGESTS_PER_FRAME) {
+                    ctx.pipeline.send(Message::BlockDigests(BlockDigests {
+                        disk: 0,
+                        blocks: disk.block_digests(blocks)?,
+                    }))?;
+                }
+            }
+        }
         ctx.owed.owe(&pending);
         ctx.pipeline.send(Message::PendingPages(PendingPages {
             ranges: as_ranges(&pending),
@@ -95,7 +121,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
         let digest = ctx.ram.digest();
         ctx.pipeline.send(Message::RamDigest(digest))?;
     }
-    if let (Some(disk), true) = (ctx.disk, ctx.settings.verify) {
+    if let (Some(disk), true, false) = (ctx.disk, ctx.settings.verify, postcopy) {
         let digest = disk.digest()?;
         ctx.pipeline
             .send(Message::DiskDigest(DiskDigest { disk: 0, digest }))?;
@@ -118,7 +144,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     let device_state_sent_us = wall_clock_us();
 
     if postcopy {
-        push(ctx, &pending)?;
+        push(ctx, &after_switch)?;
     } else {
         // Silence on the link is caught by the receiver's timeout, so waiting
         // for the last batches needs no bound of its own however many there are.
@@ -151,20 +177,25 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     })
 }
 
-/// The pages of a queue (the strategy's post-copy order); disk blocks do
-/// not move after the switch yet.
-fn memory_pages(mut queue: SendQueue) -> Result<Vec<PageIndex>, MigrationError> {
-    let mut pages = Vec::with_capacity(queue.len());
-    while let Some((space, item)) = queue.next(|_, _| true) {
-        if space == Space::Disk {
-            return Err(MigrationError::Invalid(format!(
-                "the strategy moves disk block {item} after the switch, but this agent moves \
-                 disk blocks only before it"
-            )));
-        }
-        pages.push(item);
+/// The items of a queue, in the strategy's order.
+fn items_in_order(mut queue: SendQueue) -> Vec<(Space, u32)> {
+    let mut items = Vec::with_capacity(queue.len());
+    while let Some(item) = queue.next(|_, _| true) {
+        items.push(item);
     }
-    Ok(pages)
+    items
+}
+
+/// Pages and blocks of `items`, each in the items' order.
+fn split_by_space(items: &[(Space, u32)]) -> (Vec<PageIndex>, Vec<u32>) {
+    let of = |wanted: Space| {
+        items
+            .iter()
+            .filter(|&&(space, _)| space == wanted)
+            .map(|&(_, item)| item)
+            .collect()
+    };
+    (of(Space::Memory), of(Space::Disk))
 }
 
 /// `pages` as sorted, merged ranges.
@@ -179,11 +210,12 @@ fn as_ranges(pages: &[PageIndex]) -> Vec<PageRange> {
     ranges
 }
 
-/// Pushes the pages the destination still lacks, in the strategy's order,
-/// keeping about one round trip of them in flight: enough to fill the link,
-/// little enough that a page the guest asks for does not queue behind
-/// seconds of pushed ones. Stops early once the destination has them all.
-fn push(ctx: &mut SourceContext<'_>, pages: &[PageIndex]) -> Result<(), MigrationError> {
+/// Pushes the pages and blocks the destination still lacks, in the
+/// strategy's order, keeping about one round trip of them in flight: enough
+/// to fill the link, little enough that a page the guest asks for does not
+/// queue behind seconds of pushed ones. Stops early once the destination
+/// has them all.
+fn push(ctx: &mut SourceContext<'_>, items: &[(Space, u32)]) -> Result<(), MigrationError> {
     ctx.pipeline
         .set_batch_pages(ctx.compression, PUSH_BATCH_PAGES)?;
     let window = (ctx.rtt + PUSH_SLACK).as_secs_f64();
@@ -194,8 +226,8 @@ fn push(ctx: &mut SourceContext<'_>, pages: &[PageIndex]) -> Result<(), Migratio
             .max(PUSH_MIN_IN_FLIGHT);
         flow.unacked_bytes <= limit
     };
-    let mut left = pages.len();
-    for &page in pages {
+    let mut left = items.len();
+    for &(space, item) in items {
         left -= 1;
         if ctx.pipeline.batch_is_empty() {
             if ctx.flow.has_ended() {
@@ -209,8 +241,14 @@ fn push(ctx: &mut SourceContext<'_>, pages: &[PageIndex]) -> Result<(), Migratio
                 left as f64 * ctx.pipeline.bytes_per_written_page(),
             );
         }
-        if ctx.owed.take_for_push(page) {
-            ctx.pipeline.send_page(ctx.ram, page)?;
+        match (space, ctx.disk) {
+            (Space::Memory, _) if ctx.owed.take_for_push(item) => {
+                ctx.pipeline.send_page(ctx.ram, item)?
+            }
+            (Space::Disk, Some(disk)) if ctx.owed_blocks.take_for_push(item) => {
+                ctx.pipeline.send_block(disk, item)?
+            }
+            _ => {}
         }
     }
     ctx.pipeline.flush()

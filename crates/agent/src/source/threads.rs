@@ -11,12 +11,13 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use mllm_wire::{
-    CompressionSetting, FrameReader, FrameWriter, Message, PageBatchBuilder, Role, Traffic,
-    PAGE_SIZE,
+    BlockBatch, CompressionSetting, FrameReader, FrameWriter, Message, PageBatchBuilder, Role,
+    Traffic, PAGE_SIZE,
 };
 
 use super::flow::{Flow, PeerOutcome};
 use super::postcopy::Owed;
+use crate::disk::TrackedDisk;
 use crate::error::MigrationError;
 use crate::guest_ram::GuestRam;
 
@@ -33,12 +34,15 @@ pub(crate) enum Outgoing {
     Asked,
 }
 
-/// Where asked-for pages come from: the source's RAM, which no longer
-/// changes once the VM has stopped.
+/// Where asked-for pages and blocks come from: the source's RAM and disk,
+/// which no longer change once the VM has stopped.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AskedPages<'a> {
     pub owed: &'a Owed,
     pub ram: &'a GuestRam,
+    /// Blocks of the VM's disk, if it has one.
+    pub owed_blocks: &'a Owed,
+    pub disk: Option<&'a TrackedDisk>,
     pub compression: CompressionSetting,
 }
 
@@ -76,10 +80,14 @@ pub(crate) fn send_frames(
     for outgoing in queue {
         loop {
             let pages = asked.owed.take_asked(ASKED_PAGES_PER_BATCH);
-            if pages.is_empty() {
+            let blocks = match pages.is_empty() {
+                true => asked.owed_blocks.take_asked(ASKED_PAGES_PER_BATCH),
+                false => Vec::new(),
+            };
+            if pages.is_empty() && blocks.is_empty() {
                 break;
             }
-            let batch = match asked_batch(&asked, &pages) {
+            let batch = match asked_batch(&asked, &pages, &blocks) {
                 Ok(batch) => batch,
                 Err(error) => {
                     flow.end(PeerOutcome::Failed(error));
@@ -100,15 +108,33 @@ pub(crate) fn send_frames(
     writer.traffic().clone()
 }
 
-/// One batch of the asked-for `pages`, read now.
-fn asked_batch(asked: &AskedPages<'_>, pages: &[u32]) -> Result<Message, MigrationError> {
-    let mut builder = PageBatchBuilder::new(asked.compression, pages.len())?;
-    let mut page = Box::new([0; PAGE_SIZE]);
-    for &index in pages {
-        asked.ram.read_page(index, &mut page);
-        let _ = builder.push(index, &page);
+/// One batch of the asked-for `pages`, or if there are none of `blocks`,
+/// read now.
+fn asked_batch(
+    asked: &AskedPages<'_>,
+    pages: &[u32],
+    blocks: &[u32],
+) -> Result<Message, MigrationError> {
+    let mut builder = PageBatchBuilder::new(asked.compression, pages.len().max(blocks.len()))?;
+    let mut content = Box::new([0; PAGE_SIZE]);
+    if !pages.is_empty() {
+        for &index in pages {
+            asked.ram.read_page(index, &mut content);
+            let _ = builder.push(index, &content);
+        }
+        return Ok(Message::PageBatch(builder.finish()?));
     }
-    Ok(Message::PageBatch(builder.finish()?))
+    let disk = asked.disk.ok_or_else(|| {
+        MigrationError::Invalid("the destination asked for disk blocks of a VM without one".into())
+    })?;
+    for &block in blocks {
+        disk.read_block(block, &mut content)?;
+        let _ = builder.push(block, &content);
+    }
+    Ok(Message::BlockBatch(BlockBatch {
+        disk: 0,
+        batch: builder.finish()?,
+    }))
 }
 
 /// Reads the destination's replies until its verdict or a failure; returns
@@ -116,6 +142,7 @@ fn asked_batch(asked: &AskedPages<'_>, pages: &[u32]) -> Result<Message, Migrati
 pub(crate) fn receive_frames(
     mut reader: FrameReader<BufReader<TcpStream>>,
     owed: &Owed,
+    owed_blocks: &Owed,
     wake: SyncSender<Outgoing>,
     flow: &Flow,
     socket: &TcpStream,
@@ -135,6 +162,11 @@ pub(crate) fn receive_frames(
             Ok(Message::PageRequest(request)) => {
                 // A full queue means the sender will look soon anyway.
                 if owed.ask(&request.pages) {
+                    let _ = wake.try_send(Outgoing::Asked);
+                }
+            }
+            Ok(Message::BlockRequest(request)) => {
+                if owed_blocks.ask(&request.blocks) {
                     let _ = wake.try_send(Outgoing::Asked);
                 }
             }

@@ -1,10 +1,11 @@
 //! Helpers shared by the protocol tests.
 
 use mllm_wire::{
-    Abort, Ack, BlockBatch, CompressionSetting, DestinationRunning, DeviceState, DiskDigest,
-    FrameReader, FrameWriter, HandOver, Message, MigrationAccept, MigrationPolicy, MigrationReject,
-    MigrationRequest, PageBatchBuilder, PageDigests, PageRange, PageRequest, PendingPages,
-    PostcopyComplete, RamDigest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
+    Abort, Ack, BlockBatch, BlockDigests, BlockRequest, CompressionSetting, DestinationRunning,
+    DeviceState, DiskDigest, FrameReader, FrameWriter, HandOver, Message, MigrationAccept,
+    MigrationPolicy, MigrationReject, MigrationRequest, PageBatchBuilder, PageDigests, PageRange,
+    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, RoundEnd, SourceStopped,
+    WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 /// One message of every type, with non-trivial bodies.
@@ -76,6 +77,21 @@ pub fn sample_messages() -> Vec<Message> {
         DiskDigest {
             disk: 0,
             digest: RamDigest::compute(&ram, 2),
+        }
+        .into(),
+        PendingBlocks {
+            disk: 2,
+            ranges: vec![PageRange::new(0, 16)],
+        }
+        .into(),
+        BlockRequest {
+            disk: 0,
+            blocks: vec![5, u32::MAX],
+        }
+        .into(),
+        BlockDigests {
+            disk: 1,
+            blocks: vec![(3, 99)],
         }
         .into(),
     ]
