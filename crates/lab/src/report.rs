@@ -279,7 +279,7 @@ mod tests {
             table.contains("avail-switchover-bandwidth=12500000"),
             "{table}"
         );
-        assert!(table.contains("granularity=4096"), "{table}");
+        assert!(table.contains("granularity=65536"), "{table}");
         assert!(
             !table.contains("s / mllm:"),
             "mllm runs have no QEMU settings: {table}"

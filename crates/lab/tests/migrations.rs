@@ -231,7 +231,7 @@ fn qemu_multifd_zstd_runs_two_zstd_channels_through_the_link() {
 }
 
 #[test]
-fn qemu_precopy_mirrors_the_disk_at_4_kib_and_write_blocking_once_ready() {
+fn qemu_precopy_mirrors_the_disk_and_turns_write_blocking_once_ready() {
     let result = migrate_guest(Method::QemuPrecopy, DISKLOAD, "180s");
     assert_guest_moved(&result);
     assert_expert_switchover(&result);
@@ -239,7 +239,7 @@ fn qemu_precopy_mirrors_the_disk_at_4_kib_and_write_blocking_once_ready() {
         .mirror
         .as_ref()
         .expect("mirror settings");
-    assert_eq!(mirror.granularity, 4096);
+    assert_eq!(mirror.granularity, 64 * 1024);
     assert_eq!(mirror.copy_mode_when_ready, "write-blocking");
     assert!(result.disk_bytes > 0);
     let limit = result.physical_limit.as_ref().unwrap();
