@@ -199,6 +199,9 @@ impl<'a> Receiver<'a> {
                 Message::SourceStopped(_) => tracing::info!("source VM paused: final round"),
                 Message::RamDigest(digest) => self.verify(&digest)?,
                 Message::PendingBlocks(pending) => self.arm_disk(&pending)?,
+                Message::BlockDigests(digests) => {
+                    self.disk(digests.disk)?.expect_blocks(&digests.blocks)?
+                }
                 Message::PendingPages(pending) => return self.receive_postcopy(&pending.ranges),
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
                 Message::HandOver(end) => {
