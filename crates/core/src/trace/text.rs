@@ -197,14 +197,18 @@ impl<R: Read> Lines<R> {
     }
 
     fn next_content(&mut self) -> Result<Option<(usize, String)>, TraceError> {
-        let mut line = String::new();
+        let mut line = Vec::new();
         loop {
             line.clear();
-            if self.input.read_line(&mut line)? == 0 {
+            if self.input.read_until(b'\n', &mut line)? == 0 {
                 return Ok(None);
             }
             self.number += 1;
-            let content = line.trim();
+            let content = std::str::from_utf8(&line).map_err(|_| TraceError::Syntax {
+                line: self.number,
+                message: "the line is not UTF-8 text".into(),
+            })?;
+            let content = content.trim();
             if !content.is_empty() && !content.starts_with('#') {
                 return Ok(Some((self.number, content.to_string())));
             }
@@ -358,6 +362,13 @@ mod tests {
             0 R 18446744073709551615 1\n";
         let err = read_disk(text.as_bytes()).unwrap_err();
         assert!(matches!(err, TraceError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn a_line_that_is_not_text_is_named() {
+        let bytes = b"mllm memory trace v1\npage_size 4096\npage_count 10\n100 \xff\n";
+        let err = read_memory(&bytes[..]).unwrap_err();
+        assert_eq!(err.to_string(), "line 4: the line is not UTF-8 text");
     }
 
     #[test]
