@@ -45,7 +45,11 @@ fn main() {
                     .iter()
                     .position(|t| t.code() == code)
                     .unwrap();
-                [&[u8::try_from(pick).unwrap()][..], &frame[8..frame.len() - 8]].concat()
+                [
+                    &[u8::try_from(pick).unwrap()][..],
+                    &frame[8..frame.len() - 8],
+                ]
+                .concat()
             })
             .collect(),
     );
@@ -132,7 +136,9 @@ fn main() {
         ],
     };
     let disk = DiskTrace {
-        header: DiskTraceHeader { disk_bytes: 1 << 30 },
+        header: DiskTraceHeader {
+            disk_bytes: 1 << 30,
+        },
         records: vec![
             DiskAccess {
                 time_us: 10,
