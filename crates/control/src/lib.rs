@@ -12,8 +12,11 @@
 //! one line of JSON, then reads reply lines, one JSON document each, until
 //! the daemon closes the connection after its last reply.
 //!
-//! A request is a [`ControlRequest`], tagged by `"request"`; a reply is a
-//! [`ControlReply`], tagged by `"reply"`, its data's fields beside the tag:
+//! A request is a [`ControlRequest`], tagged by `"request"`, at most
+//! [`MAX_REQUEST_LEN`] bytes; the daemon reads it with
+//! [`ControlRequest::read_from`] and waits for it at most a few seconds. A
+//! reply is a [`ControlReply`], tagged by `"reply"`, its data's fields beside
+//! the tag:
 //!
 //! ```text
 //! -> {"request":"migrate","vm":"web","to":"10.0.0.2:7800","policy":"precopy","downtime_ms":300,"compression":"zstd","max_rounds":30,"verify":false}
@@ -56,7 +59,10 @@ mod report;
 
 pub use client::send_request;
 pub use memory_trace::TraceSummary;
-pub use messages::{ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest, VmInfo};
+pub use messages::{
+    ControlReply, ControlRequest, MigrateRequest, RecordTraceRequest, RequestError, VmInfo,
+    MAX_REQUEST_LEN,
+};
 pub use progress::{Phase, Progress};
 pub use report::{
     DestinationPostcopyReport, DestinationReport, DiskPostcopyReport, PostcopyReport, RoundReport,

@@ -1,6 +1,7 @@
 //! The requests a control client sends and the replies the daemon writes
 //! back, one JSON line each (see the crate documentation).
 
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,49 @@ pub enum ControlRequest {
     Migrate(MigrateRequest),
     /// Record a memory write trace of VM `vm` into a file.
     RecordTrace(RecordTraceRequest),
+}
+
+/// Longest request line the daemon reads, newline included. A request is a
+/// few hundred bytes; a client that goes on without a line break is cut off
+/// here instead of growing the daemon's buffer for as long as it sends.
+pub const MAX_REQUEST_LEN: usize = 64 << 10;
+
+/// Why a control connection did not carry a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("reading the request failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("the request line is longer than the {max} bytes allowed")]
+    TooLong { max: usize },
+    #[error("unreadable request {line:?}: {source}")]
+    Unreadable {
+        /// The start of the line, enough to recognise it.
+        line: String,
+        source: serde_json::Error,
+    },
+}
+
+impl ControlRequest {
+    /// Reads the one request of a connection: a JSON line of at most
+    /// [`MAX_REQUEST_LEN`] bytes (the newline may be missing at the end of
+    /// the stream). Reads no further than that limit.
+    pub fn read_from(reader: impl Read) -> Result<ControlRequest, RequestError> {
+        const QUOTED: usize = 200;
+        let mut line = Vec::new();
+        // One byte more than a request may have, so that a longer one is
+        // refused as too long rather than parsed cut.
+        let limit = u64::try_from(MAX_REQUEST_LEN + 1).expect("the limit fits a u64");
+        BufReader::new(reader.take(limit)).read_until(b'\n', &mut line)?;
+        if line.len() > MAX_REQUEST_LEN {
+            return Err(RequestError::TooLong {
+                max: MAX_REQUEST_LEN,
+            });
+        }
+        serde_json::from_slice(&line).map_err(|source| RequestError::Unreadable {
+            line: String::from_utf8_lossy(&line[..line.len().min(QUOTED)]).into_owned(),
+            source,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,6 +141,24 @@ mod tests {
         };
         let line = serde_json::to_string(&error).unwrap();
         assert_eq!(line, r#"{"reply":"error","message":"no VM named x"}"#);
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_off_at_the_limit() {
+        let endless = io::repeat(b' ');
+        assert!(matches!(
+            ControlRequest::read_from(endless),
+            Err(RequestError::TooLong {
+                max: MAX_REQUEST_LEN
+            })
+        ));
+        let padded = format!("{}{{\"request\":\"list\"}}\n", " ".repeat(1000));
+        assert_eq!(
+            ControlRequest::read_from(padded.as_bytes()).unwrap(),
+            ControlRequest::List
+        );
+        let err = ControlRequest::read_from(&b"{\"request\":\"reboot\"}\n"[..]).unwrap_err();
+        assert!(err.to_string().contains("reboot"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! requests (list, migrate, record a trace) on a unix control socket. One
 //! thread per connection: migrations and recordings are few and long.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -129,10 +129,10 @@ fn receive(host: &VmHost, stream: TcpStream) -> Result<DestinationReport> {
 }
 
 fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
-    let mut line = String::new();
-    BufReader::new(&client).read_line(&mut line)?;
-    let request: ControlRequest =
-        serde_json::from_str(&line).with_context(|| format!("unreadable request {line:?}"))?;
+    // A client that connects and sends nothing must not hold a thread forever.
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    client.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+    let request = ControlRequest::read_from(&client)?;
     // A client that went away must not stop a migration: write errors only
     // end the replies.
     let reply = |reply: ControlReply| {

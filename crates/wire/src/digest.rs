@@ -1,6 +1,8 @@
 //! Test-mode RAM digests: each side hashes its guest RAM in fixed page ranges; the
 //! ranges whose digests differ locate a lost or corrupted page.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -20,6 +22,15 @@ pub struct PageRangeDigest {
     /// xxh3-128: the check guards against bugs, not adversaries, and must hash gigabytes
     /// while the VM is paused, so speed beats cryptographic strength here.
     pub digest: u128,
+}
+
+/// The pages a range covers, as `pages FIRST..END`: counted in `u64`, as a
+/// range from the peer may claim to end past the last [`PageIndex`].
+impl fmt::Display for PageRangeDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = u64::from(self.first_page) + u64::from(self.page_count);
+        write!(f, "pages {}..{end}", self.first_page)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -253,9 +253,14 @@ macro_rules! message_table {
                 message_type: MessageType,
                 payload: &[u8],
             ) -> Result<Self, WireError> {
-                match message_type {
-                    $( MessageType::$name => decode_exact(message_type, payload).map(Message::$name), )+
-                }
+                let message = match message_type {
+                    $( MessageType::$name => decode_exact(message_type, payload).map(Message::$name)?, )+
+                };
+                message.check().map_err(|reason| WireError::Malformed {
+                    message_type,
+                    reason,
+                })?;
+                Ok(message)
             }
         }
 
@@ -294,6 +299,23 @@ message_table! {
     21 => PendingBlocks: Disk,
     22 => BlockRequest: Disk,
     23 => BlockDigests: Verification,
+}
+
+impl Message {
+    /// What the body's types cannot say: a page range decodes field by
+    /// field, and one that ends before it starts would underflow every
+    /// length computed from it.
+    fn check(&self) -> Result<(), String> {
+        if let Message::PendingPages(pending) = self {
+            if let Some(range) = pending.ranges.iter().find(|r| r.start > r.end) {
+                return Err(format!(
+                    "page range {}..{} ends before it starts",
+                    range.start, range.end
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Encoded size of a body: postcard's size-counting flavor walks the value

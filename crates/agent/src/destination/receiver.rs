@@ -510,7 +510,7 @@ impl<'a> Receiver<'a> {
             let shown: Vec<String> = mismatches
                 .iter()
                 .take(MISMATCHES_SHOWN)
-                .map(|r| format!("pages {}..{}", r.first_page, r.first_page + r.page_count))
+                .map(ToString::to_string)
                 .collect();
             return Err(MigrationError::MemoryMismatch(format!(
                 "RAM DIGEST MISMATCH: {} of {} ranges differ from the source's ({}{}); \

@@ -18,7 +18,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use super::varint;
 use super::{
     DiskAccess, DiskOp, DiskTrace, DiskTraceHeader, MemoryTrace, MemoryTraceHeader, TraceError,
-    WriteInterval,
+    WriteInterval, MAX_PAGE_WRITES,
 };
 
 pub const MEMORY_MAGIC: [u8; 8] = *b"MLLM-MEM";
@@ -94,6 +94,15 @@ pub fn write_memory(trace: &MemoryTrace, out: impl Write) -> Result<(), TraceErr
 }
 
 pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
+    read_memory_with_limit(input, MAX_PAGE_WRITES)
+}
+
+/// Like [`read_memory`], refusing a trace of more than `max_page_writes`
+/// page writes before allocating them.
+pub fn read_memory_with_limit(
+    input: impl Read,
+    max_page_writes: u64,
+) -> Result<MemoryTrace, TraceError> {
     let mut input = BufReader::new(input);
     read_header(&mut input, MEMORY_MAGIC, "memory", MEMORY_VERSION)?;
     let header = MemoryTraceHeader {
@@ -101,14 +110,19 @@ pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
         page_count: read_u32(&mut input)?,
     };
     let mut intervals = Vec::new();
+    let mut page_writes = 0u64;
     while let Some(duration_us) = varint::read_u64_or_end(&mut input)? {
         let run_count = varint::read_u64(&mut input)?;
         let mut pages = Vec::new();
         let mut next_free = 0u64;
         for _ in 0..run_count {
-            let start = next_free + varint::read_u64(&mut input)?;
-            let end = start + varint::read_u64(&mut input)? + 1;
-            if end > u64::from(header.page_count) {
+            let gap = varint::read_u64(&mut input)?;
+            let len_minus_one = varint::read_u64(&mut input)?;
+            // `end` is exclusive: checked for the page count in u128, where a
+            // gap or length near 2^64 cannot wrap around to a small page.
+            let start = u128::from(next_free) + u128::from(gap);
+            let end = start + u128::from(len_minus_one) + 1;
+            if end > u128::from(header.page_count) {
                 return Err(TraceError::Invalid(format!(
                     "interval {} writes page {}, beyond the {} pages of the guest",
                     intervals.len(),
@@ -116,9 +130,17 @@ pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
                     header.page_count
                 )));
             }
-            let page = |p: u64| u32::try_from(p).expect("below page_count, a u32 (checked above)");
-            pages.extend(page(start)..page(end));
-            next_free = end;
+            let page =
+                |p: u128| u32::try_from(p).expect("at most page_count, a u32 (checked above)");
+            let (start, end) = (page(start), page(end));
+            page_writes = page_writes.saturating_add(u64::from(end - start));
+            if page_writes > max_page_writes {
+                return Err(TraceError::TooLarge {
+                    limit: max_page_writes,
+                });
+            }
+            pages.extend(start..end);
+            next_free = end.into();
         }
         intervals.push(WriteInterval::new(duration_us, pages));
     }
@@ -173,13 +195,25 @@ pub fn read_disk(input: impl Read) -> Result<DiskTrace, TraceError> {
                 )))
             }
         };
-        time_us += varint::read_u64(&mut input)?;
+        time_us = time_us
+            .checked_add(varint::read_u64(&mut input)?)
+            .ok_or_else(|| {
+                TraceError::Invalid(format!(
+                    "record {} comes after the last microsecond a u64 counts",
+                    records.len()
+                ))
+            })?;
         let offset = i128::from(previous_end) + i128::from(varint::read_i64(&mut input)?);
         let offset = u64::try_from(offset)
             .map_err(|_| TraceError::Invalid(format!("disk offset {offset} out of range")))?;
         let length = u32::try_from(varint::read_u64(&mut input)?)
             .map_err(|_| TraceError::Invalid("request longer than 4 GiB".into()))?;
-        previous_end = offset + u64::from(length);
+        previous_end = offset.checked_add(u64::from(length)).ok_or_else(|| {
+            TraceError::Invalid(format!(
+                "record {} ends past byte 2^64 of any disk",
+                records.len()
+            ))
+        })?;
         records.push(DiskAccess {
             time_us,
             op,
@@ -319,6 +353,100 @@ mod tests {
             read_memory(&bytes[..]),
             Err(TraceError::Truncated)
         ));
+    }
+
+    /// A binary memory trace of a guest of `page_count` pages whose one
+    /// interval holds `runs` as (gap, length - 1) varints.
+    fn memory_bytes(page_count: u32, runs: &[(u64, u64)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        MemoryTraceWriter::new(
+            &mut bytes,
+            MemoryTraceHeader {
+                page_size: 4096,
+                page_count,
+            },
+        )
+        .unwrap();
+        varint::write_u64(&mut bytes, 100_000).unwrap();
+        varint::write_u64(&mut bytes, runs.len() as u64).unwrap();
+        for &(gap, len_minus_one) in runs {
+            varint::write_u64(&mut bytes, gap).unwrap();
+            varint::write_u64(&mut bytes, len_minus_one).unwrap();
+        }
+        bytes
+    }
+
+    #[test]
+    fn runs_past_the_end_of_u64_are_invalid() {
+        for runs in [
+            vec![(0, 0), (u64::MAX, 0)],
+            vec![(u64::MAX - 1, 0)],
+            vec![(0, u64::MAX)],
+        ] {
+            let err = read_memory(&memory_bytes(u32::MAX, &runs)[..]).unwrap_err();
+            assert!(matches!(err, TraceError::Invalid(_)), "{runs:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_few_bytes_cannot_ask_for_gigabytes_of_pages() {
+        // One run of every page of a 16 TiB guest: 16 GiB of page numbers.
+        let bytes = memory_bytes(u32::MAX, &[(0, u64::from(u32::MAX) - 1)]);
+        assert!(bytes.len() < 30);
+        let err = read_memory(&bytes[..]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TraceError::TooLarge {
+                    limit: MAX_PAGE_WRITES
+                }
+            ),
+            "{err}"
+        );
+        // The limit counts every interval's writes.
+        let bytes = memory_bytes(1000, &[(0, 999)]);
+        let twice = [&bytes[..], &bytes[18..]].concat();
+        assert_eq!(
+            read_memory_with_limit(&bytes[..], 1000)
+                .unwrap()
+                .intervals
+                .len(),
+            1
+        );
+        assert!(matches!(
+            read_memory_with_limit(&twice[..], 1999),
+            Err(TraceError::TooLarge { limit: 1999 })
+        ));
+    }
+
+    /// A binary disk trace of a `u64::MAX`-byte disk with `records` as
+    /// (time delta, offset gap, length).
+    fn disk_bytes(records: &[(u64, i64, u64)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&DISK_MAGIC);
+        bytes.extend_from_slice(&DISK_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
+        for &(time_delta, gap, length) in records {
+            bytes.push(1);
+            varint::write_u64(&mut bytes, time_delta).unwrap();
+            varint::write_i64(&mut bytes, gap).unwrap();
+            varint::write_u64(&mut bytes, length).unwrap();
+        }
+        bytes
+    }
+
+    #[test]
+    fn disk_times_and_ends_past_u64_are_invalid() {
+        let near_end = i64::MAX;
+        for records in [
+            vec![(u64::MAX, 0, 1), (1, 0, 1)],
+            // Ends at 2^64 + 1: the request runs past any disk.
+            vec![(0, near_end, 0), (0, near_end, 3)],
+            vec![(0, near_end, 0), (0, near_end, 0), (0, 0, 4096)],
+        ] {
+            let err = read_disk(&disk_bytes(&records)[..]).unwrap_err();
+            assert!(matches!(err, TraceError::Invalid(_)), "{records:?}: {err}");
+        }
     }
 
     proptest! {

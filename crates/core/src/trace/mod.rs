@@ -13,6 +13,14 @@ use std::io::{BufRead, BufReader, Read};
 
 use serde::{Deserialize, Serialize};
 
+/// Most page writes a memory trace may decode to, summed over its intervals.
+/// Runs let a few bytes name billions of pages (every page of a 16 TiB guest
+/// in one interval takes 16 GiB as page numbers), so decoders stop here
+/// rather than allocate what a corrupt or hostile file asks for. 2^28 writes
+/// take 1 GiB; a minute of a busy guest recorded every 100 ms is a few
+/// million.
+pub const MAX_PAGE_WRITES: u64 = 1 << 28;
+
 /// What a memory write trace is about: the guest's page size and RAM size in pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryTraceHeader {
@@ -116,10 +124,10 @@ impl DiskTrace {
                 )));
             }
             previous_time = record.time_us;
-            if record.offset + u64::from(record.length) > self.header.disk_bytes {
+            let end = u128::from(record.offset) + u128::from(record.length);
+            if end > u128::from(self.header.disk_bytes) {
                 return Err(TraceError::Invalid(format!(
-                    "record {index} ends at byte {}, past the {}-byte disk",
-                    record.offset + u64::from(record.length),
+                    "record {index} ends at byte {end}, past the {}-byte disk",
                     self.header.disk_bytes
                 )));
             }
@@ -193,6 +201,8 @@ pub enum TraceError {
         found: u32,
         supported: u32,
     },
+    #[error("the trace lists more than {limit} page writes, the most this reader decodes")]
+    TooLarge { limit: u64 },
     #[error("the trace ends in the middle of a record")]
     Truncated,
     #[error("line {line}: {message}")]
@@ -206,17 +216,29 @@ pub enum TraceError {
 /// Reads a trace of either kind in either encoding, telling them apart by the
 /// first bytes.
 pub fn read_trace(reader: impl Read) -> Result<(Trace, Encoding), TraceError> {
+    read_trace_with_limit(reader, MAX_PAGE_WRITES)
+}
+
+/// Like [`read_trace`], refusing a memory trace of more than
+/// `max_page_writes` page writes.
+pub fn read_trace_with_limit(
+    reader: impl Read,
+    max_page_writes: u64,
+) -> Result<(Trace, Encoding), TraceError> {
     let mut reader = BufReader::new(reader);
     let head = reader.fill_buf()?;
     if head.starts_with(&binary::MEMORY_MAGIC) {
         Ok((
-            Trace::Memory(binary::read_memory(reader)?),
+            Trace::Memory(binary::read_memory_with_limit(reader, max_page_writes)?),
             Encoding::Binary,
         ))
     } else if head.starts_with(&binary::DISK_MAGIC) {
         Ok((Trace::Disk(binary::read_disk(reader)?), Encoding::Binary))
     } else if head.starts_with(text::MEMORY_HEADER.as_bytes()) {
-        Ok((Trace::Memory(text::read_memory(reader)?), Encoding::Text))
+        Ok((
+            Trace::Memory(text::read_memory_with_limit(reader, max_page_writes)?),
+            Encoding::Text,
+        ))
     } else if head.starts_with(text::DISK_HEADER.as_bytes()) {
         Ok((Trace::Disk(text::read_disk(reader)?), Encoding::Text))
     } else {

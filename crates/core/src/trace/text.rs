@@ -23,8 +23,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 
 use super::{
     DiskAccess, DiskOp, DiskTrace, DiskTraceHeader, MemoryTrace, MemoryTraceHeader, TraceError,
-    WriteInterval,
+    WriteInterval, MAX_PAGE_WRITES,
 };
+use crate::memory::{total_pages, union, PageRange};
 
 pub const MEMORY_HEADER: &str = "mllm memory trace";
 pub const DISK_HEADER: &str = "mllm disk trace";
@@ -60,6 +61,15 @@ pub fn write_memory(trace: &MemoryTrace, mut out: impl Write) -> Result<(), Trac
 }
 
 pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
+    read_memory_with_limit(input, MAX_PAGE_WRITES)
+}
+
+/// Like [`read_memory`], refusing a trace of more than `max_page_writes`
+/// page writes before allocating them.
+pub fn read_memory_with_limit(
+    input: impl Read,
+    max_page_writes: u64,
+) -> Result<MemoryTrace, TraceError> {
     let mut lines = Lines::new(input);
     lines.expect_header(MEMORY_HEADER, "memory")?;
     let page_size = lines.keyed_value("page_size")?;
@@ -69,6 +79,7 @@ pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
         page_count,
     };
     let mut intervals = Vec::new();
+    let mut page_writes = 0u64;
     while let Some((line_number, line)) = lines.next_content()? {
         let syntax = |message: String| TraceError::Syntax {
             line: line_number,
@@ -76,7 +87,9 @@ pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
         };
         let mut fields = line.split_whitespace();
         let duration_us = parse(fields.next().unwrap_or(""), "duration").map_err(syntax)?;
-        let mut pages = Vec::new();
+        // Ranges first, pages once they are merged: a line repeating a long
+        // range must not expand it again and again.
+        let mut ranges = Vec::new();
         for field in fields {
             let (start, end): (u32, u32) = match field.split_once('-') {
                 Some((a, b)) => (
@@ -93,8 +106,16 @@ pub fn read_memory(input: impl Read) -> Result<MemoryTrace, TraceError> {
                     "page range {field} is empty or beyond the {page_count} pages of the guest"
                 )));
             }
-            pages.extend(start..=end);
+            ranges.push(PageRange::new(start, end + 1));
         }
+        let ranges = union(&ranges, &[]);
+        page_writes = page_writes.saturating_add(total_pages(&ranges));
+        if page_writes > max_page_writes {
+            return Err(TraceError::TooLarge {
+                limit: max_page_writes,
+            });
+        }
+        let pages = ranges.iter().flat_map(PageRange::pages).collect();
         intervals.push(WriteInterval::new(duration_us, pages));
     }
     Ok(MemoryTrace { header, intervals })
@@ -176,14 +197,18 @@ impl<R: Read> Lines<R> {
     }
 
     fn next_content(&mut self) -> Result<Option<(usize, String)>, TraceError> {
-        let mut line = String::new();
+        let mut line = Vec::new();
         loop {
             line.clear();
-            if self.input.read_line(&mut line)? == 0 {
+            if self.input.read_until(b'\n', &mut line)? == 0 {
                 return Ok(None);
             }
             self.number += 1;
-            let content = line.trim();
+            let content = std::str::from_utf8(&line).map_err(|_| TraceError::Syntax {
+                line: self.number,
+                message: "the line is not UTF-8 text".into(),
+            })?;
+            let content = content.trim();
             if !content.is_empty() && !content.starts_with('#') {
                 return Ok(Some((self.number, content.to_string())));
             }
@@ -309,6 +334,41 @@ mod tests {
             read_memory(text.as_bytes()),
             Err(TraceError::Syntax { line: 4, .. })
         ));
+    }
+
+    #[test]
+    fn repeated_ranges_count_once_and_the_total_is_limited() {
+        let line = format!("100{}\n", " 0-999".repeat(10_000));
+        let text = format!("mllm memory trace v1\npage_size 4096\npage_count 1000\n{line}{line}");
+        let trace = read_memory_with_limit(text.as_bytes(), 2000).unwrap();
+        assert_eq!(trace.intervals[1].pages().len(), 1000);
+        assert!(matches!(
+            read_memory_with_limit(text.as_bytes(), 1999),
+            Err(TraceError::TooLarge { limit: 1999 })
+        ));
+        let everything = "mllm memory trace v1\npage_size 4096\npage_count 4294967295\n\
+            1 0-4294967294\n";
+        assert!(matches!(
+            read_memory(everything.as_bytes()),
+            Err(TraceError::TooLarge {
+                limit: MAX_PAGE_WRITES
+            })
+        ));
+    }
+
+    #[test]
+    fn a_disk_request_ending_past_2_to_the_64_is_invalid() {
+        let text = "mllm disk trace v1\ndisk_bytes 18446744073709551615\n\
+            0 R 18446744073709551615 1\n";
+        let err = read_disk(text.as_bytes()).unwrap_err();
+        assert!(matches!(err, TraceError::Invalid(_)), "{err}");
+    }
+
+    #[test]
+    fn a_line_that_is_not_text_is_named() {
+        let bytes = b"mllm memory trace v1\npage_size 4096\npage_count 10\n100 \xff\n";
+        let err = read_memory(&bytes[..]).unwrap_err();
+        assert_eq!(err.to_string(), "line 4: the line is not UTF-8 text");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-use mllm_wire::{RamDigest, PAGE_SIZE};
+use mllm_wire::{PageRangeDigest, RamDigest, PAGE_SIZE};
 
 fn ram(pages: usize) -> Vec<u8> {
     (0..pages * PAGE_SIZE)
@@ -48,4 +48,14 @@ fn skipped_pages_do_not_count_and_the_others_still_do() {
     let mismatches = theirs.mismatches(&RamDigest::compute_without(&destination, 4, pending));
     assert_eq!(mismatches.len(), 1);
     assert_eq!(mismatches[0].first_page, 4);
+}
+
+#[test]
+fn a_range_from_the_peer_displays_even_past_the_last_page_index() {
+    let range = PageRangeDigest {
+        first_page: u32::MAX,
+        page_count: 2,
+        digest: 0,
+    };
+    assert_eq!(range.to_string(), "pages 4294967295..4294967297");
 }

@@ -1,6 +1,6 @@
 use std::collections::BTreeSet;
 
-use mllm_wire::{FrameReader, Message, MessageType, RoundEnd, WireError};
+use mllm_wire::{FrameReader, Message, MessageType, PageRange, PendingPages, RoundEnd, WireError};
 
 use crate::support::{decode_one, encode, raw_frame, sample_messages};
 
@@ -80,4 +80,19 @@ fn truncated_body_is_malformed() {
             ..
         })
     ));
+}
+
+#[test]
+fn a_reversed_page_range_is_malformed() {
+    // Built field by field: `PageRange::new` would refuse it.
+    let reversed = PageRange { start: 9, end: 3 };
+    let frame = encode(&[PendingPages {
+        ranges: vec![PageRange::new(0, 2), reversed],
+    }
+    .into()]);
+    let error = decode_one(&frame).unwrap_err();
+    assert!(
+        matches!(error, WireError::Malformed { message_type: MessageType::PendingPages, ref reason } if reason.contains("9..3")),
+        "{error}"
+    );
 }
