@@ -306,15 +306,18 @@ impl Message {
     /// field, and one that ends before it starts would underflow every
     /// length computed from it.
     fn check(&self) -> Result<(), String> {
-        if let Message::PendingPages(pending) = self {
-            if let Some(range) = pending.ranges.iter().find(|r| r.start > r.end) {
-                return Err(format!(
-                    "page range {}..{} ends before it starts",
-                    range.start, range.end
-                ));
-            }
+        let ranges = match self {
+            Message::PendingPages(pending) => &pending.ranges,
+            Message::PendingBlocks(pending) => &pending.ranges,
+            _ => return Ok(()),
+        };
+        match ranges.iter().find(|r| r.start > r.end) {
+            Some(range) => Err(format!(
+                "range {}..{} ends before it starts",
+                range.start, range.end
+            )),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

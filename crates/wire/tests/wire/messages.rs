@@ -1,6 +1,8 @@
 use std::collections::BTreeSet;
 
-use mllm_wire::{FrameReader, Message, MessageType, PageRange, PendingPages, RoundEnd, WireError};
+use mllm_wire::{
+    FrameReader, Message, MessageType, PageRange, PendingBlocks, PendingPages, RoundEnd, WireError,
+};
 
 use crate::support::{decode_one, encode, raw_frame, sample_messages};
 
@@ -93,6 +95,16 @@ fn a_reversed_page_range_is_malformed() {
     let error = decode_one(&frame).unwrap_err();
     assert!(
         matches!(error, WireError::Malformed { message_type: MessageType::PendingPages, ref reason } if reason.contains("9..3")),
+        "{error}"
+    );
+    let frame = encode(&[PendingBlocks {
+        disk: 0,
+        ranges: vec![reversed],
+    }
+    .into()]);
+    let error = decode_one(&frame).unwrap_err();
+    assert!(
+        matches!(error, WireError::Malformed { message_type: MessageType::PendingBlocks, ref reason } if reason.contains("9..3")),
         "{error}"
     );
 }
