@@ -138,8 +138,20 @@ impl ProgressDisplay {
         if self.terminal {
             eprintln!();
         }
+        // A VM without a disk (or with an empty one) sends no blocks.
+        let (blocks, disk_bytes) = if report.blocks_sent > 0 {
+            (
+                format!(
+                    ", {} disk blocks ({} resent)",
+                    report.blocks_sent, report.retransmitted_blocks
+                ),
+                format!(", {} of disk", mebibytes(report.disk_bytes)),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         println!(
-            "migrated {} in {:.1} s: {} rounds, {} pages ({} resent), {} of memory and {} of device state over the link, source paused at most {:.0} ms, tracking by {}",
+            "migrated {} in {:.1} s: {} rounds, {} pages ({} resent){blocks}, {} of memory{disk_bytes} and {} of device state over the link, source paused at most {:.0} ms, tracking by {}",
             report.vm_name,
             report.total_time_ms() / 1000.0,
             report.rounds.len(),
