@@ -37,7 +37,7 @@ pub struct MigrateArgs {
     /// Pre-copy rounds before switching over regardless.
     #[arg(long, default_value_t = 30)]
     max_rounds: u32,
-    /// Test mode: compare digests of all guest RAM at the switch.
+    /// Test mode: compare digests of all guest RAM (and the disk) at the switch.
     #[arg(long)]
     verify: bool,
     /// Record the guest's memory writes during pre-copy into this binary
