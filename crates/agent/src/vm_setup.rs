@@ -84,7 +84,7 @@ pub fn find_hook_library() -> Result<PathBuf, MigrationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mllm_qemu::Accelerator;
+    use mllm_qemu::{Accelerator, Boot};
 
     #[test]
     fn a_migratable_vm_has_shared_ram_and_the_hook() {
@@ -95,9 +95,7 @@ mod tests {
             memory_mib: 256,
             vcpus: 1,
             ram: RamBackend::Anonymous,
-            kernel: "k".into(),
-            initrd: "i".into(),
-            kernel_cmdline: String::new(),
+            boot: Boot::Firmware,
             disk: None,
             serial_ports: vec![],
             incoming: false,

@@ -37,7 +37,7 @@ pub struct MigrateArgs {
     /// Pre-copy rounds before switching over regardless.
     #[arg(long, default_value_t = 30)]
     max_rounds: u32,
-    /// Test mode: compare digests of all guest RAM at the switch.
+    /// Test mode: compare digests of all guest RAM (and the disk) at the switch.
     #[arg(long)]
     verify: bool,
     /// Record the guest's memory writes during pre-copy into this binary
@@ -138,8 +138,20 @@ impl ProgressDisplay {
         if self.terminal {
             eprintln!();
         }
+        // A VM without a disk (or with an empty one) sends no blocks.
+        let (blocks, disk_bytes) = if report.blocks_sent > 0 {
+            (
+                format!(
+                    ", {} disk blocks ({} resent)",
+                    report.blocks_sent, report.retransmitted_blocks
+                ),
+                format!(", {} of disk", mebibytes(report.disk_bytes)),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         println!(
-            "migrated {} in {:.1} s: {} rounds, {} pages ({} resent), {} of memory and {} of device state over the link, source paused at most {:.0} ms, tracking by {}",
+            "migrated {} in {:.1} s: {} rounds, {} pages ({} resent){blocks}, {} of memory{disk_bytes} and {} of device state over the link, source paused at most {:.0} ms, tracking by {}",
             report.vm_name,
             report.total_time_ms() / 1000.0,
             report.rounds.len(),

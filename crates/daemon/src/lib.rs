@@ -5,6 +5,7 @@
 //!
 //! See `crates/daemon/README.md` for the command line and the VM specs.
 
+mod disk;
 mod server;
 mod spec;
 mod vms;
@@ -13,4 +14,4 @@ mod vms;
 /// preloads it into every QEMU it starts.
 pub use mllm_agent::find_hook_library;
 pub use server::{run, DaemonOptions};
-pub use spec::VmSpec;
+pub use spec::{DiskSpec, KernelBoot, VmSpec};

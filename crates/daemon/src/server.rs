@@ -123,7 +123,7 @@ fn receive(host: &VmHost, stream: TcpStream) -> Result<DestinationReport> {
             return Err(error);
         }
     };
-    let report = incoming.receive(&vm.qemu, &vm.ram_file, &[])?;
+    let report = incoming.receive(&vm.qemu, &vm.ram_file, &vm.disks())?;
     host.register(&name, vm)?;
     Ok(report)
 }
@@ -193,7 +193,7 @@ fn migrate(
         migrate_source(
             &vm.qemu,
             &vm.ram_file,
-            &[],
+            &vm.disks(),
             stream,
             &settings,
             &|progress| {

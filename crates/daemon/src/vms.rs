@@ -7,17 +7,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
-use mllm_agent::make_migratable;
+use mllm_agent::{make_migratable, DiskServer, TrackedDisk};
 use mllm_control::{Progress, VmInfo};
-use mllm_qemu::QemuProcess;
+use mllm_qemu::{DiskAttachment, QemuProcess};
 use serde_json::json;
 
 use crate::spec::VmSpec;
 
+/// The NBD export name of a VM's disk, on its own socket.
+const DISK_EXPORT: &str = "disk0";
+
 /// One VM's QEMU and what the daemon knows about it.
 pub struct OwnedVm {
+    // Fields drop in this order: QEMU goes before the server of its disk.
     pub qemu: QemuProcess,
     pub ram_file: PathBuf,
+    /// Serves the VM's disk to its QEMU, if it has one.
+    disk: Option<DiskServer>,
     /// Who uses the VM's write tracker now, if anyone.
     pub tracker: TrackerSlot,
     /// The latest progress of the outgoing migration.
@@ -63,6 +69,16 @@ impl Drop for TrackerClaim<'_> {
     }
 }
 
+impl OwnedVm {
+    /// The VM's disks, in QEMU's order, for the migration engine.
+    pub fn disks(&self) -> Vec<Arc<TrackedDisk>> {
+        self.disk
+            .iter()
+            .map(|server| Arc::clone(server.disk()))
+            .collect()
+    }
+}
+
 impl Drop for OwnedVm {
     fn drop(&mut self) {
         // QEMU (dropped after this) keeps its mapping; the name goes now.
@@ -99,8 +115,9 @@ impl VmHost {
         VmSpec::load(&self.specs, name)
     }
 
-    /// Starts QEMU for VM `name` from its spec; `incoming` waits for a
-    /// migration instead of booting. The VM is not registered yet.
+    /// Starts QEMU for VM `name` from its spec, with its disk served by this
+    /// agent; `incoming` waits for a migration instead of booting (and
+    /// creates a missing disk image). The VM is not registered yet.
     pub fn launch(&self, name: &str, incoming: bool) -> Result<OwnedVm> {
         if self.vms().contains_key(name) {
             bail!("VM {name} already runs on this host");
@@ -113,7 +130,19 @@ impl VmHost {
             std::process::id(),
             mllm_qemu::qmp::wall_clock_us()
         ));
-        let mut config = spec.qemu_config(name, &run_dir, incoming);
+        let disk = match &spec.disk {
+            Some(disk) => Some(DiskServer::start(
+                crate::disk::open_image(name, disk, incoming)?,
+                &run_dir.join(format!("{DISK_EXPORT}.nbd")),
+                DISK_EXPORT,
+            )?),
+            None => None,
+        };
+        let attachment = disk.as_ref().map(|server| DiskAttachment::Nbd {
+            socket: server.socket().to_owned(),
+            export: DISK_EXPORT.into(),
+        });
+        let mut config = spec.qemu_config(name, &run_dir, incoming, attachment);
         make_migratable(
             &mut config,
             &ram_file,
@@ -124,6 +153,7 @@ impl VmHost {
         Ok(OwnedVm {
             qemu,
             ram_file,
+            disk,
             tracker: TrackerSlot::default(),
             migration: Mutex::new(None),
         })

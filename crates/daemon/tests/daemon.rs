@@ -2,13 +2,15 @@
 //! as an operator would: a lab guest started by agent A moves to agent B
 //! (with RAM digests compared) and keeps its heartbeat there, after a
 //! migration to an address where nothing listens failed and left it
-//! running on A.
+//! running on A. A second VM has a disk, whose image moves with it to
+//! another path on B (created there) and back.
 //!
 //! Each daemon runs in its own process group with its QEMUs, so dropping
 //! its guard kills all of them, whatever assertion failed.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,6 +26,10 @@ use mllm_lab::paths;
 mod workspace_build;
 
 const GUEST_MIB: u64 = 256;
+const DISK_MIB: u64 = 64;
+/// Where the disk's data starts and how much there is: holes around it.
+const DISK_DATA_OFFSET: u64 = 8 << 20;
+const DISK_DATA_BYTES: usize = 16 << 20;
 /// How `mllm migrate` names the phases it shows.
 const PHASES: [&str; 6] = [
     "connecting",
@@ -240,6 +246,36 @@ impl ClientRun {
             })
             .collect()
     }
+
+    /// The progress lines and the report of a successful `--json`
+    /// migration, checked for their order.
+    fn migration(&self) -> (Vec<Progress>, SourceReport) {
+        let mut replies = self.replies();
+        let report = match replies.pop() {
+            Some(ControlReply::Migrated(report)) => *report,
+            other => panic!("last reply {other:?}"),
+        };
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        let progress: Vec<Progress> = replies
+            .into_iter()
+            .map(|reply| match reply {
+                ControlReply::Progress(progress) => progress,
+                other => panic!("{other:?} before the report"),
+            })
+            .collect();
+        assert_eq!(progress.first().map(|p| p.phase), Some(Phase::Connecting));
+        assert_eq!(progress.last().map(|p| p.phase), Some(Phase::Completed));
+        assert!(
+            progress
+                .iter()
+                .any(|p| p.phase == Phase::Precopy && p.round >= 1 && p.bytes_sent > 0),
+            "{progress:?}"
+        );
+        assert!(progress
+            .windows(2)
+            .all(|w| w[0].bytes_sent <= w[1].bytes_sent));
+        (progress, report)
+    }
 }
 
 /// A local address where nothing listens: the kernel refuses connections.
@@ -248,7 +284,9 @@ fn dead_address() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-fn write_spec(specs: &Path, name: &str) {
+/// Writes `specs/NAME.toml` booting the lab's guest, with `extra` (a disk
+/// table) at the end.
+fn write_spec(specs: &Path, name: &str, extra: &str) {
     let image = ImageBuilder::new(&paths::cache_dir(), &paths::workspace_root())
         .build()
         .expect("guest image (see `mllm lab setup`)");
@@ -262,13 +300,35 @@ fn write_spec(specs: &Path, name: &str) {
              initrd = {:?}\n\
              cmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
              serial_ports = [{}]\n\
-             accelerator = \"tcg\"\n",
+             accelerator = \"tcg\"\n\
+             {extra}",
             image.kernel.display().to_string(),
             image.initrd.display().to_string(),
             ports.join(", ")
         ),
     )
     .unwrap();
+}
+
+/// Recognizable, and different in every block.
+fn disk_data() -> Vec<u8> {
+    let mut data = vec![0u8; DISK_DATA_BYTES];
+    for (block, bytes) in data.chunks_exact_mut(4096).enumerate() {
+        let label = format!("mllm daemon test, disk block {block}\n");
+        bytes[..label.len()].copy_from_slice(label.as_bytes());
+        for (i, byte) in bytes.iter_mut().enumerate().skip(label.len()) {
+            *byte = (block.wrapping_mul(31) ^ i.wrapping_mul(7)).to_le_bytes()[0];
+        }
+    }
+    data
+}
+
+/// The spec's disk table for a disk image at `image`.
+fn disk_table(image: &Path) -> String {
+    format!(
+        "[disk]\nimage = {:?}\nsize = \"{DISK_MIB} MiB\"\n",
+        image.display().to_string()
+    )
 }
 
 fn status_of(vms: &[VmInfo], name: &str) -> Option<String> {
@@ -287,7 +347,7 @@ fn a_vm_moves_between_two_agents_through_mllm_migrate() {
         .tempdir()
         .unwrap();
     let specs = dir.path().join("specs");
-    write_spec(&specs, "vm1");
+    write_spec(&specs, "vm1", "");
     // Guards drop in reverse order: A (the guest's first home) first.
     let b = Agent::start("B", dir.path(), &specs, &[]);
     let a = Agent::start("A", dir.path(), &specs, &["vm1"]);
@@ -342,33 +402,10 @@ fn a_vm_moves_between_two_agents_through_mllm_migrate() {
     let run = a.client(&["vm1", "--to", &b.listen.to_string(), "--verify", "--json"]);
     assert!(run.status.success(), "{run:?}");
     println!("{:.1} s: vm1 migrated", started.elapsed().as_secs_f64());
-    let replies = run.replies();
-    let progress: Vec<&Progress> = replies
-        .iter()
-        .filter_map(|reply| match reply {
-            ControlReply::Progress(progress) => Some(progress),
-            _ => None,
-        })
-        .collect();
-    let report: &SourceReport = match replies.last() {
-        Some(ControlReply::Migrated(report)) => report,
-        other => panic!("last reply {other:?}"),
-    };
-    println!("{}", serde_json::to_string_pretty(report).unwrap());
-    assert_eq!(progress.len() + 1, replies.len(), "{replies:?}");
-    assert_eq!(progress.first().map(|p| p.phase), Some(Phase::Connecting));
-    assert_eq!(progress.last().map(|p| p.phase), Some(Phase::Completed));
-    assert!(
-        progress
-            .iter()
-            .any(|p| p.phase == Phase::Precopy && p.round >= 1 && p.bytes_sent > 0),
-        "{progress:?}"
-    );
-    assert!(progress
-        .windows(2)
-        .all(|w| w[0].bytes_sent <= w[1].bytes_sent));
+    let (progress, report) = run.migration();
     let last = progress.last().unwrap();
     assert!(last.bytes_sent >= report.memory_bytes, "{last:?}");
+    assert_eq!(report.blocks_sent, 0);
     assert_eq!(report.vm_name, "vm1");
     assert_eq!(report.ram_bytes, GUEST_MIB << 20);
     assert!(report.verified, "digests were not compared");
@@ -452,4 +489,84 @@ fn assert_heartbeat_moved(from: &Agent, to: &Agent, vm: &str) -> (u64, u64) {
         "{what}: heartbeats not contiguous"
     );
     (last, after[0])
+}
+
+#[test]
+fn a_vm_with_a_disk_moves_with_it() {
+    let started = Instant::now();
+    artifacts();
+    let dir = tempfile::Builder::new()
+        .prefix("mllm-daemon-")
+        .tempdir()
+        .unwrap();
+    // The same VM on both hosts, with its image at another path on each:
+    // B has none yet and creates it.
+    let image_a = dir.path().join("a-vm2.raw");
+    let image_b = dir.path().join("b-vm2.raw");
+    let image = File::create(&image_a).unwrap();
+    image.set_len(DISK_MIB << 20).unwrap();
+    image.write_all_at(&disk_data(), DISK_DATA_OFFSET).unwrap();
+    drop(image);
+    let original = std::fs::read(&image_a).unwrap();
+    let (specs_a, specs_b) = (dir.path().join("specs-a"), dir.path().join("specs-b"));
+    write_spec(&specs_a, "vm2", &disk_table(&image_a));
+    write_spec(&specs_b, "vm2", &disk_table(&image_b));
+    let b = Agent::start("B", dir.path(), &specs_b, &[]);
+    let a = Agent::start("A", dir.path(), &specs_a, &["vm2"]);
+    a.wait_for_heartbeats("vm2", 50, BOOT_TIMEOUT, "boot on A");
+    println!("{:.1} s: vm2 boots on A", started.elapsed().as_secs_f64());
+    assert!(!image_b.exists());
+
+    let run = a.client(&["vm2", "--to", &b.listen.to_string(), "--verify", "--json"]);
+    assert!(run.status.success(), "{run:?}");
+    println!("{:.1} s: vm2 migrated", started.elapsed().as_secs_f64());
+    let (progress, report) = run.migration();
+    // Before the used blocks are known, the whole disk counts as left.
+    assert!(
+        progress[0].bytes_remaining >= (GUEST_MIB + DISK_MIB) << 20,
+        "{:?}",
+        progress[0]
+    );
+    let data_blocks = (DISK_DATA_BYTES / 4096) as u64;
+    assert!(report.blocks_sent >= data_blocks, "{report:?}");
+    assert!(report.disk_bytes > 0, "{report:?}");
+    assert!(report.verified, "digests were not compared");
+    let last = progress.last().unwrap();
+    assert!(
+        last.bytes_sent >= report.memory_bytes + report.disk_bytes,
+        "{last:?}"
+    );
+    // Compared whole, not printed: 64 MiB each.
+    assert!(
+        std::fs::read(&image_b).unwrap() == original,
+        "B's image differs from A's"
+    );
+    // Unused blocks were not sent: B's image is as sparse as A's.
+    let allocated = std::fs::metadata(&image_b).unwrap().blocks() * 512;
+    assert!(
+        allocated < 2 * DISK_DATA_BYTES as u64,
+        "{allocated} bytes allocated"
+    );
+    assert_eq!(status_of(&b.list(), "vm2").as_deref(), Some("running"));
+    assert_eq!(a.list(), []);
+    assert_heartbeat_moved(&a, &b, "vm2");
+
+    // And back into A's image, which exists: emptied, then filled again.
+    let back = b.client(&["vm2", "--to", &a.listen.to_string()]);
+    assert!(back.status.success(), "{back:?}");
+    println!(
+        "{:.1} s: back on A: {}",
+        started.elapsed().as_secs_f64(),
+        back.stdout.trim()
+    );
+    assert!(
+        back.stdout.contains(" disk blocks (") && back.stdout.contains(" MiB of disk and "),
+        "{back:?}"
+    );
+    assert!(
+        std::fs::read(&image_a).unwrap() == original,
+        "A's image changed"
+    );
+    assert_eq!(status_of(&a.list(), "vm2").as_deref(), Some("running"));
+    assert_heartbeat_moved(&b, &a, "vm2");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
-use mllm_qemu::{DiskAttachment, QemuConfig, QemuProcess, RamBackend};
+use mllm_qemu::{Boot, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
 
 use crate::analysis::{self, GuestOutput};
 use crate::build;
@@ -125,12 +125,14 @@ fn run_in(
         memory_mib: scenario.vm.memory.as_u64() >> 20,
         vcpus: scenario.vm.vcpus,
         ram: RamBackend::Anonymous,
-        kernel: image.kernel.clone(),
-        initrd: image.initrd.clone(),
-        kernel_cmdline: format!(
-            "console=ttyS0 panic=-1 loglevel=4 {}",
-            scenario.kernel_params()
-        ),
+        boot: Boot::Kernel {
+            kernel: image.kernel.clone(),
+            initrd: Some(image.initrd.clone()),
+            cmdline: format!(
+                "console=ttyS0 panic=-1 loglevel=4 {}",
+                scenario.kernel_params()
+            ),
+        },
         disk: disk.clone(),
         serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
         incoming,

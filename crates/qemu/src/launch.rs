@@ -49,6 +49,20 @@ pub enum DiskAttachment {
     Nbd { socket: PathBuf, export: String },
 }
 
+/// How the guest starts.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// QEMU loads a Linux kernel (and initramfs) itself: the lab's guest.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// The firmware (SeaBIOS) boots from the disk, as a cloud image expects:
+    /// the disk must be attached, and is the first boot device.
+    Firmware,
+}
+
 /// Everything needed to start one QEMU process.
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
@@ -58,9 +72,7 @@ pub struct QemuConfig {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub ram: RamBackend,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub kernel_cmdline: String,
+    pub boot: Boot,
     pub disk: Option<DiskAttachment>,
     /// Named serial ports, in order (ttyS0, ttyS1, ...).
     pub serial_ports: Vec<String>,
@@ -102,15 +114,24 @@ impl QemuConfig {
             self.vcpus.to_string(),
             "-m".into(),
             format!("{}M", self.memory_mib),
-            "-kernel".into(),
-            self.kernel.display().to_string(),
-            "-initrd".into(),
-            self.initrd.display().to_string(),
-            "-append".into(),
-            self.kernel_cmdline.clone(),
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
         ];
+        if let Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } = &self.boot
+        {
+            args.push("-kernel".into());
+            args.push(kernel.display().to_string());
+            if let Some(initrd) = initrd {
+                args.push("-initrd".into());
+                args.push(initrd.display().to_string());
+            }
+            args.push("-append".into());
+            args.push(cmdline.clone());
+        }
         let backend = match &self.ram {
             RamBackend::Anonymous => {
                 format!("memory-backend-ram,id=ram0,size={}M", self.memory_mib)
@@ -150,7 +171,11 @@ impl QemuConfig {
             args.push("-blockdev".into());
             args.push("driver=raw,file=disk0-file,node-name=disk0,discard=unmap".into());
             args.push("-device".into());
-            args.push("virtio-blk-pci,drive=disk0,id=vdisk0".into());
+            // -nodefaults leaves SeaBIOS no boot device unless one is named.
+            args.push(match self.boot {
+                Boot::Kernel { .. } => "virtio-blk-pci,drive=disk0,id=vdisk0".into(),
+                Boot::Firmware => "virtio-blk-pci,drive=disk0,id=vdisk0,bootindex=0".into(),
+            });
         }
         if self.incoming {
             args.push("-incoming".into());
@@ -327,9 +352,11 @@ mod tests {
             memory_mib: 256,
             vcpus: 1,
             ram: RamBackend::SharedFile("/dev/shm/x".into()),
-            kernel: "k".into(),
-            initrd: "i".into(),
-            kernel_cmdline: "console=ttyS0".into(),
+            boot: Boot::Kernel {
+                kernel: "k".into(),
+                initrd: Some("i".into()),
+                cmdline: "console=ttyS0".into(),
+            },
             disk: None,
             serial_ports: vec!["console".into()],
             incoming: true,
@@ -352,9 +379,11 @@ mod tests {
             memory_mib: 256,
             vcpus: 1,
             ram: RamBackend::Anonymous,
-            kernel: "k".into(),
-            initrd: "i".into(),
-            kernel_cmdline: "console=ttyS0".into(),
+            boot: Boot::Kernel {
+                kernel: "k".into(),
+                initrd: Some("i".into()),
+                cmdline: "console=ttyS0".into(),
+            },
             disk: None,
             serial_ports: vec![],
             incoming: true,
@@ -364,5 +393,34 @@ mod tests {
         let args = config.args().join(" ");
         assert!(args.contains("memory-backend-ram,id=ram0,size=256M"));
         assert!(args.contains("q35,memory-backend=ram0"));
+    }
+
+    #[test]
+    fn firmware_boot_starts_from_the_disk_without_a_kernel() {
+        let config = QemuConfig {
+            name: "cloud".into(),
+            binary: "qemu-system-x86_64".into(),
+            accelerator: Accelerator::Tcg,
+            memory_mib: 256,
+            vcpus: 1,
+            ram: RamBackend::Anonymous,
+            boot: Boot::Firmware,
+            disk: Some(DiskAttachment::Nbd {
+                socket: "/tmp/r/disk.sock".into(),
+                export: "disk0".into(),
+            }),
+            serial_ports: vec![],
+            incoming: false,
+            run_dir: "/tmp/r".into(),
+            env: vec![],
+        };
+        let args = config.args();
+        for flag in ["-kernel", "-initrd", "-append"] {
+            assert!(!args.iter().any(|a| a == flag), "{flag} in {args:?}");
+        }
+        assert!(
+            args.contains(&"virtio-blk-pci,drive=disk0,id=vdisk0,bootindex=0".to_owned()),
+            "{args:?}"
+        );
     }
 }

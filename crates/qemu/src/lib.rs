@@ -8,6 +8,6 @@ pub mod qmp;
 pub mod serial;
 
 pub use error::QemuError;
-pub use launch::{Accelerator, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
+pub use launch::{Accelerator, Boot, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
 pub use qmp::{QmpClient, QmpEvent};
 pub use serial::{SerialCapture, SerialLine};

@@ -237,7 +237,8 @@ fn run(
         round: 0,
         bytes_sent: 0,
         bytes_acknowledged: 0,
-        bytes_remaining: ram.len_bytes(),
+        // The disk's used blocks are not read yet: its size bounds them.
+        bytes_remaining: ram.len_bytes() + disk.map_or(0, TrackedDisk::size),
         rate_bytes_per_s: None,
         eta_s: None,
         elapsed_s: 0.0,

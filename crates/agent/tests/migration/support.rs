@@ -16,7 +16,7 @@ use mllm_agent::{
 use mllm_lab::image::{GuestImage, ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 use mllm_link::{Link, LinkConfig};
-use mllm_qemu::{Accelerator, QemuConfig, QemuProcess, RamBackend};
+use mllm_qemu::{Accelerator, Boot, QemuConfig, QemuProcess, RamBackend};
 use serde_json::json;
 
 pub const GUEST_MIB: u64 = 256;
@@ -82,9 +82,11 @@ impl Vm {
             memory_mib,
             vcpus: 1,
             ram: RamBackend::Anonymous,
-            kernel: image().kernel.clone(),
-            initrd: image().initrd.clone(),
-            kernel_cmdline: format!("console=ttyS0 panic=-1 loglevel=4 {workload}"),
+            boot: Boot::Kernel {
+                kernel: image().kernel.clone(),
+                initrd: Some(image().initrd.clone()),
+                cmdline: format!("console=ttyS0 panic=-1 loglevel=4 {workload}"),
+            },
             disk: None,
             serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
             incoming,
