@@ -17,6 +17,10 @@ pub enum Method {
     QemuXbzrle,
     /// QEMU's multifd pre-copy with zstd compression.
     QemuMultifdZstd,
+    /// QEMU's pre-copy, its disk mirror in write-blocking mode from the
+    /// start at a 4 KiB granularity: it converges however fast the guest
+    /// writes, each guest write waiting for the link's round trip.
+    QemuPrecopyWriteBlocking,
     /// mllm's agents move guest RAM by pre-copy (the classic policy, the
     /// base later policies are measured against); QEMU moves device state.
     MllmPrecopy,
@@ -38,6 +42,7 @@ impl Method {
             Method::QemuPostcopyPreempt => "qemu-postcopy-preempt",
             Method::QemuXbzrle => "qemu-xbzrle",
             Method::QemuMultifdZstd => "qemu-multifd-zstd",
+            Method::QemuPrecopyWriteBlocking => "qemu-precopy-write-blocking",
             Method::MllmPrecopy => "mllm-precopy",
             Method::MllmPostcopy => "mllm-postcopy",
             Method::Mllm => "mllm",

@@ -33,6 +33,8 @@ pub struct GuestFiles<'a> {
 
 /// The name of the memory write trace in a run's directory.
 pub const TRACE_FILE: &str = "memory.trace";
+/// The name of the source disk's access trace (its last 64 Ki requests).
+pub const DISK_TRACE_FILE: &str = "disk.trace";
 
 /// Migrates with mllm's agents by `strategy` and records the guest's memory
 /// writes during pre-copy, one interval per 100 ms, into `trace_file`.

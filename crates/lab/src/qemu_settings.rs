@@ -74,7 +74,7 @@ impl QemuSettings {
     ) -> Result<Option<QemuSettings>> {
         let method_capabilities: &[&str] = match method {
             Method::MllmPrecopy | Method::MllmPostcopy | Method::Mllm => return Ok(None),
-            Method::QemuPrecopy => &[],
+            Method::QemuPrecopy | Method::QemuPrecopyWriteBlocking => &[],
             Method::QemuPostcopy => &["postcopy-ram"],
             // The preempt channel is a second connection from the source to
             // the destination's migration address; the destination must
@@ -127,10 +127,20 @@ impl QemuSettings {
             // to the destination before completing it, so the copy cannot
             // fall behind again however fast the guest writes, and nothing
             // is left to flush while the source is paused at the switch.
-            mirror: with_disk.then(|| MirrorSettings {
-                granularity: MIRROR_GRANULARITY,
-                copy_mode: "background".into(),
-                copy_mode_when_ready: "write-blocking".into(),
+            mirror: with_disk.then(|| match method {
+                // The alternative an operator has when background copies do
+                // not converge: every guest write crosses before it
+                // completes, and 4 KiB chunks copy only what was written.
+                Method::QemuPrecopyWriteBlocking => MirrorSettings {
+                    granularity: 4096,
+                    copy_mode: "write-blocking".into(),
+                    copy_mode_when_ready: "write-blocking".into(),
+                },
+                _ => MirrorSettings {
+                    granularity: MIRROR_GRANULARITY,
+                    copy_mode: "background".into(),
+                    copy_mode_when_ready: "write-blocking".into(),
+                },
             }),
         }))
     }

@@ -23,7 +23,8 @@ use crate::qemu_migration;
 use crate::qemu_settings::QemuSettings;
 use crate::result::{Environment, RunResult};
 use crate::scenario::{Scenario, Workload};
-use mllm_agent::{make_migratable, DiskServer, TrackedDisk};
+use mllm_agent::{make_migratable, write_disk_trace, DiskServer, TrackedDisk};
+use mllm_core::trace::Encoding;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The NBD export name of the guest's disk when an agent serves it.
@@ -200,7 +201,7 @@ fn run_in(
             source_disks: &source_disks,
             destination_disks: &destination_disks,
         };
-        mllm_migration::migrate(
+        let outcome = mllm_migration::migrate(
             strategy,
             timing.downtime_target,
             timing.migration_timeout,
@@ -209,7 +210,21 @@ fn run_in(
             &files,
             &link,
             &dir.join(mllm_migration::TRACE_FILE),
-        )
+        );
+        if let Some(disk) = source_disks.first() {
+            // The source's disk requests up to the switch, for `mllm sim`.
+            let path = dir.join(mllm_migration::DISK_TRACE_FILE);
+            let written = write_disk_trace(
+                &path,
+                disk.size(),
+                &disk.recent_accesses(),
+                Encoding::Binary,
+            );
+            if let Err(error) = written {
+                tracing::warn!("the disk trace {} was not written: {error}", path.display());
+            }
+        }
+        outcome
     } else {
         let settings = qemu_settings
             .as_ref()

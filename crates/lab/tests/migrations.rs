@@ -230,17 +230,19 @@ fn qemu_multifd_zstd_runs_two_zstd_channels_through_the_link() {
     );
 }
 
+/// QEMU's mirror in the background mode does not converge on this guest
+/// and link (docs/baselines.md): the mode that does is write-blocking.
 #[test]
-fn qemu_precopy_mirrors_the_disk_and_turns_write_blocking_once_ready() {
-    let result = migrate_guest(Method::QemuPrecopy, DISKLOAD, "180s");
+fn qemu_precopy_mirrors_the_disk_write_blocking_at_4_kib() {
+    let result = migrate_guest(Method::QemuPrecopyWriteBlocking, DISKLOAD, "180s");
     assert_guest_moved(&result);
     assert_expert_switchover(&result);
     let mirror = qemu_settings(&result)
         .mirror
         .as_ref()
         .expect("mirror settings");
-    assert_eq!(mirror.granularity, 64 * 1024);
-    assert_eq!(mirror.copy_mode_when_ready, "write-blocking");
+    assert_eq!(mirror.granularity, 4096);
+    assert_eq!(mirror.copy_mode, "write-blocking");
     assert!(result.disk_bytes > 0);
     let limit = result.physical_limit.as_ref().unwrap();
     assert_eq!(limit.disk_bytes, 64 << 20);
