@@ -76,12 +76,18 @@ pub fn migrate(
             reported_downtime_ms: Some(saturating_u64(report.downtime_upper_bound_ms())),
             retransmitted_pages: Some(report.retransmitted_pages),
             tracking_method: Some(report.tracking_method),
-            postcopy: received.postcopy.map(|postcopy| PostcopyResult {
-                pages: postcopy.pages_installed,
-                faults: postcopy.faults,
-                fault_p50_ms: postcopy.fault_p50_ms,
-                fault_p99_ms: postcopy.fault_p99_ms,
-                fault_max_ms: postcopy.fault_max_ms,
+            postcopy: received.postcopy.map(|postcopy| {
+                let disk = received.disk_postcopy.as_ref();
+                PostcopyResult {
+                    pages: postcopy.pages_installed,
+                    faults: postcopy.faults,
+                    fault_p50_ms: postcopy.fault_p50_ms,
+                    fault_p99_ms: postcopy.fault_p99_ms,
+                    fault_max_ms: postcopy.fault_max_ms,
+                    blocks: disk.map_or(0, |disk| disk.blocks_installed),
+                    block_fetches: disk.map_or(0, |disk| disk.fetches),
+                    block_fetch_p99_ms: disk.and_then(|disk| disk.fetch_p99_ms),
+                }
             }),
             // The agents set QEMU up for device state themselves.
             qemu_settings: None,

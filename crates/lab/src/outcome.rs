@@ -38,4 +38,12 @@ pub struct PostcopyResult {
     pub fault_p50_ms: Option<f64>,
     pub fault_p99_ms: Option<f64>,
     pub fault_max_ms: Option<f64>,
+    /// Disk blocks moved after the destination ran (none without a disk).
+    #[serde(default)]
+    pub blocks: u64,
+    /// Guest disk requests that waited for a block from the source.
+    #[serde(default)]
+    pub block_fetches: u64,
+    #[serde(default)]
+    pub block_fetch_p99_ms: Option<f64>,
 }

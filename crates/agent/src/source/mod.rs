@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use mllm_core::convert::saturating_u64;
 use mllm_core::strategy::Strategy;
+use mllm_core::trace::{DiskAccess, DiskTrace, DiskTraceHeader};
 use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
@@ -48,6 +49,8 @@ use mllm_control::{PostcopyReport, SourceReport, SourceTimings};
 /// Frames queued for the sender thread beyond the one it is writing: enough
 /// to cover compressing the next batch, small next to the link's queue.
 const QUEUED_FRAMES: usize = 4;
+/// The disk history a learning strategy sees before its first plan.
+const DISK_HISTORY: Duration = Duration::from_secs(60);
 /// How long a cancelled QEMU migration may take to settle before `cont`.
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
@@ -189,6 +192,42 @@ impl SourceContext<'_> {
         }
     }
 
+    /// Shows a learning strategy the blocks the guest read in each interval
+    /// of the last minute before the migration (from the disk's access
+    /// trace), before its first plan: the disk read workingset it sends
+    /// first comes from them.
+    fn observe_disk_history(&mut self) {
+        let (true, Some(disk)) = (self.strategy.learns(), self.disk) else {
+            return;
+        };
+        // The history below covers what the counters hold.
+        let _ = disk.take_activity();
+        let accesses = disk.recent_accesses();
+        let Some(last) = accesses.last() else {
+            return;
+        };
+        let start = last
+            .time_us
+            .saturating_sub(saturating_u64(DISK_HISTORY.as_secs_f64() * 1e6));
+        let trace = DiskTrace {
+            header: DiskTraceHeader {
+                disk_bytes: disk.size(),
+            },
+            records: accesses
+                .into_iter()
+                .filter(|access| access.time_us >= start)
+                .map(|access| DiskAccess {
+                    time_us: access.time_us - start,
+                    ..access
+                })
+                .collect(),
+        };
+        let interval_us = saturating_u64(self.settings.trace_interval.as_secs_f64() * 1e6).max(1);
+        for interval in trace.block_intervals(PAGE_SIZE_U32, interval_us) {
+            self.strategy.observe_disk_reads(&interval.reads);
+        }
+    }
+
     /// `pending_bytes`: known to be left beyond the unacknowledged batches.
     fn report(&mut self, phase: Phase, pending_bytes: f64) {
         let flow = self.flow.snapshot();
@@ -321,6 +360,7 @@ fn run(
                 vm_state,
                 started,
             };
+            ctx.observe_disk_history();
             let precopy = precopy::run(&mut ctx)?;
             let switched = switchover::run(&mut ctx)?;
             Ok((

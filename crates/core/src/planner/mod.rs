@@ -283,8 +283,15 @@ fn disk_workingset(input: &PlanInput, scores: Option<&Scores>) -> Vec<u32> {
     let push_s = input
         .link
         .transfer_s(disk.used.count() * u64::from(disk.block_size));
+    // A live migration plans before it has measured the link: then the
+    // blocks read in the next interval, the hottest, go first.
+    let horizon = if push_s.is_finite() {
+        push_s / input.config.interval_s
+    } else {
+        1.0
+    };
     let goal = Goal {
-        horizon: push_s / input.config.interval_s,
+        horizon,
         objective: Objective::Accuracy,
     };
     let mut workingset = reads.predict(&goal);

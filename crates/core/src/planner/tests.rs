@@ -56,6 +56,26 @@ fn without_writes_everything_is_precopied_once_in_address_order() {
     assert!((f.downtime_s - (300_000.0 / 12.5e6 + 0.025)).abs() < 1e-9);
 }
 
+/// A live migration plans before it knows the link's rate: the blocks the
+/// guest keeps reading still go first.
+#[test]
+fn before_the_rate_is_known_the_hot_read_blocks_go_first() {
+    let disk = DiskLayout::synthetic(4096, 4096, 1.0, 1.0, 1);
+    let vm = layout(Some(disk));
+    let unknown = Link {
+        bandwidth_bytes_per_s: 0.0,
+        ..Link::from_mbit(100.0, 50.0)
+    };
+    let memory = Improved::new(PAGES, 10);
+    let hot: Vec<u32> = (100..120).collect();
+    let reads = observed(EstimatorKind::Improved, 4096, &[hot.clone(), hot.clone()]);
+    let plan = plan(&input(&vm, unknown, &memory, Some(reads.as_ref())));
+    let mut first = plan.disk_first.clone();
+    first.sort_unstable();
+    assert_eq!(first, hot);
+    assert_eq!(plan.disk_after_switch.len(), 4096 - hot.len());
+}
+
 #[test]
 fn hot_pages_are_deferred_and_never_written_pages_go_first() {
     let hot: Vec<u32> = (1000..1100).collect();

@@ -72,8 +72,12 @@ impl Strategy for Mllm {
 
     fn observe(&mut self, interval: &GuestInterval) {
         self.memory_writes.observe(&interval.memory_writes);
+        self.observe_disk_reads(&interval.disk_reads);
+    }
+
+    fn observe_disk_reads(&mut self, blocks: &[u32]) {
         if let Some(reads) = &mut self.disk_reads {
-            reads.observe(&interval.disk_reads);
+            reads.observe(blocks);
         }
     }
 

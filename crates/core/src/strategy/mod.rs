@@ -174,6 +174,11 @@ pub trait Strategy: Send {
     /// the warm-up ones before the migration).
     fn observe(&mut self, _interval: &GuestInterval) {}
 
+    /// Sees the blocks read in one interval of the guest's disk history
+    /// from before the migration (the disk server keeps it; the memory
+    /// tracker has no such history), if it learns from disk reads.
+    fn observe_disk_reads(&mut self, _reads: &[u32]) {}
+
     /// Called at the start and whenever the previous pass has drained,
     /// after a scan of the guest's writes.
     fn next_pass(&mut self, state: &TransferState) -> Pass;
