@@ -51,8 +51,8 @@ pub use mllm_control::{
     TraceSummary,
 };
 pub use settings::{
-    parse_compression, BoundAction, EstimatorKind, MigrationPolicy, SourceSettings, SourceStrategy,
-    UnknownCompression,
+    parse_compression, BoundAction, DiskMove, EstimatorKind, MigrationPolicy, SourceSettings,
+    SourceStrategy, UnknownCompression,
 };
 pub use source::migrate_source;
 pub use vm_setup::{

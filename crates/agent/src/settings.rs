@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mllm_core::memory::PageIndex;
 use mllm_core::planner::PlannerConfig;
-pub use mllm_core::strategy::BoundAction;
+pub use mllm_core::strategy::{BoundAction, DiskMove};
 use mllm_core::strategy::{Hybrid, Mllm, Precopy, PrecopyLimits, Strategy};
 pub use mllm_core::workingset::EstimatorKind;
 pub use mllm_wire::MigrationPolicy;
@@ -73,6 +73,11 @@ pub struct SourceSettings {
     /// writes, the tracker is scanned at least this often, in the middle of
     /// rounds too, so intervals stay short.
     pub trace_interval: Duration,
+    /// With the MLLM strategy, how the disk's blocks besides the predicted
+    /// read workingset move. Pre-copy by default: after the switch each
+    /// block the guest needs first costs it two round trips, which lost on
+    /// a disk with random reads (docs/disk.md).
+    pub mllm_disk: DiskMove,
 }
 
 impl Default for SourceSettings {
@@ -89,6 +94,7 @@ impl Default for SourceSettings {
             link_timeout: Duration::from_secs(30),
             trace_file: None,
             trace_interval: Duration::from_millis(100),
+            mllm_disk: DiskMove::Precopy,
         }
     }
 }
@@ -121,11 +127,14 @@ impl SourceSettings {
                     downtime_target_s: config.downtime_target_s / 2.0,
                     ..config
                 };
-                return Box::new(Mllm::new(
-                    config,
-                    estimator.build(pages, ESTIMATOR_HORIZON),
-                    disk_blocks.map(|blocks| estimator.build(blocks, ESTIMATOR_HORIZON)),
-                ));
+                return Box::new(
+                    Mllm::new(
+                        config,
+                        estimator.build(pages, ESTIMATOR_HORIZON),
+                        disk_blocks.map(|blocks| estimator.build(blocks, ESTIMATOR_HORIZON)),
+                    )
+                    .moving_disk(self.mllm_disk),
+                );
             }
         }
         let limits = PrecopyLimits {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use mllm_agent::{
     migrate_source, receive_migration, BoundAction, DestinationReport, DestinationSettings,
-    SourceReport, SourceSettings, SourceStrategy, TrackedDisk,
+    DiskMove, SourceReport, SourceSettings, SourceStrategy, TrackedDisk,
 };
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
@@ -41,6 +41,7 @@ pub const DISK_TRACE_FILE: &str = "disk.trace";
 #[allow(clippy::too_many_arguments)] // the scenario's settings, each its own
 pub fn migrate(
     strategy: SourceStrategy,
+    mllm_disk: DiskMove,
     downtime_target: Duration,
     timeout: Duration,
     source: &QemuProcess,
@@ -52,6 +53,7 @@ pub fn migrate(
     let started_us = wall_clock_us();
     let settings = SourceSettings {
         strategy,
+        mllm_disk,
         downtime_target,
         // Same rule as for QEMU's methods: no bound on rounds, cancelled
         // (the source keeps running) when the scenario's timeout passes.

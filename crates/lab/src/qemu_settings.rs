@@ -73,7 +73,10 @@ impl QemuSettings {
         with_disk: bool,
     ) -> Result<Option<QemuSettings>> {
         let method_capabilities: &[&str] = match method {
-            Method::MllmPrecopy | Method::MllmPostcopy | Method::Mllm => return Ok(None),
+            Method::MllmPrecopy
+            | Method::MllmPostcopy
+            | Method::Mllm
+            | Method::MllmDiskPostcopy => return Ok(None),
             Method::QemuPrecopy | Method::QemuPrecopyWriteBlocking => &[],
             Method::QemuPostcopy => &["postcopy-ram"],
             // The preempt channel is a second connection from the source to

@@ -203,6 +203,7 @@ fn run_in(
         };
         let outcome = mllm_migration::migrate(
             strategy,
+            method.mllm_disk(),
             timing.downtime_target,
             timing.migration_timeout,
             &source,

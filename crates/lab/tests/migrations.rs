@@ -306,7 +306,7 @@ fn mllm_precopy_moves_a_guest_with_its_disk() {
 
 #[test]
 fn mllm_moves_the_disk_read_workingset_first_and_the_rest_after_the_switch() {
-    let result = migrate_guest(Method::Mllm, DISKLOAD, "120s");
+    let result = migrate_guest(Method::MllmDiskPostcopy, DISKLOAD, "120s");
     // Test mode: the blocks present at the switch were compared by digest
     // then, the others one by one as they arrived after it; memory likewise.
     assert_guest_moved(&result);
@@ -315,4 +315,6 @@ fn mllm_moves_the_disk_read_workingset_first_and_the_rest_after_the_switch() {
         "disk bytes: {}",
         result.disk_bytes
     );
+    let postcopy = result.postcopy.as_ref().expect("post-copy report");
+    assert!(postcopy.blocks > 0, "no block moved after the switch");
 }

@@ -19,7 +19,7 @@ mod mllm;
 mod qemu;
 mod queue;
 
-pub use mllm::Mllm;
+pub use mllm::{DiskMove, Mllm};
 pub use qemu::{BoundAction, Hybrid, Postcopy, Precopy, PrecopyLimits};
 pub use queue::{SendQueue, Space};
 
