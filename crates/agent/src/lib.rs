@@ -32,6 +32,7 @@ mod device_state;
 mod disk;
 mod error;
 mod guest_ram;
+mod latency;
 mod memory_trace;
 mod peer;
 mod settings;

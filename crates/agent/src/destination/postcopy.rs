@@ -27,6 +27,7 @@ use mllm_wire::{page_digest, Message, PageDigests, PageRequest, RamDigest};
 
 use crate::error::MigrationError;
 use crate::guest_ram::GuestRam;
+use crate::latency::percentile_ms;
 
 /// How long the fault thread waits for a fault before it looks whether it
 /// should stop.
@@ -244,17 +245,11 @@ impl Postcopy {
         }
         let mut latencies = std::mem::take(&mut state.fault_latencies);
         latencies.sort_unstable();
-        let percentile = |share: f64| {
-            // Nearest rank: the smallest latency at or above the share.
-            let rank = (share * latencies.len() as f64).ceil();
-            let index = mllm_core::convert::saturating_usize(rank).saturating_sub(1);
-            latencies.get(index).map(|d| d.as_secs_f64() * 1000.0)
-        };
         Ok(DestinationPostcopyReport {
             pages_installed: state.installed,
             faults: latencies.len() as u64,
-            fault_p50_ms: percentile(0.5),
-            fault_p99_ms: percentile(0.99),
+            fault_p50_ms: percentile_ms(&latencies, 0.5),
+            fault_p99_ms: percentile_ms(&latencies, 0.99),
             fault_max_ms: latencies.last().map(|d| d.as_secs_f64() * 1000.0),
             already_present: state.already_present,
             verified: verify,

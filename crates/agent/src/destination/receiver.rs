@@ -453,7 +453,7 @@ impl<'a> Receiver<'a> {
     fn verify_disk(&mut self, theirs: &DiskDigest) -> Result<()> {
         let disk = self.disk(theirs.disk)?;
         // Pending blocks are stale here: their digests come one by one.
-        let ours = disk.digest_without(|block| disk.is_missing(block))?;
+        let ours = disk.digest_present()?;
         let mismatches = theirs.digest.mismatches(&ours);
         if let Some(first) = mismatches.first() {
             return Err(MigrationError::MemoryMismatch(format!(

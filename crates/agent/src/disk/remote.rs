@@ -22,6 +22,7 @@ use mllm_core::memory::PageRange;
 use mllm_core::PageSet;
 
 use crate::error::MigrationError;
+use crate::latency::percentile_ms;
 
 /// Asks the source for blocks: the destination's outbox, wrapped.
 pub type AskForBlocks = Arc<dyn Fn(Vec<u32>) -> Result<(), MigrationError> + Send + Sync>;
@@ -107,9 +108,9 @@ impl RemoteBlocks {
         self.lock().missing_count
     }
 
-    pub fn is_missing(&self, block: u32) -> bool {
-        let state = self.lock();
-        block < state.missing.universe() && state.missing.contains(block)
+    /// The blocks still on the source, as of now.
+    pub fn missing(&self) -> PageSet {
+        self.lock().missing.clone()
     }
 
     /// Before a guest request on `blocks`: returns once none of them is
@@ -254,13 +255,6 @@ impl RemoteBlocks {
             fetch_p99_ms: percentile_ms(&latencies, 0.99),
         })
     }
-}
-
-/// Nearest rank: the smallest of sorted `latencies` at or above `share`.
-fn percentile_ms(latencies: &[Duration], share: f64) -> Option<f64> {
-    let rank = (share * latencies.len() as f64).ceil();
-    let index = mllm_core::convert::saturating_usize(rank).saturating_sub(1);
-    latencies.get(index).map(|d| d.as_secs_f64() * 1000.0)
 }
 
 #[cfg(test)]

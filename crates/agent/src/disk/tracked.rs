@@ -267,8 +267,11 @@ impl TrackedDisk {
         self.remote.missing_count()
     }
 
-    pub fn is_missing(&self, block: u32) -> bool {
-        self.remote.is_missing(block)
+    /// Test mode at a post-copy destination: the digest of the blocks
+    /// here, the pending ones (stale here) left out.
+    pub fn digest_present(&self) -> Result<RamDigest, MigrationError> {
+        let missing = self.remote.missing();
+        self.digest_without(|block| missing.contains(block))
     }
 
     /// Test mode: the source's digests of pending blocks.
