@@ -6,6 +6,8 @@ use clap::Subcommand;
 use mllm_lab::image::ImageBuilder;
 use mllm_lab::result::RunResult;
 use mllm_lab::scenario::Scenario;
+use mllm_lab::scoreboard::{self, Provenance};
+use mllm_lab::suite::{self, Suite};
 use mllm_lab::{paths, report, run};
 
 #[derive(Subcommand)]
@@ -25,6 +27,35 @@ pub enum LabCommand {
         /// Directory for result.json, logs and plots.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Run every method of every scenario of a suite and write the
+    /// scoreboard: mllm's best method against QEMU's best and the physical
+    /// limit, scenario by scenario. Takes an hour or more.
+    Suite {
+        /// Suite file (TOML): the scenario files to run, in order.
+        #[arg(default_value = "scenarios/suite.toml")]
+        suite: PathBuf,
+        /// Directory for the results, one subdirectory per scenario and method.
+        #[arg(long, default_value = "results/suite")]
+        out: PathBuf,
+        /// Where to write the scoreboard (rewritten after every run).
+        #[arg(long, default_value = "docs/scoreboard.md")]
+        scoreboard: PathBuf,
+        /// Run only these scenarios (by name; repeatable).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Keep results already in --out instead of running those methods again.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Write the scoreboard from results already on disk (suite output
+    /// directories, scenario result directories or result.json files).
+    Scoreboard {
+        #[arg(required = true)]
+        results: Vec<PathBuf>,
+        /// Where to write it; standard output if not given.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Print results side by side: result directories or result.json files.
     Compare {
@@ -57,6 +88,43 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             println!("{}", report::compare(&results));
             Ok(())
         }
+        LabCommand::Suite {
+            suite,
+            out,
+            scoreboard,
+            only,
+            resume,
+        } => {
+            let (_, scenarios) = Suite::load(&suite)?;
+            let scenarios = suite::select(scenarios, &only)?;
+            let image = build_image()?;
+            let command = format!("mllm lab suite {} --out {}", suite.display(), out.display());
+            let write_board = |results: &[RunResult]| -> anyhow::Result<()> {
+                let board = scoreboard::render(results, &provenance(&command));
+                std::fs::write(&scoreboard, board)
+                    .with_context(|| format!("cannot write {}", scoreboard.display()))
+            };
+            let results = suite::run_suite(&scenarios, &image, &out, resume, write_board)?;
+            write_board(&results)?;
+            println!("{}", report::compare(&results));
+            println!("scoreboard: {}", scoreboard.display());
+            Ok(())
+        }
+        LabCommand::Scoreboard { results, out } => {
+            let mut loaded = Vec::new();
+            for path in &results {
+                loaded.extend(find_results(path)?);
+            }
+            let sources: Vec<String> = results.iter().map(|p| p.display().to_string()).collect();
+            let command = format!("mllm lab scoreboard {}", sources.join(" "));
+            let board = scoreboard::render(&loaded, &provenance(&command));
+            match out {
+                Some(path) => std::fs::write(&path, board)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{board}"),
+            }
+            Ok(())
+        }
         LabCommand::Compare { results } => {
             let mut loaded = Vec::new();
             for path in results {
@@ -65,6 +133,24 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             println!("{}", report::compare(&loaded));
             Ok(())
         }
+    }
+}
+
+/// When, at which commit and on what the scoreboard's results were made.
+fn provenance(command: &str) -> Provenance {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    Provenance {
+        command: command.to_owned(),
+        when: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string(),
+        commit,
+        machine: format!("{cpus} CPUs shared by both VMs, both agents and the link emulator"),
     }
 }
 

@@ -24,3 +24,5 @@ pub mod result;
 pub mod rootfs;
 pub mod run;
 pub mod scenario;
+pub mod scoreboard;
+pub mod suite;

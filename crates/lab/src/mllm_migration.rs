@@ -77,6 +77,8 @@ pub fn migrate(
             rounds: report.rounds.len() as u64,
             reported_downtime_ms: Some(saturating_u64(report.downtime_upper_bound_ms())),
             retransmitted_pages: Some(report.retransmitted_pages),
+            retransmitted_blocks: Some(report.retransmitted_blocks),
+            pages_sent: Some(report.pages_sent),
             tracking_method: Some(report.tracking_method),
             postcopy: received.postcopy.map(|postcopy| {
                 let disk = received.disk_postcopy.as_ref();

@@ -19,6 +19,10 @@ pub struct MigrationOutcome {
     pub reported_downtime_ms: Option<u64>,
     /// Pages sent more than once, where the engine counts them.
     pub retransmitted_pages: Option<u64>,
+    /// Disk blocks sent more than once, where the engine counts them.
+    pub retransmitted_blocks: Option<u64>,
+    /// Pages sent with their content, re-sends included (QEMU's count).
+    pub pages_sent: Option<u64>,
     /// How written pages were found, where the engine tracks them itself.
     pub tracking_method: Option<String>,
     /// Post-copy by mllm's agents: what moved after the switch and how

@@ -37,6 +37,7 @@ pub struct ContentSnapshot {
     ram_bytes: u64,
     disk_bytes: u64,
     nonzero_pages: u64,
+    ram_nonzero_pages: u64,
     seen: HashSet<blake3::Hash>,
     /// The distinct pages, in the order first seen.
     unique: Vec<u8>,
@@ -51,6 +52,7 @@ impl ContentSnapshot {
         snapshot.ram_bytes = snapshot
             .add(open(ram)?)
             .with_context(|| format!("reading guest RAM {}", ram.display()))?;
+        snapshot.ram_nonzero_pages = snapshot.nonzero_pages;
         if let Some(disk) = disk {
             snapshot.disk_bytes = snapshot
                 .add(open(disk)?)
@@ -103,6 +105,7 @@ impl ContentSnapshot {
             ram_bytes: self.ram_bytes,
             disk_bytes: self.disk_bytes,
             nonzero_pages: self.nonzero_pages,
+            ram_nonzero_pages: self.ram_nonzero_pages,
             unique_pages: self.seen.len() as u64,
             read_ms: self.read_time.as_secs_f64() * 1000.0,
             compress_ms: compress_time.as_secs_f64() * 1000.0,
@@ -134,6 +137,9 @@ pub struct PhysicalLimit {
     /// Disk image read (0 without a disk).
     pub disk_bytes: u64,
     pub nonzero_pages: u64,
+    /// Of `nonzero_pages`, those in guest RAM.
+    #[serde(default)]
+    pub ram_nonzero_pages: u64,
     /// Distinct non-zero pages: what was compressed.
     pub unique_pages: u64,
     /// How long the snapshot took to read: the guest ran meanwhile.

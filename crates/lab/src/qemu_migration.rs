@@ -330,6 +330,9 @@ fn record_counters(info: &Value, outcome: &mut MigrationOutcome) {
     if let Some(transferred) = ram["transferred"].as_u64() {
         outcome.memory_bytes = transferred;
     }
+    if let Some(pages) = ram["normal"].as_u64() {
+        outcome.pages_sent = Some(pages);
+    }
     if let Some(rounds) = ram["dirty-sync-count"].as_u64() {
         outcome.rounds = rounds;
     }

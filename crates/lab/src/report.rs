@@ -44,7 +44,7 @@ fn side(s: &SideSettings) -> String {
 }
 
 /// Which QEMU settings a run used, for the lines under a table.
-fn settings(q: &QemuSettings) -> String {
+pub(crate) fn settings(q: &QemuSettings) -> String {
     let mut s = format!(
         "source {}; destination {}",
         side(&q.source),
@@ -242,6 +242,7 @@ mod tests {
                 ram_bytes: 1 << 30,
                 disk_bytes: 0,
                 nonzero_pages: 300,
+                ram_nonzero_pages: 300,
                 unique_pages: 256,
                 read_ms: 1.0,
                 compress_ms: 1.0,

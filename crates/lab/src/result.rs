@@ -40,6 +40,12 @@ pub struct RunResult {
     pub reported_downtime_ms: Option<u64>,
     /// Pages sent more than once (mllm's engine counts them).
     pub retransmitted_pages: Option<u64>,
+    /// Disk blocks sent more than once (mllm's engine counts them).
+    #[serde(default)]
+    pub retransmitted_blocks: Option<u64>,
+    /// Pages sent with their content (QEMU's `ram.normal`), re-sends included.
+    #[serde(default)]
+    pub pages_sent: Option<u64>,
     /// How written pages were found (mllm's engine).
     pub tracking_method: Option<String>,
     /// Pages moved after the switch and fault latency (mllm's post-copy).
@@ -87,6 +93,9 @@ pub struct Environment {
     pub link_bandwidth: String,
     pub link_rtt_ms: f64,
     pub memory_mib: u64,
+    /// The guest's disk, if it has one.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
 }
 
 impl RunResult {

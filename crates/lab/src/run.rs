@@ -313,6 +313,8 @@ fn run_in(
         rounds: outcome.rounds,
         reported_downtime_ms: outcome.reported_downtime_ms,
         retransmitted_pages: outcome.retransmitted_pages,
+        retransmitted_blocks: outcome.retransmitted_blocks,
+        pages_sent: outcome.pages_sent,
         tracking_method: outcome.tracking_method.clone(),
         postcopy: outcome.postcopy.clone(),
         qemu: outcome.qemu_settings.clone(),
@@ -333,6 +335,7 @@ fn run_in(
             link_bandwidth: mllm_link::format_rate(scenario.link.bandwidth_bits_per_s),
             link_rtt_ms: scenario.link.rtt.as_secs_f64() * 1000.0,
             memory_mib: scenario.vm.memory.as_u64() >> 20,
+            disk_mib: scenario.vm.disk.as_ref().map(|d| d.size.as_u64() >> 20),
         },
     };
     let phases = plot::Phases {
