@@ -147,8 +147,7 @@ fn provenance(command: &str) -> Provenance {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     Provenance {
         command: command.to_owned(),
-        when: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string(),
+        when: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         commit,
         machine: format!("{cpus} CPUs shared by both VMs, both agents and the link emulator"),
     }

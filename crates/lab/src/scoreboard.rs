@@ -79,7 +79,10 @@ pub fn resent(result: &RunResult) -> Resent {
 
 fn has_disk(result: &RunResult) -> bool {
     result.environment.disk_mib.is_some_and(|mib| mib > 0)
-        || result.physical_limit.as_ref().is_some_and(|l| l.disk_bytes > 0)
+        || result
+            .physical_limit
+            .as_ref()
+            .is_some_and(|l| l.disk_bytes > 0)
 }
 
 /// One target: `value` must be at most (or for throughput, at least) `bound`.
@@ -146,7 +149,11 @@ fn best<'a>(runs: &[&'a RunResult], engine: Engine) -> (Option<&'a RunResult>, b
             .copied()
             .filter(|r| Engine::of(r) == engine && r.success && r.total_time_ms.is_some())
             .filter(|r| !keep || keeps_guest(r))
-            .min_by(|a, b| a.total_time_ms.partial_cmp(&b.total_time_ms).expect("finite"))
+            .min_by(|a, b| {
+                a.total_time_ms
+                    .partial_cmp(&b.total_time_ms)
+                    .expect("finite")
+            })
     };
     match fastest(true) {
         Some(run) => (Some(run), false),
@@ -197,11 +204,7 @@ impl<'a> ScenarioScore<'a> {
         }
         if let Some(x) = mllm.times_limit() {
             let bound = if disk { 1.2 } else { 1.1 };
-            targets.push(Target::at_most(
-                "total time / physical limit",
-                x,
-                bound,
-            ));
+            targets.push(Target::at_most("total time / physical limit", x, bound));
         }
         let total = mllm.total_time_ms.unwrap_or(f64::NAN);
         if let (true, Some(qemu)) = (disk, self.qemu_best) {
@@ -248,7 +251,12 @@ pub fn score(results: &[RunResult]) -> Vec<ScenarioScore<'_>> {
     }
     order
         .into_iter()
-        .map(|name| ScenarioScore::new(name.to_owned(), by_scenario.remove(name).unwrap_or_default()))
+        .map(|name| {
+            ScenarioScore::new(
+                name.to_owned(),
+                by_scenario.remove(name).unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
@@ -402,7 +410,11 @@ fn scenario_section(out: &mut String, score: &ScenarioScore<'_>) {
             "{} MiB guest, {}{}.\n",
             first.environment.memory_mib,
             link_of(first),
-            if score.has_disk() { ", with a disk" } else { "" }
+            if score.has_disk() {
+                ", with a disk"
+            } else {
+                ""
+            }
         );
     }
     let rows: Vec<Vec<String>> = score
@@ -458,7 +470,11 @@ fn scenario_section(out: &mut String, score: &ScenarioScore<'_>) {
         );
     }
     if score.mllm_best.is_some() {
-        let _ = writeln!(out, "Targets for {}:\n", score.mllm_best.map_or("", |m| &m.method));
+        let _ = writeln!(
+            out,
+            "Targets for {}:\n",
+            score.mllm_best.map_or("", |m| &m.method)
+        );
         for target in &score.targets {
             let _ = writeln!(out, "- {}", target.describe());
         }
@@ -474,7 +490,12 @@ fn scenario_section(out: &mut String, score: &ScenarioScore<'_>) {
     }
     for run in &score.runs {
         if let Some(settings) = &run.qemu {
-            let _ = writeln!(out, "{}: {}\n", run.method, crate::report::settings(settings));
+            let _ = writeln!(
+                out,
+                "{}: {}\n",
+                run.method,
+                crate::report::settings(settings)
+            );
         }
     }
 }
@@ -534,7 +555,11 @@ mod tests {
         assert!(!s.no_qemu_keeps_guest);
         // The downtime to beat is the least of any QEMU method.
         assert_eq!(s.qemu_least_downtime_ms, Some(200.0));
-        let down = s.targets.iter().find(|t| t.what.starts_with("downtime")).unwrap();
+        let down = s
+            .targets
+            .iter()
+            .find(|t| t.what.starts_with("downtime"))
+            .unwrap();
         assert!((down.value - 1.5).abs() < 1e-9 && !down.met());
         let limit = s.targets.iter().find(|t| t.what.contains("limit")).unwrap();
         assert!((limit.value - 1.08).abs() < 1e-9 && limit.met());
@@ -548,11 +573,20 @@ mod tests {
             run("d", "mllm", 3000.0, 300.0, 0.90),
         ];
         let scores = score(&results);
-        assert_eq!(scores[0].qemu_best.unwrap().method, "qemu-precopy-write-blocking");
+        assert_eq!(
+            scores[0].qemu_best.unwrap().method,
+            "qemu-precopy-write-blocking"
+        );
         assert!(scores[0].no_qemu_keeps_guest);
         let board = render(&results, &Provenance::default());
-        assert!(board.contains("qemu-precopy-write-blocking (stalls the guest)"), "{board}");
-        assert!(board.contains("No QEMU method kept the guest at 85%"), "{board}");
+        assert!(
+            board.contains("qemu-precopy-write-blocking (stalls the guest)"),
+            "{board}"
+        );
+        assert!(
+            board.contains("No QEMU method kept the guest at 85%"),
+            "{board}"
+        );
     }
 
     #[test]
@@ -571,9 +605,15 @@ mod tests {
         // 0.40 against a 0.30 target: missed by a third.
         let time = find("total time / best QEMU");
         assert!((time.value - 0.4).abs() < 1e-9);
-        assert_eq!(time.describe(), "total time / best QEMU method's: 0.40 (target ≤ 0.30): missed by 33%");
+        assert_eq!(
+            time.describe(),
+            "total time / best QEMU method's: 0.40 (target ≤ 0.30): missed by 33%"
+        );
         assert!((find("link bytes").value - 0.5).abs() < 1e-9);
-        assert!(!find("downtime").met(), "0.6 of QEMU's downtime against 0.5");
+        assert!(
+            !find("downtime").met(),
+            "0.6 of QEMU's downtime against 0.5"
+        );
         assert!(find("total time / physical").bound == 1.2);
     }
 
@@ -585,15 +625,17 @@ mod tests {
         ];
         let scores = score(&results);
         // The only mllm run stalls the guest: it stands in, and fails the target.
-        let kept = scores[0]
-            .targets
-            .iter()
-            .find(|t| t.at_least)
-            .unwrap();
+        let kept = scores[0].targets.iter().find(|t| t.at_least).unwrap();
         assert!(!kept.met());
-        assert_eq!(kept.describe().rsplit(": ").next().unwrap(), "missed by 41%");
+        assert_eq!(
+            kept.describe().rsplit(": ").next().unwrap(),
+            "missed by 41%"
+        );
         assert!(
-            !scores[0].targets.iter().any(|t| t.what.contains("best QEMU")),
+            !scores[0]
+                .targets
+                .iter()
+                .any(|t| t.what.contains("best QEMU")),
             "memory-only scenarios are judged against the limit and QEMU's downtime only"
         );
     }

@@ -108,7 +108,10 @@ pub fn run_suite(
             }
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
-            eprintln!("mllm lab suite [{done}/{runs}]: {} / {method} ...", scenario.name);
+            eprintln!(
+                "mllm lab suite [{done}/{runs}]: {} / {method} ...",
+                scenario.name
+            );
             let result = run_method(scenario, method, image, &dir)?;
             result.write(&existing)?;
             eprintln!("{}", crate::report::summary(&result));
