@@ -91,6 +91,37 @@ impl GuestRam {
         &self.path
     }
 
+    /// Allocates every page of the RAM file now. Writing through the
+    /// mapping into a hole of a full tmpfs raises SIGBUS, which would kill
+    /// the agent mid-migration (or QEMU once the guest runs); reserving
+    /// first turns a lack of room into an error before anything is sent.
+    pub fn reserve(&self) -> Result<(), MigrationError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(|error| self.no_room(error))?;
+        let len = libc::off_t::try_from(self.len).map_err(|_| {
+            MigrationError::Invalid(format!("guest RAM of {} bytes is too large", self.len))
+        })?;
+        // SAFETY: fallocate on a descriptor we own; no memory is passed.
+        let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if result != 0 {
+            return Err(self.no_room(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    fn no_room(&self, error: std::io::Error) -> MigrationError {
+        MigrationError::io(
+            format!(
+                "reserving {} MiB for guest RAM in {}",
+                self.len >> 20,
+                self.path.display()
+            ),
+            error,
+        )
+    }
+
     pub fn len_bytes(&self) -> u64 {
         self.len as u64
     }

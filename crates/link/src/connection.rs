@@ -81,6 +81,10 @@ pub(crate) fn serve(link: &Shared, client: TcpStream, accepted_at: Instant, targ
     {
         return;
     }
+    // A partition loses the SYN: the target sees nothing until it heals.
+    if !link.partition.pass(&link.cut) {
+        return;
+    }
     let target_stream = match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
         Ok(stream) => stream,
         Err(err) => {
@@ -127,7 +131,7 @@ fn carry(link: &Shared, connection: &Connection, direction: Direction, start_at:
     let mut propagation = Propagation::new(&link.config, StdRng::from_entropy());
     let mut buffer = vec![0; link.config.chunk_bytes()];
     loop {
-        if !pipe.wait_for_room(buffer.len()) {
+        if !pipe.wait_for_room(buffer.len()) || !link.partition.pass(&link.cut) {
             return;
         }
         let payload = match (&mut connection.source(direction)).read(&mut buffer) {
@@ -159,6 +163,9 @@ fn deliver(link: &Shared, connection: &Connection, direction: Direction) {
     let pipe = connection.pipe(direction);
     let mut destination = connection.destination(direction);
     while let Some(delivery) = pipe.next_due() {
+        if !link.partition.pass(&link.cut) {
+            return;
+        }
         match delivery.payload {
             Payload::Data(bytes) => {
                 if let Err(err) = destination.write_all(&bytes) {

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::bottleneck::Bottleneck;
 use crate::connection::{self, Connection, Direction};
 use crate::priority;
-use crate::sync::{lock, Signal};
+use crate::sync::{lock, Gate, Signal};
 use crate::{LinkConfig, LinkError};
 
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     pub(crate) config: LinkConfig,
     /// Raised by a cut (or shutdown): connections close, listeners stop.
     pub(crate) cut: Signal,
+    /// Closed during a partition: nothing crosses, nothing closes.
+    pub(crate) partition: Gate,
     bottlenecks: [Mutex<Bottleneck>; 2],
     delivered_bytes: [AtomicU64; 2],
     connections_accepted: AtomicU64,
@@ -98,6 +100,7 @@ impl Link {
             ],
             config,
             cut: Signal::default(),
+            partition: Gate::default(),
             delivered_bytes: Default::default(),
             connections_accepted: AtomicU64::new(0),
             live: Mutex::default(),
@@ -188,6 +191,20 @@ impl Link {
             wake_accept(address);
             let _ = accept_loop.join();
         }
+    }
+
+    /// Simulates a partition: from now on no byte crosses in either
+    /// direction and no new connection reaches its target, but nothing is
+    /// closed either; both ends see silence, as across a failed WAN path.
+    /// Bytes already in flight wait, like segments TCP retransmits later.
+    pub fn partition(&self) {
+        self.shared.partition.set_closed(true);
+    }
+
+    /// Ends a partition: what waited is delivered, in order, and the link
+    /// carries traffic again.
+    pub fn heal(&self) {
+        self.shared.partition.set_closed(false);
     }
 
     /// Stops everything; the same happens when the link is dropped.

@@ -47,6 +47,39 @@ impl Signal {
     }
 }
 
+/// Open or closed: relays wait at a closed gate (a partition) until it
+/// opens again or `cut` is raised.
+#[derive(Default)]
+pub(crate) struct Gate {
+    closed: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Gate {
+    pub(crate) fn set_closed(&self, closed: bool) {
+        *lock(&self.closed) = closed;
+        self.changed.notify_all();
+    }
+
+    /// Waits while the gate is closed; false if `cut` was raised meanwhile.
+    pub(crate) fn pass(&self, cut: &Signal) -> bool {
+        // A cut does not notify this gate: look at it now and then.
+        const CUT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+        let mut closed = lock(&self.closed);
+        while *closed {
+            if cut.is_raised() {
+                return false;
+            }
+            closed = self
+                .changed
+                .wait_timeout(closed, CUT_POLL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        !cut.is_raised()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -257,3 +257,39 @@ fn link_is_shareable_and_shuts_down_promptly() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_partition_is_silence_both_ways_until_it_heals_and_loses_nothing() {
+    let link = link(100_000_000, 10);
+    let mut client = connect(link.forward(echo_server()).unwrap());
+    client.write_all(b"before").unwrap();
+    let mut reply = [0; 6];
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"before");
+
+    link.partition();
+    client.write_all(b"during").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    match client.read(&mut reply) {
+        Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("a partition must be silent, not {other:?}"),
+    }
+    // New connections are not refused either: they just get no answer.
+    let mut late = connect(link.forward(echo_server()).unwrap());
+    late.write_all(b"late").unwrap();
+
+    let healed_at = Instant::now();
+    link.heal();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    client.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"during", "what waited arrives once healed");
+    late.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answer = [0; 4];
+    late.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"late");
+    assert!(healed_at.elapsed() < Duration::from_millis(500));
+}

@@ -178,6 +178,7 @@ impl IncomingMigration {
                 ram.len_bytes() >> 20
             )));
         }
+        ram.reserve()?;
         let sizes: Vec<u64> = disks.iter().map(|disk| disk.size()).collect();
         if sizes != request.disk_bytes {
             return Err(MigrationError::Invalid(format!(

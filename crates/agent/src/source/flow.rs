@@ -227,9 +227,11 @@ impl Flow {
         self.lock().check()
     }
 
-    /// The link's failure cause if it failed, else `fallback`.
+    /// The link's failure cause if it failed and nobody took it yet, else
+    /// `fallback`: a caller whose step failed because the link did may hold
+    /// the cause already, taken on its way through `check`.
     pub(crate) fn cause_or(&self, fallback: MigrationError) -> MigrationError {
-        self.check().err().unwrap_or(fallback)
+        self.lock().failure.take().unwrap_or(fallback)
     }
 
     /// Waits until `ready` holds (returning the state that satisfied it) or

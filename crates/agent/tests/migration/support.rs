@@ -5,21 +5,23 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use mllm_agent::{
     make_migratable, migrate_source, receive_migration, DestinationReport, DestinationSettings,
-    MigrationError, Progress, SourceError, SourceReport, SourceSettings,
+    DiskServer, MigrationError, Progress, SourceError, SourceReport, SourceSettings, TrackedDisk,
 };
 use mllm_lab::image::{GuestImage, ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 use mllm_link::{Link, LinkConfig};
-use mllm_qemu::{Accelerator, Boot, QemuConfig, QemuProcess, RamBackend};
+use mllm_qemu::{Accelerator, Boot, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
 use serde_json::json;
 
 pub const GUEST_MIB: u64 = 256;
+/// The NBD export name of a test VM's disk.
+const DISK_EXPORT: &str = "disk0";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The memory workload of the brief: 32 MiB written at 500 pages per second,
 /// verified by the guest itself every two seconds.
@@ -54,11 +56,22 @@ fn unique(what: &str) -> String {
     format!("mllm-agent-test-{}-{n}-{what}", std::process::id())
 }
 
-/// A QEMU whose RAM is a file in /dev/shm, removed with it.
+/// A QEMU whose RAM is a file in /dev/shm (or `ram_dir`), removed with it,
+/// and, if it has one, its disk served by an agent's NBD server.
 pub struct Vm {
     pub qemu: QemuProcess,
     pub ram_file: PathBuf,
+    pub disk: Option<DiskServer>,
     _run_dir: tempfile::TempDir,
+}
+
+/// Where a test VM keeps its RAM and disk.
+#[derive(Default)]
+pub struct Storage {
+    /// Directory of the RAM file; /dev/shm if not given.
+    pub ram_dir: Option<PathBuf>,
+    /// A raw image to attach as the guest's disk, served over NBD.
+    pub disk_image: Option<PathBuf>,
 }
 
 impl Drop for Vm {
@@ -68,13 +81,24 @@ impl Drop for Vm {
 }
 
 impl Vm {
-    fn start(name: &str, memory_mib: u64, incoming: bool, workload: &str) -> Vm {
+    fn start(name: &str, memory_mib: u64, incoming: bool, workload: &str, storage: Storage) -> Vm {
         // Unix socket paths are short: QMP and serial sockets go to /tmp.
         let run_dir = tempfile::Builder::new()
             .prefix("mllm-agent-")
             .tempdir()
             .unwrap();
-        let ram_file = PathBuf::from("/dev/shm").join(unique(name));
+        let ram_file = storage
+            .ram_dir
+            .unwrap_or_else(|| PathBuf::from("/dev/shm"))
+            .join(unique(name));
+        let disk = storage.disk_image.map(|image| {
+            DiskServer::start(
+                TrackedDisk::open(&image).expect("test disk image"),
+                &run_dir.path().join(format!("{name}.nbd")),
+                DISK_EXPORT,
+            )
+            .expect("serving the test disk")
+        });
         let mut config = QemuConfig {
             name: name.to_owned(),
             binary: "qemu-system-x86_64".into(),
@@ -87,7 +111,10 @@ impl Vm {
                 initrd: Some(image().initrd.clone()),
                 cmdline: format!("console=ttyS0 panic=-1 loglevel=4 {workload}"),
             },
-            disk: None,
+            disk: disk.as_ref().map(|server| DiskAttachment::Nbd {
+                socket: server.socket().to_owned(),
+                export: DISK_EXPORT.into(),
+            }),
             serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
             incoming,
             run_dir: run_dir.path().to_owned(),
@@ -99,13 +126,19 @@ impl Vm {
         Vm {
             qemu,
             ram_file,
+            disk,
             _run_dir: run_dir,
         }
     }
 
     /// Boots a guest running the memory workload and waits until it works.
     pub fn boot_memload(name: &str) -> Vm {
-        let vm = Vm::start(name, GUEST_MIB, false, MEMLOAD);
+        Vm::boot_memload_on(name, Storage::default())
+    }
+
+    /// [`Vm::boot_memload`] with its RAM and disk where `storage` says.
+    pub fn boot_memload_on(name: &str, storage: Storage) -> Vm {
+        let vm = Vm::start(name, GUEST_MIB, false, MEMLOAD, storage);
         vm.wait_for("heartbeat", "first heartbeat", BOOT_TIMEOUT, "HB ");
         vm.wait_for("workload", "workload READY", BOOT_TIMEOUT, "READY");
         vm
@@ -113,7 +146,20 @@ impl Vm {
 
     /// A destination waiting for a migration (`-incoming defer`).
     pub fn incoming(name: &str, memory_mib: u64) -> Vm {
-        Vm::start(name, memory_mib, true, MEMLOAD)
+        Vm::incoming_on(name, memory_mib, Storage::default())
+    }
+
+    /// [`Vm::incoming`] with its RAM and disk where `storage` says.
+    pub fn incoming_on(name: &str, memory_mib: u64, storage: Storage) -> Vm {
+        Vm::start(name, memory_mib, true, MEMLOAD, storage)
+    }
+
+    /// The disks its agent serves (none or one).
+    pub fn disks(&self) -> Vec<Arc<TrackedDisk>> {
+        self.disk
+            .iter()
+            .map(|server| Arc::clone(server.disk()))
+            .collect()
     }
 
     pub fn wait_for(&self, port: &str, what: &str, timeout: Duration, prefix: &str) {
@@ -195,6 +241,8 @@ pub fn link_config(megabits: u64, rtt_ms: u64) -> LinkConfig {
 
 pub struct Outcome {
     pub source: Result<SourceReport, SourceError>,
+    /// When the source agent had its answer.
+    pub source_answered_at: Instant,
     pub destination: Result<DestinationReport, MigrationError>,
     pub progress: Vec<Progress>,
 }
@@ -244,27 +292,33 @@ pub fn migrate_through(
             receive_migration(
                 &destination.qemu,
                 &destination.ram_file,
-                &[],
+                &destination.disks(),
                 stream,
-                &DestinationSettings::default(),
+                // Both agents configured alike.
+                &DestinationSettings {
+                    link_timeout: settings.link_timeout,
+                },
             )
         });
         let stream = TcpStream::connect(via_link).unwrap();
         let source_result = migrate_source(
             &source.qemu,
             &source.ram_file,
-            &[],
+            &source.disks(),
             stream,
             settings,
             &on_progress,
         );
+        let answered_at = Instant::now();
         (
-            source_result,
+            (source_result, answered_at),
             receiver.join().expect("destination agent panicked"),
         )
     });
+    let (source_result, source_answered_at) = source_result;
     Outcome {
         source: source_result,
+        source_answered_at,
         destination: destination_result,
         progress: progress.into_inner().unwrap(),
     }
