@@ -197,6 +197,12 @@ fn receive(
             anyhow::anyhow!("VM {name} already runs on this host"),
         );
     }
+    // Declared before the VM, so dropped after it: the VM's name is free
+    // again only once its QEMU and files are gone.
+    let claim = match host.inflight.begin(&name, Direction::Incoming) {
+        Ok(claim) => claim,
+        Err(error) => return refuse(incoming, error),
+    };
     let Some(_receiving) = receiving.try_take() else {
         let error = anyhow::anyhow!(
             "this agent receives {} migrations already, its limit: VM {name} refused, try again \
@@ -204,12 +210,6 @@ fn receive(
             receiving.max()
         );
         return refuse(incoming, error);
-    };
-    // Declared before the VM, so dropped after it: the VM's name is free
-    // again only once its QEMU and files are gone.
-    let claim = match host.inflight.begin(&name, Direction::Incoming) {
-        Ok(claim) => claim,
-        Err(error) => return refuse(incoming, error),
     };
     claim.stoppable_by(Stopper::Incoming(incoming.abort_handle()));
     let vm = match host.launch(&name, true) {
