@@ -40,7 +40,7 @@ mod source;
 mod tracking;
 mod vm_setup;
 
-pub use destination::{receive_migration, DestinationSettings, IncomingMigration};
+pub use destination::{receive_migration, DestinationSettings, IncomingAbort, IncomingMigration};
 pub use disk::{write_disk_trace, DiskActivity, DiskServer, TrackedDisk, BLOCK_SIZE};
 pub use error::{LinkError, LinkFailure, MigrationError, Recovery, SourceError};
 pub use guest_ram::GuestRam;

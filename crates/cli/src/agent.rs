@@ -1,11 +1,12 @@
 //! `mllm agent`: runs the daemon (`mllm-daemon`) on this host.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 use mllm_control::DEFAULT_SOCKET;
-use mllm_daemon::DaemonOptions;
+use mllm_daemon::{DaemonOptions, Limits};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -18,7 +19,8 @@ pub struct AgentArgs {
     /// Directory of VM specs, one NAME.toml per VM (see crates/daemon/README.md).
     #[arg(long, default_value = "/etc/mllm/vms")]
     vms: PathBuf,
-    /// Where each VM's QMP and serial sockets and logs go.
+    /// Where each VM's QMP and serial sockets and logs go, and the records
+    /// of the VMs this agent owns, which a restarted agent adopts.
     #[arg(long, default_value = "/run/mllm/vms")]
     state: PathBuf,
     /// Boot this VM from its spec at start (repeatable).
@@ -27,6 +29,19 @@ pub struct AgentArgs {
     /// libmllm_hook.so to preload into QEMU [default: next to this binary].
     #[arg(long)]
     hook: Option<PathBuf>,
+    /// Migrations received at the same time; more are refused.
+    #[arg(long, default_value_t = Limits::default().max_incoming)]
+    max_incoming: usize,
+    /// Peer connections in their handshake at the same time; more are closed.
+    #[arg(long, default_value_t = Limits::default().max_handshakes)]
+    max_handshakes: usize,
+    /// Seconds a peer has for the handshake and its migration request.
+    #[arg(long, default_value_t = Limits::default().handshake_timeout.as_secs_f64())]
+    handshake_timeout: f64,
+    /// Seconds a shutdown (SIGTERM, SIGINT) waits for migrations past their
+    /// hand-over to finish.
+    #[arg(long, default_value_t = 60.0)]
+    shutdown_grace: f64,
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -41,5 +56,16 @@ pub fn run(args: AgentArgs) -> Result<()> {
         state: args.state,
         start: args.start,
         hook_library,
+        limits: Limits {
+            max_incoming: args.max_incoming,
+            max_handshakes: args.max_handshakes,
+            handshake_timeout: seconds(args.handshake_timeout, "--handshake-timeout")?,
+        },
+        shutdown_grace: seconds(args.shutdown_grace, "--shutdown-grace")?,
     })
+}
+
+fn seconds(value: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} {value}: give a number of seconds, 0 or more"))
 }

@@ -12,8 +12,8 @@ use mllm_agent::TrackedDisk;
 use crate::spec::DiskSpec;
 
 /// Opens VM `vm`'s disk image, creating it (sparse, the spec's size) for an
-/// `incoming` VM when it does not exist.
-pub fn open_image(vm: &str, spec: &DiskSpec, incoming: bool) -> Result<Arc<TrackedDisk>> {
+/// `incoming` VM when it does not exist; says whether it created it.
+pub fn open_image(vm: &str, spec: &DiskSpec, incoming: bool) -> Result<(Arc<TrackedDisk>, bool)> {
     let path = &spec.image;
     let exists = path
         .try_exists()
@@ -34,6 +34,7 @@ pub fn open_image(vm: &str, spec: &DiskSpec, incoming: bool) -> Result<Arc<Track
             .with_context(|| format!("creating disk image {} of VM {vm}", path.display()))?;
         tracing::info!(vm, image = %path.display(), bytes = size.as_u64(), "empty disk image created");
     }
+    let created = !exists;
     let disk = TrackedDisk::open(path).with_context(|| format!("disk of VM {vm}"))?;
     if let Some(size) = spec.size {
         if disk.size() != size.as_u64() {
@@ -46,7 +47,7 @@ pub fn open_image(vm: &str, spec: &DiskSpec, incoming: bool) -> Result<Arc<Track
             );
         }
     }
-    Ok(disk)
+    Ok((disk, created))
 }
 
 /// A new file of `size` bytes, all holes. Never replaces a file: another
@@ -75,7 +76,8 @@ mod tests {
     fn an_incoming_vm_gets_an_empty_sparse_image_of_the_spec_size() {
         let dir = tempfile::tempdir().unwrap();
         let spec = spec(&dir, Some(64 << 20));
-        let disk = open_image("web", &spec, true).unwrap();
+        let (disk, created) = open_image("web", &spec, true).unwrap();
+        assert!(created);
         assert_eq!(disk.size(), 64 << 20);
         assert_eq!(disk.used_blocks().unwrap().count(), 0);
         use std::os::unix::fs::MetadataExt;
@@ -117,7 +119,10 @@ mod tests {
             "{error}"
         );
         assert_eq!(
-            open_image("web", &spec(&dir, None), false).unwrap().size(),
+            open_image("web", &spec(&dir, None), false)
+                .unwrap()
+                .0
+                .size(),
             8192
         );
     }

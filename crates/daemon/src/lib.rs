@@ -5,11 +5,16 @@
 //!
 //! See `crates/daemon/README.md` for the command line and the VM specs.
 
+mod control_socket;
 mod disk;
+mod inflight;
+mod limits;
 mod server;
 mod spec;
+mod state;
 mod vms;
 
+pub use limits::Limits;
 /// Where the hook library is unless the operator names it: the daemon
 /// preloads it into every QEMU it starts.
 pub use mllm_agent::find_hook_library;

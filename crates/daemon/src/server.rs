@@ -12,13 +12,18 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use mllm_agent::{
     migrate_source, parse_compression, record_memory_trace, DestinationSettings, EstimatorKind,
-    IncomingMigration, SourceSettings, SourceStrategy,
+    IncomingMigration, Recovery, SourceSettings, SourceStrategy,
 };
 use mllm_control::{
-    ControlReply, ControlRequest, DestinationReport, MigrateRequest, Progress, RecordTraceRequest,
-    SourceReport, TraceSummary,
+    ControlReply, ControlRequest, DestinationReport, MigrateRequest, Phase, Progress,
+    RecordTraceRequest, SourceReport, TraceSummary,
 };
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
+use crate::inflight::{Direction, OutgoingAbort, Stopper};
+use crate::limits::{Deadline, Limits, Slot, Slots};
+use crate::state::VmPhase;
 use crate::vms::{TrackerUser, VmHost};
 
 #[derive(Debug, Clone)]
@@ -28,37 +33,81 @@ pub struct DaemonOptions {
     pub control_socket: PathBuf,
     /// Directory of `NAME.toml` VM specs.
     pub specs: PathBuf,
-    /// Sockets and serial logs of the VMs, one directory each.
+    /// Sockets and serial logs of the VMs, one directory each, and the
+    /// records of the VMs this agent owns.
     pub state: PathBuf,
-    /// VMs to boot at start.
+    /// VMs to boot at start (unless adopted: already running).
     pub start: Vec<String>,
     pub hook_library: PathBuf,
+    pub limits: Limits,
+    /// How long a shutdown waits for migrations past their hand-over.
+    pub shutdown_grace: Duration,
 }
 
-/// Runs the daemon until the process is killed.
+/// Runs the daemon until SIGTERM or SIGINT, then shuts down (see the
+/// README, "Shutdown and restart"): migrations before their hand-over are
+/// aborted, those after it may finish within the grace period, and the VMs
+/// keep running for the next agent, which adopts them.
 pub fn run(options: &DaemonOptions) -> Result<()> {
+    // First: a signal from here on means a clean shutdown.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("handling SIGTERM and SIGINT")?;
+    // Before any thread (it sets the umask for a moment).
+    let control = crate::control_socket::bind(&options.control_socket)?;
     let host = Arc::new(VmHost::new(
         &options.specs,
         &options.state,
         &options.hook_library,
     )?);
+    for name in host.adopt_recorded()? {
+        tracing::info!(vm = %name, "VM adopted from the state directory");
+    }
     for name in &options.start {
+        if host.owns(name) {
+            tracing::info!(vm = %name, "VM already runs here (adopted): not started again");
+            continue;
+        }
         let vm = host.launch(name, false)?;
         host.register(name, vm)?;
         tracing::info!(vm = %name, "VM started");
     }
     let migrations = TcpListener::bind(&options.listen)
         .with_context(|| format!("listening for migrations on {}", options.listen))?;
-    let control = bind_control(&options.control_socket)?;
     eprintln!(
         "mllm agent: migrations on {}, control on {}",
         migrations.local_addr()?,
         options.control_socket.display()
     );
     let incoming_host = Arc::clone(&host);
+    let limits = options.limits.clone();
     std::thread::Builder::new()
         .name("migrations".into())
-        .spawn(move || accept_migrations(&incoming_host, &migrations))?;
+        .spawn(move || accept_migrations(&incoming_host, &migrations, &limits))?;
+    let control_host = Arc::clone(&host);
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || serve_control_socket(&control_host, &control))?;
+    if let Some(signal) = signals.forever().next() {
+        eprintln!("mllm agent: signal {signal} received, shutting down");
+    }
+    shut_down(&host, options.shutdown_grace);
+    Ok(())
+}
+
+/// Stops migrations by the shutdown rule, then leaves the VMs running.
+fn shut_down(host: &VmHost, grace: Duration) {
+    let unfinished = host.inflight.stop_all(grace);
+    if !unfinished.is_empty() {
+        tracing::error!(
+            vms = ?unfinished,
+            "migrations past their hand-over did not finish within {grace:?}: the next agent \
+             settles them from the state directory"
+        );
+    }
+    let left = host.leave_running();
+    eprintln!("mllm agent: stopped; {left} VMs left running for the next agent");
+}
+
+fn serve_control_socket(host: &Arc<VmHost>, control: &UnixListener) {
     for client in control.incoming() {
         let client = match client {
             Ok(client) => client,
@@ -68,28 +117,22 @@ pub fn run(options: &DaemonOptions) -> Result<()> {
                 continue;
             }
         };
-        let host = Arc::clone(&host);
+        let host = Arc::clone(host);
         std::thread::spawn(move || {
             if let Err(error) = serve_control(&host, client) {
                 tracing::warn!("control request failed: {error:#}");
             }
         });
     }
-    Ok(())
 }
 
-fn bind_control(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // A socket file left by an earlier agent would make bind fail.
-    if path.exists() {
-        std::fs::remove_file(path)?;
-    }
-    UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))
-}
-
-fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener) {
+/// Takes peers' connections, each on its own thread, within the limits: a
+/// connection over the handshake limit is closed at once (before the
+/// handshake there is no way to tell the peer why), a migration over the
+/// limit of those received at once is refused with its reason.
+fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener, limits: &Limits) {
+    let handshakes = Slots::new(limits.max_handshakes);
+    let receiving = Slots::new(limits.max_incoming);
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -99,31 +142,82 @@ fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener) {
                 continue;
             }
         };
+        let Some(handshake) = handshakes.try_take() else {
+            tracing::warn!(
+                peer = ?stream.peer_addr().ok(),
+                "{} connections in their handshake already, the limit: connection closed",
+                handshakes.max()
+            );
+            continue;
+        };
         let host = Arc::clone(host);
-        std::thread::spawn(move || match receive(&host, stream) {
-            Ok(report) => tracing::info!(
-                vm = %report.vm_name,
-                pages = report.pages_received,
-                "migration received; the VM runs here"
-            ),
-            Err(error) => tracing::warn!("incoming migration failed: {error:#}"),
-        });
+        let receiving = Arc::clone(&receiving);
+        let timeout = limits.handshake_timeout;
+        std::thread::spawn(
+            move || match receive(&host, stream, handshake, &receiving, timeout) {
+                Ok(report) => tracing::info!(
+                    vm = %report.vm_name,
+                    pages = report.pages_received,
+                    "migration received; the VM runs here"
+                ),
+                Err(error) => tracing::warn!("incoming migration failed: {error:#}"),
+            },
+        );
     }
 }
 
 /// Receives a VM into a fresh QEMU launched from its spec; on failure the
-/// QEMU is killed and its RAM file removed (dropping it does both).
-fn receive(host: &VmHost, stream: TcpStream) -> Result<DestinationReport> {
-    let incoming = IncomingMigration::accept(stream, &DestinationSettings::default())?;
+/// QEMU is killed and its RAM file removed (dropping it does both). The
+/// handshake and the request must come within `handshake_timeout`.
+fn receive(
+    host: &VmHost,
+    stream: TcpStream,
+    handshake: Slot,
+    receiving: &Arc<Slots>,
+    handshake_timeout: Duration,
+) -> Result<DestinationReport> {
+    let deadline = Deadline::arm(
+        stream.try_clone()?,
+        handshake_timeout,
+        "the handshake and migration request",
+    );
+    let incoming = IncomingMigration::accept(stream, &DestinationSettings::default());
+    deadline.disarm();
+    drop(handshake);
+    let incoming = incoming?;
     let name = incoming.request().vm_name.clone();
+    let refuse = |incoming: IncomingMigration, error: anyhow::Error| {
+        let _ = incoming.reject(&format!("{error:#}"));
+        Err(error)
+    };
+    // Said first: the plainest reason when the VM runs here.
+    if host.owns(&name) {
+        return refuse(
+            incoming,
+            anyhow::anyhow!("VM {name} already runs on this host"),
+        );
+    }
+    // Declared before the VM, so dropped after it: the VM's name is free
+    // again only once its QEMU and files are gone.
+    let claim = match host.inflight.begin(&name, Direction::Incoming) {
+        Ok(claim) => claim,
+        Err(error) => return refuse(incoming, error),
+    };
+    let Some(_receiving) = receiving.try_take() else {
+        let error = anyhow::anyhow!(
+            "this agent receives {} migrations already, its limit: VM {name} refused, try again \
+             later",
+            receiving.max()
+        );
+        return refuse(incoming, error);
+    };
+    claim.stoppable_by(Stopper::Incoming(incoming.abort_handle()));
     let vm = match host.launch(&name, true) {
         Ok(vm) => vm,
-        Err(error) => {
-            let _ = incoming.reject(&format!("{error:#}"));
-            return Err(error);
-        }
+        Err(error) => return refuse(incoming, error),
     };
     let report = incoming.receive(&vm.qemu, &vm.ram_file, &vm.disks())?;
+    vm.set_phase(VmPhase::Owned)?;
     host.register(&name, vm)?;
     Ok(report)
 }
@@ -187,9 +281,21 @@ fn migrate(
         trace_file: request.trace_file.clone(),
         ..SourceSettings::default()
     };
-    let vm = host.get(&request.vm)?;
-    let claim = vm.tracker.claim(&request.vm, TrackerUser::Migration)?;
+    let name = &request.vm;
+    let in_flight = host.inflight.begin(name, Direction::Outgoing)?;
+    let vm = host.get(name)?;
+    if vm.phase() == VmPhase::HandingOver {
+        bail!(
+            "VM {name} was handed over to another host by a migration the previous agent left \
+             unfinished: it stays paused here"
+        );
+    }
+    let claim = vm.tracker.claim(name, TrackerUser::Migration)?;
+    let abort = Arc::new(OutgoingAbort::default());
+    in_flight.stoppable_by(Stopper::Outgoing(Arc::clone(&abort)));
+    vm.set_phase(VmPhase::Sending)?;
     let result = connect_to_peer(&request.to).and_then(|stream| {
+        abort.connected(stream.try_clone()?);
         migrate_source(
             &vm.qemu,
             &vm.ram_file,
@@ -197,16 +303,40 @@ fn migrate(
             stream,
             &settings,
             &|progress| {
+                if progress.phase == Phase::DeviceState && vm.phase() == VmPhase::Sending {
+                    // Before the device state, hence before the hand-over
+                    // it ends with: an agent that dies from here on must
+                    // not resume the VM (see `crate::state`).
+                    if let Err(error) = vm.set_phase(VmPhase::HandingOver) {
+                        tracing::error!("{error:#}");
+                    }
+                }
+                abort.progressed(progress.phase);
                 *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
                 on_progress(progress);
             },
         )
-        .map_err(anyhow::Error::from)
+        .map_err(|error| {
+            // The VM is this host's again unless it may run elsewhere.
+            if !matches!(
+                error.recovery,
+                Recovery::DestinationRuns | Recovery::Undecided
+            ) {
+                if let Err(error) = vm.set_phase(VmPhase::Owned) {
+                    tracing::error!("{error:#}");
+                }
+            }
+            anyhow::Error::from(error)
+        })
     });
+    if result.is_err() && vm.phase() == VmPhase::Sending {
+        // Failed before the engine started: nothing was handed over.
+        vm.set_phase(VmPhase::Owned)?;
+    }
     *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = None;
     drop(claim);
     if result.is_ok() {
-        host.release(&request.vm);
+        host.release(name);
     }
     result
 }

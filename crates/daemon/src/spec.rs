@@ -171,11 +171,18 @@ pub fn check_name(name: &str) -> Result<()> {
 impl VmSpec {
     /// Reads `dir/NAME.toml`.
     pub fn load(dir: &Path, name: &str) -> Result<VmSpec> {
+        Ok(VmSpec::load_with_text(dir, name)?.0)
+    }
+
+    /// The spec of VM `name` and its text, which a VM's record keeps.
+    pub fn load_with_text(dir: &Path, name: &str) -> Result<(VmSpec, String)> {
         check_name(name)?;
         let path = dir.join(format!("{name}.toml"));
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("no spec for VM {name}: cannot read {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid VM spec {}", path.display()))
+        let spec =
+            toml::from_str(&text).with_context(|| format!("invalid VM spec {}", path.display()))?;
+        Ok((spec, text))
     }
 
     /// The QEMU configuration of VM `name`, without shared RAM or hook yet.

@@ -1,18 +1,23 @@
 //! The VMs a daemon owns: launched from their specs with shared RAM and the
 //! hook, so any of them can be migrated away, and removed (QEMU quit, RAM
-//! file deleted) once it runs elsewhere.
+//! file deleted) once it runs elsewhere. Each has a record in the state
+//! directory while it lives, so that the agent's successor adopts it
+//! ([`VmHost::adopt_recorded`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
 use mllm_agent::{make_migratable, DiskServer, TrackedDisk};
 use mllm_control::{Progress, VmInfo};
-use mllm_qemu::{DiskAttachment, QemuProcess};
+use mllm_qemu::{DiskAttachment, QemuConfig, QemuProcess};
 use serde_json::json;
 
+use crate::inflight::InFlight;
 use crate::spec::VmSpec;
+use crate::state::{start_ticks, StateDir, VmPhase, VmRecord};
 
 /// The NBD export name of a VM's disk, on its own socket.
 const DISK_EXPORT: &str = "disk0";
@@ -28,6 +33,11 @@ pub struct OwnedVm {
     pub tracker: TrackerSlot,
     /// The latest progress of the outgoing migration.
     pub migration: Mutex<Option<Progress>>,
+    record: Mutex<VmRecord>,
+    records: StateDir,
+    /// The agent shuts down and leaves the VM to its successor: nothing of
+    /// it is removed.
+    left_running: AtomicBool,
 }
 
 /// What tracks a VM's memory writes. The hook in QEMU arms one tracker at
@@ -70,6 +80,38 @@ impl Drop for TrackerClaim<'_> {
 }
 
 impl OwnedVm {
+    /// `running`, `paused`, `inmigrate`, ... as QEMU says, or `gone`.
+    pub fn status(&self) -> String {
+        self.qemu
+            .qmp
+            .execute("query-status", json!({}))
+            .ok()
+            .and_then(|s| s["status"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "gone".into())
+    }
+
+    pub fn phase(&self) -> VmPhase {
+        self.record().phase
+    }
+
+    fn record(&self) -> MutexGuard<'_, VmRecord> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that the VM is now in `phase`, durably: a restarted agent
+    /// decides by it whether the VM may run here.
+    pub fn set_phase(&self, phase: VmPhase) -> Result<()> {
+        let mut record = self.record();
+        record.phase = phase;
+        self.records.write(&record)
+    }
+
+    /// Leaves QEMU, its RAM file and the record for the next agent.
+    fn leave_running(&self) {
+        self.left_running.store(true, Ordering::SeqCst);
+        self.qemu.leave_running();
+    }
+
     /// The VM's disks, in QEMU's order, for the migration engine.
     pub fn disks(&self) -> Vec<Arc<TrackedDisk>> {
         self.disk
@@ -81,16 +123,30 @@ impl OwnedVm {
 
 impl Drop for OwnedVm {
     fn drop(&mut self) {
+        if self.left_running.load(Ordering::SeqCst) {
+            return;
+        }
         // QEMU (dropped after this) keeps its mapping; the name goes now.
         let _ = std::fs::remove_file(&self.ram_file);
+        let record = self.record();
+        if record.phase == VmPhase::Receiving && record.created_image {
+            // The partial image of a migration that did not complete.
+            if let Some(disk) = &self.disk {
+                let _ = std::fs::remove_file(disk.disk().path());
+            }
+        }
+        self.records.remove(&record.name);
     }
 }
 
 pub struct VmHost {
     specs: PathBuf,
     state: PathBuf,
+    records: StateDir,
     hook_library: PathBuf,
     vms: Mutex<HashMap<String, Arc<OwnedVm>>>,
+    /// Migrations in progress, one per VM name.
+    pub inflight: InFlight,
 }
 
 impl VmHost {
@@ -102,17 +158,15 @@ impl VmHost {
         Ok(VmHost {
             specs: specs.to_owned(),
             state: state.to_owned(),
+            records: StateDir::new(state),
             hook_library: hook_library.to_owned(),
             vms: Mutex::default(),
+            inflight: InFlight::default(),
         })
     }
 
     fn vms(&self) -> MutexGuard<'_, HashMap<String, Arc<OwnedVm>>> {
         self.vms.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn spec(&self, name: &str) -> Result<VmSpec> {
-        VmSpec::load(&self.specs, name)
     }
 
     /// Starts QEMU for VM `name` from its spec, with its disk served by this
@@ -122,7 +176,7 @@ impl VmHost {
         if self.vms().contains_key(name) {
             bail!("VM {name} already runs on this host");
         }
-        let spec = self.spec(name)?;
+        let (spec, spec_text) = VmSpec::load_with_text(&self.specs, name)?;
         let run_dir = self.state.join(name);
         std::fs::create_dir_all(&run_dir)?;
         let ram_file = PathBuf::from("/dev/shm").join(format!(
@@ -130,33 +184,177 @@ impl VmHost {
             std::process::id(),
             mllm_qemu::qmp::wall_clock_us()
         ));
-        let disk = match &spec.disk {
-            Some(disk) => Some(DiskServer::start(
-                crate::disk::open_image(name, disk, incoming)?,
-                &run_dir.join(format!("{DISK_EXPORT}.nbd")),
-                DISK_EXPORT,
-            )?),
-            None => None,
+        let (disk, created_image) = match &spec.disk {
+            Some(disk) => {
+                let (image, created) = crate::disk::open_image(name, disk, incoming)?;
+                (Some(serve_disk(image, &run_dir)?), created)
+            }
+            None => (None, false),
         };
-        let attachment = disk.as_ref().map(|server| DiskAttachment::Nbd {
+        let config = self.qemu_config(name, &spec, incoming, &ram_file, disk.as_ref());
+        let qemu = QemuProcess::start(config).with_context(|| format!("starting VM {name}"))?;
+        let record = VmRecord {
+            name: name.to_owned(),
+            pid: qemu.pid(),
+            start_ticks: start_ticks(qemu.pid()).context("QEMU exited at once")?,
+            ram_file: ram_file.clone(),
+            spec: spec_text,
+            incoming,
+            created_image,
+            phase: if incoming {
+                VmPhase::Receiving
+            } else {
+                VmPhase::Owned
+            },
+        };
+        let vm = self.own(qemu, ram_file, disk, record);
+        vm.records.write(&vm.record())?;
+        Ok(vm)
+    }
+
+    /// VM `name`'s QEMU configuration: the same for a QEMU to start and for
+    /// one to adopt, which has its sockets in the same places.
+    fn qemu_config(
+        &self,
+        name: &str,
+        spec: &VmSpec,
+        incoming: bool,
+        ram_file: &Path,
+        disk: Option<&DiskServer>,
+    ) -> QemuConfig {
+        let run_dir = self.state.join(name);
+        let attachment = disk.map(|server| DiskAttachment::Nbd {
             socket: server.socket().to_owned(),
             export: DISK_EXPORT.into(),
         });
         let mut config = spec.qemu_config(name, &run_dir, incoming, attachment);
         make_migratable(
             &mut config,
-            &ram_file,
+            ram_file,
             &self.hook_library,
             &run_dir.join("hook.sock"),
         );
-        let qemu = QemuProcess::start(config).with_context(|| format!("starting VM {name}"))?;
-        Ok(OwnedVm {
+        config
+    }
+
+    fn own(
+        &self,
+        qemu: QemuProcess,
+        ram_file: PathBuf,
+        disk: Option<DiskServer>,
+        record: VmRecord,
+    ) -> OwnedVm {
+        OwnedVm {
             qemu,
             ram_file,
             disk,
             tracker: TrackerSlot::default(),
             migration: Mutex::new(None),
-        })
+            record: Mutex::new(record),
+            records: self.records.clone(),
+            left_running: AtomicBool::new(false),
+        }
+    }
+
+    /// Adopts the VMs a previous agent left running, by their records, and
+    /// settles the migrations it left unfinished (see the README,
+    /// "Shutdown and restart"); forgets the records of QEMUs that are gone.
+    /// Returns the names of the VMs adopted.
+    pub fn adopt_recorded(&self) -> Result<Vec<String>> {
+        let mut adopted = Vec::new();
+        for record in self.records.load_all()? {
+            let name = record.name.clone();
+            match self.adopt(record) {
+                Ok(Some(vm)) => {
+                    self.register(&name, vm)?;
+                    adopted.push(name);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::error!(vm = %name, "cannot adopt the VM: {error:#}"),
+            }
+        }
+        Ok(adopted)
+    }
+
+    fn adopt(&self, record: VmRecord) -> Result<Option<OwnedVm>> {
+        let name = record.name.clone();
+        if start_ticks(record.pid) != Some(record.start_ticks) {
+            tracing::warn!(vm = %name, pid = record.pid, "the VM's QEMU is gone: record removed");
+            let _ = std::fs::remove_file(&record.ram_file);
+            self.records.remove(&name);
+            return Ok(None);
+        }
+        let spec: VmSpec = toml::from_str(&record.spec).context("the recorded spec")?;
+        let disk = match &spec.disk {
+            Some(disk) => Some(serve_disk(
+                crate::disk::open_image(&name, disk, false)?.0,
+                &self.state.join(&name),
+            )?),
+            None => None,
+        };
+        let config = self.qemu_config(
+            &name,
+            &spec,
+            record.incoming,
+            &record.ram_file,
+            disk.as_ref(),
+        );
+        let qemu = QemuProcess::adopt(config, record.pid)
+            .with_context(|| format!("reconnecting to the QEMU of VM {name}"))?;
+        let vm = self.own(qemu, record.ram_file.clone(), disk, record);
+        let status = vm.status();
+        match vm.phase() {
+            VmPhase::Owned => tracing::info!(vm = %name, status, "VM adopted"),
+            VmPhase::Receiving if status != "running" => {
+                tracing::warn!(
+                    vm = %name,
+                    status,
+                    "an incoming migration was cut short by the agent's stop before the VM ran here: its QEMU is discarded, the source keeps the VM"
+                );
+                // Dropped: QEMU killed; RAM file, partial image, record removed.
+                return Ok(None);
+            }
+            VmPhase::Receiving => {
+                vm.set_phase(VmPhase::Owned)?;
+                tracing::warn!(vm = %name, "VM received before the agent stopped: adopted");
+            }
+            VmPhase::Sending => {
+                // Before the hand-over the VM is this host's: the migration
+                // paused it at most for its final round.
+                if status == "paused" {
+                    vm.qemu
+                        .qmp
+                        .execute("cont", json!({}))
+                        .with_context(|| format!("resuming VM {name}"))?;
+                }
+                vm.set_phase(VmPhase::Owned)?;
+                tracing::warn!(
+                    vm = %name,
+                    status,
+                    "an outgoing migration was cut short before the hand-over: the VM runs here"
+                );
+            }
+            VmPhase::HandingOver => tracing::error!(
+                vm = %name,
+                status,
+                "an outgoing migration stopped at its hand-over: the VM may run at the destination, so it stays paused here; resume it only once it is known not to run there"
+            ),
+        }
+        Ok(Some(vm))
+    }
+
+    /// Leaves every VM running for the next agent, which adopts them.
+    /// Returns how many there are.
+    pub fn leave_running(&self) -> usize {
+        let vms = self.vms();
+        for vm in vms.values() {
+            vm.leave_running();
+        }
+        vms.len()
+    }
+
+    pub fn owns(&self, name: &str) -> bool {
+        self.vms().contains_key(name)
     }
 
     pub fn register(&self, name: &str, vm: OwnedVm) -> Result<()> {
@@ -189,13 +387,7 @@ impl VmHost {
             .map(|(name, vm)| VmInfo {
                 name: name.clone(),
                 memory_mib: vm.qemu.config.memory_mib,
-                status: vm
-                    .qemu
-                    .qmp
-                    .execute("query-status", json!({}))
-                    .ok()
-                    .and_then(|s| s["status"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| "gone".into()),
+                status: vm.status(),
                 migration: vm
                     .migration
                     .lock()
@@ -206,6 +398,15 @@ impl VmHost {
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
     }
+}
+
+/// Serves a VM's disk image to its QEMU on the VM's NBD socket in `run_dir`.
+fn serve_disk(image: Arc<TrackedDisk>, run_dir: &Path) -> Result<DiskServer> {
+    Ok(DiskServer::start(
+        image,
+        &run_dir.join(format!("{DISK_EXPORT}.nbd")),
+        DISK_EXPORT,
+    )?)
 }
 
 #[cfg(test)]

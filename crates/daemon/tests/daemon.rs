@@ -74,6 +74,17 @@ impl Agent {
     /// Starts an agent with its files under `dir/name`, listening on a port
     /// of its choosing, and waits until its control socket is up.
     fn start(name: &'static str, dir: &Path, specs: &Path, start: &[&str]) -> Agent {
+        Agent::start_with(name, dir, specs, start, &[])
+    }
+
+    /// [`Agent::start`] with more command-line arguments.
+    fn start_with(
+        name: &'static str,
+        dir: &Path,
+        specs: &Path,
+        start: &[&str],
+        extra: &[&str],
+    ) -> Agent {
         let home = dir.join(name);
         std::fs::create_dir_all(&home).unwrap();
         let control = home.join("agent.sock");
@@ -92,6 +103,7 @@ impl Agent {
         for vm in start {
             command.args(["--start", vm]);
         }
+        command.args(extra);
         let child = command
             .stdin(Stdio::null())
             .stdout(File::create(home.join("agent.out")).unwrap())
@@ -569,4 +581,313 @@ fn a_vm_with_a_disk_moves_with_it() {
     );
     assert_eq!(status_of(&a.list(), "vm2").as_deref(), Some("running"));
     assert_heartbeat_moved(&b, &a, "vm2");
+}
+
+impl Agent {
+    /// Sends SIGTERM and waits for the agent to exit; returns its status.
+    fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent {} ignored SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the agent alone (not its QEMUs) with SIGKILL.
+    fn kill_agent_only(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.child.wait().unwrap();
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id().cast_signed();
+        // SAFETY: kill(2) on the agent this guard started.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The pid of VM `vm`'s QEMU, from the agent's record of it.
+    fn recorded_qemu_pid(&self, vm: &str) -> u32 {
+        let text = std::fs::read_to_string(self.state.join(format!("{vm}.json")))
+            .unwrap_or_else(|e| panic!("no record of {vm} on {}: {e}", self.name));
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+        u32::try_from(record["pid"].as_u64().unwrap()).unwrap()
+    }
+}
+
+/// Processes whose command line mentions `needle` (QEMUs name their
+/// sockets in the agent's state directory).
+fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let needle = needle.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let is_zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        });
+        if !is_zombie && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Plays a source agent on the wire: handshake, then a migration request
+/// for VM `vm` of the test guest's size; returns the link and the answer.
+mod fake_source {
+    use std::io::BufReader;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use mllm_wire::{
+        handshake, Capabilities, FrameReader, FrameWriter, Hello, Message, MigrationPolicy,
+        MigrationRequest, Role, PAGE_SIZE_U32,
+    };
+
+    pub struct Link {
+        pub reader: FrameReader<BufReader<TcpStream>>,
+        pub socket: TcpStream,
+    }
+
+    pub fn request(to: SocketAddr, vm: &str, ram_bytes: u64) -> (Link, Message) {
+        let mut socket = TcpStream::connect(to).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let hello = Hello {
+            role: Role::Source,
+            capabilities: Capabilities::all(),
+        };
+        handshake(&mut socket, &hello).unwrap();
+        let mut writer = FrameWriter::new(socket.try_clone().unwrap());
+        writer
+            .send(&Message::MigrationRequest(MigrationRequest {
+                vm_name: vm.into(),
+                ram_bytes,
+                page_size: PAGE_SIZE_U32,
+                disk_bytes: vec![],
+                policy: MigrationPolicy::Precopy,
+            }))
+            .unwrap();
+        let mut reader = FrameReader::new(BufReader::new(socket.try_clone().unwrap()));
+        let answer = reader.recv().unwrap();
+        (Link { reader, socket }, answer)
+    }
+}
+
+fn rejection(answer: &mllm_wire::Message) -> String {
+    match answer {
+        mllm_wire::Message::MigrationReject(reject) => reject.reason.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Limits, one migration per name, and SIGTERM during an incoming
+/// migration, against sources played on the wire: a silent peer is cut off
+/// after the handshake timeout without blocking others for longer; over the
+/// handshake limit a connection is closed; a second migration of a VM being
+/// received, and one over the incoming limit, are refused with their
+/// reason; SIGTERM aborts the migration in flight and leaves no QEMU and no
+/// RAM file of it.
+#[test]
+fn limits_one_migration_per_vm_and_sigterm_while_receiving() {
+    artifacts();
+    let dir = tempfile::Builder::new()
+        .prefix("mllm-daemon-")
+        .tempdir()
+        .unwrap();
+    let specs = dir.path().join("specs");
+    write_spec(&specs, "x", "");
+    write_spec(&specs, "y", "");
+    let mut b = Agent::start_with(
+        "B",
+        dir.path(),
+        &specs,
+        &[],
+        &[
+            "--max-handshakes",
+            "1",
+            "--max-incoming",
+            "1",
+            "--handshake-timeout",
+            "1",
+        ],
+    );
+    let ram_bytes = GUEST_MIB << 20;
+
+    // A silent peer holds the only handshake slot...
+    let started = Instant::now();
+    let mut silent = std::net::TcpStream::connect(b.listen).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // ... so the next connection is closed at once...
+    let mut over = std::net::TcpStream::connect(b.listen).unwrap();
+    over.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(std::io::Read::read(&mut over, &mut byte), Ok(0) | Err(_)),
+        "a connection over the handshake limit was served"
+    );
+    // ... until the silent one is cut off at its timeout.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut hello = [0u8; 4096];
+    loop {
+        match std::io::Read::read(&mut silent, &mut hello) {
+            Ok(0) | Err(_) => break,
+            // The agent's own hello, sent first.
+            Ok(_) => {}
+        }
+    }
+    let cut_after = started.elapsed();
+    assert!(
+        cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(5),
+        "silent peer cut after {cut_after:?}"
+    );
+    assert!(
+        b.log_text().contains("connection closed"),
+        "{}",
+        b.log_text()
+    );
+    // Its thread gives the slot back just after the cut.
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A migration of x is accepted; a second one of x is refused by name,
+    // one of y by the limit of one.
+    let (mut first, answer) = fake_source::request(b.listen, "x", ram_bytes);
+    assert!(
+        matches!(answer, mllm_wire::Message::MigrationAccept(_)),
+        "{answer:?}"
+    );
+    let (_, answer) = fake_source::request(b.listen, "x", ram_bytes);
+    let reason = rejection(&answer);
+    assert!(
+        reason.contains("VM x is already being received by this host"),
+        "{reason}"
+    );
+    let (_, answer) = fake_source::request(b.listen, "y", ram_bytes);
+    let reason = rejection(&answer);
+    assert!(
+        reason.contains("receives 1 migrations already") && reason.contains("VM y"),
+        "{reason}"
+    );
+    let qemus = processes_mentioning(&b.state.join("x"));
+    assert_eq!(qemus.len(), 1, "one destination QEMU, for x: {qemus:?}");
+    assert!(
+        b.state.join("x.json").exists(),
+        "no record of the incoming VM"
+    );
+
+    // SIGTERM mid-migration: aborted before the hand-over.
+    let status = b.terminate();
+    assert!(status.success(), "{status}");
+    let log = b.log_text();
+    assert!(
+        log.contains("migration aborted before the hand-over"),
+        "{log}"
+    );
+    let end = first.reader.recv();
+    assert!(
+        matches!(end, Ok(mllm_wire::Message::Abort(_)) | Err(_)),
+        "{end:?}"
+    );
+    drop(first.socket);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&b.state.join("x")).is_empty() {
+        assert!(Instant::now() < deadline, "destination QEMU left running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let marker = format!("mllm-x-{}-", b.child.id());
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&marker))
+        .collect();
+    assert!(left.is_empty(), "RAM file left: {left:?}");
+    assert!(!b.state.join("x.json").exists(), "record left");
+}
+
+/// An agent stopped by SIGTERM leaves its VM running; the next agent adopts
+/// it (and does not boot it again); one killed with SIGKILL too. The guest
+/// keeps its heartbeat through both.
+#[test]
+fn a_restarted_agent_adopts_the_vm_it_left_running() {
+    let started = Instant::now();
+    artifacts();
+    let dir = tempfile::Builder::new()
+        .prefix("mllm-daemon-")
+        .tempdir()
+        .unwrap();
+    let specs = dir.path().join("specs");
+    write_spec(&specs, "vm1", "");
+    // Kept to the end: its guard kills the process group the VM's QEMU
+    // was started in, whichever agent adopted it since.
+    let mut first = Agent::start("A", dir.path(), &specs, &["vm1"]);
+    first.wait_for_heartbeats("vm1", 30, BOOT_TIMEOUT, "boot");
+    let qemu = first.recorded_qemu_pid("vm1");
+
+    let status = first.terminate();
+    assert!(status.success(), "{status}");
+    assert!(
+        first.log_text().contains("1 VMs left running"),
+        "{}",
+        first.log_text()
+    );
+    assert!(process_alive(qemu), "QEMU died with the agent");
+    println!(
+        "{:.1} s: agent stopped, QEMU {qemu} runs on",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut second = Agent::start("A", dir.path(), &specs, &["vm1"]);
+    assert!(
+        second.log_text().contains("not started again"),
+        "{}",
+        second.log_text()
+    );
+    assert_eq!(second.recorded_qemu_pid("vm1"), qemu);
+    assert_eq!(status_of(&second.list(), "vm1").as_deref(), Some("running"));
+    second.wait_for_heartbeats("vm1", 20, Duration::from_secs(30), "after SIGTERM");
+
+    second.kill_agent_only();
+    assert!(process_alive(qemu), "QEMU died with the killed agent");
+    let third = Agent::start("A", dir.path(), &specs, &[]);
+    let vms = third.list();
+    assert_eq!(
+        status_of(&vms, "vm1").as_deref(),
+        Some("running"),
+        "{vms:?}"
+    );
+    third.wait_for_heartbeats("vm1", 20, Duration::from_secs(30), "after SIGKILL");
+    println!(
+        "{:.1} s: adopted after SIGTERM and after SIGKILL",
+        started.elapsed().as_secs_f64()
+    );
+    drop(third);
+    drop(second);
+    drop(first);
 }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,12 @@ pub enum RamBackend {
     /// A shared-memory file that an mllm agent maps too (`share=on`).
     SharedFile(PathBuf),
 }
+
+/// How long QEMU's NBD client holds the guest's disk requests after it lost
+/// its server, reconnecting meanwhile: an agent that restarts serves the
+/// disk again within it, and the guest sees a slow disk instead of I/O
+/// errors. Past it the requests fail.
+pub const NBD_RECONNECT_DELAY_S: u32 = 120;
 
 /// Where the guest's virtio disk (raw) comes from.
 #[derive(Debug, Clone)]
@@ -164,7 +171,7 @@ impl QemuConfig {
                 ),
                 DiskAttachment::Nbd { socket, export } => format!(
                     "driver=nbd,server.type=unix,server.path={},export={export},\
-                     node-name=disk0-file,discard=unmap",
+                     reconnect-delay={NBD_RECONNECT_DELAY_S},node-name=disk0-file,discard=unmap",
                     socket.display()
                 ),
             });
@@ -185,13 +192,25 @@ impl QemuConfig {
     }
 }
 
-/// A running QEMU; killed when dropped so a failed run never leaks VMs.
+/// A running QEMU; killed when dropped so a failed run never leaks VMs,
+/// unless it was told to stay ([`QemuProcess::leave_running`]).
 #[derive(Debug)]
 pub struct QemuProcess {
     pub config: QemuConfig,
-    child: Child,
+    process: Process,
     pub qmp: QmpClient,
     serials: Vec<(String, SerialCapture)>,
+    left_running: AtomicBool,
+}
+
+/// How this process holds the QEMU process.
+#[derive(Debug)]
+enum Process {
+    /// Started here: our child.
+    Child(Child),
+    /// Started by an earlier process (an agent that restarted since), by pid:
+    /// not our child, so it cannot be waited for.
+    Adopted(u32),
 }
 
 impl QemuProcess {
@@ -225,9 +244,10 @@ impl QemuProcess {
         match startup {
             Ok((qmp, serials)) => Ok(QemuProcess {
                 config,
-                child,
+                process: Process::Child(child),
                 qmp,
                 serials,
+                left_running: AtomicBool::new(false),
             }),
             Err(e) => {
                 let _ = child.kill();
@@ -237,8 +257,40 @@ impl QemuProcess {
         }
     }
 
+    /// Takes over a QEMU started earlier with `config` by another process
+    /// (pid `pid`): connects to its QMP socket and serial ports again. The
+    /// caller has made sure `pid` is that QEMU.
+    pub fn adopt(config: QemuConfig, pid: u32) -> Result<QemuProcess, QemuError> {
+        let qmp = QmpClient::connect(&config.qmp_socket(), Duration::from_secs(10))?;
+        let mut serials = Vec::new();
+        for port in &config.serial_ports {
+            let capture = SerialCapture::start(
+                &config.serial_socket(port),
+                &config.serial_log(port),
+                Duration::from_secs(10),
+            )?;
+            serials.push((port.clone(), capture));
+        }
+        Ok(QemuProcess {
+            config,
+            process: Process::Adopted(pid),
+            qmp,
+            serials,
+            left_running: AtomicBool::new(false),
+        })
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.process {
+            Process::Child(child) => child.id(),
+            Process::Adopted(pid) => *pid,
+        }
+    }
+
+    /// Dropping this no longer kills QEMU: the guest outlives this process
+    /// (an agent that shuts down leaves its VMs running for its successor).
+    pub fn leave_running(&self) {
+        self.left_running.store(true, Ordering::SeqCst);
     }
 
     pub fn serial(&self, port: &str) -> &SerialCapture {
@@ -252,7 +304,10 @@ impl QemuProcess {
 
     /// True while the QEMU process has not exited.
     pub fn is_alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        match &mut self.process {
+            Process::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Process::Adopted(pid) => process_exists(*pid),
+        }
     }
 
     /// QMP `quit`, then a kill if QEMU does not exit promptly.
@@ -270,10 +325,38 @@ impl QemuProcess {
 
 impl Drop for QemuProcess {
     fn drop(&mut self) {
-        if self.is_alive() {
-            let _ = self.child.kill();
+        if self.left_running.load(Ordering::SeqCst) {
+            return;
         }
-        let _ = self.child.wait();
+        match &mut self.process {
+            Process::Child(child) => {
+                if matches!(child.try_wait(), Ok(None)) {
+                    let _ = child.kill();
+                }
+                let _ = child.wait();
+            }
+            Process::Adopted(pid) => {
+                if let Ok(pid) = libc::pid_t::try_from(*pid) {
+                    // SAFETY: kill(2) has no memory effects; `pid` is the
+                    // adopted QEMU, checked by the adopter.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a process `pid` exists (a zombie counts as gone).
+fn process_exists(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which ends with the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 

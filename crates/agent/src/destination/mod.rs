@@ -2,8 +2,11 @@
 //! the caller must see the request (which VM, how much RAM) before it
 //! starts the destination QEMU.
 
+mod abort;
 mod postcopy;
 mod receiver;
+
+pub use abort::IncomingAbort;
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -66,6 +69,7 @@ pub struct IncomingMigration {
     request: MigrationRequest,
     timeout: Duration,
     started_us: u64,
+    abort: IncomingAbort,
 }
 
 impl IncomingMigration {
@@ -87,17 +91,29 @@ impl IncomingMigration {
         let Message::MigrationRequest(request) = first else {
             unreachable!("the conversation admits only a request first")
         };
+        let abort = IncomingAbort::new(
+            link.socket
+                .try_clone()
+                .map_err(|e| MigrationError::io("setting up the agent link's socket", e))?,
+        );
         Ok(IncomingMigration {
             link,
             conversation,
             request,
             timeout,
             started_us,
+            abort,
         })
     }
 
     pub fn request(&self) -> &MigrationRequest {
         &self.request
+    }
+
+    /// A handle that aborts this migration from another thread as long as
+    /// the VM has not been handed over.
+    pub fn abort_handle(&self) -> IncomingAbort {
+        self.abort.clone()
     }
 
     /// Refuses the migration, telling the source `reason`.

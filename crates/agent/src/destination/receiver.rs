@@ -24,6 +24,7 @@ use mllm_wire::{
 use serde_json::json;
 
 use super::postcopy::Postcopy;
+use super::IncomingAbort;
 use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
 use crate::disk::TrackedDisk;
@@ -98,6 +99,7 @@ pub(super) struct Receiver<'a> {
     device_state: Option<IncomingDeviceState>,
     reader: FrameReader<BufReader<TcpStream>>,
     outbox: Arc<Outbox>,
+    abort: IncomingAbort,
     decoder: PageBatchDecoder,
     vm_name: String,
     started_us: u64,
@@ -128,6 +130,7 @@ impl<'a> Receiver<'a> {
             request,
             timeout,
             started_us,
+            abort,
         } = accepted;
         let PeerLink {
             reader,
@@ -150,6 +153,7 @@ impl<'a> Receiver<'a> {
                 socket,
                 timeout,
             }),
+            abort,
             decoder: PageBatchDecoder::new(),
             vm_name: request.vm_name,
             started_us,
@@ -205,6 +209,7 @@ impl<'a> Receiver<'a> {
                 Message::PendingPages(pending) => return self.receive_postcopy(&pending.ranges),
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
                 Message::HandOver(end) => {
+                    self.take_hand_over()?;
                     let started = start_vm(
                         self.vm,
                         self.take_device_state()?,
@@ -289,6 +294,7 @@ impl<'a> Receiver<'a> {
                 }
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
                 Message::HandOver(end) => {
+                    self.take_hand_over()?;
                     let (vm, outbox, started_us, disks) = (
                         self.vm,
                         Arc::clone(&self.outbox),
@@ -629,6 +635,20 @@ fn make_sure_it_cannot_run(vm: &QemuProcess) {
         // SAFETY: kill has no memory-safety preconditions; the pid is our
         // own child's, which cannot be reaped (and reused) while `vm` lives.
         unsafe { libc::kill(vm.pid().cast_signed(), libc::SIGKILL) };
+    }
+}
+
+impl Receiver<'_> {
+    /// From here the VM is this side's, unless this agent aborted the
+    /// migration just before (then it must not run here).
+    fn take_hand_over(&self) -> Result<(), MigrationError> {
+        if self.abort.take_hand_over() {
+            Ok(())
+        } else {
+            Err(MigrationError::Invalid(
+                "this agent aborted the migration before the hand-over".into(),
+            ))
+        }
     }
 }
 
