@@ -8,6 +8,7 @@
 //! Each daemon runs in its own process group with its QEMUs, so dropping
 //! its guard kills all of them, whatever assertion failed.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -299,6 +300,11 @@ fn dead_address() -> SocketAddr {
 /// Writes `specs/NAME.toml` booting the lab's guest, with `extra` (a disk
 /// table) at the end.
 fn write_spec(specs: &Path, name: &str, extra: &str) {
+    write_spec_running(specs, name, "", extra);
+}
+
+/// [`write_spec`] with kernel parameters that start a guest workload.
+fn write_spec_running(specs: &Path, name: &str, workload: &str, extra: &str) {
     let image = ImageBuilder::new(&paths::cache_dir(), &paths::workspace_root())
         .build()
         .expect("guest image (see `mllm lab setup`)");
@@ -310,7 +316,7 @@ fn write_spec(specs: &Path, name: &str, extra: &str) {
             "memory_mib = {GUEST_MIB}\n\
              kernel = {:?}\n\
              initrd = {:?}\n\
-             cmdline = \"console=ttyS0 panic=-1 loglevel=4\"\n\
+             cmdline = \"console=ttyS0 panic=-1 loglevel=4 {workload}\"\n\
              serial_ports = [{}]\n\
              accelerator = \"tcg\"\n\
              {extra}",
@@ -890,4 +896,140 @@ fn a_restarted_agent_adopts_the_vm_it_left_running() {
     drop(third);
     drop(second);
     drop(first);
+}
+
+/// The memory workload the soak runs: 32 MiB written at 500 pages per
+/// second, verified by the guest itself every two seconds.
+const SOAK_WORKLOAD: &str = "mllm.workload=memload mllm.args=--size=33554432,--write-rate=500";
+
+/// What an agent process holds, to see it grow over many migrations.
+#[derive(Debug, Clone, Copy)]
+struct Footprint {
+    rss_kib: u64,
+    fds: usize,
+}
+
+impl Agent {
+    fn footprint(&self) -> Footprint {
+        let proc_dir = PathBuf::from(format!("/proc/{}", self.child.id()));
+        let status = std::fs::read_to_string(proc_dir.join("status")).unwrap();
+        let rss_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        let fds = std::fs::read_dir(proc_dir.join("fd")).unwrap().count();
+        Footprint { rss_kib, fds }
+    }
+
+    /// Lines VM `vm`'s workload printed here that start with `prefix`.
+    fn workload_lines(&self, vm: &str, prefix: &str) -> usize {
+        std::fs::read_to_string(self.serial_log(vm, "workload"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.trim_start().starts_with(prefix))
+            .count()
+    }
+
+    /// Waits for one more passing self-check of the guest's memory here,
+    /// and fails on any report of corrupted memory.
+    fn assert_memory_intact(&self, vm: &str, what: &str) {
+        let verified = self.workload_lines(vm, "VERIFY OK");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.workload_lines(vm, "VERIFY OK") <= verified {
+            assert!(Instant::now() < deadline, "{what}: no memory self-check");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            self.workload_lines(vm, "CORRUPT"),
+            0,
+            "{what}: the guest found its memory corrupted"
+        );
+    }
+}
+
+/// Back and forth between two agents `MLLM_SOAK_MOVES` times (4 in the test
+/// suite; `scripts/soak.sh` runs 24), a guest writing its memory all along:
+/// after every move the heartbeat goes on where it stopped, the guest's own
+/// memory check passes, and the RAM digests were compared at the switch.
+/// Time and bytes per move and both agents' memory and open files are
+/// reported (`MLLM_SOAK_OUT` writes the table); a leak of descriptors or of
+/// memory per move fails the test.
+#[test]
+fn a_guest_moves_back_and_forth_without_the_agents_growing() {
+    let moves: usize = std::env::var("MLLM_SOAK_MOVES")
+        .ok()
+        .map_or(4, |value| value.parse().expect("MLLM_SOAK_MOVES: a number"));
+    artifacts();
+    let dir = tempfile::Builder::new()
+        .prefix("mllm-soak-")
+        .tempdir()
+        .unwrap();
+    let specs = dir.path().join("specs");
+    write_spec_running(&specs, "vm1", SOAK_WORKLOAD, "");
+    let b = Agent::start("B", dir.path(), &specs, &[]);
+    let a = Agent::start("A", dir.path(), &specs, &["vm1"]);
+    a.wait_for_heartbeats("vm1", 50, BOOT_TIMEOUT, "boot on A");
+    a.assert_memory_intact("vm1", "boot on A");
+
+    let agents = [&a, &b];
+    let mut table = String::from(
+        "| move | from → to | seconds | rounds | MiB sent | downtime ≤ ms | A RSS MiB | A fds | B RSS MiB | B fds |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut footprints = Vec::new();
+    for index in 0..moves {
+        let (from, to) = (agents[index % 2], agents[(index + 1) % 2]);
+        let what = format!("move {} ({} to {})", index + 1, from.name, to.name);
+        let run = from.client(&["vm1", "--to", &to.listen.to_string(), "--verify", "--json"]);
+        assert!(run.status.success(), "{what}: {run:?}");
+        let (_, report) = run.migration();
+        assert!(report.verified, "{what}: digests not compared");
+        assert_heartbeat_moved(from, to, "vm1");
+        to.assert_memory_intact("vm1", &what);
+        assert_eq!(status_of(&to.list(), "vm1").as_deref(), Some("running"));
+        assert_eq!(from.list(), [], "{what}: the source still lists the VM");
+        let now = [a.footprint(), b.footprint()];
+        let _ = writeln!(
+            table,
+            "| {} | {} → {} | {:.1} | {} | {:.1} | {:.0} | {:.1} | {} | {:.1} | {} |",
+            index + 1,
+            from.name,
+            to.name,
+            report.total_time_ms() / 1000.0,
+            report.rounds.len(),
+            report.memory_bytes as f64 / f64::from(1u32 << 20),
+            report.downtime_upper_bound_ms(),
+            now[0].rss_kib as f64 / 1024.0,
+            now[0].fds,
+            now[1].rss_kib as f64 / 1024.0,
+            now[1].fds,
+        );
+        footprints.push(now);
+    }
+    println!("{table}");
+    if let Ok(path) = std::env::var("MLLM_SOAK_OUT") {
+        std::fs::write(&path, &table).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+    // Each agent is compared with itself holding the guest or not as at the
+    // end (a guest's RAM it maps counts in its RSS), from the second move on,
+    // when everything it caches is warm.
+    let last_index = footprints.len().saturating_sub(1);
+    let warm_index = if last_index % 2 == 1 { 1 } else { 2 };
+    if let (Some(warm), Some(last)) = (footprints.get(warm_index), footprints.get(last_index)) {
+        for (agent, (warm, last)) in ["A", "B"].iter().zip(warm.iter().zip(last)) {
+            assert!(
+                last.fds <= warm.fds + 4,
+                "agent {agent} holds {} descriptors after {moves} moves, {} after 2",
+                last.fds,
+                warm.fds
+            );
+            assert!(
+                last.rss_kib <= warm.rss_kib + 64 * 1024,
+                "agent {agent} grew from {} to {} KiB over {moves} moves",
+                warm.rss_kib,
+                last.rss_kib
+            );
+        }
+    }
 }
