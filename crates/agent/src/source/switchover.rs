@@ -62,9 +62,17 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     ctx.pipeline.send(Message::SourceStopped(SourceStopped))?;
     // QEMU drained the disk's requests when it stopped: the last written
     // blocks are marked too.
+    let scan_started = std::time::Instant::now();
     ctx.scan_writes().during("final scan")?;
     ctx.observe_writes();
+    let plan_started = std::time::Instant::now();
     let switch = ctx.strategy.switch(ctx.transfer.state());
+    // Both run while the VM is paused: their cost is downtime.
+    tracing::debug!(
+        scan_ms = (plan_started - scan_started).as_secs_f64() * 1000.0,
+        plan_ms = plan_started.elapsed().as_secs_f64() * 1000.0,
+        "switch decided"
+    );
     let after_switch = items_in_order(switch.postcopy);
     let (pending, pending_blocks) = split_by_space(&after_switch);
     let postcopy = ctx.flow.is_postcopy();

@@ -95,6 +95,15 @@ impl Mllm {
     }
 }
 
+/// Each item once: the estimators count an interval's accesses per item, and
+/// live sources may list one twice (a block read twice, scans merged).
+fn distinct(items: &[u32]) -> Vec<u32> {
+    let mut items = items.to_vec();
+    items.sort_unstable();
+    items.dedup();
+    items
+}
+
 impl Strategy for Mllm {
     fn copies_unused_blocks(&self) -> bool {
         false
@@ -105,13 +114,14 @@ impl Strategy for Mllm {
     }
 
     fn observe(&mut self, interval: &GuestInterval) {
-        self.memory_writes.observe(&interval.memory_writes);
+        self.memory_writes
+            .observe(&distinct(&interval.memory_writes));
         self.observe_disk_reads(&interval.disk_reads);
     }
 
     fn observe_disk_reads(&mut self, blocks: &[u32]) {
         if let Some(reads) = &mut self.disk_reads {
-            reads.observe(blocks);
+            reads.observe(&distinct(blocks));
         }
     }
 

@@ -227,6 +227,12 @@ impl Estimator for Improved {
         let mut new_items = 0u32;
         for &item in accessed {
             let last = self.last[item as usize];
+            // An item listed twice in one interval (a tracker that merged
+            // two scans) was accessed in it once: a second visit would count
+            // a return from the interval not yet closed.
+            if last == self.now {
+                continue;
+            }
             let gap = self.gap[item as usize];
             if last == 0 {
                 self.seen.push(item);
@@ -287,6 +293,23 @@ mod tests {
         for interval in 0..intervals {
             estimator.observe(&pattern(interval));
         }
+    }
+
+    /// Found live: a page listed twice in its first interval was counted as
+    /// coming back from the interval not yet closed, and indexed past the end.
+    #[test]
+    fn an_item_listed_twice_in_an_interval_counts_once() {
+        let pattern = |i: u32| if i % 3 == 0 { vec![5, 7] } else { vec![5] };
+        let mut once = Improved::new(10, 4);
+        observe_pattern(&mut once, 12, pattern);
+        let mut twice = Improved::new(10, 4);
+        observe_pattern(&mut twice, 12, |i| {
+            let mut items = pattern(i);
+            items.extend(pattern(i));
+            items
+        });
+        assert_eq!(once.gap, twice.gap);
+        assert_eq!(once.scored(), twice.scored());
     }
 
     #[test]
