@@ -3,6 +3,7 @@
 //! migration planner.
 
 pub mod convert;
+pub mod dedup;
 pub mod link;
 pub mod memory;
 pub mod metrics;
