@@ -1,6 +1,7 @@
 //! What a caller can tune about a migration, with defaults that match QEMU's
 //! own pre-copy where QEMU has an equivalent.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +79,39 @@ pub struct SourceSettings {
     /// block the guest needs first costs it two round trips, which lost on
     /// a disk with random reads (docs/disk.md).
     pub mllm_disk: DiskMove,
+    /// De-duplication of content the destination already holds.
+    pub dedup: DedupSettings,
+}
+
+/// The source's hot-data cache (`mllm_core::dedup`, docs/dedup.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupSettings {
+    /// Pages and blocks of recently sent content the index remembers; 0
+    /// turns de-duplication off. An entry costs the source about 90 bytes.
+    pub entries: usize,
+    /// Test hook: every so many references name a location the source
+    /// knows to hold other content, as if the two sides' views of it
+    /// disagreed. The destination must refuse each and get the content.
+    pub misdirect_every: Option<NonZeroU32>,
+}
+
+impl DedupSettings {
+    /// No de-duplication: every page and block travels as content.
+    pub const OFF: DedupSettings = DedupSettings {
+        entries: 0,
+        misdirect_every: None,
+    };
+}
+
+impl Default for DedupSettings {
+    /// 256 Ki entries: the last GiB of distinct content sent, for about
+    /// 23 MiB of source memory.
+    fn default() -> Self {
+        DedupSettings {
+            entries: 256 << 10,
+            misdirect_every: None,
+        }
+    }
 }
 
 impl Default for SourceSettings {
@@ -95,6 +129,7 @@ impl Default for SourceSettings {
             trace_file: None,
             trace_interval: Duration::from_millis(100),
             mllm_disk: DiskMove::Precopy,
+            dedup: DedupSettings::default(),
         }
     }
 }

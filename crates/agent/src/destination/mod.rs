@@ -4,6 +4,7 @@
 
 mod postcopy;
 mod receiver;
+mod references;
 
 use std::net::TcpStream;
 use std::path::Path;

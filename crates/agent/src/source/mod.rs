@@ -1,5 +1,6 @@
 //! The sending side: [`migrate_source`].
 
+mod dedup;
 mod flow;
 mod pipeline;
 mod postcopy;
@@ -28,6 +29,7 @@ use mllm_wire::{
 };
 use serde_json::json;
 
+use self::dedup::Dedup;
 use self::flow::Flow;
 use self::pipeline::Pipeline;
 use self::postcopy::Owed;
@@ -142,6 +144,8 @@ struct SourceContext<'a> {
     owed: &'a Owed,
     /// The same for the disk's blocks.
     owed_blocks: &'a Owed,
+    /// De-duplication, unless it is off.
+    dedup: Option<&'a Dedup>,
     /// The handshake's round trip: how much in flight keeps the link busy.
     rtt: Duration,
     compression: CompressionSetting,
@@ -318,6 +322,8 @@ fn run(
     let flow = Flow::new(conversation);
     let owed = Owed::new(ram.pages());
     let owed_blocks = Owed::new(disk.map_or(0, |disk| disk.blocks()));
+    let dedup = (settings.dedup.entries > 0)
+        .then(|| Dedup::new(settings.dedup.entries, settings.dedup.misdirect_every));
     let PeerLink {
         reader,
         writer,
@@ -333,14 +339,14 @@ fn run(
         owed_blocks: &owed_blocks,
         disk,
         ram: &ram,
+        dedup: dedup.as_ref(),
         compression,
     };
     let (outcome, sent, received) = std::thread::scope(|scope| {
         let sender =
             scope.spawn(|| threads::send_frames(writer, outbox, asked, &flow, &socket, timeout));
-        let receiver = scope.spawn(|| {
-            threads::receive_frames(reader, &owed, &owed_blocks, wake, &flow, &socket, timeout)
-        });
+        let receiver =
+            scope.spawn(|| threads::receive_frames(reader, asked, wake, &flow, &socket, timeout));
         let outcome = (|| -> Result<_, MigrationError> {
             let mut ctx = SourceContext {
                 vm,
@@ -350,10 +356,17 @@ fn run(
                 transfer: Transfer::new(ram.pages(), used_blocks),
                 owed: &owed,
                 owed_blocks: &owed_blocks,
+                dedup: dedup.as_ref(),
                 rtt,
                 compression,
                 writes,
-                pipeline: Pipeline::new(queue, &flow, compression, settings.batch_pages)?,
+                pipeline: Pipeline::new(
+                    queue,
+                    &flow,
+                    dedup.as_ref(),
+                    compression,
+                    settings.batch_pages,
+                )?,
                 flow: &flow,
                 settings,
                 reporter: Reporter::new(progress, started),
@@ -421,6 +434,7 @@ fn run(
         }),
         verified: settings.verify,
         memory_trace,
+        dedup: dedup.as_ref().map(Dedup::report),
         timings: SourceTimings {
             started_us,
             stopped_us: switched.stopped_us,

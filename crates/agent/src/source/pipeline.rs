@@ -1,15 +1,19 @@
 //! Pages and blocks in, batches out: reads pages from guest RAM and blocks
-//! from the guest's disk, packs them into compressed batches and queues them
-//! (and any other message) for the sender thread, counting what each round
-//! sent.
+//! from the guest's disk, packs them into compressed batches (content the
+//! destination holds as references) and queues them (and any other message)
+//! for the sender thread, counting what each round sent.
 
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use mllm_core::memory::PageIndex;
 use mllm_core::vm::PAGE_HEADER_BYTES;
-use mllm_wire::{BlockBatch, CompressionSetting, Message, PageBatchBuilder, RoundEnd, PAGE_SIZE};
+use mllm_wire::{
+    is_zero_page, BlockBatch, CompressionSetting, ContentRef, Location, Message, PageBatchBuilder,
+    PageKind, RoundEnd, PAGE_SIZE,
+};
 
+use super::dedup::Dedup;
 use super::flow::Flow;
 use super::threads::Outgoing;
 use crate::disk::TrackedDisk;
@@ -46,6 +50,7 @@ impl RoundCounter {
 pub(crate) struct Pipeline<'a> {
     queue: SyncSender<Outgoing>,
     flow: &'a Flow,
+    dedup: Option<&'a Dedup>,
     builder: PageBatchBuilder,
     /// Blocks of the one disk a VM may have (see `SourceContext::disk`).
     blocks: PageBatchBuilder,
@@ -62,12 +67,14 @@ impl<'a> Pipeline<'a> {
     pub fn new(
         queue: SyncSender<Outgoing>,
         flow: &'a Flow,
+        dedup: Option<&'a Dedup>,
         compression: CompressionSetting,
         batch_pages: usize,
     ) -> Result<Pipeline<'a>> {
         Ok(Pipeline {
             queue,
             flow,
+            dedup,
             builder: PageBatchBuilder::new(compression, batch_pages)?,
             blocks: PageBatchBuilder::new(compression, batch_pages)?,
             page: Box::new([0; PAGE_SIZE]),
@@ -93,7 +100,18 @@ impl<'a> Pipeline<'a> {
     /// Reads page `index` now and adds it to the current batch.
     pub fn send_page(&mut self, ram: &GuestRam, index: PageIndex) -> Result<()> {
         ram.read_page(index, &mut self.page);
-        if self.builder.push(index, &self.page) {
+        let full = match self.reference(Location::Page(index)) {
+            Some(reference) => {
+                if matches!(reference.from, Location::Block { .. }) {
+                    // The block may still wait in the block batch: it must
+                    // reach the destination first.
+                    self.flush_blocks()?;
+                }
+                self.builder.push_reference(index, reference)
+            }
+            None => self.builder.push(index, &self.page),
+        };
+        if full {
             self.flush()?;
         }
         Ok(())
@@ -102,10 +120,31 @@ impl<'a> Pipeline<'a> {
     /// Reads block `block` of `disk` now and adds it to the current block batch.
     pub fn send_block(&mut self, disk: &TrackedDisk, block: u32) -> Result<()> {
         disk.read_block(block, &mut self.page)?;
-        if self.blocks.push(block, &self.page) {
+        let full = match self.reference(Location::Block { disk: 0, block }) {
+            Some(reference) => {
+                if matches!(reference.from, Location::Page(_)) {
+                    self.flush_pages()?;
+                }
+                self.blocks.push_reference(block, reference)
+            }
+            None => self.blocks.push(block, &self.page),
+        };
+        if full {
             self.flush_blocks()?;
         }
         Ok(())
+    }
+
+    /// The reference to send for the content just read for `target`, if
+    /// the destination holds it. Zero content travels as a marker, cheaper
+    /// than a reference.
+    fn reference(&self, target: Location) -> Option<ContentRef> {
+        let dedup = self.dedup?;
+        if is_zero_page(&self.page) {
+            dedup.overwritten(target);
+            return None;
+        }
+        dedup.reference(target, &self.page)
     }
 
     /// Whether the next page or block starts a new batch.
@@ -125,13 +164,21 @@ impl<'a> Pipeline<'a> {
     /// Compresses and queues the pages and blocks collected so far.
     pub fn flush(&mut self) -> Result<()> {
         self.flush_blocks()?;
+        self.flush_pages()
+    }
+
+    fn flush_pages(&mut self) -> Result<()> {
         if self.builder.is_empty() {
             return Ok(());
         }
         let batch = self.builder.finish()?;
         let data = batch.data_pages() as u64;
         self.current.pages += batch.pages.len() as u64;
-        self.current.zero_pages += batch.pages.len() as u64 - data;
+        self.current.zero_pages += batch
+            .pages
+            .iter()
+            .filter(|page| page.kind == PageKind::Zero)
+            .count() as u64;
         if data > 0 {
             self.data_pages += data;
             self.data_bytes += batch.payload.len() as u64 + data * u64::from(PAGE_HEADER_BYTES);
