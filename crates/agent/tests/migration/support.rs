@@ -5,18 +5,18 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use mllm_agent::{
     make_migratable, migrate_source, receive_migration, DestinationReport, DestinationSettings,
-    MigrationError, Progress, SourceError, SourceReport, SourceSettings,
+    DiskServer, MigrationError, Progress, SourceError, SourceReport, SourceSettings, TrackedDisk,
 };
 use mllm_lab::image::{GuestImage, ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 use mllm_link::{Link, LinkConfig};
-use mllm_qemu::{Accelerator, Boot, QemuConfig, QemuProcess, RamBackend};
+use mllm_qemu::{Accelerator, Boot, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
 use serde_json::json;
 
 pub const GUEST_MIB: u64 = 256;
@@ -54,10 +54,13 @@ fn unique(what: &str) -> String {
     format!("mllm-agent-test-{}-{n}-{what}", std::process::id())
 }
 
-/// A QEMU whose RAM is a file in /dev/shm, removed with it.
+/// A QEMU whose RAM is a file in /dev/shm, removed with it; its disk, if
+/// it has one, an image in its run directory served by an agent's NBD
+/// server.
 pub struct Vm {
     pub qemu: QemuProcess,
     pub ram_file: PathBuf,
+    disk: Option<DiskServer>,
     _run_dir: tempfile::TempDir,
 }
 
@@ -67,13 +70,41 @@ impl Drop for Vm {
     }
 }
 
+/// A disk for a test VM: its size, and what the image holds before QEMU
+/// starts.
+pub struct TestDisk<'a> {
+    pub bytes: u64,
+    pub fill: &'a dyn Fn(&TrackedDisk),
+}
+
 impl Vm {
-    fn start(name: &str, memory_mib: u64, incoming: bool, workload: &str) -> Vm {
+    fn start(
+        name: &str,
+        memory_mib: u64,
+        incoming: bool,
+        workload: &str,
+        disk: Option<TestDisk<'_>>,
+    ) -> Vm {
         // Unix socket paths are short: QMP and serial sockets go to /tmp.
         let run_dir = tempfile::Builder::new()
             .prefix("mllm-agent-")
             .tempdir()
             .unwrap();
+        let disk = disk.map(|disk| {
+            let image = run_dir.path().join(format!("{name}.raw"));
+            std::fs::File::create(&image)
+                .unwrap()
+                .set_len(disk.bytes)
+                .unwrap();
+            let tracked = TrackedDisk::open(&image).unwrap();
+            (disk.fill)(&tracked);
+            DiskServer::start(
+                tracked,
+                &run_dir.path().join(format!("{name}.nbd")),
+                "disk0",
+            )
+            .unwrap()
+        });
         let ram_file = PathBuf::from("/dev/shm").join(unique(name));
         let mut config = QemuConfig {
             name: name.to_owned(),
@@ -87,7 +118,10 @@ impl Vm {
                 initrd: Some(image().initrd.clone()),
                 cmdline: format!("console=ttyS0 panic=-1 loglevel=4 {workload}"),
             },
-            disk: None,
+            disk: disk.as_ref().map(|server| DiskAttachment::Nbd {
+                socket: server.socket().to_owned(),
+                export: "disk0".into(),
+            }),
             serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
             incoming,
             run_dir: run_dir.path().to_owned(),
@@ -99,13 +133,19 @@ impl Vm {
         Vm {
             qemu,
             ram_file,
+            disk,
             _run_dir: run_dir,
         }
     }
 
     /// Boots a guest running the memory workload and waits until it works.
     pub fn boot_memload(name: &str) -> Vm {
-        let vm = Vm::start(name, GUEST_MIB, false, MEMLOAD);
+        Vm::boot_memload_with(name, None)
+    }
+
+    /// The same with a disk (the guest's kernel scans it when it boots).
+    pub fn boot_memload_with(name: &str, disk: Option<TestDisk<'_>>) -> Vm {
+        let vm = Vm::start(name, GUEST_MIB, false, MEMLOAD, disk);
         vm.wait_for("heartbeat", "first heartbeat", BOOT_TIMEOUT, "HB ");
         vm.wait_for("workload", "workload READY", BOOT_TIMEOUT, "READY");
         vm
@@ -113,7 +153,24 @@ impl Vm {
 
     /// A destination waiting for a migration (`-incoming defer`).
     pub fn incoming(name: &str, memory_mib: u64) -> Vm {
-        Vm::start(name, memory_mib, true, MEMLOAD)
+        Vm::incoming_with(name, memory_mib, None)
+    }
+
+    /// The same with an empty disk of `disk_bytes`.
+    pub fn incoming_with(name: &str, memory_mib: u64, disk_bytes: Option<u64>) -> Vm {
+        let disk = disk_bytes.map(|bytes| TestDisk {
+            bytes,
+            fill: &|_| {},
+        });
+        Vm::start(name, memory_mib, true, MEMLOAD, disk)
+    }
+
+    /// The VM's disks, as its agent serves them.
+    pub fn disks(&self) -> Vec<Arc<TrackedDisk>> {
+        self.disk
+            .iter()
+            .map(|server| Arc::clone(server.disk()))
+            .collect()
     }
 
     pub fn wait_for(&self, port: &str, what: &str, timeout: Duration, prefix: &str) {
@@ -244,7 +301,7 @@ pub fn migrate_through(
             receive_migration(
                 &destination.qemu,
                 &destination.ram_file,
-                &[],
+                &destination.disks(),
                 stream,
                 &DestinationSettings::default(),
             )
@@ -253,7 +310,7 @@ pub fn migrate_through(
         let source_result = migrate_source(
             &source.qemu,
             &source.ram_file,
-            &[],
+            &source.disks(),
             stream,
             settings,
             &on_progress,

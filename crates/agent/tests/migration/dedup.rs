@@ -1,0 +1,116 @@
+//! De-duplication with real guests: content the destination already holds
+//! travels as references, and a reference the destination cannot honour
+//! falls back to content without a wrong byte written.
+
+use std::num::NonZeroU32;
+
+use mllm_agent::{
+    DedupReport, DedupSettings, DestinationReport, SourceReport, SourceSettings, TrackedDisk,
+    BLOCK_SIZE,
+};
+
+use crate::support::{link_config, migrate, one_vm_pair_at_a_time, TestDisk, Vm, GUEST_MIB};
+
+/// A disk of 16 MiB for the cross-space test.
+const DISK_BYTES: u64 = 16 << 20;
+
+/// Moves a memload guest with `settings` (digests compared), the source
+/// optionally with a disk; checks that both sides succeeded, that the
+/// digests matched and that the guest runs on intact at the destination.
+fn move_and_check(
+    settings: &SourceSettings,
+    disk: Option<TestDisk<'_>>,
+) -> (SourceReport, DestinationReport, DedupReport) {
+    let disk_bytes = disk.as_ref().map(|disk| disk.bytes);
+    let source = Vm::boot_memload_with("source", disk);
+    let destination = Vm::incoming_with("destination", GUEST_MIB, disk_bytes);
+    let outcome = migrate(
+        &source,
+        &destination,
+        link_config(200, 20),
+        settings,
+        |_| false,
+    );
+    let report = outcome.source.expect("source side of the migration");
+    let received = outcome
+        .destination
+        .expect("destination side of the migration");
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    println!("{}", serde_json::to_string_pretty(&received).unwrap());
+    assert!(report.verified && received.verified, "digests not compared");
+    assert!(destination.is_running());
+    destination.assert_alive_and_intact("after a de-duplicated migration");
+    let dedup = report.dedup.clone().expect("a de-duplication report");
+    // Every reference the source counted was either copied or refused
+    // (and then sent as content) by the destination.
+    assert_eq!(
+        received.references_copied + received.references_refused,
+        dedup.references
+    );
+    assert_eq!(received.references_refused, dedup.fallbacks);
+    (report, received, dedup)
+}
+
+#[test]
+fn repeated_content_travels_as_references_and_the_digests_still_match() {
+    let _one_at_a_time = one_vm_pair_at_a_time();
+    let settings = SourceSettings {
+        verify: true,
+        ..SourceSettings::default()
+    };
+    let (_, _, dedup) = move_and_check(&settings, None);
+    // A booted guest holds the same content more than once (its initramfs
+    // archive and the files unpacked from it, pages re-sent unchanged).
+    assert!(dedup.references > 100, "{dedup:?}");
+    assert_eq!(dedup.fallbacks, 0, "nothing forced a disagreement");
+    assert!(dedup.bytes_saved > 100 * 4000, "{dedup:?}");
+    assert!(dedup.cpu_seconds_per_gib > 0.0);
+}
+
+#[test]
+fn refused_references_fall_back_to_content_and_never_write_wrong_data() {
+    let _one_at_a_time = one_vm_pair_at_a_time();
+    // Every third reference names a location the destination holds other
+    // content at: copied blindly, it would corrupt the guest, which the
+    // digests (and the guest's own check) would catch.
+    let settings = SourceSettings {
+        verify: true,
+        dedup: DedupSettings {
+            misdirect_every: NonZeroU32::new(3),
+            ..DedupSettings::default()
+        },
+        ..SourceSettings::default()
+    };
+    let (_, received, dedup) = move_and_check(&settings, None);
+    assert!(dedup.fallbacks > 10, "{dedup:?}");
+    assert!(received.references_copied > 0, "{received:?}");
+}
+
+/// Distinct, non-zero content for each block of the first and last 64 KiB:
+/// where the guest kernel reads when it scans the disk for partitions,
+/// through its page cache.
+fn fill_scanned_blocks(disk: &TrackedDisk) {
+    let blocks = disk.blocks();
+    for block in (0..16).chain(blocks - 16..blocks) {
+        let seed = block.to_le_bytes();
+        let content: [u8; BLOCK_SIZE] =
+            std::array::from_fn(|i| seed[i % 4].wrapping_mul(31) ^ seed[(i / 4) % 4] | 1);
+        disk.write_block(block, &content).unwrap();
+    }
+}
+
+#[test]
+fn a_page_cache_page_equal_to_a_disk_block_travels_as_a_reference() {
+    let _one_at_a_time = one_vm_pair_at_a_time();
+    let settings = SourceSettings {
+        verify: true,
+        ..SourceSettings::default()
+    };
+    let disk = TestDisk {
+        bytes: DISK_BYTES,
+        fill: &fill_scanned_blocks,
+    };
+    let (report, _, dedup) = move_and_check(&settings, Some(disk));
+    assert_eq!(report.blocks_sent, 32, "the used blocks move once");
+    assert!(dedup.cross_space > 0, "{dedup:?}");
+}
