@@ -2,6 +2,7 @@
 //! synthetic workloads, workingset estimators, prediction metrics and the
 //! migration planner.
 
+pub mod codec_choice;
 pub mod convert;
 pub mod dedup;
 pub mod link;
