@@ -22,7 +22,7 @@ mod message;
 mod page_batch;
 mod traffic;
 
-pub use compression::{Compression, CompressionSetting};
+pub use compression::{compressed_len, Compression, CompressionSetting};
 pub use conversation::Conversation;
 pub use digest::{page_digest, PageRangeDigest, RamDigest};
 pub use error::WireError;

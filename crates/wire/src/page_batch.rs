@@ -133,6 +133,24 @@ impl PageBatchBuilder {
         self.pages.len()
     }
 
+    /// Compresses the next batches with `setting`.
+    pub fn set_compression(&mut self, setting: CompressionSetting) -> Result<(), WireError> {
+        if setting != self.compressor.setting() {
+            self.compressor = Compressor::new(setting)?;
+        }
+        Ok(())
+    }
+
+    pub fn compression(&self) -> CompressionSetting {
+        self.compressor.setting()
+    }
+
+    /// The data pages collected so far, uncompressed: what `finish`
+    /// compresses, for measuring codecs on it.
+    pub fn pending_data(&self) -> &[u8] {
+        &self.data
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
     }
@@ -145,9 +163,10 @@ impl PageBatchBuilder {
     pub fn finish(&mut self) -> Result<PageBatch, WireError> {
         let compressed = self.compressor.compress(&self.data)?;
         // Incompressible pages (encrypted or already compressed data) are sent as they
-        // are: the link carries less and the receiver skips a pointless decompression.
+        // are: the link carries (nearly) as much and the receiver skips a pointless
+        // decompression.
         let (compression, payload) = match compressed {
-            Some(block) if block.len() < self.data.len() => {
+            Some(block) if pays(block.len(), self.data.len()) => {
                 self.data.clear();
                 (self.compressor.algorithm(), block)
             }
@@ -166,6 +185,13 @@ impl PageBatchBuilder {
             payload,
         })
     }
+}
+
+/// A compressed block pays when it saves at least 5 % of the data: less is
+/// within what one batch's content varies by, and costs the receiver a
+/// decompression for nothing.
+fn pays(compressed: usize, raw: usize) -> bool {
+    compressed.saturating_mul(20) <= raw.saturating_mul(19)
 }
 
 /// Whether every byte of `page` is zero: such a page travels as a marker.

@@ -1,7 +1,7 @@
 use mllm_wire::{
-    Compression, CompressionSetting, FrameReader, FrameWriter, Message, MessageType, PageBatch,
-    PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind, WireError,
-    MAX_BATCH_PAGES, PAGE_SIZE,
+    compressed_len, Compression, CompressionSetting, FrameReader, FrameWriter, Message,
+    MessageType, PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind,
+    WireError, MAX_BATCH_PAGES, PAGE_SIZE,
 };
 use mllm_wire::{ContentHash, ContentRef, Location};
 use proptest::prelude::*;
@@ -132,6 +132,32 @@ fn incompressible_pages_are_sent_uncompressed() {
         assert_eq!(batch.compression, Compression::None, "{setting:?}");
         assert_eq!(batch.payload.len(), 4 * PAGE_SIZE);
         assert_eq!(decoded(&batch).unwrap()[3], (3, Some(*pages[3].1)));
+    }
+}
+
+#[test]
+fn pages_that_compress_by_less_than_five_percent_are_sent_uncompressed() {
+    // Random pages whose last 2 % are zeros: every codec saves a little.
+    let pages: Vec<(u32, Box<Page>)> = (0..4)
+        .map(|i| {
+            let mut page = random_page(u64::from(i) + 1);
+            page[PAGE_SIZE - 80..].fill(0);
+            (i, page)
+        })
+        .collect();
+    for setting in [
+        CompressionSetting::Lz4,
+        CompressionSetting::Zstd { level: 3 },
+    ] {
+        let data: Vec<u8> = pages.iter().flat_map(|(_, page)| page.to_vec()).collect();
+        let saved = data.len() - compressed_len(setting, &data).unwrap();
+        assert!(
+            saved > 0,
+            "{setting:?} saves nothing: the test proves nothing"
+        );
+        let batch = build(setting, &pages);
+        assert_eq!(batch.compression, Compression::None, "{setting:?}");
+        assert_eq!(batch.payload.len(), 4 * PAGE_SIZE);
     }
 }
 
