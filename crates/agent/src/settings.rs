@@ -49,8 +49,13 @@ pub struct SourceSettings {
     /// (QEMU's `downtime-limit`, also 300 ms by default).
     pub downtime_target: Duration,
     /// How page batches are compressed; falls back to none when the peer
-    /// cannot decode the choice.
+    /// cannot decode the choice. With `adaptive_compression`, only the
+    /// first batches' codec.
     pub compression: CompressionSetting,
+    /// Re-choose the codec as the migration goes, from the link rate and
+    /// the codecs' speed and ratio measured on the data sent (docs/dedup.md,
+    /// "Compression"); off, `compression` stays.
+    pub adaptive_compression: bool,
     /// Pages per batch (at most [`MAX_BATCH_PAGES`]); each batch is
     /// acknowledged, which is what the link rate is measured from.
     pub batch_pages: usize,
@@ -120,6 +125,7 @@ impl Default for SourceSettings {
             strategy: SourceStrategy::Precopy,
             downtime_target: Duration::from_millis(300),
             compression: CompressionSetting::Zstd { level: 1 },
+            adaptive_compression: true,
             batch_pages: 256,
             max_rounds: 30,
             max_duration: None,

@@ -104,8 +104,11 @@ pub struct SourceReport {
     pub ram_bytes: u64,
     /// Which dirty-page tracker ran (`PAGEMAP_SCAN` or soft-dirty).
     pub tracking_method: String,
-    /// Compression actually used for page batches.
+    /// Compression of the last page batches (`none`, `lz4`, `zstd:LEVEL`).
     pub compression: String,
+    /// Batches compressed with each codec: the adaptive choice over time.
+    #[serde(default)]
+    pub compression_batches: std::collections::BTreeMap<String, u64>,
     pub switch_reason: SwitchReason,
     /// Every round, the final stopped one last.
     pub rounds: Vec<RoundReport>,

@@ -40,7 +40,7 @@ pub use mllm_core::dedup::{ContentHash, Location};
 /// code that only speaks the protocol.
 pub use mllm_core::memory::{PageRange, PAGE_SIZE, PAGE_SIZE_U32};
 pub use page_batch::{
-    is_zero_page, ContentRef, DecodedPages, PageBatch, PageBatchBuilder, PageBatchDecoder,
-    PageContent, PageEntry, PageKind, MAX_BATCH_PAGES,
+    is_zero_page, BatchCompressor, ContentRef, DecodedPages, PageBatch, PageBatchBuilder,
+    PageBatchDecoder, PageContent, PageEntry, PageKind, UncompressedBatch, MAX_BATCH_PAGES,
 };
 pub use traffic::{Traffic, TrafficClass, TypeTraffic};

@@ -133,24 +133,6 @@ impl PageBatchBuilder {
         self.pages.len()
     }
 
-    /// Compresses the next batches with `setting`.
-    pub fn set_compression(&mut self, setting: CompressionSetting) -> Result<(), WireError> {
-        if setting != self.compressor.setting() {
-            self.compressor = Compressor::new(setting)?;
-        }
-        Ok(())
-    }
-
-    pub fn compression(&self) -> CompressionSetting {
-        self.compressor.setting()
-    }
-
-    /// The data pages collected so far, uncompressed: what `finish`
-    /// compresses, for measuring codecs on it.
-    pub fn pending_data(&self) -> &[u8] {
-        &self.data
-    }
-
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
     }
@@ -161,29 +143,70 @@ impl PageBatchBuilder {
 
     /// Compresses the collected data pages and returns the batch, leaving the builder empty.
     pub fn finish(&mut self) -> Result<PageBatch, WireError> {
-        let compressed = self.compressor.compress(&self.data)?;
+        let batch = self.take_uncompressed();
+        batch.compress_with(&mut self.compressor)
+    }
+
+    /// The collected pages, uncompressed, leaving the builder empty: for
+    /// compressing them on another thread ([`UncompressedBatch::compress`]).
+    pub fn take_uncompressed(&mut self) -> UncompressedBatch {
+        UncompressedBatch {
+            pages: std::mem::replace(&mut self.pages, Vec::with_capacity(self.capacity)),
+            data: std::mem::replace(
+                &mut self.data,
+                Vec::with_capacity(self.capacity * PAGE_SIZE),
+            ),
+        }
+    }
+}
+
+/// A batch's entries and data pages before compression.
+#[derive(Debug)]
+pub struct UncompressedBatch {
+    pages: Vec<PageEntry>,
+    data: Vec<u8>,
+}
+
+impl UncompressedBatch {
+    /// The data pages, concatenated.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The batch compressed by `compressor`.
+    pub fn compress(self, compressor: &mut BatchCompressor) -> Result<PageBatch, WireError> {
+        self.compress_with(&mut compressor.0)
+    }
+
+    fn compress_with(self, compressor: &mut Compressor) -> Result<PageBatch, WireError> {
+        let compressed = compressor.compress(&self.data)?;
         // Incompressible pages (encrypted or already compressed data) are sent as they
         // are: the link carries (nearly) as much and the receiver skips a pointless
         // decompression.
         let (compression, payload) = match compressed {
-            Some(block) if pays(block.len(), self.data.len()) => {
-                self.data.clear();
-                (self.compressor.algorithm(), block)
-            }
-            _ => (
-                Compression::None,
-                std::mem::replace(
-                    &mut self.data,
-                    Vec::with_capacity(self.capacity * PAGE_SIZE),
-                ),
-            ),
+            Some(block) if pays(block.len(), self.data.len()) => (compressor.algorithm(), block),
+            _ => (Compression::None, self.data),
         };
-        let pages = std::mem::replace(&mut self.pages, Vec::with_capacity(self.capacity));
         Ok(PageBatch {
             compression,
-            pages,
+            pages: self.pages,
             payload,
         })
+    }
+}
+
+/// Compresses batches with one setting, keeping its codec context from one
+/// batch to the next.
+#[derive(Debug)]
+pub struct BatchCompressor(Compressor);
+
+impl BatchCompressor {
+    pub fn new(setting: CompressionSetting) -> Result<BatchCompressor, WireError> {
+        Compressor::new(setting).map(BatchCompressor)
+    }
+
+    pub fn setting(&self) -> CompressionSetting {
+        self.0.setting()
     }
 }
 

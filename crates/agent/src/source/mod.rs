@@ -1,5 +1,7 @@
 //! The sending side: [`migrate_source`].
 
+mod codec;
+mod compressors;
 mod dedup;
 mod flow;
 mod pipeline;
@@ -29,6 +31,7 @@ use mllm_wire::{
 };
 use serde_json::json;
 
+use self::codec::CodecTuner;
 use self::dedup::Dedup;
 use self::flow::Flow;
 use self::pipeline::Pipeline;
@@ -303,6 +306,7 @@ fn run(
         settings.link_timeout,
     )?;
     let compression = usable_compression(settings.compression, &link.negotiated);
+    let negotiated = link.negotiated.clone();
     ignore_shared_ram(vm)?;
     let tracker = start_tracking(vm, ram_file)?;
     let tracking_method = tracker.method().to_string();
@@ -364,7 +368,12 @@ fn run(
                     queue,
                     &flow,
                     dedup.as_ref(),
-                    compression,
+                    CodecTuner::new(
+                        compression,
+                        settings.adaptive_compression,
+                        &negotiated,
+                        std::thread::available_parallelism().map_or(1, usize::from),
+                    ),
                     settings.batch_pages,
                 )?,
                 flow: &flow,
@@ -376,9 +385,11 @@ fn run(
             ctx.observe_disk_history();
             let precopy = precopy::run(&mut ctx)?;
             let switched = switchover::run(&mut ctx)?;
+            let compression_used = ctx.pipeline.compression_used();
             Ok((
                 precopy,
                 switched,
+                compression_used,
                 ctx.pipeline.into_rounds(),
                 ctx.writes.finish_trace(),
             ))
@@ -397,7 +408,7 @@ fn run(
     } else {
         vm_state.destination_declined = flow.destination_aborted();
     }
-    let (precopy, switched, rounds, memory_trace) = outcome?;
+    let (precopy, switched, (compression, compression_batches), rounds, memory_trace) = outcome?;
     let postcopy = owed.counts();
 
     let pages_sent = rounds.iter().map(|round| round.pages).sum::<u64>()
@@ -411,7 +422,8 @@ fn run(
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
         tracking_method,
-        compression: compression.algorithm().to_string(),
+        compression,
+        compression_batches,
         switch_reason: precopy.reason,
         pages_sent,
         // Round 1 sends every page once: every later page is a resend.

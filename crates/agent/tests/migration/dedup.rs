@@ -3,11 +3,13 @@
 //! falls back to content without a wrong byte written.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use mllm_agent::{
-    DedupReport, DedupSettings, DestinationReport, SourceReport, SourceSettings, TrackedDisk,
-    BLOCK_SIZE,
+    DedupReport, DedupSettings, DestinationReport, GuestRam, SourceReport, SourceSettings,
 };
+use mllm_wire::PAGE_SIZE;
 
 use crate::support::{link_config, migrate, one_vm_pair_at_a_time, TestDisk, Vm, GUEST_MIB};
 
@@ -20,9 +22,11 @@ const DISK_BYTES: u64 = 16 << 20;
 fn move_and_check(
     settings: &SourceSettings,
     disk: Option<TestDisk<'_>>,
+    prepare: &dyn Fn(&Vm),
 ) -> (SourceReport, DestinationReport, DedupReport) {
     let disk_bytes = disk.as_ref().map(|disk| disk.bytes);
     let source = Vm::boot_memload_with("source", disk);
+    prepare(&source);
     let destination = Vm::incoming_with("destination", GUEST_MIB, disk_bytes);
     let outcome = migrate(
         &source,
@@ -58,7 +62,7 @@ fn repeated_content_travels_as_references_and_the_digests_still_match() {
         verify: true,
         ..SourceSettings::default()
     };
-    let (_, _, dedup) = move_and_check(&settings, None);
+    let (_, _, dedup) = move_and_check(&settings, None, &|_| {});
     // A booted guest holds the same content more than once (its initramfs
     // archive and the files unpacked from it, pages re-sent unchanged).
     assert!(dedup.references > 100, "{dedup:?}");
@@ -81,26 +85,48 @@ fn refused_references_fall_back_to_content_and_never_write_wrong_data() {
         },
         ..SourceSettings::default()
     };
-    let (_, received, dedup) = move_and_check(&settings, None);
+    let (_, received, dedup) = move_and_check(&settings, None, &|_| {});
     assert!(dedup.fallbacks > 10, "{dedup:?}");
     assert!(received.references_copied > 0, "{received:?}");
 }
 
-/// Distinct, non-zero content for each block of the first and last 64 KiB:
-/// where the guest kernel reads when it scans the disk for partitions,
-/// through its page cache.
-fn fill_scanned_blocks(disk: &TrackedDisk) {
-    let blocks = disk.blocks();
-    for block in (0..16).chain(blocks - 16..blocks) {
-        let seed = block.to_le_bytes();
-        let content: [u8; BLOCK_SIZE] =
-            std::array::from_fn(|i| seed[i % 4].wrapping_mul(31) ^ seed[(i / 4) % 4] | 1);
-        disk.write_block(block, &content).unwrap();
+/// Blocks of the source's disk that get copies of guest pages.
+const COPIED_PAGES: u32 = 64;
+/// Where on the disk the copies go.
+const FIRST_COPY_BLOCK: u32 = 1024;
+
+/// Copies up to [`COPIED_PAGES`] non-zero pages of the running guest that
+/// stay unchanged over half a second onto the disk, behind the guest's
+/// back, as its page cache would hold blocks it read: a memory page equal
+/// to a disk block, whichever of the two moves first. Returns how many.
+fn copy_stable_pages_to_disk(vm: &Vm) -> u32 {
+    let ram = GuestRam::open(&vm.ram_file).unwrap();
+    let disk = &vm.disks()[0];
+    let mut first = Box::new([0u8; PAGE_SIZE]);
+    let mut again = Box::new([0u8; PAGE_SIZE]);
+    let candidates: Vec<(u32, Box<[u8; PAGE_SIZE]>)> = (0..ram.pages())
+        .step_by(97)
+        .filter_map(|page| {
+            ram.read_page(page, &mut first);
+            (first.iter().any(|&byte| byte != first[0])).then(|| (page, first.clone()))
+        })
+        .take(4 * COPIED_PAGES as usize)
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut copied = 0;
+    for (page, content) in candidates {
+        ram.read_page(page, &mut again);
+        if again == content && copied < COPIED_PAGES {
+            disk.write_block(FIRST_COPY_BLOCK + copied, &content)
+                .unwrap();
+            copied += 1;
+        }
     }
+    copied
 }
 
 #[test]
-fn a_page_cache_page_equal_to_a_disk_block_travels_as_a_reference() {
+fn a_memory_page_equal_to_a_disk_block_travels_as_a_reference() {
     let _one_at_a_time = one_vm_pair_at_a_time();
     let settings = SourceSettings {
         verify: true,
@@ -108,9 +134,21 @@ fn a_page_cache_page_equal_to_a_disk_block_travels_as_a_reference() {
     };
     let disk = TestDisk {
         bytes: DISK_BYTES,
-        fill: &fill_scanned_blocks,
+        fill: &|_| {},
     };
-    let (report, _, dedup) = move_and_check(&settings, Some(disk));
-    assert_eq!(report.blocks_sent, 32, "the used blocks move once");
+    let copied = AtomicU32::new(0);
+    let (report, _, dedup) = move_and_check(&settings, Some(disk), &|source| {
+        copied.store(copy_stable_pages_to_disk(source), Ordering::Relaxed);
+    });
+    let copied = copied.into_inner();
+    assert!(
+        copied > COPIED_PAGES / 2,
+        "only {copied} stable pages found"
+    );
+    assert_eq!(
+        report.blocks_sent,
+        u64::from(copied),
+        "the used blocks move once"
+    );
     assert!(dedup.cross_space > 0, "{dedup:?}");
 }
