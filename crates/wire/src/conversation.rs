@@ -572,6 +572,28 @@ mod tests {
     }
 
     #[test]
+    fn resend_requests_are_valid_only_in_pre_copy() {
+        let stop = HAPPY_PATH
+            .iter()
+            .position(|&step| step == (Role::Source, M::SourceStopped))
+            .unwrap();
+        let mut after_stop = HAPPY_PATH[..=stop].to_vec();
+        assert_eq!(after_stop.last(), Some(&(Role::Source, M::SourceStopped)));
+        after_stop.push((Role::Destination, M::ResendContent));
+        let error = play(&after_stop).unwrap_err().to_string();
+        assert!(
+            error.contains("the destination sent ResendContent"),
+            "{error}"
+        );
+        let from_the_source = [
+            (Role::Source, M::MigrationRequest),
+            (Role::Destination, M::MigrationAccept),
+            (Role::Source, M::ResendContent),
+        ];
+        assert!(play(&from_the_source).is_err());
+    }
+
+    #[test]
     fn each_side_refuses_to_send_what_its_role_cannot() {
         let request = message(M::MigrationRequest, MigrationPolicy::Precopy);
         let accept = message(M::MigrationAccept, MigrationPolicy::Precopy);

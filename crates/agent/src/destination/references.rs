@@ -129,3 +129,92 @@ impl References {
         self.refused_total
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guest RAM of four pages in a temporary file; page 0 holds `0x11`s.
+    fn ram() -> (tempfile::NamedTempFile, GuestRam) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(4 * PAGE_SIZE as u64).unwrap();
+        let mut ram = GuestRam::open(file.path()).unwrap();
+        ram.write_page(0, &[0x11; PAGE_SIZE]);
+        (file, ram)
+    }
+
+    fn reference(from: Location, content: u8) -> ContentRef {
+        ContentRef {
+            from,
+            hash: ContentHash::of(&[content; PAGE_SIZE]),
+        }
+    }
+
+    #[test]
+    fn a_reference_is_copied_only_when_the_content_hashes_as_the_source_said() {
+        let (_file, ram) = ram();
+        let mut references = References::new();
+        let copied = references
+            .resolve(
+                &reference(Location::Page(0), 0x11),
+                Location::Page(1),
+                &ram,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(copied, Some(&[0x11; PAGE_SIZE]));
+        let refused = references
+            .resolve(
+                &reference(Location::Page(0), 0x22),
+                Location::Page(2),
+                &ram,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(refused, None);
+        assert_eq!((references.copied(), references.refused()), (1, 1));
+        let asked = references.take_refused().unwrap();
+        assert_eq!(asked.locations, [Location::Page(2)]);
+        assert!(references.take_refused().is_none(), "asked once");
+    }
+
+    #[test]
+    fn the_stop_is_refused_until_the_refused_content_arrived() {
+        let (_file, ram) = ram();
+        let mut references = References::new();
+        let _ = references
+            .resolve(
+                &reference(Location::Page(0), 0x22),
+                Location::Page(2),
+                &ram,
+                &[],
+            )
+            .unwrap();
+        let mut early = References {
+            owed: references.owed.clone(),
+            ..References::new()
+        };
+        assert!(early.source_stopped().is_err());
+        references.written(Location::Page(2));
+        references.source_stopped().unwrap();
+        let after = references.resolve(
+            &reference(Location::Page(0), 0x11),
+            Location::Page(1),
+            &ram,
+            &[],
+        );
+        assert!(after.is_err(), "no reference after the stop");
+    }
+
+    #[test]
+    fn references_beyond_ram_or_to_a_missing_disk_are_protocol_errors() {
+        let (_file, ram) = ram();
+        let mut references = References::new();
+        for from in [Location::Page(4), Location::Block { disk: 0, block: 0 }] {
+            let error = references
+                .resolve(&reference(from, 0x11), Location::Page(1), &ram, &[])
+                .unwrap_err();
+            assert!(error.to_string().contains("beyond"), "{error}");
+        }
+    }
+}
