@@ -21,8 +21,8 @@ use mllm_core::dedup::{ContentHash, ContentIndex, Location};
 use mllm_wire::{ContentRef, PAGE_SIZE};
 
 /// Bytes a reference takes in a batch at most (entry index, kind, location,
-/// hash), counted against what it saves.
-const REFERENCE_BYTES: u64 = 26;
+/// hash, in postcard's varints), counted against what it saves.
+const REFERENCE_BYTES: u64 = 31;
 
 #[derive(Debug)]
 pub(crate) struct Dedup {
@@ -114,9 +114,12 @@ impl Dedup {
         self.lock().index.forget(target);
     }
 
-    /// The VM is about to stop: no more references.
-    pub fn stop_referencing(&self) {
-        self.lock().referencing = false;
+    /// The VM is about to stop: no more references. Returns whether any
+    /// was sent.
+    pub fn stop_referencing(&self) -> bool {
+        let mut state = self.lock();
+        state.referencing = false;
+        state.references > 0
     }
 
     /// The destination refused references to fill `targets`.
@@ -189,7 +192,7 @@ mod tests {
         let _ = dedup.reference(Location::Page(1), &page(1));
         dedup.overwritten(Location::Page(1));
         assert_eq!(dedup.reference(Location::Page(2), &page(1)), None);
-        dedup.stop_referencing();
+        assert!(!dedup.stop_referencing(), "no reference was made");
         assert_eq!(dedup.reference(Location::Page(3), &page(1)), None);
     }
 

@@ -187,8 +187,7 @@ fn settle_references(ctx: &mut SourceContext<'_>) -> Result<(), MigrationError> 
     let Some(dedup) = ctx.dedup else {
         return Ok(());
     };
-    dedup.stop_referencing();
-    if dedup.report().references == 0 {
+    if !dedup.stop_referencing() {
         return Ok(());
     }
     while ctx
