@@ -48,12 +48,12 @@ pub use memory_trace::record_memory_trace;
 // What the engine reports, defined where clients can read it without
 // linking the engine.
 pub use mllm_control::{
-    DestinationReport, Phase, Progress, RoundReport, SourceReport, SourceTimings, SwitchReason,
-    TraceSummary,
+    DedupReport, DestinationReport, Phase, Progress, RoundReport, SourceReport, SourceTimings,
+    SwitchReason, TraceSummary,
 };
 pub use settings::{
-    parse_compression, BoundAction, DiskMove, EstimatorKind, MigrationPolicy, SourceSettings,
-    SourceStrategy, UnknownCompression,
+    parse_compression, BoundAction, DedupSettings, DiskMove, EstimatorKind, MigrationPolicy,
+    SourceSettings, SourceStrategy, UnknownCompression,
 };
 pub use source::migrate_source;
 pub use vm_setup::{

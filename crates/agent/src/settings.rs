@@ -1,6 +1,7 @@
 //! What a caller can tune about a migration, with defaults that match QEMU's
 //! own pre-copy where QEMU has an equivalent.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,8 +49,13 @@ pub struct SourceSettings {
     /// (QEMU's `downtime-limit`, also 300 ms by default).
     pub downtime_target: Duration,
     /// How page batches are compressed; falls back to none when the peer
-    /// cannot decode the choice.
+    /// cannot decode the choice. With `adaptive_compression`, only the
+    /// first batches' codec.
     pub compression: CompressionSetting,
+    /// Re-choose the codec as the migration goes, from the link rate and
+    /// the codecs' speed and ratio measured on the data sent (docs/dedup.md,
+    /// "Compression"); off, `compression` stays.
+    pub adaptive_compression: bool,
     /// Pages per batch (at most [`MAX_BATCH_PAGES`]); each batch is
     /// acknowledged, which is what the link rate is measured from.
     pub batch_pages: usize,
@@ -78,6 +84,39 @@ pub struct SourceSettings {
     /// block the guest needs first costs it two round trips, which lost on
     /// a disk with random reads (docs/disk.md).
     pub mllm_disk: DiskMove,
+    /// De-duplication of content the destination already holds.
+    pub dedup: DedupSettings,
+}
+
+/// The source's hot-data cache (`mllm_core::dedup`, docs/dedup.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupSettings {
+    /// Pages and blocks of recently sent content the index remembers; 0
+    /// turns de-duplication off. An entry costs the source about 90 bytes.
+    pub entries: usize,
+    /// Test hook: every so many references name a location the source
+    /// knows to hold other content, as if the two sides' views of it
+    /// disagreed. The destination must refuse each and get the content.
+    pub misdirect_every: Option<NonZeroU32>,
+}
+
+impl DedupSettings {
+    /// No de-duplication: every page and block travels as content.
+    pub const OFF: DedupSettings = DedupSettings {
+        entries: 0,
+        misdirect_every: None,
+    };
+}
+
+impl Default for DedupSettings {
+    /// 256 Ki entries: the last GiB of distinct content sent, for about
+    /// 23 MiB of source memory.
+    fn default() -> Self {
+        DedupSettings {
+            entries: 256 << 10,
+            misdirect_every: None,
+        }
+    }
 }
 
 impl Default for SourceSettings {
@@ -86,6 +125,7 @@ impl Default for SourceSettings {
             strategy: SourceStrategy::Precopy,
             downtime_target: Duration::from_millis(300),
             compression: CompressionSetting::Zstd { level: 1 },
+            adaptive_compression: true,
             batch_pages: 256,
             max_rounds: 30,
             max_duration: None,
@@ -95,6 +135,7 @@ impl Default for SourceSettings {
             trace_file: None,
             trace_interval: Duration::from_millis(100),
             mllm_disk: DiskMove::Precopy,
+            dedup: DedupSettings::default(),
         }
     }
 }

@@ -65,8 +65,8 @@ pub use messages::{
 };
 pub use progress::{Phase, Progress};
 pub use report::{
-    DestinationPostcopyReport, DestinationReport, DiskPostcopyReport, PostcopyReport, RoundReport,
-    SourceReport, SourceTimings, SwitchReason,
+    DedupReport, DestinationPostcopyReport, DestinationReport, DiskPostcopyReport, PostcopyReport,
+    RoundReport, SourceReport, SourceTimings, SwitchReason,
 };
 
 /// Where the daemon listens and its clients connect unless told otherwise.

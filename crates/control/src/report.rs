@@ -74,14 +74,41 @@ pub struct SourceTimings {
     pub released_us: u64,
 }
 
+/// What de-duplication did at the source (`mllm_core::dedup`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DedupReport {
+    /// The index's size in entries.
+    pub entries: u64,
+    /// Pages and blocks hashed and looked up.
+    pub hashed: u64,
+    /// Pages and blocks sent as references (hits).
+    pub references: u64,
+    /// Of the hits, how many named a page of RAM; the rest named disk blocks.
+    pub references_to_memory: u64,
+    /// Hits whose content sits in the other space: a page sent as a disk
+    /// block's content, or a block as a page's.
+    pub cross_space: u64,
+    /// Content bytes the references left off the link, before compression,
+    /// less the references' own bytes.
+    pub bytes_saved: u64,
+    /// References the destination refused (its content at the named
+    /// location differed) and whose content was sent instead.
+    pub fallbacks: u64,
+    /// Time spent hashing and looking up, per GiB hashed.
+    pub cpu_seconds_per_gib: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceReport {
     pub vm_name: String,
     pub ram_bytes: u64,
     /// Which dirty-page tracker ran (`PAGEMAP_SCAN` or soft-dirty).
     pub tracking_method: String,
-    /// Compression actually used for page batches.
+    /// Compression of the last page batches (`none`, `lz4`, `zstd:LEVEL`).
     pub compression: String,
+    /// Batches compressed with each codec: the adaptive choice over time.
+    #[serde(default)]
+    pub compression_batches: std::collections::BTreeMap<String, u64>,
     pub switch_reason: SwitchReason,
     /// Every round, the final stopped one last.
     pub rounds: Vec<RoundReport>,
@@ -115,6 +142,9 @@ pub struct SourceReport {
     /// The memory write trace recorded during pre-copy, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_trace: Option<TraceSummary>,
+    /// De-duplication, when its index was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupReport>,
     pub timings: SourceTimings,
 }
 
@@ -153,6 +183,13 @@ pub struct DestinationReport {
     pub link_bytes_sent: u64,
     /// Whether the source sent a RAM digest (test mode) and it matched.
     pub verified: bool,
+    /// References resolved by copying content held here.
+    #[serde(default)]
+    pub references_copied: u64,
+    /// References refused (what was held at the named location did not
+    /// hash to the source's hash) and asked for again.
+    #[serde(default)]
+    pub references_refused: u64,
     pub started_us: u64,
     /// QEMU finished loading the device state.
     pub device_state_loaded_us: u64,

@@ -2,7 +2,9 @@
 //! synthetic workloads, workingset estimators, prediction metrics and the
 //! migration planner.
 
+pub mod codec_choice;
 pub mod convert;
+pub mod dedup;
 pub mod link;
 pub mod memory;
 pub mod metrics;

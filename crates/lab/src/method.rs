@@ -1,6 +1,6 @@
 //! The migration methods the lab can run and compare.
 
-use mllm_agent::{DiskMove, EstimatorKind, SourceStrategy};
+use mllm_agent::{DedupSettings, DiskMove, EstimatorKind, SourceStrategy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -36,6 +36,11 @@ pub enum Method {
     /// `Mllm` with the disk's other blocks moved after the switch, pushed
     /// and fetched on demand: the published design, kept to compare.
     MllmDiskPostcopy,
+    /// `MllmPrecopy` without de-duplication: every page and block travels
+    /// as content, to measure what the hot-data cache saves.
+    MllmPrecopyNodedup,
+    /// `Mllm` without de-duplication.
+    MllmNodedup,
 }
 
 impl Method {
@@ -51,6 +56,8 @@ impl Method {
             Method::MllmPostcopy => "mllm-postcopy",
             Method::Mllm => "mllm",
             Method::MllmDiskPostcopy => "mllm-disk-postcopy",
+            Method::MllmPrecopyNodedup => "mllm-precopy-nodedup",
+            Method::MllmNodedup => "mllm-nodedup",
         }
     }
 
@@ -62,12 +69,23 @@ impl Method {
     /// How mllm's agents migrate, for mllm's methods.
     pub fn mllm_strategy(self) -> Option<SourceStrategy> {
         match self {
-            Method::MllmPrecopy => Some(SourceStrategy::Precopy),
+            Method::MllmPrecopy | Method::MllmPrecopyNodedup => Some(SourceStrategy::Precopy),
             Method::MllmPostcopy => Some(SourceStrategy::Postcopy),
-            Method::Mllm | Method::MllmDiskPostcopy => Some(SourceStrategy::Mllm {
-                estimator: EstimatorKind::Improved,
-            }),
+            Method::Mllm | Method::MllmDiskPostcopy | Method::MllmNodedup => {
+                Some(SourceStrategy::Mllm {
+                    estimator: EstimatorKind::Improved,
+                })
+            }
             _ => None,
+        }
+    }
+
+    /// mllm's hot-data cache: on, at its default size, unless the method
+    /// is one without it.
+    pub fn dedup(self) -> DedupSettings {
+        match self {
+            Method::MllmPrecopyNodedup | Method::MllmNodedup => DedupSettings::OFF,
+            _ => DedupSettings::default(),
         }
     }
 

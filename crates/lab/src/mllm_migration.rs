@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use mllm_agent::{
-    migrate_source, receive_migration, BoundAction, DestinationReport, DestinationSettings,
-    DiskMove, SourceReport, SourceSettings, SourceStrategy, TrackedDisk,
+    migrate_source, receive_migration, BoundAction, DedupSettings, DestinationReport,
+    DestinationSettings, DiskMove, SourceReport, SourceSettings, SourceStrategy, TrackedDisk,
 };
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
@@ -42,6 +42,7 @@ pub const DISK_TRACE_FILE: &str = "disk.trace";
 pub fn migrate(
     strategy: SourceStrategy,
     mllm_disk: DiskMove,
+    dedup: DedupSettings,
     downtime_target: Duration,
     timeout: Duration,
     source: &QemuProcess,
@@ -54,6 +55,7 @@ pub fn migrate(
     let settings = SourceSettings {
         strategy,
         mllm_disk,
+        dedup,
         downtime_target,
         // Same rule as for QEMU's methods: no bound on rounds, cancelled
         // (the source keeps running) when the scenario's timeout passes.
@@ -80,6 +82,7 @@ pub fn migrate(
             retransmitted_blocks: Some(report.retransmitted_blocks),
             pages_sent: Some(report.pages_sent),
             tracking_method: Some(report.tracking_method),
+            dedup: report.dedup,
             postcopy: received.postcopy.map(|postcopy| {
                 let disk = received.disk_postcopy.as_ref();
                 PostcopyResult {

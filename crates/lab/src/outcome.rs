@@ -1,5 +1,7 @@
 //! What a migration engine reports back to the lab, whichever engine ran.
 
+use mllm_agent::DedupReport;
+
 use crate::qemu_settings::QemuSettings;
 
 /// Instants are host wall-clock µs since the epoch, comparable across both
@@ -28,6 +30,8 @@ pub struct MigrationOutcome {
     /// Post-copy by mllm's agents: what moved after the switch and how
     /// long the destination's faults waited.
     pub postcopy: Option<PostcopyResult>,
+    /// mllm's hot-data cache, when it was on.
+    pub dedup: Option<DedupReport>,
     /// QEMU's methods: the migration settings as QEMU reported them back.
     pub qemu_settings: Option<QemuSettings>,
 }

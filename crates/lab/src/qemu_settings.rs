@@ -76,7 +76,9 @@ impl QemuSettings {
             Method::MllmPrecopy
             | Method::MllmPostcopy
             | Method::Mllm
-            | Method::MllmDiskPostcopy => return Ok(None),
+            | Method::MllmDiskPostcopy
+            | Method::MllmPrecopyNodedup
+            | Method::MllmNodedup => return Ok(None),
             Method::QemuPrecopy | Method::QemuPrecopyWriteBlocking => &[],
             Method::QemuPostcopy => &["postcopy-ram"],
             // The preempt channel is a second connection from the source to

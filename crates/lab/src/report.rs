@@ -88,6 +88,17 @@ pub fn summary(r: &RunResult) -> String {
     if let Some(q) = &r.qemu {
         let _ = writeln!(s, "  QEMU: {}", settings(q));
     }
+    if let Some(d) = &r.dedup {
+        let _ = writeln!(
+            s,
+            "  dedup: {} references ({} across memory and disk), {} MiB saved, {} fallbacks, {:.2} CPU s/GiB hashed",
+            d.references,
+            d.cross_space,
+            mib(d.bytes_saved),
+            d.fallbacks,
+            d.cpu_seconds_per_gib
+        );
+    }
     let _ = writeln!(
         s,
         "  link {} MiB (memory {} MiB, disk {} MiB)",

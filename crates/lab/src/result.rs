@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use mllm_agent::DedupReport;
+
 use crate::outcome::PostcopyResult;
 use crate::physical_limit::PhysicalLimit;
 use crate::qemu_settings::QemuSettings;
@@ -51,6 +53,10 @@ pub struct RunResult {
     /// Pages moved after the switch and fault latency (mllm's post-copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postcopy: Option<PostcopyResult>,
+    /// mllm's hot-data cache: references sent, bytes they saved, fallbacks
+    /// and hashing cost; absent when it was off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupReport>,
     /// QEMU's methods: migration capabilities and parameters of both QEMUs,
     /// as QEMU reported them back, and the disk mirror's settings.
     #[serde(default)]

@@ -204,6 +204,7 @@ fn run_in(
         let outcome = mllm_migration::migrate(
             strategy,
             method.mllm_disk(),
+            method.dedup(),
             timing.downtime_target,
             timing.migration_timeout,
             &source,
@@ -317,6 +318,7 @@ fn run_in(
         pages_sent: outcome.pages_sent,
         tracking_method: outcome.tracking_method.clone(),
         postcopy: outcome.postcopy.clone(),
+        dedup: outcome.dedup.clone(),
         qemu: outcome.qemu_settings.clone(),
         physical_limit: Some(physical_limit),
         workload: analysis::workload_rates(

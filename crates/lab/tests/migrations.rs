@@ -269,6 +269,17 @@ fn mllm_precopy_moves_the_guest_with_equal_memory() {
     assert!(result.retransmitted_pages.is_some());
     // Everything, pages and device state, crossed the one link.
     assert!(result.link_bytes_to_destination > result.memory_bytes);
+    // De-duplication is on by default and reported.
+    let dedup = result.dedup.as_ref().expect("a de-duplication report");
+    assert!(dedup.references > 0, "{dedup:?}");
+    assert_eq!(dedup.fallbacks, 0, "{dedup:?}");
+}
+
+#[test]
+fn mllm_precopy_nodedup_sends_every_page_as_content() {
+    let result = migrate(Method::MllmPrecopyNodedup, "120s");
+    assert_guest_moved(&result);
+    assert!(result.dedup.is_none(), "{:?}", result.dedup);
 }
 
 #[test]

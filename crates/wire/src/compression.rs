@@ -82,6 +82,10 @@ impl Compressor {
         self.setting.algorithm()
     }
 
+    pub(crate) fn setting(&self) -> CompressionSetting {
+        self.setting
+    }
+
     /// The compressed block, or `None` when the setting is to send data as it is.
     pub(crate) fn compress(&mut self, data: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
         match (&mut self.zstd, self.setting) {
@@ -96,6 +100,15 @@ impl Compressor {
             (None, _) => Ok(None),
         }
     }
+}
+
+/// The size `data` compresses to with `setting` (its own size without
+/// compression), in a context made for this call: for measuring a codec on
+/// real data now and then, not for every batch.
+pub fn compressed_len(setting: CompressionSetting, data: &[u8]) -> Result<usize, WireError> {
+    Ok(Compressor::new(setting)?
+        .compress(data)?
+        .map_or(data.len(), |block| block.len()))
 }
 
 /// Decompresses blocks of any algorithm into a caller-owned buffer.

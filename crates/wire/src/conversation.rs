@@ -40,6 +40,31 @@
 //! `PostcopyComplete`. Without it, a page after the device state has begun
 //! is a protocol error.
 //!
+//! # References
+//!
+//! A pre-copy batch may carry references instead of content
+//! ([`ContentRef`](crate::ContentRef)): "copy what you hold at `from`, whose
+//! content hashes to `H`". The destination checks the hash of what it holds
+//! there before it copies; when they differ it writes nothing to the
+//! reference's target and, before that batch's `Ack`, sends
+//! `ResendContent` naming the targets. The source answers with ordinary
+//! batches of their current content. Two rules make this complete before the
+//! switch:
+//!
+//! - References travel only in pre-copy, before `SourceStopped`; the
+//!   destination refuses one after it.
+//! - The source sends `SourceStopped` only once every batch it queued is
+//!   acknowledged (so it has read every `ResendContent`) and it has sent
+//!   their answers. The destination refuses `SourceStopped` while an answer
+//!   is missing: it never starts a VM with a target left unwritten.
+//!
+//! ```text
+//!       │── PageBatch (… Reference{from, H} → M …) ─────▶│  content at `from`
+//!       │◀──────────────── ResendContent [M], Ack ────────│  ≠ H: M not written
+//!       │── PageBatch (M, content) ─────────────────────▶│  M written
+//!       │── SourceStopped ──────────────────────────────▶│  nothing owed
+//! ```
+//!
 //! Either side may send `Abort` (with its reason) before the hand-over; the
 //! conversation then ends and the source keeps the VM, resuming it if it
 //! paused it.
@@ -84,7 +109,8 @@
 //!  AwaitingRequest ─MigrationRequest→ AwaitingAnswer ─MigrationReject→ Ended
 //!                                           │MigrationAccept
 //!                                           ▼
-//!  ┌─ Page/BlockBatch, RoundEnd, Ack ──── Precopy
+//!  ┌─ Page/BlockBatch, RoundEnd, Ack,
+//!  │  ResendContent ─────────────────── Precopy
 //!  └───────────────────────────────────────▶│SourceStopped
 //!                                           ▼
 //!  ┌─ Page/BlockBatch, RoundEnd, ────── Switching
@@ -251,6 +277,7 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
         (P::AwaitingAnswer, D, M::MigrationReject) => P::Ended,
         (P::Precopy | P::Switching | P::DeviceState | P::AwaitingRunning, D, M::Ack) => phase,
         (P::Precopy, S, M::PageBatch | M::BlockBatch | M::RoundEnd) => P::Precopy,
+        (P::Precopy, D, M::ResendContent) => P::Precopy,
         (P::Precopy, S, M::SourceStopped) => P::Switching,
         (
             P::Switching,
@@ -297,8 +324,11 @@ mod tests {
         (Role::Destination, M::MigrationAccept),
         (Role::Source, M::PageBatch),
         (Role::Source, M::PageBatch),
+        (Role::Destination, M::ResendContent),
         (Role::Destination, M::Ack),
         (Role::Source, M::RoundEnd),
+        (Role::Source, M::PageBatch),
+        (Role::Destination, M::Ack),
         (Role::Destination, M::Ack),
         (Role::Source, M::SourceStopped),
         (Role::Source, M::PageBatch),
@@ -407,6 +437,10 @@ mod tests {
             M::DiskDigest => DiskDigest {
                 disk: 0,
                 digest: RamDigest { ranges: vec![] },
+            }
+            .into(),
+            M::ResendContent => ResendContent {
+                locations: vec![mllm_core::dedup::Location::Page(1)],
             }
             .into(),
         }
@@ -535,6 +569,28 @@ mod tests {
             let error = play(messages).unwrap_err().to_string();
             assert!(error.contains(expected), "{error}\nexpected: {expected}");
         }
+    }
+
+    #[test]
+    fn resend_requests_are_valid_only_in_pre_copy() {
+        let stop = HAPPY_PATH
+            .iter()
+            .position(|&step| step == (Role::Source, M::SourceStopped))
+            .unwrap();
+        let mut after_stop = HAPPY_PATH[..=stop].to_vec();
+        assert_eq!(after_stop.last(), Some(&(Role::Source, M::SourceStopped)));
+        after_stop.push((Role::Destination, M::ResendContent));
+        let error = play(&after_stop).unwrap_err().to_string();
+        assert!(
+            error.contains("the destination sent ResendContent"),
+            "{error}"
+        );
+        let from_the_source = [
+            (Role::Source, M::MigrationRequest),
+            (Role::Destination, M::MigrationAccept),
+            (Role::Source, M::ResendContent),
+        ];
+        assert!(play(&from_the_source).is_err());
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! migration and the rule for changing the protocol version are in [`conversation`].
 //!
 //! Guest RAM moves in [`PageBatch`]es built by [`PageBatchBuilder`] (zero pages as
-//! markers, data pages compressed as one block) and read back by [`PageBatchDecoder`].
+//! markers, data pages compressed as one block, content the destination holds as
+//! references) and read back by [`PageBatchDecoder`].
 
 mod compression;
 pub mod conversation;
@@ -21,7 +22,7 @@ mod message;
 mod page_batch;
 mod traffic;
 
-pub use compression::{Compression, CompressionSetting};
+pub use compression::{compressed_len, Compression, CompressionSetting};
 pub use conversation::Conversation;
 pub use digest::{page_digest, PageRangeDigest, RamDigest};
 pub use error::WireError;
@@ -31,13 +32,15 @@ pub use message::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, DestinationRunning, DeviceState,
     DiskDigest, FrameType, HandOver, Message, MessageType, MigrationAccept, MigrationPolicy,
     MigrationReject, MigrationRequest, PageDigests, PageRequest, PendingBlocks, PendingPages,
-    PostcopyComplete, RoundEnd, SourceStopped,
+    PostcopyComplete, ResendContent, RoundEnd, SourceStopped,
 };
+/// What a reference names, defined by `mllm-core`'s content index.
+pub use mllm_core::dedup::{ContentHash, Location};
 /// The page size pages travel in; defined by `mllm-core`, re-exported for
 /// code that only speaks the protocol.
 pub use mllm_core::memory::{PageRange, PAGE_SIZE, PAGE_SIZE_U32};
 pub use page_batch::{
-    DecodedPages, PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind,
-    MAX_BATCH_PAGES,
+    is_zero_page, BatchCompressor, ContentRef, DecodedPages, PageBatch, PageBatchBuilder,
+    PageBatchDecoder, PageContent, PageEntry, PageKind, UncompressedBatch, MAX_BATCH_PAGES,
 };
 pub use traffic::{Traffic, TrafficClass, TypeTraffic};

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use mllm_core::dedup::Location;
 use mllm_core::memory::{PageIndex, PageRange};
 
 use crate::digest::RamDigest;
@@ -167,6 +168,17 @@ pub struct BlockDigests {
     pub blocks: Vec<(u32, u64)>,
 }
 
+/// Pre-copy: the destination refused these references (what it holds at
+/// their `from` location does not hash to what the source said) and wrote
+/// nothing there; the source sends their content instead. Sent before the
+/// acknowledgement of the batch that held them, so a source that has every
+/// batch acknowledged has every such request too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResendContent {
+    /// The locations the references were to fill.
+    pub locations: Vec<Location>,
+}
+
 /// Destination's VM runs: the source may release its copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRunning;
@@ -299,6 +311,7 @@ message_table! {
     21 => PendingBlocks: Disk,
     22 => BlockRequest: Disk,
     23 => BlockDigests: Verification,
+    24 => ResendContent: Control,
 }
 
 impl Message {

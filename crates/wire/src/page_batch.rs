@@ -1,9 +1,11 @@
 //! Page batches: up to `MAX_BATCH_PAGES` guest pages in one message. Zero pages travel
 //! as markers only; data pages are concatenated and compressed as one block, which
-//! compresses far better than page by page.
+//! compresses far better than page by page; a page whose content the destination
+//! already holds travels as a [`ContentRef`] (see `mllm_core::dedup`).
 
 use std::{fmt, slice};
 
+use mllm_core::dedup::{ContentHash, Location};
 use mllm_core::memory::{PageIndex, PAGE_SIZE};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,18 @@ pub enum PageKind {
     Zero,
     /// The next `PAGE_SIZE` bytes of the decompressed payload.
     Data,
+    /// The content the destination holds at another location (or this
+    /// one); nothing in the payload.
+    Reference(ContentRef),
+}
+
+/// "Copy what you hold at `from` here; its content hashes to `hash`." The
+/// destination checks the hash of what it holds at `from` before it copies,
+/// and asks for the content instead when they differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentRef {
+    pub from: Location,
+    pub hash: ContentHash,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,13 +104,28 @@ impl PageBatchBuilder {
     #[must_use = "a full batch must be finished before the next push"]
     pub fn push(&mut self, index: PageIndex, page: &[u8; PAGE_SIZE]) -> bool {
         assert!(!self.is_full(), "push into a full page batch");
-        let kind = if is_zero(page) {
+        let kind = if is_zero_page(page) {
             PageKind::Zero
         } else {
             self.data.extend_from_slice(page);
             PageKind::Data
         };
         self.pages.push(PageEntry { index, kind });
+        self.is_full()
+    }
+
+    /// Adds a page as a reference to content the destination holds. Returns
+    /// true when the batch is now full, as [`PageBatchBuilder::push`].
+    ///
+    /// # Panics
+    /// If the batch was already full.
+    #[must_use = "a full batch must be finished before the next push"]
+    pub fn push_reference(&mut self, index: PageIndex, reference: ContentRef) -> bool {
+        assert!(!self.is_full(), "push into a full page batch");
+        self.pages.push(PageEntry {
+            index,
+            kind: PageKind::Reference(reference),
+        });
         self.is_full()
     }
 
@@ -114,32 +143,82 @@ impl PageBatchBuilder {
 
     /// Compresses the collected data pages and returns the batch, leaving the builder empty.
     pub fn finish(&mut self) -> Result<PageBatch, WireError> {
-        let compressed = self.compressor.compress(&self.data)?;
-        // Incompressible pages (encrypted or already compressed data) are sent as they
-        // are: the link carries less and the receiver skips a pointless decompression.
-        let (compression, payload) = match compressed {
-            Some(block) if block.len() < self.data.len() => {
-                self.data.clear();
-                (self.compressor.algorithm(), block)
-            }
-            _ => (
-                Compression::None,
-                std::mem::replace(
-                    &mut self.data,
-                    Vec::with_capacity(self.capacity * PAGE_SIZE),
-                ),
+        let batch = self.take_uncompressed();
+        batch.compress_with(&mut self.compressor)
+    }
+
+    /// The collected pages, uncompressed, leaving the builder empty: for
+    /// compressing them on another thread ([`UncompressedBatch::compress`]).
+    pub fn take_uncompressed(&mut self) -> UncompressedBatch {
+        UncompressedBatch {
+            pages: std::mem::replace(&mut self.pages, Vec::with_capacity(self.capacity)),
+            data: std::mem::replace(
+                &mut self.data,
+                Vec::with_capacity(self.capacity * PAGE_SIZE),
             ),
+        }
+    }
+}
+
+/// A batch's entries and data pages before compression.
+#[derive(Debug)]
+pub struct UncompressedBatch {
+    pages: Vec<PageEntry>,
+    data: Vec<u8>,
+}
+
+impl UncompressedBatch {
+    /// The data pages, concatenated.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The batch compressed by `compressor`.
+    pub fn compress(self, compressor: &mut BatchCompressor) -> Result<PageBatch, WireError> {
+        self.compress_with(&mut compressor.0)
+    }
+
+    fn compress_with(self, compressor: &mut Compressor) -> Result<PageBatch, WireError> {
+        let compressed = compressor.compress(&self.data)?;
+        // Incompressible pages (encrypted or already compressed data) are sent as they
+        // are: the link carries (nearly) as much and the receiver skips a pointless
+        // decompression.
+        let (compression, payload) = match compressed {
+            Some(block) if pays(block.len(), self.data.len()) => (compressor.algorithm(), block),
+            _ => (Compression::None, self.data),
         };
-        let pages = std::mem::replace(&mut self.pages, Vec::with_capacity(self.capacity));
         Ok(PageBatch {
             compression,
-            pages,
+            pages: self.pages,
             payload,
         })
     }
 }
 
-fn is_zero(page: &[u8; PAGE_SIZE]) -> bool {
+/// Compresses batches with one setting, keeping its codec context from one
+/// batch to the next.
+#[derive(Debug)]
+pub struct BatchCompressor(Compressor);
+
+impl BatchCompressor {
+    pub fn new(setting: CompressionSetting) -> Result<BatchCompressor, WireError> {
+        Compressor::new(setting).map(BatchCompressor)
+    }
+
+    pub fn setting(&self) -> CompressionSetting {
+        self.0.setting()
+    }
+}
+
+/// A compressed block pays when it saves at least 5 % of the data: less is
+/// within what one batch's content varies by, and costs the receiver a
+/// decompression for nothing.
+fn pays(compressed: usize, raw: usize) -> bool {
+    compressed.saturating_mul(20) <= raw.saturating_mul(19)
+}
+
+/// Whether every byte of `page` is zero: such a page travels as a marker.
+pub fn is_zero_page(page: &[u8; PAGE_SIZE]) -> bool {
     // OR-folding fixed-size chunks lets the compiler vectorise; `iter().all` would stop
     // at every byte to test for an early exit.
     page.chunks_exact(64)
@@ -151,6 +230,7 @@ fn is_zero(page: &[u8; PAGE_SIZE]) -> bool {
 pub enum PageContent<'a> {
     Zero,
     Data(&'a [u8; PAGE_SIZE]),
+    Reference(ContentRef),
 }
 
 /// Decodes batches; reuses its decompression context and buffer across batches.
@@ -220,6 +300,7 @@ impl<'a> Iterator for DecodedPages<'a> {
                 let page = self.data.next().expect("decode checked the payload size");
                 PageContent::Data(page.try_into().expect("chunks are PAGE_SIZE long"))
             }
+            PageKind::Reference(reference) => PageContent::Reference(reference),
         };
         Some((entry.index, content))
     }

@@ -21,9 +21,10 @@ use std::io::{self, Read, Write};
 use mllm_wire::{
     handshake, Capabilities, CompressionSetting, FrameReader, Hello, Message, MessageType,
     PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageRange, PageRequest,
-    PendingPages, Role, WireError, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN, MAX_BATCH_PAGES,
-    PAGE_SIZE,
+    PendingPages, ResendContent, Role, WireError, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN,
+    MAX_BATCH_PAGES, PAGE_SIZE,
 };
+use mllm_wire::{ContentHash, ContentRef, Location};
 use proptest::prelude::*;
 
 use mutations::{apply, mutations};
@@ -291,6 +292,7 @@ proptest! {
             .map(|(index, content)| (index, match content {
                 PageContent::Zero => None,
                 PageContent::Data(page) => Some(*page),
+                PageContent::Reference(reference) => panic!("no reference was pushed: {reference:?}"),
             }))
             .collect();
         let expected: Vec<(u32, Option<[u8; PAGE_SIZE]>)> = pages
@@ -298,6 +300,59 @@ proptest! {
             .map(|&(index, seed)| (index, seed.map(page_of).filter(|page| page != &[0; PAGE_SIZE])))
             .collect();
         prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn batches_with_references_round_trip(
+        entries in proptest::collection::vec(
+            (any::<u32>(), any::<bool>(), any::<u32>(), any::<u16>(), any::<[u8; 16]>()),
+            0..64,
+        ),
+    ) {
+        let mut builder = PageBatchBuilder::new(CompressionSetting::Lz4, MAX_BATCH_PAGES).unwrap();
+        let mut expected = Vec::new();
+        for &(index, on_disk, from, disk, hash) in &entries {
+            let from = if on_disk {
+                Location::Block { disk, block: from }
+            } else {
+                Location::Page(from)
+            };
+            let reference = ContentRef { from, hash: ContentHash(hash) };
+            let _ = builder.push_reference(index, reference);
+            expected.push((index, reference));
+        }
+        let sent: Message = builder.finish().unwrap().into();
+        let (messages, end) = read_stream(&encode(std::slice::from_ref(&sent)));
+        prop_assert!(matches!(end, WireError::Closed), "{end}");
+        prop_assert_eq!(&messages, &vec![sent]);
+        let Message::PageBatch(batch) = &messages[0] else { unreachable!() };
+        let mut decoder = PageBatchDecoder::new();
+        let decoded: Vec<_> = decoder
+            .decode(batch)
+            .unwrap()
+            .map(|(index, content)| match content {
+                PageContent::Reference(reference) => (index, reference),
+                other => panic!("only references were pushed, got {other:?}"),
+            })
+            .collect();
+        prop_assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn resend_requests_round_trip(
+        locations in proptest::collection::vec((any::<bool>(), any::<u16>(), any::<u32>()), 0..64),
+    ) {
+        let locations = locations
+            .into_iter()
+            .map(|(on_disk, disk, index)| match on_disk {
+                true => Location::Block { disk, block: index },
+                false => Location::Page(index),
+            })
+            .collect();
+        let sent = vec![ResendContent { locations }.into()];
+        let (messages, end) = read_stream(&encode(&sent));
+        prop_assert!(matches!(end, WireError::Closed), "{end}");
+        prop_assert_eq!(messages, sent);
     }
 
     #[test]

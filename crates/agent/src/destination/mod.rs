@@ -5,6 +5,7 @@
 mod abort;
 mod postcopy;
 mod receiver;
+mod references;
 
 pub use abort::IncomingAbort;
 

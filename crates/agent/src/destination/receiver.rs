@@ -18,12 +18,13 @@ use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_wire::{
     Abort, Ack, BlockBatch, BlockRequest, Conversation, DestinationRunning, DiskDigest,
-    FrameReader, FrameWriter, Message, PageBatch, PageBatchDecoder, PageContent, PendingBlocks,
-    PostcopyComplete, RamDigest, Role, TrafficClass,
+    FrameReader, FrameWriter, Location, Message, PageBatch, PageBatchDecoder, PageContent,
+    PendingBlocks, PostcopyComplete, RamDigest, Role, TrafficClass,
 };
 use serde_json::json;
 
 use super::postcopy::Postcopy;
+use super::references::References;
 use super::IncomingAbort;
 use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
@@ -101,6 +102,7 @@ pub(super) struct Receiver<'a> {
     outbox: Arc<Outbox>,
     abort: IncomingAbort,
     decoder: PageBatchDecoder,
+    references: References,
     vm_name: String,
     started_us: u64,
     rounds: u32,
@@ -155,6 +157,7 @@ impl<'a> Receiver<'a> {
             }),
             abort,
             decoder: PageBatchDecoder::new(),
+            references: References::new(),
             vm_name: request.vm_name,
             started_us,
             rounds: 0,
@@ -200,7 +203,10 @@ impl<'a> Receiver<'a> {
                     self.rounds = end.round;
                     tracing::info!(round = end.round, pages = end.pages, "round received");
                 }
-                Message::SourceStopped(_) => tracing::info!("source VM paused: final round"),
+                Message::SourceStopped(_) => {
+                    self.references.source_stopped()?;
+                    tracing::info!("source VM paused: final round");
+                }
                 Message::RamDigest(digest) => self.verify(&digest)?,
                 Message::PendingBlocks(pending) => self.arm_disk(&pending)?,
                 Message::BlockDigests(digests) => {
@@ -365,16 +371,27 @@ impl<'a> Receiver<'a> {
                     "the source sent page {index}, beyond the {pages} pages of guest RAM"
                 )));
             }
+            let target = Location::Page(index);
             match content {
                 PageContent::Zero => {
                     self.ram.zero_page(index);
                     self.zero_pages += 1;
                 }
                 PageContent::Data(data) => self.ram.write_page(index, data),
+                PageContent::Reference(reference) => {
+                    match self
+                        .references
+                        .resolve(&reference, target, &self.ram, self.disks)?
+                    {
+                        Some(data) => self.ram.write_page(index, data),
+                        None => continue,
+                    }
+                }
             }
+            self.references.written(target);
         }
         self.pages += batch.pages.len() as u64;
-        self.outbox.send(&Message::Ack(Ack))?;
+        self.acknowledge()?;
         if self.qemu_checked.elapsed() >= QEMU_CHECK_INTERVAL {
             self.qemu_checked = Instant::now();
             self.vm
@@ -383,6 +400,16 @@ impl<'a> Receiver<'a> {
                 .map_err(|e| MigrationError::qemu("the destination QEMU failed", e))?;
         }
         Ok(())
+    }
+
+    /// Acknowledges the batch just written, after asking for the content of
+    /// the references it refused: a source holding every acknowledgement
+    /// then knows every refusal.
+    fn acknowledge(&mut self) -> Result<()> {
+        if let Some(refused) = self.references.take_refused() {
+            self.outbox.send(&Message::ResendContent(refused))?;
+        }
+        self.outbox.send(&Message::Ack(Ack))
     }
 
     fn disk(&self, disk: u16) -> Result<&'a Arc<TrackedDisk>> {
@@ -421,6 +448,7 @@ impl<'a> Receiver<'a> {
             let data = match content {
                 PageContent::Zero => &ZERO_BLOCK,
                 PageContent::Data(data) => data,
+                PageContent::Reference(_) => return Err(reference_after_switch()),
             };
             disk.install_block(index, data)?;
         }
@@ -446,13 +474,27 @@ impl<'a> Receiver<'a> {
                     blocks.disk
                 )));
             }
+            let target = Location::Block {
+                disk: blocks.disk,
+                block: index,
+            };
             match content {
                 PageContent::Zero => disk.zero_block(index)?,
                 PageContent::Data(data) => disk.write_block(index, data)?,
+                PageContent::Reference(reference) => {
+                    match self
+                        .references
+                        .resolve(&reference, target, &self.ram, self.disks)?
+                    {
+                        Some(data) => disk.write_block(index, data)?,
+                        None => continue,
+                    }
+                }
             }
+            self.references.written(target);
         }
         self.blocks += blocks.batch.pages.len() as u64;
-        self.outbox.send(&Message::Ack(Ack))
+        self.acknowledge()
     }
 
     /// Test mode: the disk must equal the source's at the switch.
@@ -497,6 +539,7 @@ impl<'a> Receiver<'a> {
                     &ZERO_BLOCK
                 }
                 PageContent::Data(data) => data,
+                PageContent::Reference(_) => return Err(reference_after_switch()),
             };
             postcopy.install(index, data)?;
         }
@@ -575,6 +618,8 @@ impl<'a> Receiver<'a> {
             link_bytes_received: received.total_bytes(),
             link_bytes_sent: self.outbox.bytes_sent(),
             verified: self.verified,
+            references_copied: self.references.copied(),
+            references_refused: self.references.refused(),
             started_us: self.started_us,
             device_state_loaded_us: started.device_state_loaded_us,
             running_us: started.running_us,
@@ -650,6 +695,10 @@ impl Receiver<'_> {
             ))
         }
     }
+}
+
+fn reference_after_switch() -> MigrationError {
+    MigrationError::Invalid("the source sent a reference after the switch".into())
 }
 
 fn aborted(abort: Abort) -> MigrationError {

@@ -1,5 +1,8 @@
 //! The sending side: [`migrate_source`].
 
+mod codec;
+mod compressors;
+mod dedup;
 mod flow;
 mod pipeline;
 mod postcopy;
@@ -28,6 +31,8 @@ use mllm_wire::{
 };
 use serde_json::json;
 
+use self::codec::CodecTuner;
+use self::dedup::Dedup;
 use self::flow::Flow;
 use self::pipeline::Pipeline;
 use self::postcopy::Owed;
@@ -142,6 +147,8 @@ struct SourceContext<'a> {
     owed: &'a Owed,
     /// The same for the disk's blocks.
     owed_blocks: &'a Owed,
+    /// De-duplication, unless it is off.
+    dedup: Option<&'a Dedup>,
     /// The handshake's round trip: how much in flight keeps the link busy.
     rtt: Duration,
     compression: CompressionSetting,
@@ -299,6 +306,7 @@ fn run(
         settings.link_timeout,
     )?;
     let compression = usable_compression(settings.compression, &link.negotiated);
+    let negotiated = link.negotiated.clone();
     ignore_shared_ram(vm)?;
     let tracker = start_tracking(vm, ram_file)?;
     let tracking_method = tracker.method().to_string();
@@ -318,6 +326,8 @@ fn run(
     let flow = Flow::new(conversation);
     let owed = Owed::new(ram.pages());
     let owed_blocks = Owed::new(disk.map_or(0, |disk| disk.blocks()));
+    let dedup = (settings.dedup.entries > 0)
+        .then(|| Dedup::new(settings.dedup.entries, settings.dedup.misdirect_every));
     let PeerLink {
         reader,
         writer,
@@ -333,14 +343,14 @@ fn run(
         owed_blocks: &owed_blocks,
         disk,
         ram: &ram,
+        dedup: dedup.as_ref(),
         compression,
     };
     let (outcome, sent, received) = std::thread::scope(|scope| {
         let sender =
             scope.spawn(|| threads::send_frames(writer, outbox, asked, &flow, &socket, timeout));
-        let receiver = scope.spawn(|| {
-            threads::receive_frames(reader, &owed, &owed_blocks, wake, &flow, &socket, timeout)
-        });
+        let receiver =
+            scope.spawn(|| threads::receive_frames(reader, asked, wake, &flow, &socket, timeout));
         let outcome = (|| -> Result<_, MigrationError> {
             let mut ctx = SourceContext {
                 vm,
@@ -350,10 +360,22 @@ fn run(
                 transfer: Transfer::new(ram.pages(), used_blocks),
                 owed: &owed,
                 owed_blocks: &owed_blocks,
+                dedup: dedup.as_ref(),
                 rtt,
                 compression,
                 writes,
-                pipeline: Pipeline::new(queue, &flow, compression, settings.batch_pages)?,
+                pipeline: Pipeline::new(
+                    queue,
+                    &flow,
+                    dedup.as_ref(),
+                    CodecTuner::new(
+                        compression,
+                        settings.adaptive_compression,
+                        &negotiated,
+                        std::thread::available_parallelism().map_or(1, usize::from),
+                    ),
+                    settings.batch_pages,
+                )?,
                 flow: &flow,
                 settings,
                 reporter: Reporter::new(progress, started),
@@ -363,9 +385,11 @@ fn run(
             ctx.observe_disk_history();
             let precopy = precopy::run(&mut ctx)?;
             let switched = switchover::run(&mut ctx)?;
+            let compression_used = ctx.pipeline.compression_used();
             Ok((
                 precopy,
                 switched,
+                compression_used,
                 ctx.pipeline.into_rounds(),
                 ctx.writes.finish_trace(),
             ))
@@ -384,7 +408,7 @@ fn run(
     } else {
         vm_state.destination_declined = flow.destination_aborted();
     }
-    let (precopy, switched, rounds, memory_trace) = outcome?;
+    let (precopy, switched, (compression, compression_batches), rounds, memory_trace) = outcome?;
     let postcopy = owed.counts();
 
     let pages_sent = rounds.iter().map(|round| round.pages).sum::<u64>()
@@ -398,7 +422,8 @@ fn run(
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
         tracking_method,
-        compression: compression.algorithm().to_string(),
+        compression,
+        compression_batches,
         switch_reason: precopy.reason,
         pages_sent,
         // Round 1 sends every page once: every later page is a resend.
@@ -421,6 +446,7 @@ fn run(
         }),
         verified: settings.verify,
         memory_trace,
+        dedup: dedup.as_ref().map(Dedup::report),
         timings: SourceTimings {
             started_us,
             stopped_us: switched.stopped_us,

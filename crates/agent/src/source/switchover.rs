@@ -50,6 +50,7 @@ pub(super) struct Switched {
 
 /// Called once the strategy decided to switch.
 pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationError> {
+    settle_references(ctx)?;
     ctx.report(Phase::FinalRound, 0.0);
     // Marked first: if `stop` fails half-way (a QMP timeout), resuming a
     // running VM is harmless, leaving a stopped one stopped is not.
@@ -183,6 +184,28 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
         destination_running_us,
         released_us,
     })
+}
+
+/// Ends de-duplication before the VM stops: no reference from here on, and
+/// once every batch is acknowledged the destination's refusals are all in,
+/// so their content goes out before `SourceStopped` (the sender sends it
+/// ahead of the next frame). The guest still runs meanwhile: the wait, up
+/// to one round trip, costs no downtime.
+fn settle_references(ctx: &mut SourceContext<'_>) -> Result<(), MigrationError> {
+    let Some(dedup) = ctx.dedup else {
+        return Ok(());
+    };
+    if !dedup.stop_referencing() {
+        return Ok(());
+    }
+    while ctx
+        .flow
+        .wait_until(REPORT_INTERVAL, |flow| flow.unacked_bytes == 0)?
+        .is_none()
+    {
+        ctx.report(Phase::Precopy, 0.0);
+    }
+    Ok(())
 }
 
 /// The items of a queue, in the strategy's order.

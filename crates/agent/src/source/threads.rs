@@ -1,6 +1,7 @@
 //! The source's two I/O threads. The sender keeps the link busy with queued
-//! frames while the migration reads and compresses the next pages, and in
-//! post-copy sends the pages the destination asks for ahead of them; the
+//! frames while the migration reads and compresses the next pages, and
+//! sends ahead of them the content of references the destination refused
+//! and, in post-copy, the pages the destination asks for; the
 //! receiver turns the destination's replies into flow events. Either one,
 //! on a failure, records the cause and shuts the socket down, which unblocks
 //! the other and the migration.
@@ -11,10 +12,11 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use mllm_wire::{
-    BlockBatch, CompressionSetting, FrameReader, FrameWriter, Message, PageBatchBuilder, Role,
-    Traffic, PAGE_SIZE,
+    BlockBatch, CompressionSetting, FrameReader, FrameWriter, Location, Message, PageBatchBuilder,
+    Role, Traffic, PAGE_SIZE,
 };
 
+use super::dedup::Dedup;
 use super::flow::{Flow, PeerOutcome};
 use super::postcopy::Owed;
 use crate::disk::TrackedDisk;
@@ -30,7 +32,8 @@ const ASKED_PAGES_PER_BATCH: usize = 16;
 pub(crate) enum Outgoing {
     /// A frame to send after those queued before it.
     Frame(Message),
-    /// The destination asked for pages: look at [`Owed`] now.
+    /// The destination asked for pages (or refused references): look at
+    /// [`Owed`] and [`Dedup`] now.
     Asked,
 }
 
@@ -43,6 +46,8 @@ pub(crate) struct AskedPages<'a> {
     /// Blocks of the VM's disk, if it has one.
     pub owed_blocks: &'a Owed,
     pub disk: Option<&'a TrackedDisk>,
+    /// Refused references, whose content is sent instead.
+    pub dedup: Option<&'a Dedup>,
     pub compression: CompressionSetting,
 }
 
@@ -79,11 +84,17 @@ pub(crate) fn send_frames(
     };
     for outgoing in queue {
         loop {
-            let pages = asked.owed.take_asked(ASKED_PAGES_PER_BATCH);
-            let blocks = match pages.is_empty() {
+            let mut pages = asked.owed.take_asked(ASKED_PAGES_PER_BATCH);
+            let mut blocks = match pages.is_empty() {
                 true => asked.owed_blocks.take_asked(ASKED_PAGES_PER_BATCH),
                 false => Vec::new(),
             };
+            if pages.is_empty() && blocks.is_empty() {
+                let refused = asked
+                    .dedup
+                    .map_or_else(Vec::new, |dedup| dedup.take_refused(ASKED_PAGES_PER_BATCH));
+                (pages, blocks) = split_locations(&refused);
+            }
             if pages.is_empty() && blocks.is_empty() {
                 break;
             }
@@ -98,6 +109,20 @@ pub(crate) fn send_frames(
             if !send(batch, true) {
                 return writer.traffic().clone();
             }
+            if !pages.is_empty() && !blocks.is_empty() {
+                // Refused references of both spaces: the blocks' batch.
+                let batch = match asked_batch(&asked, &[], &blocks) {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        flow.end(PeerOutcome::Failed(error));
+                        let _ = socket.shutdown(Shutdown::Both);
+                        return writer.traffic().clone();
+                    }
+                };
+                if !send(batch, true) {
+                    return writer.traffic().clone();
+                }
+            }
         }
         if let Outgoing::Frame(message) = outgoing {
             if !send(message, false) {
@@ -106,6 +131,19 @@ pub(crate) fn send_frames(
         }
     }
     writer.traffic().clone()
+}
+
+/// Pages and blocks of `locations`, each in the locations' order.
+fn split_locations(locations: &[Location]) -> (Vec<u32>, Vec<u32>) {
+    let mut pages = Vec::new();
+    let mut blocks = Vec::new();
+    for &location in locations {
+        match location {
+            Location::Page(page) => pages.push(page),
+            Location::Block { block, .. } => blocks.push(block),
+        }
+    }
+    (pages, blocks)
 }
 
 /// One batch of the asked-for `pages`, or if there are none of `blocks`,
@@ -138,11 +176,11 @@ fn asked_batch(
 }
 
 /// Reads the destination's replies until its verdict or a failure; returns
-/// what it received. `wake` tells the sender of asked-for pages.
+/// what it received. Pages asked for and references refused are recorded
+/// in `asked`; `wake` tells the sender of them.
 pub(crate) fn receive_frames(
     mut reader: FrameReader<BufReader<TcpStream>>,
-    owed: &Owed,
-    owed_blocks: &Owed,
+    asked: AskedPages<'_>,
     wake: SyncSender<Outgoing>,
     flow: &Flow,
     socket: &TcpStream,
@@ -161,12 +199,23 @@ pub(crate) fn receive_frames(
             }
             Ok(Message::PageRequest(request)) => {
                 // A full queue means the sender will look soon anyway.
-                if owed.ask(&request.pages) {
+                if asked.owed.ask(&request.pages) {
                     let _ = wake.try_send(Outgoing::Asked);
                 }
             }
+            Ok(Message::ResendContent(refused)) => match asked.dedup {
+                Some(dedup) => {
+                    dedup.refused(&refused.locations);
+                    let _ = wake.try_send(Outgoing::Asked);
+                }
+                None => {
+                    break MigrationError::Invalid(
+                        "the destination refused references, but none were sent".into(),
+                    )
+                }
+            },
             Ok(Message::BlockRequest(request)) => {
-                if owed_blocks.ask(&request.blocks) {
+                if asked.owed_blocks.ask(&request.blocks) {
                     let _ = wake.try_send(Outgoing::Asked);
                 }
             }

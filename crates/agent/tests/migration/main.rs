@@ -1,6 +1,7 @@
 //! The agents migrating real QEMU 10 guests (TCG) through the emulated link,
 //! and refusing or surviving what can go wrong.
 
+mod dedup;
 mod fault_matrix;
 mod protocol;
 mod real_guest;

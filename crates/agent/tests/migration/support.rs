@@ -67,11 +67,20 @@ pub struct Vm {
 
 /// Where a test VM keeps its RAM and disk.
 #[derive(Default)]
-pub struct Storage {
+pub struct Storage<'a> {
     /// Directory of the RAM file; /dev/shm if not given.
     pub ram_dir: Option<PathBuf>,
     /// A raw image to attach as the guest's disk, served over NBD.
     pub disk_image: Option<PathBuf>,
+    /// A disk created in the VM's run directory instead.
+    pub new_disk: Option<TestDisk<'a>>,
+}
+
+/// A disk for a test VM: its size, and what the image holds before QEMU
+/// starts.
+pub struct TestDisk<'a> {
+    pub bytes: u64,
+    pub fill: &'a dyn Fn(&TrackedDisk),
 }
 
 impl Drop for Vm {
@@ -81,7 +90,13 @@ impl Drop for Vm {
 }
 
 impl Vm {
-    fn start(name: &str, memory_mib: u64, incoming: bool, workload: &str, storage: Storage) -> Vm {
+    fn start(
+        name: &str,
+        memory_mib: u64,
+        incoming: bool,
+        workload: &str,
+        storage: Storage<'_>,
+    ) -> Vm {
         // Unix socket paths are short: QMP and serial sockets go to /tmp.
         let run_dir = tempfile::Builder::new()
             .prefix("mllm-agent-")
@@ -91,9 +106,22 @@ impl Vm {
             .ram_dir
             .unwrap_or_else(|| PathBuf::from("/dev/shm"))
             .join(unique(name));
-        let disk = storage.disk_image.map(|image| {
+        let new_disk = storage.new_disk.map(|disk| {
+            let image = run_dir.path().join(format!("{name}.raw"));
+            std::fs::File::create(&image)
+                .unwrap()
+                .set_len(disk.bytes)
+                .unwrap();
+            let tracked = TrackedDisk::open(&image).unwrap();
+            (disk.fill)(&tracked);
+            tracked
+        });
+        let disk = storage
+            .disk_image
+            .map(|image| TrackedDisk::open(&image).expect("test disk image"));
+        let disk = disk.or(new_disk).map(|tracked| {
             DiskServer::start(
-                TrackedDisk::open(&image).expect("test disk image"),
+                tracked,
                 &run_dir.path().join(format!("{name}.nbd")),
                 DISK_EXPORT,
             )
@@ -136,8 +164,19 @@ impl Vm {
         Vm::boot_memload_on(name, Storage::default())
     }
 
+    /// The same with a disk (the guest's kernel scans it when it boots).
+    pub fn boot_memload_with(name: &str, disk: Option<TestDisk<'_>>) -> Vm {
+        Vm::boot_memload_on(
+            name,
+            Storage {
+                new_disk: disk,
+                ..Storage::default()
+            },
+        )
+    }
+
     /// [`Vm::boot_memload`] with its RAM and disk where `storage` says.
-    pub fn boot_memload_on(name: &str, storage: Storage) -> Vm {
+    pub fn boot_memload_on(name: &str, storage: Storage<'_>) -> Vm {
         let vm = Vm::start(name, GUEST_MIB, false, MEMLOAD, storage);
         vm.wait_for("heartbeat", "first heartbeat", BOOT_TIMEOUT, "HB ");
         vm.wait_for("workload", "workload READY", BOOT_TIMEOUT, "READY");
@@ -149,8 +188,24 @@ impl Vm {
         Vm::incoming_on(name, memory_mib, Storage::default())
     }
 
+    /// The same with an empty disk of `disk_bytes`.
+    pub fn incoming_with(name: &str, memory_mib: u64, disk_bytes: Option<u64>) -> Vm {
+        let new_disk = disk_bytes.map(|bytes| TestDisk {
+            bytes,
+            fill: &|_| {},
+        });
+        Vm::incoming_on(
+            name,
+            memory_mib,
+            Storage {
+                new_disk,
+                ..Storage::default()
+            },
+        )
+    }
+
     /// [`Vm::incoming`] with its RAM and disk where `storage` says.
-    pub fn incoming_on(name: &str, memory_mib: u64, storage: Storage) -> Vm {
+    pub fn incoming_on(name: &str, memory_mib: u64, storage: Storage<'_>) -> Vm {
         Vm::start(name, memory_mib, true, MEMLOAD, storage)
     }
 

@@ -1,8 +1,9 @@
 use mllm_wire::{
-    Compression, CompressionSetting, FrameReader, FrameWriter, Message, MessageType, PageBatch,
-    PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind, WireError,
-    MAX_BATCH_PAGES, PAGE_SIZE,
+    compressed_len, Compression, CompressionSetting, FrameReader, FrameWriter, Message,
+    MessageType, PageBatch, PageBatchBuilder, PageBatchDecoder, PageContent, PageEntry, PageKind,
+    WireError, MAX_BATCH_PAGES, PAGE_SIZE,
 };
+use mllm_wire::{ContentHash, ContentRef, Location};
 use proptest::prelude::*;
 
 type Page = [u8; PAGE_SIZE];
@@ -49,6 +50,7 @@ fn decoded(batch: &PageBatch) -> Result<Vec<(u32, Option<Page>)>, WireError> {
         .map(|(index, content)| match content {
             PageContent::Zero => (index, None),
             PageContent::Data(page) => (index, Some(*page)),
+            PageContent::Reference(reference) => panic!("no reference was pushed: {reference:?}"),
         })
         .collect())
 }
@@ -130,6 +132,32 @@ fn incompressible_pages_are_sent_uncompressed() {
         assert_eq!(batch.compression, Compression::None, "{setting:?}");
         assert_eq!(batch.payload.len(), 4 * PAGE_SIZE);
         assert_eq!(decoded(&batch).unwrap()[3], (3, Some(*pages[3].1)));
+    }
+}
+
+#[test]
+fn pages_that_compress_by_less_than_five_percent_are_sent_uncompressed() {
+    // Random pages whose last 2 % are zeros: every codec saves a little.
+    let pages: Vec<(u32, Box<Page>)> = (0..4)
+        .map(|i| {
+            let mut page = random_page(u64::from(i) + 1);
+            page[PAGE_SIZE - 80..].fill(0);
+            (i, page)
+        })
+        .collect();
+    for setting in [
+        CompressionSetting::Lz4,
+        CompressionSetting::Zstd { level: 3 },
+    ] {
+        let data: Vec<u8> = pages.iter().flat_map(|(_, page)| page.to_vec()).collect();
+        let saved = data.len() - compressed_len(setting, &data).unwrap();
+        assert!(
+            saved > 0,
+            "{setting:?} saves nothing: the test proves nothing"
+        );
+        let batch = build(setting, &pages);
+        assert_eq!(batch.compression, Compression::None, "{setting:?}");
+        assert_eq!(batch.payload.len(), 4 * PAGE_SIZE);
     }
 }
 
@@ -288,6 +316,7 @@ proptest! {
                 received.push((index, match content {
                     PageContent::Zero => None,
                     PageContent::Data(page) => Some(page.to_vec()),
+                    PageContent::Reference(reference) => panic!("no reference was pushed: {reference:?}"),
                 }));
             }
         }
@@ -300,4 +329,39 @@ proptest! {
             .collect();
         prop_assert_eq!(received, expected);
     }
+}
+
+#[test]
+fn references_travel_without_payload_and_keep_their_place() {
+    let data = compressible_page(3);
+    let reference = ContentRef {
+        from: Location::Block { disk: 0, block: 42 },
+        hash: ContentHash::of(&data[..]),
+    };
+    let mut builder = PageBatchBuilder::new(CompressionSetting::None, 4).unwrap();
+    let _ = builder.push(1, &data);
+    let _ = builder.push_reference(2, reference);
+    let _ = builder.push(3, &[0; PAGE_SIZE]);
+    let batch = builder.finish().unwrap();
+    assert_eq!(
+        batch.payload.len(),
+        PAGE_SIZE,
+        "only the data page has bytes"
+    );
+    assert_eq!(batch.data_pages(), 1);
+
+    let bytes = {
+        let mut writer = FrameWriter::new(Vec::new());
+        writer.send(&batch.clone().into()).unwrap();
+        writer.into_inner()
+    };
+    let Message::PageBatch(received) = FrameReader::new(&bytes[..]).recv().unwrap() else {
+        panic!("a page batch was sent");
+    };
+    assert_eq!(received, batch);
+    let mut decoder = PageBatchDecoder::new();
+    let contents: Vec<_> = decoder.decode(&received).unwrap().collect();
+    assert_eq!(contents[0], (1, PageContent::Data(&data)));
+    assert_eq!(contents[1], (2, PageContent::Reference(reference)));
+    assert_eq!(contents[2], (3, PageContent::Zero));
 }

@@ -4,15 +4,26 @@ use mllm_wire::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, CompressionSetting, DestinationRunning,
     DeviceState, DiskDigest, FrameReader, FrameWriter, HandOver, Message, MigrationAccept,
     MigrationPolicy, MigrationReject, MigrationRequest, PageBatchBuilder, PageDigests, PageRange,
-    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, RoundEnd, SourceStopped,
-    WireError, PAGE_SIZE, PAGE_SIZE_U32,
+    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, ResendContent, RoundEnd,
+    SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
+use mllm_wire::{ContentHash, ContentRef, Location};
 
 /// One message of every type, with non-trivial bodies.
 pub fn sample_messages() -> Vec<Message> {
     let mut builder = PageBatchBuilder::new(CompressionSetting::Zstd { level: 3 }, 8).unwrap();
     let _ = builder.push(7, &[0; PAGE_SIZE]);
     let _ = builder.push(9, &[0xab; PAGE_SIZE]);
+    let _ = builder.push_reference(
+        11,
+        ContentRef {
+            from: Location::Block {
+                disk: 0,
+                block: u32::MAX,
+            },
+            hash: ContentHash::of(&[0xab; PAGE_SIZE]),
+        },
+    );
     let batch = builder.finish().unwrap();
     let ram: Vec<u8> = (0..8 * PAGE_SIZE)
         .map(|i| u8::try_from(i % 251).unwrap())
@@ -92,6 +103,10 @@ pub fn sample_messages() -> Vec<Message> {
         BlockDigests {
             disk: 1,
             blocks: vec![(3, 99)],
+        }
+        .into(),
+        ResendContent {
+            locations: vec![Location::Page(3), Location::Block { disk: 1, block: 8 }],
         }
         .into(),
     ]
