@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use mllm_control::DEFAULT_SOCKET;
-use mllm_daemon::DaemonOptions;
+use mllm_daemon::{DaemonOptions, PeerSecurity};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -27,6 +27,19 @@ pub struct AgentArgs {
     /// libmllm_hook.so to preload into QEMU [default: next to this binary].
     #[arg(long)]
     hook: Option<PathBuf>,
+    /// This agent's TLS files: ca.pem (the CA it trusts), cert.pem and
+    /// key.pem (its own), as `mllm certs host` writes them.
+    #[arg(long, value_name = "DIR", default_value = "/etc/mllm/tls")]
+    tls_dir: PathBuf,
+    /// A peer agent this one may migrate VMs to and from, by the name in
+    /// its certificate (repeatable). Required with TLS.
+    #[arg(long = "allow-peer", value_name = "NAME")]
+    allow_peers: Vec<String>,
+    /// Talk to peers without TLS: no authentication, no encryption. Anyone
+    /// who reaches the port can send a VM here, anyone on the path can read
+    /// the VMs in transit. For a trusted test network only.
+    #[arg(long, conflicts_with = "allow_peers")]
+    insecure_plaintext: bool,
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -41,5 +54,12 @@ pub fn run(args: AgentArgs) -> Result<()> {
         state: args.state,
         start: args.start,
         hook_library,
+        peer_security: match args.insecure_plaintext {
+            true => PeerSecurity::InsecurePlaintext,
+            false => PeerSecurity::Tls {
+                dir: args.tls_dir,
+                allowed_peers: args.allow_peers,
+            },
+        },
     })
 }

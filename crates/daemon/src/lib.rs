@@ -6,6 +6,7 @@
 //! See `crates/daemon/README.md` for the command line and the VM specs.
 
 mod disk;
+mod peers;
 mod server;
 mod spec;
 mod vms;
@@ -13,5 +14,6 @@ mod vms;
 /// Where the hook library is unless the operator names it: the daemon
 /// preloads it into every QEMU it starts.
 pub use mllm_agent::find_hook_library;
+pub use peers::PeerSecurity;
 pub use server::{run, DaemonOptions};
 pub use spec::{DiskSpec, KernelBoot, VmSpec};

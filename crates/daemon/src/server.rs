@@ -19,6 +19,9 @@ use mllm_control::{
     SourceReport, TraceSummary,
 };
 
+use mllm_tls::PeerStream;
+
+use crate::peers::{split_target, PeerLinks, PeerSecurity};
 use crate::vms::{TrackerUser, VmHost};
 
 #[derive(Debug, Clone)]
@@ -33,10 +36,21 @@ pub struct DaemonOptions {
     /// VMs to boot at start.
     pub start: Vec<String>,
     pub hook_library: PathBuf,
+    /// Mutual TLS with peer agents, or explicitly none.
+    pub peer_security: PeerSecurity,
 }
 
 /// Runs the daemon until the process is killed.
 pub fn run(options: &DaemonOptions) -> Result<()> {
+    let links = Arc::new(PeerLinks::new(&options.peer_security)?);
+    if matches!(options.peer_security, PeerSecurity::InsecurePlaintext) {
+        eprintln!(
+            "mllm agent: WARNING: --insecure-plaintext: migrations are neither authenticated nor \
+             encrypted; anyone who reaches {} can send a VM here, and anyone on the path can read \
+             the VMs' memory and disks",
+            options.listen
+        );
+    }
     let host = Arc::new(VmHost::new(
         &options.specs,
         &options.state,
@@ -51,14 +65,16 @@ pub fn run(options: &DaemonOptions) -> Result<()> {
         .with_context(|| format!("listening for migrations on {}", options.listen))?;
     let control = bind_control(&options.control_socket)?;
     eprintln!(
-        "mllm agent: migrations on {}, control on {}",
+        "mllm agent: migrations on {}, control on {}, links {}",
         migrations.local_addr()?,
-        options.control_socket.display()
+        options.control_socket.display(),
+        links.describe()
     );
     let incoming_host = Arc::clone(&host);
+    let incoming_links = Arc::clone(&links);
     std::thread::Builder::new()
         .name("migrations".into())
-        .spawn(move || accept_migrations(&incoming_host, &migrations))?;
+        .spawn(move || accept_migrations(&incoming_host, &incoming_links, &migrations))?;
     for client in control.incoming() {
         let client = match client {
             Ok(client) => client,
@@ -69,8 +85,9 @@ pub fn run(options: &DaemonOptions) -> Result<()> {
             }
         };
         let host = Arc::clone(&host);
+        let links = Arc::clone(&links);
         std::thread::spawn(move || {
-            if let Err(error) = serve_control(&host, client) {
+            if let Err(error) = serve_control(&host, &links, client) {
                 tracing::warn!("control request failed: {error:#}");
             }
         });
@@ -89,7 +106,7 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
     UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))
 }
 
-fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener) {
+fn accept_migrations(host: &Arc<VmHost>, links: &Arc<PeerLinks>, listener: &TcpListener) {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -100,7 +117,8 @@ fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener) {
             }
         };
         let host = Arc::clone(host);
-        std::thread::spawn(move || match receive(&host, stream) {
+        let links = Arc::clone(links);
+        std::thread::spawn(move || match receive(&host, &links, stream) {
             Ok(report) => tracing::info!(
                 vm = %report.vm_name,
                 pages = report.pages_received,
@@ -113,7 +131,8 @@ fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener) {
 
 /// Receives a VM into a fresh QEMU launched from its spec; on failure the
 /// QEMU is killed and its RAM file removed (dropping it does both).
-fn receive(host: &VmHost, stream: TcpStream) -> Result<DestinationReport> {
+fn receive(host: &VmHost, links: &PeerLinks, stream: TcpStream) -> Result<DestinationReport> {
+    let stream = links.accept(stream)?;
     let incoming = IncomingMigration::accept(stream, &DestinationSettings::default())?;
     let name = incoming.request().vm_name.clone();
     let vm = match host.launch(&name, true) {
@@ -128,7 +147,7 @@ fn receive(host: &VmHost, stream: TcpStream) -> Result<DestinationReport> {
     Ok(report)
 }
 
-fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
+fn serve_control(host: &VmHost, links: &PeerLinks, client: UnixStream) -> Result<()> {
     // A client that connects and sends nothing must not hold a thread forever.
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     client.set_read_timeout(Some(REQUEST_TIMEOUT))?;
@@ -143,7 +162,7 @@ fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
     match request {
         ControlRequest::List => reply(ControlReply::Vms { vms: host.list() }),
         ControlRequest::Migrate(request) => {
-            match migrate(host, &request, &|progress| {
+            match migrate(host, links, &request, &|progress| {
                 reply(ControlReply::Progress(progress.clone()))
             }) {
                 Ok(report) => reply(ControlReply::Migrated(Box::new(report))),
@@ -164,6 +183,7 @@ fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
 
 fn migrate(
     host: &VmHost,
+    links: &PeerLinks,
     request: &MigrateRequest,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport> {
@@ -189,7 +209,7 @@ fn migrate(
     };
     let vm = host.get(&request.vm)?;
     let claim = vm.tracker.claim(&request.vm, TrackerUser::Migration)?;
-    let result = connect_to_peer(&request.to).and_then(|stream| {
+    let result = open_link(links, &request.to).and_then(|stream| {
         migrate_source(
             &vm.qemu,
             &vm.ram_file,
@@ -237,6 +257,13 @@ fn ensure_absolute(path: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// The link to the agent at `to` (`[NAME@]HOST:PORT`), secured as the
+/// operator chose.
+fn open_link(links: &PeerLinks, to: &str) -> Result<PeerStream> {
+    let tcp = connect_to_peer(split_target(to).1)?;
+    links.secure(tcp, to)
 }
 
 /// Connects with a bound on each address's attempt: a peer behind a firewall

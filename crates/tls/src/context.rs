@@ -98,9 +98,7 @@ impl TlsContext {
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| setup("the agent's key", &e))?;
         if allowed_peers.is_empty() {
-            return Err(TlsError::Setup(
-                "no allowed peer: name at least one agent this one may talk to".into(),
-            ));
+            return Err(TlsError::NoAllowedPeer);
         }
         let allowed = allowed_peers
             .iter()

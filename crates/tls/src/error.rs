@@ -15,6 +15,8 @@ pub enum TlsError {
     Read { path: PathBuf, cause: io::Error },
     #[error("cannot write {}: {cause}", path.display())]
     Write { path: PathBuf, cause: io::Error },
+    #[error("no allowed peer: name at least one agent this one may talk to")]
+    NoAllowedPeer,
     /// A certificate or key that does not parse or does not fit the rest.
     #[error("{0}")]
     Setup(String),
