@@ -36,6 +36,9 @@ pub enum Method {
     /// `Mllm` with the disk's other blocks moved after the switch, pushed
     /// and fetched on demand: the published design, kept to compare.
     MllmDiskPostcopy,
+    /// `Mllm` with the agents' link in plaintext, to measure what TLS
+    /// (which every other mllm method uses, as in production) costs.
+    MllmPlaintext,
 }
 
 impl Method {
@@ -51,6 +54,7 @@ impl Method {
             Method::MllmPostcopy => "mllm-postcopy",
             Method::Mllm => "mllm",
             Method::MllmDiskPostcopy => "mllm-disk-postcopy",
+            Method::MllmPlaintext => "mllm-plaintext",
         }
     }
 
@@ -64,11 +68,19 @@ impl Method {
         match self {
             Method::MllmPrecopy => Some(SourceStrategy::Precopy),
             Method::MllmPostcopy => Some(SourceStrategy::Postcopy),
-            Method::Mllm | Method::MllmDiskPostcopy => Some(SourceStrategy::Mllm {
-                estimator: EstimatorKind::Improved,
-            }),
+            Method::Mllm | Method::MllmDiskPostcopy | Method::MllmPlaintext => {
+                Some(SourceStrategy::Mllm {
+                    estimator: EstimatorKind::Improved,
+                })
+            }
             _ => None,
         }
+    }
+
+    /// mllm's agents talk over mutual TLS: all of mllm's methods but
+    /// `MllmPlaintext`.
+    pub fn agents_use_tls(self) -> bool {
+        self.is_mllm() && self != Method::MllmPlaintext
     }
 
     /// How the MLLM strategy moves the disk besides its read workingset.
@@ -87,5 +99,20 @@ impl Method {
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Method;
+
+    #[test]
+    fn mllm_plaintext_is_the_mllm_policy_without_tls() {
+        let parsed: Method = serde_json::from_str("\"mllm-plaintext\"").unwrap();
+        assert_eq!(parsed, Method::MllmPlaintext);
+        assert_eq!(parsed.mllm_strategy(), Method::Mllm.mllm_strategy());
+        assert!(!parsed.agents_use_tls());
+        assert!(Method::Mllm.agents_use_tls() && Method::MllmPrecopy.agents_use_tls());
+        assert!(!Method::QemuPrecopy.agents_use_tls());
     }
 }

@@ -24,6 +24,8 @@ pub struct MigrationOutcome {
     /// Post-copy by mllm's agents: what moved after the switch and how
     /// long the destination's faults waited.
     pub postcopy: Option<PostcopyResult>,
+    /// mllm's methods: whether the agents' link ran over TLS.
+    pub agents_tls: Option<bool>,
     /// QEMU's methods: the migration settings as QEMU reported them back.
     pub qemu_settings: Option<QemuSettings>,
 }

@@ -76,7 +76,8 @@ impl QemuSettings {
             Method::MllmPrecopy
             | Method::MllmPostcopy
             | Method::Mllm
-            | Method::MllmDiskPostcopy => return Ok(None),
+            | Method::MllmDiskPostcopy
+            | Method::MllmPlaintext => return Ok(None),
             Method::QemuPrecopy | Method::QemuPrecopyWriteBlocking => &[],
             Method::QemuPostcopy => &["postcopy-ram"],
             // The preempt channel is a second connection from the source to

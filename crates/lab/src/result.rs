@@ -45,6 +45,11 @@ pub struct RunResult {
     /// Pages moved after the switch and fault latency (mllm's post-copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postcopy: Option<PostcopyResult>,
+    /// mllm's methods: whether the agents' link ran over mutual TLS (as in
+    /// production; `mllm-plaintext` is the one without). `None` for QEMU's
+    /// methods and in results written before TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents_tls: Option<bool>,
     /// QEMU's methods: migration capabilities and parameters of both QEMUs,
     /// as QEMU reported them back, and the disk mirror's settings.
     #[serde(default)]

@@ -204,6 +204,7 @@ fn run_in(
         let outcome = mllm_migration::migrate(
             strategy,
             method.mllm_disk(),
+            method.agents_use_tls(),
             timing.downtime_target,
             timing.migration_timeout,
             &source,
@@ -315,6 +316,7 @@ fn run_in(
         retransmitted_pages: outcome.retransmitted_pages,
         tracking_method: outcome.tracking_method.clone(),
         postcopy: outcome.postcopy.clone(),
+        agents_tls: outcome.agents_tls,
         qemu: outcome.qemu_settings.clone(),
         physical_limit: Some(physical_limit),
         workload: analysis::workload_rates(
