@@ -34,6 +34,10 @@ pub enum TlsError {
 pub enum HandshakeFailure {
     #[error("peer certificate is signed by an unknown CA")]
     UnknownCa,
+    /// Its issuer has the name of the trusted CA, not its key: another
+    /// deployment's CA, made with the same name.
+    #[error("peer certificate is signed by an unknown CA (named like ours, with another key)")]
+    UnknownCaOfTheSameName,
     #[error("peer certificate expired at {}", describe_time(*not_after))]
     Expired { not_after: UnixTime },
     #[error("peer certificate is not valid before {}", describe_time(*not_before))]
@@ -86,6 +90,7 @@ impl HandshakeFailure {
         match error {
             Error::InvalidCertificate(certificate) => match certificate {
                 CertificateError::UnknownIssuer => HandshakeFailure::UnknownCa,
+                CertificateError::BadSignature => HandshakeFailure::UnknownCaOfTheSameName,
                 CertificateError::ExpiredContext { not_after, .. } => {
                     HandshakeFailure::Expired { not_after }
                 }
@@ -118,6 +123,13 @@ fn describe_alert(alert: AlertDescription) -> String {
             "it is signed by a CA the peer does not trust (unknown CA)".into()
         }
         AlertDescription::CertificateExpired => "it has expired (or is not valid yet)".into(),
+        // What a certificate whose signature fails draws, as one from a
+        // CA named like the peer's but with another key.
+        AlertDescription::DecryptError => {
+            "its signature does not verify against the peer's CA (a CA of the same name with \
+             another key?)"
+                .into()
+        }
         AlertDescription::CertificateUnknown => {
             "our name is not in the peer's allowed list (certificate unknown)".into()
         }

@@ -15,6 +15,8 @@ const DAY: Duration = Duration::from_secs(86_400);
 struct Deployment {
     ca: CertificateAuthority,
     other_ca: CertificateAuthority,
+    /// Another deployment's CA, named like ours.
+    namesake_ca: CertificateAuthority,
 }
 
 /// Key generation is slow in debug builds: one CA pair for all tests.
@@ -23,6 +25,7 @@ fn deployment() -> &'static Deployment {
     DEPLOYMENT.get_or_init(|| Deployment {
         ca: CertificateAuthority::generate("test CA", Validity::days_from_now(1)).unwrap(),
         other_ca: CertificateAuthority::generate("other CA", Validity::days_from_now(1)).unwrap(),
+        namesake_ca: CertificateAuthority::generate("test CA", Validity::days_from_now(1)).unwrap(),
     })
 }
 
@@ -224,7 +227,7 @@ fn a_plaintext_server_is_refused_as_such() {
 
 #[test]
 fn a_client_certificate_of_another_ca_is_refused() {
-    let Deployment { ca, other_ca } = deployment();
+    let Deployment { ca, other_ca, .. } = deployment();
     let b = context(ca, "agent-b", &["agent-a"]);
     let intruder = context_trusting(other_ca, ca, "agent-a", &["agent-b"]);
     let (server, client) = handshake(&b, &intruder, None);
@@ -239,8 +242,33 @@ fn a_client_certificate_of_another_ca_is_refused() {
 }
 
 #[test]
+fn a_certificate_of_another_ca_with_the_same_name_is_refused() {
+    let Deployment {
+        ca, namesake_ca, ..
+    } = deployment();
+    let b = context(ca, "agent-b", &["agent-a"]);
+    let a = context(ca, "agent-a", &["agent-b"]);
+    let intruder_client = context_trusting(namesake_ca, ca, "agent-a", &["agent-b"]);
+    let (server, client) = handshake(&b, &intruder_client, None);
+    assert_contains(
+        &error_text(server),
+        "peer certificate is signed by an unknown CA (named like ours, with another key)",
+    );
+    assert_contains(
+        &error_text(client),
+        "peer refused our certificate: its signature does not verify against the peer's CA",
+    );
+    let intruder_server = context_trusting(namesake_ca, ca, "agent-b", &["agent-a"]);
+    let (_, client) = handshake(&intruder_server, &a, None);
+    assert_contains(
+        &error_text(client),
+        "peer certificate is signed by an unknown CA",
+    );
+}
+
+#[test]
 fn a_server_certificate_of_another_ca_is_refused() {
-    let Deployment { ca, other_ca } = deployment();
+    let Deployment { ca, other_ca, .. } = deployment();
     let a = context(ca, "agent-a", &["agent-b"]);
     let intruder = context_trusting(other_ca, ca, "agent-b", &["agent-a"]);
     let (server, client) = handshake(&intruder, &a, Some("agent-b"));
