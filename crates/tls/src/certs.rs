@@ -53,11 +53,21 @@ pub struct CertificateAuthority {
 }
 
 /// One agent's certificate and key, with the CA certificate it trusts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HostCertificate {
     pub ca_pem: String,
     pub certificate_pem: String,
     pub key_pem: String,
+}
+
+/// Without the key: debug output ends up in logs.
+impl std::fmt::Debug for HostCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostCertificate")
+            .field("certificate_pem", &self.certificate_pem)
+            .field("key_pem", &"[elided]")
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertificateAuthority {
