@@ -195,6 +195,69 @@ fn a_dropped_peer_ends_the_stream_and_fails_writes() {
 }
 
 #[test]
+fn a_cut_connection_ends_the_stream_promptly() {
+    let ca = &deployment().ca;
+    let a = context(ca, "agent-a", &["agent-b"]);
+    let b = context(ca, "agent-b", &["agent-a"]);
+    // A TCP relay between the two that can cut both connections at once,
+    // as a failing network or a dead host's kernel would.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_address = listener.local_addr().unwrap();
+    let accepting = thread::spawn(move || b.accept(listener.accept().unwrap().0));
+    let middle = TcpListener::bind("127.0.0.1:0").unwrap();
+    let middle_address = middle.local_addr().unwrap();
+    let relaying = thread::spawn(move || {
+        let (client_side, _) = middle.accept().unwrap();
+        let server_side = TcpStream::connect(server_address).unwrap();
+        for (mut from, mut to) in [
+            (
+                client_side.try_clone().unwrap(),
+                server_side.try_clone().unwrap(),
+            ),
+            (
+                server_side.try_clone().unwrap(),
+                client_side.try_clone().unwrap(),
+            ),
+        ] {
+            thread::spawn(move || std::io::copy(&mut from, &mut to));
+        }
+        (client_side, server_side)
+    });
+    let client = a
+        .connect(TcpStream::connect(middle_address).unwrap(), None)
+        .unwrap();
+    let server = accepting.join().unwrap().unwrap();
+    let (client_side, server_side) = relaying.join().unwrap();
+    (&client).write_all(b"before the cut").unwrap();
+    let mut before = [0; 14];
+    (&server).read_exact(&mut before).unwrap();
+
+    let reader = client.try_clone().unwrap();
+    // Fails rather than hangs if the cut went unnoticed.
+    reader
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let reading = thread::spawn(move || {
+        let started = Instant::now();
+        let mut byte = [0];
+        let read = (&reader).read(&mut byte);
+        (read.map_err(|e| e.kind()), started.elapsed())
+    });
+    thread::sleep(Duration::from_millis(200));
+    client_side.shutdown(Shutdown::Both).unwrap();
+    server_side.shutdown(Shutdown::Both).unwrap();
+    let (read, waited) = reading.join().unwrap();
+    assert_eq!(read, Ok(0), "the cut reads as the end of the stream");
+    assert!(waited < Duration::from_secs(2), "noticed after {waited:?}");
+    let mut rest = Vec::new();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    (&server).read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+}
+
+#[test]
 fn a_plaintext_client_is_refused_as_such() {
     let ca = &deployment().ca;
     let b = context(ca, "agent-b", &["agent-a"]);
