@@ -57,7 +57,8 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
 /// Migrates the running VM `vm`, whose guest RAM is the shared file
 /// `ram_file`, to the destination agent at the other end of `stream` (a
-/// TCP connection, or a TLS session of `mllm-tls`), with pre-copy. `progress` is called at phase changes and about every 100 ms.
+/// TCP connection, or a TLS session of `mllm-tls`), with pre-copy.
+/// `progress` is called at phase changes and about every 100 ms.
 ///
 /// `disks` are the VM's disks as this agent serves them to QEMU (at most
 /// one for now); their used blocks move with the memory, and blocks the
