@@ -2,9 +2,10 @@
 //! with failures worded by what they mean for the migration.
 
 use std::io::{BufReader, ErrorKind};
-use std::net::TcpStream;
+use std::net::Shutdown;
 use std::time::Duration;
 
+use mllm_tls::PeerStream;
 use mllm_wire::{
     handshake, Capabilities, FrameReader, FrameWriter, Hello, Negotiated, Role, WireError,
 };
@@ -13,8 +14,8 @@ use crate::error::{Context, MigrationError};
 
 #[derive(Debug)]
 pub(crate) struct PeerLink {
-    pub reader: FrameReader<BufReader<TcpStream>>,
-    pub writer: FrameWriter<TcpStream>,
+    pub reader: FrameReader<BufReader<PeerStream>>,
+    pub writer: FrameWriter<PeerStream>,
     pub negotiated: Negotiated,
     /// The role of the agent at the other end.
     pub peer: Role,
@@ -25,14 +26,14 @@ pub(crate) struct PeerLink {
     pub rtt: Duration,
     /// Another handle on the socket, to shut it down from any thread and
     /// so unblock whoever is reading or writing it.
-    pub socket: TcpStream,
+    pub socket: PeerStream,
 }
 
 impl PeerLink {
     /// Performs the handshake as `role`. Reads and writes that stall for
     /// `timeout` fail: the link is then considered dead.
     pub fn establish(
-        stream: TcpStream,
+        stream: PeerStream,
         role: Role,
         timeout: Duration,
     ) -> Result<PeerLink, MigrationError> {
@@ -46,10 +47,7 @@ impl PeerLink {
         stream
             .set_write_timeout(Some(timeout))
             .map_err(socket_error)?;
-        let address = stream
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into());
+        let address = stream.describe_peer();
         let peer = match role {
             Role::Source => Role::Destination,
             Role::Destination => Role::Source,
@@ -86,8 +84,8 @@ impl PeerLink {
 /// peer's kernel drop what it had not read yet, the last message included.
 /// So: stop writing, then read and discard until the peer closes too or
 /// `linger` passes.
-pub(crate) fn close_gracefully(mut socket: &TcpStream, linger: Duration) {
-    let _ = socket.shutdown(std::net::Shutdown::Write);
+pub(crate) fn close_gracefully(mut socket: &PeerStream, linger: Duration) {
+    let _ = socket.shutdown(Shutdown::Write);
     let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
     let deadline = std::time::Instant::now() + linger;
     let mut discard = [0u8; 64 << 10];

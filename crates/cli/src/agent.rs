@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 use mllm_control::DEFAULT_SOCKET;
-use mllm_daemon::{DaemonOptions, Limits};
+use mllm_daemon::{DaemonOptions, Limits, PeerSecurity};
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -42,6 +42,19 @@ pub struct AgentArgs {
     /// hand-over to finish.
     #[arg(long, default_value_t = 60.0)]
     shutdown_grace: f64,
+    /// This agent's TLS files: ca.pem (the CA it trusts), cert.pem and
+    /// key.pem (its own), as `mllm certs host` writes them.
+    #[arg(long, value_name = "DIR", default_value = "/etc/mllm/tls")]
+    tls_dir: PathBuf,
+    /// A peer agent this one may migrate VMs to and from, by the name in
+    /// its certificate (repeatable). Required with TLS.
+    #[arg(long = "allow-peer", value_name = "NAME")]
+    allow_peers: Vec<String>,
+    /// Talk to peers without TLS: no authentication, no encryption. Anyone
+    /// who reaches the port can send a VM here, anyone on the path can read
+    /// the VMs in transit. For a trusted test network only.
+    #[arg(long, conflicts_with = "allow_peers")]
+    insecure_plaintext: bool,
 }
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -62,6 +75,13 @@ pub fn run(args: AgentArgs) -> Result<()> {
             handshake_timeout: seconds(args.handshake_timeout, "--handshake-timeout")?,
         },
         shutdown_grace: seconds(args.shutdown_grace, "--shutdown-grace")?,
+        peer_security: match args.insecure_plaintext {
+            true => PeerSecurity::InsecurePlaintext,
+            false => PeerSecurity::Tls {
+                dir: args.tls_dir,
+                allowed_peers: args.allow_peers,
+            },
+        },
     })
 }
 

@@ -1,6 +1,7 @@
 //! `mllm`: live migration of QEMU VMs, memory and disk together, across slow links.
 
 mod agent;
+mod certs;
 mod lab;
 mod link;
 mod migrate;
@@ -27,6 +28,9 @@ struct Cli {
 enum Command {
     /// Run the mllm agent on this host: owns local VMs, sends and receives migrations.
     Agent(agent::AgentArgs),
+    /// Make a CA and the agents' certificates for mutual TLS between agents.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Migrate a VM owned by the local agent to another host's agent.
     Migrate(migrate::MigrateArgs),
     /// Build guest images, run migration scenarios and compare results.
@@ -58,6 +62,7 @@ fn main() {
         .init();
     let outcome = match cli.command {
         Command::Agent(args) => agent::run(args),
+        Command::Certs(cmd) => certs::run(cmd),
         Command::Migrate(args) => migrate::run(args),
         Command::Lab(cmd) => lab::run(cmd),
         Command::Link(args) => link::run(args),

@@ -18,8 +18,14 @@ pub struct MigrateArgs {
     /// The VM to migrate, owned by the local agent.
     #[arg(required_unless_present = "list")]
     vm: Option<String>,
-    /// The destination agent's migration address.
-    #[arg(long, value_name = "HOST:PORT", required_unless_present = "list")]
+    /// The destination agent's migration address. With TLS its certificate
+    /// must be for NAME, else for HOST when HOST is a name, else for any
+    /// peer the local agent allows.
+    #[arg(
+        long,
+        value_name = "[NAME@]HOST:PORT",
+        required_unless_present = "list"
+    )]
     to: Option<String>,
     /// `precopy`: rounds until the rest fits the downtime target.
     /// `postcopy`: one round, then the guest runs on the destination while

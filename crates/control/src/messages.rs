@@ -15,7 +15,8 @@ use crate::report::SourceReport;
 pub enum ControlRequest {
     /// The VMs this agent owns.
     List,
-    /// Migrate VM `vm` to the agent listening at `to` (HOST:PORT).
+    /// Migrate VM `vm` to the agent listening at `to` (`[NAME@]HOST:PORT`,
+    /// NAME the peer's name in its TLS certificate).
     Migrate(MigrateRequest),
     /// Record a memory write trace of VM `vm` into a file.
     RecordTrace(RecordTraceRequest),

@@ -9,6 +9,7 @@ mod control_socket;
 mod disk;
 mod inflight;
 mod limits;
+mod peers;
 mod server;
 mod spec;
 mod state;
@@ -18,5 +19,6 @@ pub use limits::Limits;
 /// Where the hook library is unless the operator names it: the daemon
 /// preloads it into every QEMU it starts.
 pub use mllm_agent::find_hook_library;
+pub use peers::PeerSecurity;
 pub use server::{run, DaemonOptions};
 pub use spec::{DiskSpec, KernelBoot, VmSpec};

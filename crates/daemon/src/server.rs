@@ -24,6 +24,8 @@ use signal_hook::iterator::Signals;
 use crate::inflight::{Direction, OutgoingAbort, Stopper};
 use crate::limits::{Deadline, Limits, Slot, Slots};
 use crate::state::VmPhase;
+
+use crate::peers::{split_target, PeerLinks, PeerSecurity};
 use crate::vms::{TrackerUser, VmHost};
 
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct DaemonOptions {
     pub limits: Limits,
     /// How long a shutdown waits for migrations past their hand-over.
     pub shutdown_grace: Duration,
+    /// Mutual TLS with peer agents, or explicitly none.
+    pub peer_security: PeerSecurity,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down (see the
@@ -53,6 +57,15 @@ pub fn run(options: &DaemonOptions) -> Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("handling SIGTERM and SIGINT")?;
     // Before any thread (it sets the umask for a moment).
     let control = crate::control_socket::bind(&options.control_socket)?;
+    let links = Arc::new(PeerLinks::new(&options.peer_security)?);
+    if matches!(options.peer_security, PeerSecurity::InsecurePlaintext) {
+        eprintln!(
+            "mllm agent: WARNING: --insecure-plaintext: migrations are neither authenticated nor \
+             encrypted; anyone who reaches {} can send a VM here, and anyone on the path can read \
+             the VMs' memory and disks",
+            options.listen
+        );
+    }
     let host = Arc::new(VmHost::new(
         &options.specs,
         &options.state,
@@ -73,19 +86,22 @@ pub fn run(options: &DaemonOptions) -> Result<()> {
     let migrations = TcpListener::bind(&options.listen)
         .with_context(|| format!("listening for migrations on {}", options.listen))?;
     eprintln!(
-        "mllm agent: migrations on {}, control on {}",
+        "mllm agent: migrations on {}, control on {}, links {}",
         migrations.local_addr()?,
-        options.control_socket.display()
+        options.control_socket.display(),
+        links.describe()
     );
     let incoming_host = Arc::clone(&host);
     let limits = options.limits.clone();
+    let incoming_links = Arc::clone(&links);
     std::thread::Builder::new()
         .name("migrations".into())
-        .spawn(move || accept_migrations(&incoming_host, &migrations, &limits))?;
+        .spawn(move || accept_migrations(&incoming_host, &incoming_links, &migrations, &limits))?;
     let control_host = Arc::clone(&host);
+    let links = Arc::clone(&links);
     std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || serve_control_socket(&control_host, &control))?;
+        .spawn(move || serve_control_socket(&control_host, &links, &control))?;
     if let Some(signal) = signals.forever().next() {
         eprintln!("mllm agent: signal {signal} received, shutting down");
     }
@@ -107,7 +123,7 @@ fn shut_down(host: &VmHost, grace: Duration) {
     eprintln!("mllm agent: stopped; {left} VMs left running for the next agent");
 }
 
-fn serve_control_socket(host: &Arc<VmHost>, control: &UnixListener) {
+fn serve_control_socket(host: &Arc<VmHost>, links: &Arc<PeerLinks>, control: &UnixListener) {
     for client in control.incoming() {
         let client = match client {
             Ok(client) => client,
@@ -118,8 +134,9 @@ fn serve_control_socket(host: &Arc<VmHost>, control: &UnixListener) {
             }
         };
         let host = Arc::clone(host);
+        let links = Arc::clone(links);
         std::thread::spawn(move || {
-            if let Err(error) = serve_control(&host, client) {
+            if let Err(error) = serve_control(&host, &links, client) {
                 tracing::warn!("control request failed: {error:#}");
             }
         });
@@ -130,7 +147,12 @@ fn serve_control_socket(host: &Arc<VmHost>, control: &UnixListener) {
 /// connection over the handshake limit is closed at once (before the
 /// handshake there is no way to tell the peer why), a migration over the
 /// limit of those received at once is refused with its reason.
-fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener, limits: &Limits) {
+fn accept_migrations(
+    host: &Arc<VmHost>,
+    links: &Arc<PeerLinks>,
+    listener: &TcpListener,
+    limits: &Limits,
+) {
     let handshakes = Slots::new(limits.max_handshakes);
     let receiving = Slots::new(limits.max_incoming);
     for stream in listener.incoming() {
@@ -151,26 +173,29 @@ fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener, limits: &Limits
             continue;
         };
         let host = Arc::clone(host);
+        let links = Arc::clone(links);
         let receiving = Arc::clone(&receiving);
         let timeout = limits.handshake_timeout;
-        std::thread::spawn(
-            move || match receive(&host, stream, handshake, &receiving, timeout) {
+        std::thread::spawn(move || {
+            match receive(&host, &links, stream, handshake, &receiving, timeout) {
                 Ok(report) => tracing::info!(
                     vm = %report.vm_name,
                     pages = report.pages_received,
                     "migration received; the VM runs here"
                 ),
                 Err(error) => tracing::warn!("incoming migration failed: {error:#}"),
-            },
-        );
+            }
+        });
     }
 }
 
 /// Receives a VM into a fresh QEMU launched from its spec; on failure the
 /// QEMU is killed and its RAM file removed (dropping it does both). The
-/// handshake and the request must come within `handshake_timeout`.
+/// TLS handshake, the agents' handshake and the request must come within
+/// `handshake_timeout`.
 fn receive(
     host: &VmHost,
+    links: &PeerLinks,
     stream: TcpStream,
     handshake: Slot,
     receiving: &Arc<Slots>,
@@ -181,7 +206,10 @@ fn receive(
         handshake_timeout,
         "the handshake and migration request",
     );
-    let incoming = IncomingMigration::accept(stream, &DestinationSettings::default());
+    let incoming = links.accept(stream).and_then(|stream| {
+        IncomingMigration::accept(stream, &DestinationSettings::default())
+            .map_err(anyhow::Error::from)
+    });
     deadline.disarm();
     drop(handshake);
     let incoming = incoming?;
@@ -222,7 +250,7 @@ fn receive(
     Ok(report)
 }
 
-fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
+fn serve_control(host: &VmHost, links: &PeerLinks, client: UnixStream) -> Result<()> {
     // A client that connects and sends nothing must not hold a thread forever.
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     client.set_read_timeout(Some(REQUEST_TIMEOUT))?;
@@ -237,7 +265,7 @@ fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
     match request {
         ControlRequest::List => reply(ControlReply::Vms { vms: host.list() }),
         ControlRequest::Migrate(request) => {
-            match migrate(host, &request, &|progress| {
+            match migrate(host, links, &request, &|progress| {
                 reply(ControlReply::Progress(progress.clone()))
             }) {
                 Ok(report) => reply(ControlReply::Migrated(Box::new(report))),
@@ -258,6 +286,7 @@ fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
 
 fn migrate(
     host: &VmHost,
+    links: &PeerLinks,
     request: &MigrateRequest,
     on_progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport> {
@@ -294,8 +323,10 @@ fn migrate(
     let abort = Arc::new(OutgoingAbort::default());
     in_flight.stoppable_by(Stopper::Outgoing(Arc::clone(&abort)));
     vm.set_phase(VmPhase::Sending)?;
-    let result = connect_to_peer(&request.to).and_then(|stream| {
-        abort.connected(stream.try_clone()?);
+    let result = connect_to_peer(split_target(&request.to).1).and_then(|tcp| {
+        // The TCP socket, under TLS too: shutting it down ends the link.
+        abort.connected(tcp.try_clone()?);
+        let stream = links.secure(tcp, &request.to)?;
         migrate_source(
             &vm.qemu,
             &vm.ram_file,

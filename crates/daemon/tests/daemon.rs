@@ -5,9 +5,14 @@
 //! running on A. A second VM has a disk, whose image moves with it to
 //! another path on B (created there) and back.
 //!
+//! The agents talk over mutual TLS with certificates made by `mllm certs`;
+//! peers of another CA, with an expired certificate or without TLS are
+//! refused, and the VM runs on.
+//!
 //! Each daemon runs in its own process group with its QEMUs, so dropping
 //! its guard kills all of them, whatever assertion failed.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -72,19 +77,23 @@ struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent with its files under `dir/name`, listening on a port
-    /// of its choosing, and waits until its control socket is up.
+    /// Starts an agent of the deployment under `dir` (a certificate of its
+    /// CA, agents "a" and "b" allowed) with its files under `dir/name`,
+    /// listening on a port of its choosing, and waits until its control
+    /// socket is up.
     fn start(name: &'static str, dir: &Path, specs: &Path, start: &[&str]) -> Agent {
-        Agent::start_with(name, dir, specs, start, &[])
+        let ca = deployment_ca(dir);
+        let tls = tls_args(dir, &name.to_lowercase(), &ca, "1", &["a", "b"]);
+        Agent::start_with(name, dir, specs, start, &tls)
     }
 
-    /// [`Agent::start`] with more command-line arguments.
+    /// As [`Agent::start`], with `peer_args` (TLS or not) instead.
     fn start_with(
         name: &'static str,
         dir: &Path,
         specs: &Path,
         start: &[&str],
-        extra: &[&str],
+        peer_args: &[OsString],
     ) -> Agent {
         let home = dir.join(name);
         std::fs::create_dir_all(&home).unwrap();
@@ -100,11 +109,11 @@ impl Agent {
             .arg("--state")
             .arg(&state)
             .arg("--hook")
-            .arg(&artifacts().hook_library);
+            .arg(&artifacts().hook_library)
+            .args(peer_args);
         for vm in start {
             command.args(["--start", vm]);
         }
-        command.args(extra);
         let child = command
             .stdin(Stdio::null())
             .stdout(File::create(home.join("agent.out")).unwrap())
@@ -289,6 +298,49 @@ impl ClientRun {
             .all(|w| w[0].bytes_sent <= w[1].bytes_sent));
         (progress, report)
     }
+}
+
+/// `mllm certs ARGS`, which must succeed.
+fn certs(args: &[OsString]) {
+    let output = Command::new(&artifacts().mllm)
+        .arg("certs")
+        .args(args)
+        .output()
+        .expect("running mllm certs");
+    assert!(output.status.success(), "mllm certs {args:?}: {output:?}");
+}
+
+/// The CA of the agents under `dir`, made on first use.
+fn deployment_ca(dir: &Path) -> PathBuf {
+    let ca = dir.join("ca");
+    if !ca.exists() {
+        certs(&["ca".into(), "--out".into(), ca.clone().into()]);
+    }
+    ca
+}
+
+/// `mllm agent` arguments for TLS as agent `name`, with a certificate of
+/// the CA in `ca` valid for `days`, accepting `peers`.
+fn tls_args(dir: &Path, name: &str, ca: &Path, days: &str, peers: &[&str]) -> Vec<OsString> {
+    let tls = dir.join(format!("tls-{name}"));
+    // Made on first use: an agent restarted under the same name keeps it.
+    if !tls.exists() {
+        certs(&[
+            "host".into(),
+            name.into(),
+            "--ca".into(),
+            ca.into(),
+            "--out".into(),
+            tls.clone().into(),
+            "--days".into(),
+            days.into(),
+        ]);
+    }
+    let mut args: Vec<OsString> = vec!["--tls-dir".into(), tls.into()];
+    for peer in peers {
+        args.extend(["--allow-peer".into(), (*peer).into()]);
+    }
+    args
 }
 
 /// A local address where nothing listens: the kernel refuses connections.
@@ -733,14 +785,17 @@ fn limits_one_migration_per_vm_and_sigterm_while_receiving() {
         dir.path(),
         &specs,
         &[],
+        // Its peers here are played on the wire, in plaintext.
         &[
+            "--insecure-plaintext",
             "--max-handshakes",
             "1",
             "--max-incoming",
             "1",
             "--handshake-timeout",
             "1",
-        ],
+        ]
+        .map(OsString::from),
     );
     let ram_bytes = GUEST_MIB << 20;
 
@@ -1032,4 +1087,96 @@ fn a_guest_moves_back_and_forth_without_the_agents_growing() {
             );
         }
     }
+}
+
+#[test]
+fn peers_of_another_ca_with_an_expired_certificate_or_without_tls_are_refused() {
+    artifacts();
+    let dir = tempfile::Builder::new()
+        .prefix("mllm-daemon-tls-")
+        .tempdir()
+        .unwrap();
+    let home = dir.path();
+    let specs = home.join("specs");
+    write_spec(&specs, "vm1", "");
+    let ca = deployment_ca(home);
+    let other_ca = home.join("other-ca");
+    certs(&[
+        "ca".into(),
+        "--out".into(),
+        other_ca.clone().into(),
+        "--name".into(),
+        "another deployment's CA".into(),
+    ]);
+    // Each refused peer is one A allows by name: what refuses it is its
+    // certificate (or the lack of one).
+    let intruder = Agent::start_with(
+        "C",
+        home,
+        &specs,
+        &[],
+        &tls_args(home, "c", &other_ca, "1", &["a"]),
+    );
+    // Of our CA, but valid for no day: expired by the time A calls.
+    let stale = Agent::start_with(
+        "D",
+        home,
+        &specs,
+        &[],
+        &tls_args(home, "d", &ca, "0", &["a"]),
+    );
+    let plaintext = Agent::start_with("E", home, &specs, &[], &["--insecure-plaintext".into()]);
+    let a = Agent::start_with(
+        "A",
+        home,
+        &specs,
+        &["vm1"],
+        &tls_args(home, "a", &ca, "1", &["c", "d", "e"]),
+    );
+    a.wait_for_heartbeats("vm1", 50, BOOT_TIMEOUT, "boot on A");
+
+    for (peer, refusal) in [
+        (&intruder, "peer certificate is signed by an unknown CA"),
+        (&stale, "peer certificate expired at "),
+        (
+            &plaintext,
+            "peer does not speak TLS (plaintext connection?)",
+        ),
+    ] {
+        let run = a.client(&["vm1", "--to", &peer.listen.to_string()]);
+        assert!(!run.status.success(), "{run:?}");
+        assert!(
+            run.stderr.contains(refusal) && run.stderr.contains("TLS handshake with"),
+            "migrating to {}: {run:?}",
+            peer.name
+        );
+        let vms = a.list();
+        assert_eq!(status_of(&vms, "vm1").as_deref(), Some("running"));
+        assert_eq!(vms[0].migration, None, "progress left behind");
+        a.wait_for_heartbeats("vm1", 20, Duration::from_secs(30), "after a refusal");
+        assert_eq!(peer.list(), []);
+    }
+    // The other sides say why too: the intruder was refused for its CA
+    // (A checks the server's certificate first), and the plaintext agent
+    // was spoken TLS to.
+    let logged = |agent: &Agent, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&agent.log).unwrap_or_default();
+            if log.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {text:?}:\n{log}",
+                agent.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    logged(
+        &intruder,
+        "peer refused our certificate: it is signed by a CA the peer does not trust",
+    );
+    logged(&plaintext, "peer speaks TLS and this agent does not");
 }

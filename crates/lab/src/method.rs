@@ -41,6 +41,9 @@ pub enum Method {
     MllmPrecopyNodedup,
     /// `Mllm` without de-duplication.
     MllmNodedup,
+    /// `Mllm` with the agents' link in plaintext, to measure what TLS
+    /// (which every other mllm method uses, as in production) costs.
+    MllmPlaintext,
 }
 
 impl Method {
@@ -58,6 +61,7 @@ impl Method {
             Method::MllmDiskPostcopy => "mllm-disk-postcopy",
             Method::MllmPrecopyNodedup => "mllm-precopy-nodedup",
             Method::MllmNodedup => "mllm-nodedup",
+            Method::MllmPlaintext => "mllm-plaintext",
         }
     }
 
@@ -71,11 +75,12 @@ impl Method {
         match self {
             Method::MllmPrecopy | Method::MllmPrecopyNodedup => Some(SourceStrategy::Precopy),
             Method::MllmPostcopy => Some(SourceStrategy::Postcopy),
-            Method::Mllm | Method::MllmDiskPostcopy | Method::MllmNodedup => {
-                Some(SourceStrategy::Mllm {
-                    estimator: EstimatorKind::Improved,
-                })
-            }
+            Method::Mllm
+            | Method::MllmDiskPostcopy
+            | Method::MllmNodedup
+            | Method::MllmPlaintext => Some(SourceStrategy::Mllm {
+                estimator: EstimatorKind::Improved,
+            }),
             _ => None,
         }
     }
@@ -87,6 +92,12 @@ impl Method {
             Method::MllmPrecopyNodedup | Method::MllmNodedup => DedupSettings::OFF,
             _ => DedupSettings::default(),
         }
+    }
+
+    /// mllm's agents talk over mutual TLS: all of mllm's methods but
+    /// `MllmPlaintext`.
+    pub fn agents_use_tls(self) -> bool {
+        self.is_mllm() && self != Method::MllmPlaintext
     }
 
     /// How the MLLM strategy moves the disk besides its read workingset.
@@ -105,5 +116,20 @@ impl Method {
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Method;
+
+    #[test]
+    fn mllm_plaintext_is_the_mllm_policy_without_tls() {
+        let parsed: Method = serde_json::from_str("\"mllm-plaintext\"").unwrap();
+        assert_eq!(parsed, Method::MllmPlaintext);
+        assert_eq!(parsed.mllm_strategy(), Method::Mllm.mllm_strategy());
+        assert!(!parsed.agents_use_tls());
+        assert!(Method::Mllm.agents_use_tls() && Method::MllmPrecopy.agents_use_tls());
+        assert!(!Method::QemuPrecopy.agents_use_tls());
     }
 }

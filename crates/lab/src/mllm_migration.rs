@@ -1,6 +1,8 @@
 //! mllm's own engine in the lab: the agents' library moves guest RAM (and
 //! the disk, which the agents serve to the QEMUs over NBD) through the link
-//! and relays QEMU's device state, in-process, and records the
+//! and relays QEMU's device state, in-process, over mutual TLS as in
+//! production (a throwaway CA and a certificate per agent each run; TLS
+//! runs end to end through the link emulator), and records the
 //! guest's memory writes during pre-copy as a trace (`memory.trace` next to
 //! `result.json`), which the simulator can replay.
 
@@ -17,6 +19,7 @@ use mllm_agent::{
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
+use mllm_tls::{CertificateAuthority, PeerStream, TlsContext, Validity};
 
 use crate::outcome::{MigrationOutcome, PostcopyResult};
 use mllm_core::convert::saturating_u64;
@@ -36,13 +39,20 @@ pub const TRACE_FILE: &str = "memory.trace";
 /// The name of the source disk's access trace (its last 64 Ki requests).
 pub const DISK_TRACE_FILE: &str = "disk.trace";
 
-/// Migrates with mllm's agents by `strategy` and records the guest's memory
-/// writes during pre-copy, one interval per 100 ms, into `trace_file`.
+/// The agents' names in their certificates.
+const SOURCE_NAME: &str = "source.lab.mllm";
+const DESTINATION_NAME: &str = "destination.lab.mllm";
+
+/// Migrates with mllm's agents by `strategy`, over TLS if `tls`, and
+/// records the guest's memory writes during pre-copy, one interval per
+/// 100 ms, into `trace_file`. The migration's time starts when the source
+/// agent connects: with TLS it includes the handshake.
 #[allow(clippy::too_many_arguments)] // the scenario's settings, each its own
 pub fn migrate(
     strategy: SourceStrategy,
     mllm_disk: DiskMove,
     dedup: DedupSettings,
+    tls: bool,
     downtime_target: Duration,
     timeout: Duration,
     source: &QemuProcess,
@@ -67,10 +77,10 @@ pub fn migrate(
         trace_file: Some(trace_file.to_owned()),
         ..SourceSettings::default()
     };
-    match run(&settings, source, destination, files, link) {
-        Ok((report, received)) => MigrationOutcome {
+    match run(&settings, tls, source, destination, files, link) {
+        Ok((connecting_us, report, received)) => MigrationOutcome {
             error: None,
-            started_us: report.timings.started_us,
+            started_us: connecting_us,
             completed_us: Some(report.timings.released_us),
             stopped_us: Some(report.timings.stopped_us),
             resumed_us: Some(received.running_us),
@@ -96,29 +106,61 @@ pub fn migrate(
                     block_fetch_p99_ms: disk.and_then(|disk| disk.fetch_p99_ms),
                 }
             }),
+            agents_tls: Some(tls),
             // The agents set QEMU up for device state themselves.
             qemu_settings: None,
         },
         Err(err) => MigrationOutcome {
             error: Some(format!("{err:#}")),
             started_us,
+            agents_tls: Some(tls),
             ..MigrationOutcome::default()
         },
     }
 }
 
+/// The two agents' TLS for one run, as a small deployment would have it.
+struct LabTls {
+    source: TlsContext,
+    destination: TlsContext,
+}
+
+impl LabTls {
+    fn generate() -> Result<LabTls> {
+        let validity = Validity::days_from_now(1);
+        let ca = CertificateAuthority::generate("mllm lab CA", validity)?;
+        let context = |name: &str, peer: &str| -> Result<TlsContext> {
+            Ok(TlsContext::from_host(
+                &ca.issue(name, validity)?,
+                &[peer.to_owned()],
+            )?)
+        };
+        Ok(LabTls {
+            source: context(SOURCE_NAME, DESTINATION_NAME)?,
+            destination: context(DESTINATION_NAME, SOURCE_NAME)?,
+        })
+    }
+}
+
+/// Returns when the source began to connect, and both agents' reports.
 fn run(
     settings: &SourceSettings,
+    tls: bool,
     source: &QemuProcess,
     destination: &QemuProcess,
     files: &GuestFiles,
     link: &Link,
-) -> Result<(SourceReport, DestinationReport)> {
+) -> Result<(u64, SourceReport, DestinationReport)> {
+    let tls = tls.then(LabTls::generate).transpose()?;
     let listener = TcpListener::bind("127.0.0.1:0").context("destination agent cannot listen")?;
     let via_link = link.forward(listener.local_addr()?)?;
     std::thread::scope(|scope| {
         let destination_side = scope.spawn(|| -> Result<DestinationReport> {
-            let (stream, _) = listener.accept()?;
+            let (tcp, _) = listener.accept()?;
+            let stream = match &tls {
+                Some(tls) => tls.destination.accept(tcp)?,
+                None => PeerStream::from(tcp),
+            };
             let report = receive_migration(
                 destination,
                 files.destination_ram,
@@ -128,7 +170,12 @@ fn run(
             )?;
             Ok(report)
         });
-        let stream = TcpStream::connect(via_link).context("cannot reach the destination agent")?;
+        let connecting_us = wall_clock_us();
+        let tcp = TcpStream::connect(via_link).context("cannot reach the destination agent")?;
+        let stream = match &tls {
+            Some(tls) => tls.source.connect(tcp, Some(DESTINATION_NAME))?,
+            None => PeerStream::from(tcp),
+        };
         let sent = migrate_source(
             source,
             files.source_ram,
@@ -145,6 +192,6 @@ fn run(
         if let Some(error) = report.memory_trace.as_ref().and_then(|t| t.error.as_ref()) {
             tracing::warn!("the memory trace ended early: {error}");
         }
-        Ok((report, received))
+        Ok((connecting_us, report, received))
     })
 }

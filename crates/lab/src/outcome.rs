@@ -32,6 +32,8 @@ pub struct MigrationOutcome {
     pub postcopy: Option<PostcopyResult>,
     /// mllm's hot-data cache, when it was on.
     pub dedup: Option<DedupReport>,
+    /// mllm's methods: whether the agents' link ran over TLS.
+    pub agents_tls: Option<bool>,
     /// QEMU's methods: the migration settings as QEMU reported them back.
     pub qemu_settings: Option<QemuSettings>,
 }

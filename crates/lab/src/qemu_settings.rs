@@ -78,7 +78,8 @@ impl QemuSettings {
             | Method::Mllm
             | Method::MllmDiskPostcopy
             | Method::MllmPrecopyNodedup
-            | Method::MllmNodedup => return Ok(None),
+            | Method::MllmNodedup
+            | Method::MllmPlaintext => return Ok(None),
             Method::QemuPrecopy | Method::QemuPrecopyWriteBlocking => &[],
             Method::QemuPostcopy => &["postcopy-ram"],
             // The preempt channel is a second connection from the source to

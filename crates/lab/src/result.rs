@@ -57,6 +57,11 @@ pub struct RunResult {
     /// and hashing cost; absent when it was off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupReport>,
+    /// mllm's methods: whether the agents' link ran over mutual TLS (as in
+    /// production; `mllm-plaintext` is the one without). `None` for QEMU's
+    /// methods and in results written before TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents_tls: Option<bool>,
     /// QEMU's methods: migration capabilities and parameters of both QEMUs,
     /// as QEMU reported them back, and the disk mirror's settings.
     #[serde(default)]

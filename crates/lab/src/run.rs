@@ -205,6 +205,7 @@ fn run_in(
             strategy,
             method.mllm_disk(),
             method.dedup(),
+            method.agents_use_tls(),
             timing.downtime_target,
             timing.migration_timeout,
             &source,
@@ -319,6 +320,7 @@ fn run_in(
         tracking_method: outcome.tracking_method.clone(),
         postcopy: outcome.postcopy.clone(),
         dedup: outcome.dedup.clone(),
+        agents_tls: outcome.agents_tls,
         qemu: outcome.qemu_settings.clone(),
         physical_limit: Some(physical_limit),
         workload: analysis::workload_rates(

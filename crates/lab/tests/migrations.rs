@@ -267,8 +267,10 @@ fn mllm_precopy_moves_the_guest_with_equal_memory() {
     let tracking = result.tracking_method.as_deref().unwrap_or("");
     assert!(!tracking.is_empty(), "no tracking method reported");
     assert!(result.retransmitted_pages.is_some());
-    // Everything, pages and device state, crossed the one link.
+    // Everything, pages and device state, crossed the one link, over TLS
+    // as in production.
     assert!(result.link_bytes_to_destination > result.memory_bytes);
+    assert_eq!(result.agents_tls, Some(true));
     // De-duplication is on by default and reported.
     let dedup = result.dedup.as_ref().expect("a de-duplication report");
     assert!(dedup.references > 0, "{dedup:?}");
@@ -280,6 +282,13 @@ fn mllm_precopy_nodedup_sends_every_page_as_content() {
     let result = migrate(Method::MllmPrecopyNodedup, "120s");
     assert_guest_moved(&result);
     assert!(result.dedup.is_none(), "{:?}", result.dedup);
+}
+
+#[test]
+fn mllm_plaintext_moves_the_guest_without_tls() {
+    let result = migrate(Method::MllmPlaintext, "120s");
+    assert_guest_moved(&result);
+    assert_eq!(result.agents_tls, Some(false));
 }
 
 #[test]

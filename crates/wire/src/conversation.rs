@@ -6,6 +6,13 @@
 //!
 //! # Sequence
 //!
+//! Beneath it the link is a TCP connection carrying a mutual TLS 1.3
+//! session (`mllm-tls`: the destination is the TLS server; after its
+//! handshake the server sends one byte of acceptance, then the conversation
+//! starts with the hellos), or with the operator's explicit
+//! `--insecure-plaintext` the bare connection. Nothing here depends on which:
+//! a refused peer never reaches the hello.
+//!
 //! ```text
 //!  source agent                                      destination agent
 //!       │── hello (magic, version, role, caps) ──────────▶│  both send first,

@@ -45,6 +45,9 @@ pub enum WireError {
     #[error("peer is not an mllm agent (handshake began with {magic:02x?})")]
     NotMllmPeer { magic: [u8; 8] },
 
+    #[error("peer speaks TLS and this agent does not: it runs with --insecure-plaintext, the peer with TLS")]
+    PeerSpeaksTls,
+
     #[error("protocol version mismatch: this agent speaks version {ours}, the peer speaks version {theirs}")]
     VersionMismatch { ours: u16, theirs: u16 },
 

@@ -112,6 +112,8 @@ fn read_hello(reader: &mut impl Read) -> Result<Hello, WireError> {
     match read_until_eof(reader, &mut magic)? {
         0 => return Err(WireError::Closed),
         n if n < MAGIC.len() => return Err(truncated()),
+        // A TLS record: handshake (0x16) or alert (0x15), version 3.x.
+        _ if matches!(magic, [0x15 | 0x16, 0x03, ..]) => return Err(WireError::PeerSpeaksTls),
         _ if magic != MAGIC => return Err(WireError::NotMllmPeer { magic }),
         _ => {}
     }

@@ -3,14 +3,16 @@
 //! hand-over has arrived the VM is this side's, and cutting the link then
 //! could leave no guest running (see `mllm_wire::conversation`, "Ownership").
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
+
+use mllm_tls::PeerStream;
 use std::sync::{Arc, Mutex};
 
 /// Shared by the receiving thread and whoever may abort it.
 #[derive(Debug, Clone)]
 pub struct IncomingAbort {
     state: Arc<Mutex<AbortState>>,
-    socket: Arc<TcpStream>,
+    socket: Arc<PeerStream>,
 }
 
 #[derive(Debug, Default)]
@@ -20,7 +22,7 @@ struct AbortState {
 }
 
 impl IncomingAbort {
-    pub(super) fn new(socket: TcpStream) -> IncomingAbort {
+    pub(super) fn new(socket: PeerStream) -> IncomingAbort {
         IncomingAbort {
             state: Arc::default(),
             socket: Arc::new(socket),

@@ -9,7 +9,6 @@ mod references;
 
 pub use abort::IncomingAbort;
 
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use std::time::Duration;
 use mllm_control::DestinationReport;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
+use mllm_tls::PeerStream;
 use mllm_wire::{
     Conversation, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
     Role, PAGE_SIZE, PAGE_SIZE_U32,
@@ -46,7 +46,8 @@ impl Default for DestinationSettings {
 
 /// Receives a migration into `vm`, a QEMU started with `-incoming defer`
 /// and its guest RAM in the shared file `ram_file`, from the source agent
-/// at the other end of `stream`. Returns once the VM runs here. `disks` are
+/// at the other end of `stream` (a TCP connection, or a TLS session of
+/// `mllm-tls`). Returns once the VM runs here. `disks` are
 /// the VM's disks as this agent serves them to QEMU, in the source's order:
 /// they are emptied, then filled with the source's blocks.
 ///
@@ -56,7 +57,7 @@ pub fn receive_migration(
     vm: &QemuProcess,
     ram_file: &Path,
     disks: &[Arc<TrackedDisk>],
-    stream: TcpStream,
+    stream: impl Into<PeerStream>,
     settings: &DestinationSettings,
 ) -> Result<DestinationReport, MigrationError> {
     IncomingMigration::accept(stream, settings)?.receive(vm, ram_file, disks)
@@ -76,12 +77,12 @@ pub struct IncomingMigration {
 impl IncomingMigration {
     /// Handshake, then the source's request.
     pub fn accept(
-        stream: TcpStream,
+        stream: impl Into<PeerStream>,
         settings: &DestinationSettings,
     ) -> Result<IncomingMigration, MigrationError> {
         let started_us = wall_clock_us();
         let timeout = settings.link_timeout;
-        let mut link = PeerLink::establish(stream, Role::Destination, timeout)?;
+        let mut link = PeerLink::establish(stream.into(), Role::Destination, timeout)?;
         let mut conversation = Conversation::new(Role::Destination);
         let first = link
             .reader

@@ -6,7 +6,6 @@
 //! and resumes on a thread of its own (it may fault while it loads).
 
 use std::io::BufReader;
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +15,7 @@ use mllm_control::{DestinationPostcopyReport, DestinationReport};
 use mllm_core::memory::PageRange;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
+use mllm_tls::PeerStream;
 use mllm_wire::{
     Abort, Ack, BlockBatch, BlockRequest, Conversation, DestinationRunning, DiskDigest,
     FrameReader, FrameWriter, Location, Message, PageBatch, PageBatchDecoder, PageContent,
@@ -50,13 +50,13 @@ const ABORT_LINGER: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 struct Outbox {
     state: Mutex<OutboxState>,
-    socket: TcpStream,
+    socket: PeerStream,
     timeout: Duration,
 }
 
 #[derive(Debug)]
 struct OutboxState {
-    writer: FrameWriter<TcpStream>,
+    writer: FrameWriter<PeerStream>,
     conversation: Conversation,
 }
 
@@ -98,7 +98,7 @@ pub(super) struct Receiver<'a> {
     disks: &'a [Arc<TrackedDisk>],
     hook_socket: Option<PathBuf>,
     device_state: Option<IncomingDeviceState>,
-    reader: FrameReader<BufReader<TcpStream>>,
+    reader: FrameReader<BufReader<PeerStream>>,
     outbox: Arc<Outbox>,
     abort: IncomingAbort,
     decoder: PageBatchDecoder,

@@ -13,7 +13,7 @@ mod switchover;
 mod threads;
 mod writes;
 
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use mllm_core::trace::{DiskAccess, DiskTrace, DiskTraceHeader};
 use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
+use mllm_tls::PeerStream;
 use mllm_wire::{
     CompressionSetting, Conversation, Message, MigrationPolicy, MigrationRequest, Negotiated, Role,
     TrafficClass, PAGE_SIZE_U32,
@@ -60,8 +61,9 @@ const DISK_HISTORY: Duration = Duration::from_secs(60);
 const CANCEL_SETTLE: Duration = Duration::from_secs(5);
 
 /// Migrates the running VM `vm`, whose guest RAM is the shared file
-/// `ram_file`, to the destination agent at the other end of `stream`, with
-/// pre-copy. `progress` is called at phase changes and about every 100 ms.
+/// `ram_file`, to the destination agent at the other end of `stream` (a
+/// TCP connection, or a TLS session of `mllm-tls`), with pre-copy.
+/// `progress` is called at phase changes and about every 100 ms.
 ///
 /// `disks` are the VM's disks as this agent serves them to QEMU (at most
 /// one for now); their used blocks move with the memory, and blocks the
@@ -78,7 +80,7 @@ pub fn migrate_source(
     vm: &QemuProcess,
     ram_file: &Path,
     disks: &[Arc<TrackedDisk>],
-    stream: TcpStream,
+    stream: impl Into<PeerStream>,
     settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport, SourceError> {
@@ -88,7 +90,7 @@ pub fn migrate_source(
         ram_file,
         disks,
     };
-    run(local, stream, settings, progress, &mut vm_state).map_err(|cause| SourceError {
+    run(local, stream.into(), settings, progress, &mut vm_state).map_err(|cause| SourceError {
         vm: vm.config.name.clone(),
         recovery: recover(vm, &vm_state),
         cause: Box::new(cause),
@@ -253,7 +255,7 @@ impl SourceContext<'_> {
 
 fn run(
     local: LocalVm<'_>,
-    stream: TcpStream,
+    stream: PeerStream,
     settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
     vm_state: &mut VmState,

@@ -7,10 +7,11 @@
 //! the other and the migration.
 
 use std::io::BufReader;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
+use mllm_tls::PeerStream;
 use mllm_wire::{
     BlockBatch, CompressionSetting, FrameReader, FrameWriter, Location, Message, PageBatchBuilder,
     Role, Traffic, PAGE_SIZE,
@@ -54,11 +55,11 @@ pub(crate) struct AskedPages<'a> {
 /// Writes queued messages until the queue closes, asked-for pages first;
 /// returns what it sent.
 pub(crate) fn send_frames(
-    mut writer: FrameWriter<TcpStream>,
+    mut writer: FrameWriter<PeerStream>,
     queue: Receiver<Outgoing>,
     asked: AskedPages<'_>,
     flow: &Flow,
-    socket: &TcpStream,
+    socket: &PeerStream,
     timeout: Duration,
 ) -> Traffic {
     let mut send = |message: Message, counts_as_batch: bool| -> bool {
@@ -179,11 +180,11 @@ fn asked_batch(
 /// what it received. Pages asked for and references refused are recorded
 /// in `asked`; `wake` tells the sender of them.
 pub(crate) fn receive_frames(
-    mut reader: FrameReader<BufReader<TcpStream>>,
+    mut reader: FrameReader<BufReader<PeerStream>>,
     asked: AskedPages<'_>,
     wake: SyncSender<Outgoing>,
     flow: &Flow,
-    socket: &TcpStream,
+    socket: &PeerStream,
     timeout: Duration,
 ) -> Traffic {
     let failure = loop {

@@ -299,7 +299,13 @@ mod tests {
     /// coming back from the interval not yet closed, and indexed past the end.
     #[test]
     fn an_item_listed_twice_in_an_interval_counts_once() {
-        let pattern = |i: u32| if i.is_multiple_of(3) { vec![5, 7] } else { vec![5] };
+        let pattern = |i: u32| {
+            if i.is_multiple_of(3) {
+                vec![5, 7]
+            } else {
+                vec![5]
+            }
+        };
         let mut once = Improved::new(10, 4);
         observe_pattern(&mut once, 12, pattern);
         let mut twice = Improved::new(10, 4);

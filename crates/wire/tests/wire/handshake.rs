@@ -122,6 +122,19 @@ fn a_peer_that_is_not_an_agent_is_refused() {
 }
 
 #[test]
+fn a_peer_that_speaks_tls_is_told_apart() {
+    // The start of a TLS ClientHello record.
+    let mut stream =
+        ScriptedPeer::saying(vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]);
+    let error = handshake(&mut stream, &hello(Role::Destination)).unwrap_err();
+    assert!(matches!(error, WireError::PeerSpeaksTls), "{error}");
+    assert!(
+        error.to_string().contains("--insecure-plaintext"),
+        "{error}"
+    );
+}
+
+#[test]
 fn both_sides_in_the_same_role_is_refused() {
     let mut stream = ScriptedPeer::saying(hello_bytes(&hello(Role::Source)));
     let error = handshake(&mut stream, &hello(Role::Source)).unwrap_err();
