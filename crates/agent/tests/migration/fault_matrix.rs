@@ -27,6 +27,7 @@ use mllm_agent::{
     SourceSettings,
 };
 use mllm_link::Link;
+use mllm_tls::{CertificateAuthority, HostCertificate, TlsContext, Validity};
 use mllm_wire::{
     handshake, Capabilities, DestinationRunning, FrameReader, FrameWriter, Hello, Message,
     MigrationAccept, Role,
@@ -61,6 +62,30 @@ struct Case {
 }
 
 const SOURCE_SURVIVES: &[Case] = &[
+    Case {
+        name: "peer with a certificate of another CA",
+        phase: "TLS handshake",
+        in_ci: true,
+        run: peer_of_another_ca,
+    },
+    Case {
+        name: "peer with an expired certificate",
+        phase: "TLS handshake",
+        in_ci: false,
+        run: peer_with_expired_certificate,
+    },
+    Case {
+        name: "unknown peer (a name not in the allowed list)",
+        phase: "TLS handshake",
+        in_ci: false,
+        run: unknown_peer,
+    },
+    Case {
+        name: "peer without TLS",
+        phase: "TLS handshake",
+        in_ci: false,
+        run: peer_without_tls,
+    },
     Case {
         name: "peer speaks another protocol version",
         phase: "handshake",
@@ -243,7 +268,7 @@ fn every_fault_ends_with_exactly_one_running_guest_and_its_data_intact() {
 }
 
 fn source_after(failed: &Failed) -> String {
-    match failed.error.recovery {
+    match failed.recovery() {
         Recovery::NeverStopped => "source, never paused".into(),
         Recovery::Resumed => "source, resumed".into(),
         ref other => format!("{other:?}"),
@@ -266,6 +291,100 @@ fn render(rows: &[Row]) -> String {
         );
     }
     table
+}
+
+/// The deployment's CA and the source's side of the link.
+struct Deployment {
+    ca: CertificateAuthority,
+    source: TlsContext,
+}
+
+fn deployment() -> Deployment {
+    let ca =
+        CertificateAuthority::generate("mllm fault matrix CA", Validity::days_from_now(1)).unwrap();
+    let host = ca.issue("source", Validity::days_from_now(1)).unwrap();
+    let source = TlsContext::from_host(&host, &["destination".into()]).unwrap();
+    Deployment { ca, source }
+}
+
+/// A destination speaking TLS with `certificate` (or plaintext, without):
+/// the source's handshake must fail, naming why, before any migration
+/// starts; returns that failure.
+fn refused_by_tls(deployment: &Deployment, certificate: Option<HostCertificate>) -> Failed {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let started = Instant::now();
+    let text = thread::scope(|scope| {
+        scope.spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            match certificate {
+                Some(host) => {
+                    let context = TlsContext::from_host(&host, &["source".into()]).unwrap();
+                    let _ = context.accept(tcp);
+                }
+                // A plaintext agent answers the TLS hello with its own hello.
+                None => {
+                    let mut tcp = tcp;
+                    let _ = tcp.write_all(&hello_of_version(mllm_wire::PROTOCOL_VERSION));
+                    let _ = tcp.read(&mut [0; 1024]);
+                }
+            }
+        });
+        let tcp = TcpStream::connect(address).unwrap();
+        match deployment.source.connect(tcp, Some("destination")) {
+            Ok(_) => panic!("the source accepted a peer it must refuse"),
+            Err(error) => error.to_string(),
+        }
+    });
+    // Refused before the migration request: the source VM was never touched.
+    Failed::refused_before_migrating(text, started.elapsed())
+}
+
+fn peer_of_another_ca(_source: &Vm) -> Failed {
+    // Named like ours, with another key.
+    let other =
+        CertificateAuthority::generate("mllm fault matrix CA", Validity::days_from_now(1)).unwrap();
+    let error = refused_by_tls(
+        &deployment(),
+        Some(
+            other
+                .issue("destination", Validity::days_from_now(1))
+                .unwrap(),
+        ),
+    );
+    assert!(error.contains("signed by an unknown CA"), "{error}");
+    error
+}
+
+fn peer_with_expired_certificate(_source: &Vm) -> Failed {
+    let day = Duration::from_secs(86_400);
+    let now = std::time::SystemTime::now();
+    let expired = Validity {
+        not_before: now - 2 * day,
+        not_after: now - day,
+    };
+    let ours = deployment();
+    let certificate = ours.ca.issue("destination", expired).unwrap();
+    let error = refused_by_tls(&ours, Some(certificate));
+    assert!(error.contains("expired at"), "{error}");
+    error
+}
+
+fn unknown_peer(_source: &Vm) -> Failed {
+    let ours = deployment();
+    let certificate = ours
+        .ca
+        .issue("mallory", Validity::days_from_now(1))
+        .unwrap();
+    let error = refused_by_tls(&ours, Some(certificate));
+    assert!(error.contains("mallory"), "{error}");
+    error
+}
+
+fn peer_without_tls(_source: &Vm) -> Failed {
+    let error = refused_by_tls(&deployment(), None);
+    assert!(error.contains("does not speak TLS"), "{error}");
+    error
 }
 
 fn version_mismatch(source: &Vm) -> Failed {
@@ -609,7 +728,7 @@ fn cut_after_the_hand_over() -> Row {
         resolved_in,
     );
     println!("source: {error}");
-    assert_eq!(error.error.recovery, Recovery::Undecided, "{error}");
+    assert_eq!(error.recovery(), Recovery::Undecided, "{error}");
     assert!(error.contains("never confirmed it runs there"), "{error}");
     assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
     let received = outcome
@@ -851,11 +970,12 @@ impl Drop for SmallTmpfs {
     }
 }
 
-/// A failed migration: what the operator reads, what the code sees, and
-/// how long after the fault the source had its answer.
+/// A failed migration: what the operator reads, what the code sees (none
+/// when the peer was refused before the migration began), and how long
+/// after the fault the source had its answer.
 struct Failed {
     text: String,
-    error: SourceError,
+    error: Option<SourceError>,
     resolved_in: Duration,
 }
 
@@ -863,9 +983,25 @@ impl Failed {
     fn new(error: SourceError, resolved_in: Duration) -> Failed {
         Failed {
             text: format!("{error}: {}", error.cause.chain()),
-            error,
+            error: Some(error),
             resolved_in,
         }
+    }
+
+    /// The link to the peer failed before the migration began: the source
+    /// VM was never touched.
+    fn refused_before_migrating(text: String, resolved_in: Duration) -> Failed {
+        Failed {
+            text: format!("the source VM never stopped: {text}"),
+            error: None,
+            resolved_in,
+        }
+    }
+
+    fn recovery(&self) -> Recovery {
+        self.error
+            .as_ref()
+            .map_or(Recovery::NeverStopped, |error| error.recovery.clone())
     }
 
     fn contains(&self, text: &str) -> bool {
@@ -873,7 +1009,11 @@ impl Failed {
     }
 
     fn kind(&self) -> &MigrationError {
-        self.error.cause.root()
+        self.error
+            .as_ref()
+            .expect("a migration that began")
+            .cause
+            .root()
     }
 }
 
@@ -890,12 +1030,9 @@ fn assert_kept_running(source: &Vm, error: &Failed, step: &str) {
         "{step}: the error does not say what became of the source: {error}"
     );
     assert!(
-        matches!(
-            error.error.recovery,
-            Recovery::NeverStopped | Recovery::Resumed
-        ),
+        matches!(error.recovery(), Recovery::NeverStopped | Recovery::Resumed),
         "{step}: {:?}",
-        error.error.recovery
+        error.recovery()
     );
     assert!(source.is_running(), "{step}: the source VM is not running");
     source.assert_alive_and_intact(step);
