@@ -135,6 +135,9 @@ pub enum Phase {
     AwaitingRequest,
     /// The destination checks the request and accepts or refuses it.
     AwaitingAnswer,
+    /// On a new connection: the destination looks for the post-copy the
+    /// source asks to resume, and names what it still lacks or refuses.
+    AwaitingResume,
     /// Rounds of pages while the source VM runs.
     Precopy,
     /// The source VM is paused; its final round (and digest) follow.
@@ -158,6 +161,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::AwaitingRequest => "awaiting the migration request",
             Phase::AwaitingAnswer => "awaiting the answer to the migration request",
+            Phase::AwaitingResume => "awaiting the answer to a request to resume post-copy",
             Phase::Precopy => "in pre-copy",
             Phase::Switching => "switching over (source VM paused, final round)",
             Phase::DeviceState => "relaying device state",
@@ -221,8 +225,13 @@ impl Conversation {
                 from,
                 phase: self.phase,
             })?;
-        if let Message::MigrationRequest(request) = message {
-            self.postcopy = request.policy.moves_pages_after_switch();
+        match message {
+            Message::MigrationRequest(request) => {
+                self.postcopy = request.policy.moves_pages_after_switch();
+            }
+            // Only a post-copy is ever resumed.
+            Message::ResumeRequest(_) => self.postcopy = true,
+            _ => {}
         }
         self.phase = next;
         Ok(next)
@@ -244,9 +253,16 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
     Some(match (phase, from, message) {
         (P::Released | P::Ended, _, _) => return None,
         // Handed over: the source cannot take the VM back.
-        (P::AwaitingRunning | P::Postcopy | P::AwaitingRelease, S, M::Abort) => return None,
+        (
+            P::AwaitingRunning | P::AwaitingResume | P::Postcopy | P::AwaitingRelease,
+            S,
+            M::Abort,
+        ) => return None,
         (_, _, M::Abort) => P::Ended,
         (P::AwaitingRequest, S, M::MigrationRequest) => P::AwaitingAnswer,
+        (P::AwaitingRequest, S, M::ResumeRequest) => P::AwaitingResume,
+        (P::AwaitingResume, D, M::ResumeAccept) => P::Postcopy,
+        (P::AwaitingResume, D, M::MigrationReject) => P::Ended,
         (P::AwaitingAnswer, D, M::MigrationAccept) => P::Precopy,
         (P::AwaitingAnswer, D, M::MigrationReject) => P::Ended,
         (P::Precopy | P::Switching | P::DeviceState | P::AwaitingRunning, D, M::Ack) => phase,
@@ -349,6 +365,13 @@ mod tests {
                 page_size: 4096,
                 disk_bytes: vec![],
                 policy,
+                migration_id: 7,
+            }
+            .into(),
+            M::ResumeRequest => ResumeRequest { migration_id: 7 }.into(),
+            M::ResumeAccept => ResumeAccept {
+                pages: vec![],
+                disks: vec![],
             }
             .into(),
             M::MigrationAccept => MigrationAccept.into(),
@@ -442,6 +465,57 @@ mod tests {
         assert_eq!(
             play_with(MigrationPolicy::Postcopy, POSTCOPY_PATH).unwrap(),
             Phase::Released
+        );
+    }
+
+    /// A post-copy resumed on a new connection after the link failed.
+    const RESUMED_PATH: &[(Role, MessageType)] = &[
+        (Role::Source, M::ResumeRequest),
+        (Role::Destination, M::ResumeAccept),
+        (Role::Destination, M::PageRequest),
+        (Role::Source, M::PageBatch),
+        (Role::Destination, M::Ack),
+        (Role::Source, M::BlockBatch),
+        (Role::Destination, M::Ack),
+        (Role::Destination, M::PostcopyComplete),
+        (Role::Source, M::Ack),
+    ];
+
+    #[test]
+    fn a_resumed_post_copy_ends_released_and_never_gives_the_vm_back() {
+        // Whatever the policy of the connection it replaces.
+        assert_eq!(
+            play_with(MigrationPolicy::Precopy, RESUMED_PATH).unwrap(),
+            Phase::Released
+        );
+        let refused = [
+            (Role::Source, M::ResumeRequest),
+            (Role::Destination, M::MigrationReject),
+        ];
+        assert_eq!(play(&refused).unwrap(), Phase::Ended);
+        for cut in 1..RESUMED_PATH.len() {
+            let mut messages = RESUMED_PATH[..cut].to_vec();
+            messages.push((Role::Source, M::Abort));
+            let error = play(&messages).unwrap_err().to_string();
+            assert!(error.contains("the source sent Abort"), "{error}");
+        }
+        // A resume is no new migration, and a migration resumes nothing.
+        let error = play(&[
+            (Role::Source, M::ResumeRequest),
+            (Role::Source, M::MigrationRequest),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("resume post-copy"), "{error}");
+        let error = play(&[
+            (Role::Source, M::MigrationRequest),
+            (Role::Destination, M::ResumeAccept),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("the destination sent ResumeAccept"),
+            "{error}"
         );
     }
 

@@ -31,7 +31,7 @@ pub use message::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, DestinationRunning, DeviceState,
     DiskDigest, FrameType, HandOver, Message, MessageType, MigrationAccept, MigrationPolicy,
     MigrationReject, MigrationRequest, PageDigests, PageRequest, PendingBlocks, PendingPages,
-    PostcopyComplete, RoundEnd, SourceStopped,
+    PostcopyComplete, ResumeAccept, ResumeRequest, RoundEnd, SourceStopped,
 };
 /// The page size pages travel in; defined by `mllm-core`, re-exported for
 /// code that only speaks the protocol.

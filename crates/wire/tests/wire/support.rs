@@ -4,8 +4,8 @@ use mllm_wire::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, CompressionSetting, DestinationRunning,
     DeviceState, DiskDigest, FrameReader, FrameWriter, HandOver, Message, MigrationAccept,
     MigrationPolicy, MigrationReject, MigrationRequest, PageBatchBuilder, PageDigests, PageRange,
-    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, RoundEnd, SourceStopped,
-    WireError, PAGE_SIZE, PAGE_SIZE_U32,
+    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, ResumeAccept,
+    ResumeRequest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 /// One message of every type, with non-trivial bodies.
@@ -25,6 +25,7 @@ pub fn sample_messages() -> Vec<Message> {
             page_size: PAGE_SIZE_U32,
             disk_bytes: vec![8 << 30, 1 << 20],
             policy: MigrationPolicy::Precopy,
+            migration_id: u128::MAX - 5,
         }
         .into(),
         MigrationAccept.into(),
@@ -92,6 +93,15 @@ pub fn sample_messages() -> Vec<Message> {
         BlockDigests {
             disk: 1,
             blocks: vec![(3, 99)],
+        }
+        .into(),
+        ResumeRequest {
+            migration_id: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+        }
+        .into(),
+        ResumeAccept {
+            pages: vec![PageRange::new(0, 2), PageRange::new(70, 71)],
+            disks: vec![vec![], vec![PageRange::new(5, 9)]],
         }
         .into(),
     ]
