@@ -40,7 +40,10 @@ mod source;
 mod tracking;
 mod vm_setup;
 
-pub use destination::{receive_migration, DestinationSettings, IncomingAbort, IncomingMigration};
+pub use destination::{
+    accept_incoming, receive_migration, DestinationSettings, Incoming, IncomingAbort,
+    IncomingMigration, PostcopyResumes,
+};
 pub use disk::{write_disk_trace, DiskActivity, DiskServer, TrackedDisk, BLOCK_SIZE};
 pub use error::{LinkError, LinkFailure, MigrationError, Recovery, SourceError};
 pub use guest_ram::GuestRam;

@@ -81,7 +81,7 @@ pub(super) fn serve(
             error = %cause.chain(),
             "the link failed in post-copy; reconnecting to the destination"
         );
-        let (link, conversation, missing) = reconnect(&resumption, lost_at, cause)?;
+        let (link, conversation, missing) = reconnect(&resumption, lost_at)?;
         // The destination runs the VM: it resumed this post-copy.
         resumption.vm_state.phase = SourceVmPhase::DestinationRuns;
         owe_what_is_missing(&resumption, &missing)?;
@@ -114,14 +114,12 @@ pub(super) fn serve(
 fn reconnect(
     resumption: &Resumption<'_>,
     lost_at: Instant,
-    cause: MigrationError,
 ) -> Result<(PeerLink, Conversation, ResumeAccept), MigrationError> {
     let deadline = lost_at + resumption.settings.recovery_timeout;
-    let mut last_failure = None;
     let mut pause = FIRST_RETRY;
     loop {
         report(resumption, Phase::Reconnecting);
-        match resume(resumption) {
+        let failure = match resume(resumption) {
             Ok(resumed) => return Ok(resumed),
             // The destination answered: trying again changes nothing.
             Err(error)
@@ -134,16 +132,14 @@ fn reconnect(
             {
                 return Err(error)
             }
-            Err(error) => {
-                tracing::debug!(error = %error.chain(), "the destination is still unreachable");
-                last_failure = Some(error);
-            }
-        }
+            Err(error) => error,
+        };
+        tracing::debug!(error = %failure.chain(), "the destination is still unreachable");
         let now = Instant::now();
         if now >= deadline {
             return Err(MigrationError::DestinationUnreachable {
                 unreachable_for: lost_at.elapsed(),
-                last_failure: Box::new(last_failure.unwrap_or(cause)),
+                last_failure: Box::new(failure),
             });
         }
         std::thread::sleep(pause.min(deadline - now));
