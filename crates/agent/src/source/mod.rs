@@ -445,6 +445,7 @@ fn run(
     let (precopy, mut switched, rounds, memory_trace) = outcome?;
     let mut sent = sent;
     let mut received = received;
+    let mut resumes = Vec::new();
     if let (Some(interrupted), Some(reconnect)) = (switched.interrupted.take(), reconnect) {
         let resumption = resume::Resumption {
             reconnect,
@@ -464,6 +465,7 @@ fn run(
         switched.released_us = resumed.released_us;
         sent.add(&resumed.sent);
         received.add(&resumed.received);
+        resumes = resumed.resumes;
     }
     let postcopy = owed.counts();
 
@@ -498,6 +500,14 @@ fn run(
             requests: postcopy.requests + postcopy_blocks.requests,
             blocks_pushed: postcopy_blocks.pushed,
             blocks_on_demand: postcopy_blocks.sent_on_demand,
+            resumes: resumes.len().try_into().unwrap_or(u32::MAX),
+            longest_recovery_ms: resumes
+                .iter()
+                .map(|resume| saturating_u64(resume.recovered.as_secs_f64() * 1000.0))
+                .max()
+                .unwrap_or(0),
+            pages_missing_at_resume: resumes.last().map_or(0, |resume| resume.pages_missing),
+            blocks_missing_at_resume: resumes.last().map_or(0, |resume| resume.blocks_missing),
         }),
         verified: settings.verify,
         memory_trace,

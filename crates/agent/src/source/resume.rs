@@ -63,6 +63,18 @@ pub(super) struct Resumed {
     /// What crossed the resumed connections, each way.
     pub sent: Traffic,
     pub received: Traffic,
+    /// How each resume went, in order.
+    pub resumes: Vec<ResumeOutcome>,
+}
+
+/// One resumed connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResumeOutcome {
+    /// From the failure the source saw to the destination's answer.
+    pub recovered: Duration,
+    /// What the destination still lacked then.
+    pub pages_missing: u64,
+    pub blocks_missing: u64,
 }
 
 /// Reconnects and serves until the destination holds every page, across
@@ -75,6 +87,7 @@ pub(super) fn serve(
     let Interrupted { mut cause, order } = interrupted;
     let mut sent = Traffic::default();
     let mut received = Traffic::default();
+    let mut resumes = Vec::new();
     loop {
         let lost_at = Instant::now();
         tracing::warn!(
@@ -85,12 +98,13 @@ pub(super) fn serve(
         // The destination runs the VM: it resumed this post-copy.
         resumption.vm_state.phase = SourceVmPhase::DestinationRuns;
         owe_what_is_missing(&resumption, &missing)?;
-        tracing::info!(
-            after = ?lost_at.elapsed(),
-            pages = resumption.owed.owed_count(),
-            blocks = resumption.owed_blocks.owed_count(),
-            "post-copy resumed"
-        );
+        let resumed = ResumeOutcome {
+            recovered: lost_at.elapsed(),
+            pages_missing: resumption.owed.owed_count(),
+            blocks_missing: resumption.owed_blocks.owed_count(),
+        };
+        tracing::info!(?resumed, "post-copy resumed");
+        resumes.push(resumed);
         let (served, connection_sent, connection_received) =
             serve_connection(&resumption, link, conversation, &order);
         sent.add(&connection_sent);
@@ -101,6 +115,7 @@ pub(super) fn serve(
                     released_us,
                     sent,
                     received,
+                    resumes,
                 })
             }
             Err(error) if error.is_link_failure() => cause = error,
