@@ -2,6 +2,7 @@
 //! and refusing or surviving what can go wrong.
 
 mod fault_matrix;
+mod postcopy_recovery;
 mod protocol;
 mod real_guest;
 mod support;
