@@ -70,9 +70,7 @@ pub enum MigrationError {
     /// recovery timeout. The VM keeps running here, but any vCPU that
     /// touches one of the missing pages (and any disk request on a missing
     /// block) waits for good.
-    #[error(
-        "the guest cannot continue: {missing_pages} memory pages and {missing_blocks} disk          blocks it has not received are only on the source host {source_host}, unreachable          for {unreachable_for:?}; vCPUs touching them stay paused and the VM was left as it is"
-    )]
+    #[error("the guest cannot continue: {missing_pages} memory pages and {missing_blocks} disk blocks it has not received are only on the source host {source_host}, unreachable for {unreachable_for:.1?}; vCPUs touching them stay paused and disk requests on them fail; the VM is left as it is")]
     SourceUnreachable {
         missing_pages: u64,
         missing_blocks: u64,
@@ -84,9 +82,7 @@ pub enum MigrationError {
 
     /// Source, post-copy: the destination stayed unreachable for the
     /// recovery timeout.
-    #[error(
-        "the destination agent has been unreachable for {unreachable_for:?} during post-copy:          the guest there cannot continue once it touches a page it has not received, and this          host still holds every such page in the VM's RAM file (and disk)"
-    )]
+    #[error("the destination agent has been unreachable for {unreachable_for:.1?} during post-copy: the guest there cannot continue once it touches a page it has not received, and this host still holds every such page in the VM's RAM file (and disk)")]
     DestinationUnreachable {
         unreachable_for: Duration,
         #[source]

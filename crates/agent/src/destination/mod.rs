@@ -211,7 +211,15 @@ impl IncomingMigration {
             .map_err(|e| accepted.link.failure(e))?;
         receiver::Receiver::new(vm, ram, disks, device_state, accepted)
             .run()
-            .during_with(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
+            .map_err(|error| {
+                let what = match error.root() {
+                    MigrationError::SourceUnreachable { .. } => {
+                        format!("receiving VM {vm_name} failed after it started here")
+                    }
+                    _ => format!("receiving VM {vm_name} failed; the destination VM never ran"),
+                };
+                error.during(what)
+            })
     }
 
     /// Everything that can be checked before a page moves.
