@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use mllm_agent::{
-    migrate_source, parse_compression, record_memory_trace, DestinationSettings, EstimatorKind,
-    IncomingMigration, Recovery, SourceSettings, SourceStrategy,
+    accept_incoming, migrate_source_with_reconnect, parse_compression, record_memory_trace,
+    DestinationSettings, EstimatorKind, Incoming, IncomingMigration, MigrationError, Recovery,
+    SourceSettings, SourceStrategy,
 };
 use mllm_control::{
     ControlReply, ControlRequest, DestinationReport, MigrateRequest, Phase, Progress,
@@ -133,6 +134,9 @@ fn serve_control_socket(host: &Arc<VmHost>, control: &UnixListener) {
 fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener, limits: &Limits) {
     let handshakes = Slots::new(limits.max_handshakes);
     let receiving = Slots::new(limits.max_incoming);
+    // One for every connection: a post-copy resumed on a new connection
+    // is found in it.
+    let settings = DestinationSettings::default();
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -153,38 +157,47 @@ fn accept_migrations(host: &Arc<VmHost>, listener: &TcpListener, limits: &Limits
         let host = Arc::clone(host);
         let receiving = Arc::clone(&receiving);
         let timeout = limits.handshake_timeout;
-        std::thread::spawn(
-            move || match receive(&host, stream, handshake, &receiving, timeout) {
-                Ok(report) => tracing::info!(
+        let settings = settings.clone();
+        std::thread::spawn(move || {
+            match receive(&host, stream, handshake, &receiving, &settings, timeout) {
+                Ok(Some(report)) => tracing::info!(
                     vm = %report.vm_name,
                     pages = report.pages_received,
                     "migration received; the VM runs here"
                 ),
+                Ok(None) => tracing::info!("a source resumed its post-copy"),
                 Err(error) => tracing::warn!("incoming migration failed: {error:#}"),
-            },
-        );
+            }
+        });
     }
 }
 
 /// Receives a VM into a fresh QEMU launched from its spec; on failure the
-/// QEMU is killed and its RAM file removed (dropping it does both). The
-/// handshake and the request must come within `handshake_timeout`.
+/// QEMU is killed and its RAM file removed (dropping it does both), unless
+/// it ran here and lost its source in post-copy: then it stays, stalled on
+/// the pages it lacks, for an operator. The handshake and the request must
+/// come within `handshake_timeout`. A connection that resumes a post-copy
+/// goes to the migration in progress: `None`.
 fn receive(
     host: &VmHost,
     stream: TcpStream,
     handshake: Slot,
     receiving: &Arc<Slots>,
+    settings: &DestinationSettings,
     handshake_timeout: Duration,
-) -> Result<DestinationReport> {
+) -> Result<Option<DestinationReport>> {
     let deadline = Deadline::arm(
         stream.try_clone()?,
         handshake_timeout,
         "the handshake and migration request",
     );
-    let incoming = IncomingMigration::accept(stream, &DestinationSettings::default());
+    let incoming = accept_incoming(stream, settings);
     deadline.disarm();
     drop(handshake);
-    let incoming = incoming?;
+    let incoming = match incoming? {
+        Incoming::Migration(incoming) => incoming,
+        Incoming::Resumed { .. } => return Ok(None),
+    };
     let name = incoming.request().vm_name.clone();
     let refuse = |incoming: IncomingMigration, error: anyhow::Error| {
         let _ = incoming.reject(&format!("{error:#}"));
@@ -216,10 +229,19 @@ fn receive(
         Ok(vm) => vm,
         Err(error) => return refuse(incoming, error),
     };
-    let report = incoming.receive(&vm.qemu, &vm.ram_file, &vm.disks())?;
+    let report = match incoming.receive(&vm.qemu, &vm.ram_file, &vm.disks()) {
+        Ok(report) => report,
+        Err(error) if matches!(error.root(), MigrationError::SourceUnreachable { .. }) => {
+            // The guest's memory since the switch exists only here.
+            vm.set_phase(VmPhase::Owned)?;
+            host.register(&name, vm)?;
+            return Err(error.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
     vm.set_phase(VmPhase::Owned)?;
     host.register(&name, vm)?;
-    Ok(report)
+    Ok(Some(report))
 }
 
 fn serve_control(host: &VmHost, client: UnixStream) -> Result<()> {
@@ -296,11 +318,12 @@ fn migrate(
     vm.set_phase(VmPhase::Sending)?;
     let result = connect_to_peer(&request.to).and_then(|stream| {
         abort.connected(stream.try_clone()?);
-        migrate_source(
+        migrate_source_with_reconnect(
             &vm.qemu,
             &vm.ram_file,
             &vm.disks(),
             stream,
+            &|| connect_to_peer(&request.to).map_err(std::io::Error::other),
             &settings,
             &|progress| {
                 if progress.phase == Phase::DeviceState && vm.phase() == VmPhase::Sending {
