@@ -195,7 +195,7 @@ fn receive(
     deadline.disarm();
     drop(handshake);
     let incoming = match incoming? {
-        Incoming::Migration(incoming) => incoming,
+        Incoming::Migration(incoming) => *incoming,
         Incoming::Resumed { .. } => return Ok(None),
     };
     let name = incoming.request().vm_name.clone();

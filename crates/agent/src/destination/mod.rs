@@ -58,8 +58,8 @@ impl Default for DestinationSettings {
 /// What a connection from a source agent brought.
 #[derive(Debug)]
 pub enum Incoming {
-    /// A new migration, its request read.
-    Migration(IncomingMigration),
+    /// A new migration, its request read (boxed: it holds the link).
+    Migration(Box<IncomingMigration>),
     /// A source resumed the post-copy of `vm_name` on this connection after
     /// the link failed; the migration's receiver goes on with it. `None`:
     /// that post-copy had finished, and the source was told so.
@@ -86,10 +86,9 @@ pub fn accept_incoming(
     let request = match first {
         Message::MigrationRequest(request) => request,
         Message::ResumeRequest(resume) => {
-            let vm_name = settings.resumes.route(
-                resume.migration_id,
-                ResumedLink { link, conversation },
-            )?;
+            let vm_name = settings
+                .resumes
+                .route(resume.migration_id, ResumedLink { link, conversation })?;
             return Ok(Incoming::Resumed { vm_name });
         }
         other => unreachable!(
@@ -102,7 +101,7 @@ pub fn accept_incoming(
             .try_clone()
             .map_err(|e| MigrationError::io("setting up the agent link's socket", e))?,
     );
-    Ok(Incoming::Migration(IncomingMigration {
+    Ok(Incoming::Migration(Box::new(IncomingMigration {
         link,
         conversation,
         request,
@@ -111,7 +110,7 @@ pub fn accept_incoming(
         resumes: settings.resumes.clone(),
         started_us,
         abort,
-    }))
+    })))
 }
 
 /// Receives a migration into `vm`, a QEMU started with `-incoming defer`
@@ -154,7 +153,7 @@ impl IncomingMigration {
         settings: &DestinationSettings,
     ) -> Result<IncomingMigration, MigrationError> {
         match accept_incoming(stream, settings)? {
-            Incoming::Migration(incoming) => Ok(incoming),
+            Incoming::Migration(incoming) => Ok(*incoming),
             Incoming::Resumed { vm_name } => Err(MigrationError::Invalid(format!(
                 "the connection resumed the post-copy of VM {}; it brought no new migration",
                 vm_name.as_deref().unwrap_or("(finished)")

@@ -106,7 +106,12 @@ impl Outbox {
     }
 
     /// A resumed link replaces the failed one.
-    fn reconnect(&self, writer: FrameWriter<TcpStream>, conversation: Conversation, socket: TcpStream) {
+    fn reconnect(
+        &self,
+        writer: FrameWriter<TcpStream>,
+        conversation: Conversation,
+        socket: TcpStream,
+    ) {
         let mut state = self.lock();
         state.writer = writer;
         state.conversation = conversation;
@@ -193,9 +198,10 @@ impl<'a> Receiver<'a> {
             socket,
             ..
         } = link;
-        let source_host = socket
-            .peer_addr()
-            .map_or_else(|_| "(address unknown)".into(), |address| address.to_string());
+        let source_host = socket.peer_addr().map_or_else(
+            |_| "(address unknown)".into(),
+            |address| address.to_string(),
+        );
         Receiver {
             vm,
             ram,
@@ -404,14 +410,16 @@ impl<'a> Receiver<'a> {
                 self.take_hand_over()?;
                 // From here the VM runs here whatever becomes of the link,
                 // so a source that lost it may come back to finish.
-                let current = self.outbox.socket().try_clone().map_err(|e| {
-                    MigrationError::io("setting up the agent link's socket", e)
-                })?;
-                self.registration =
-                    Some(
-                        self.resumes
-                            .register(self.migration_id, &self.vm_name, current),
-                    );
+                let current = self
+                    .outbox
+                    .socket()
+                    .try_clone()
+                    .map_err(|e| MigrationError::io("setting up the agent link's socket", e))?;
+                self.registration = Some(self.resumes.register(
+                    self.migration_id,
+                    &self.vm_name,
+                    current,
+                ));
                 let (vm, outbox, started_us, disks) = (
                     self.vm,
                     Arc::clone(&self.outbox),
@@ -420,8 +428,13 @@ impl<'a> Receiver<'a> {
                 );
                 let device_state = self.take_device_state()?;
                 *starting = Some(scope.spawn(move || {
-                    let started =
-                        start_vm(vm, device_state, end.device_state_bytes, &outbox, started_us)?;
+                    let started = start_vm(
+                        vm,
+                        device_state,
+                        end.device_state_bytes,
+                        &outbox,
+                        started_us,
+                    )?;
                     // The last page or block may have come before the start.
                     postcopy.vm_started();
                     send_receipt_if_due(&outbox, postcopy, disks)?;
@@ -457,10 +470,9 @@ impl<'a> Receiver<'a> {
                 .registration
                 .as_ref()
                 .expect("only a registered post-copy resumes");
-            let Some(ResumedLink { link, conversation }) = registration.wait(
-                self.recovery_timeout
-                    .saturating_sub(lost_at.elapsed()),
-            ) else {
+            let Some(ResumedLink { link, conversation }) =
+                registration.wait(self.recovery_timeout.saturating_sub(lost_at.elapsed()))
+            else {
                 return Err(MigrationError::SourceUnreachable {
                     missing_pages: postcopy.missing_count(),
                     missing_blocks: self.disks.iter().map(|disk| disk.missing_blocks()).sum(),

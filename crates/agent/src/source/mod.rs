@@ -99,7 +99,15 @@ pub fn migrate_source_with_reconnect(
     settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport, SourceError> {
-    migrate(vm, ram_file, disks, stream, Some(reconnect), settings, progress)
+    migrate(
+        vm,
+        ram_file,
+        disks,
+        stream,
+        Some(reconnect),
+        settings,
+        progress,
+    )
 }
 
 fn migrate(
@@ -427,7 +435,8 @@ fn run(
                 ctx.writes.finish_trace(),
             ))
         })();
-        let interrupted = matches!(&outcome, Ok((_, switched, ..)) if switched.interrupted.is_some());
+        let interrupted =
+            matches!(&outcome, Ok((_, switched, ..)) if switched.interrupted.is_some());
         if outcome.is_err() || interrupted {
             // Unblocks both threads; the closed queue ends the sender too.
             let _ = socket.shutdown(Shutdown::Both);

@@ -13,8 +13,8 @@ use mllm_core::strategy::{SendQueue, Space};
 use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{
-    Ack, BlockDigests, CompressionSetting, DeviceState, DiskDigest, HandOver, Message, PendingBlocks, PendingPages,
-    SourceStopped,
+    Ack, BlockDigests, CompressionSetting, DeviceState, DiskDigest, HandOver, Message,
+    PendingBlocks, PendingPages, SourceStopped,
 };
 use serde_json::json;
 
@@ -272,7 +272,10 @@ fn as_ranges(pages: &[PageIndex]) -> Vec<PageRange> {
 /// to fill the link, little enough that a page the guest asks for does not
 /// queue behind seconds of pushed ones. Stops early once the destination
 /// has them all.
-pub(super) fn push(link: &mut PushLink<'_, '_>, items: &[(Space, u32)]) -> Result<(), MigrationError> {
+pub(super) fn push(
+    link: &mut PushLink<'_, '_>,
+    items: &[(Space, u32)],
+) -> Result<(), MigrationError> {
     link.pipeline
         .set_batch_pages(link.compression, PUSH_BATCH_PAGES)?;
     let window = (link.rtt + PUSH_SLACK).as_secs_f64();
