@@ -44,6 +44,60 @@
 //! conversation then ends and the source keeps the VM, resuming it if it
 //! paused it.
 //!
+//! # Resuming a post-copy
+//!
+//! In post-copy, after the hand-over, the destination runs the only guest
+//! and the source holds the only copy of the pages (and blocks) it still
+//! lacks: a failed link must not end the migration. The request carries a
+//! random 128-bit `migration_id` for this. When the link fails (cut,
+//! closed, or silent for the link timeout) after the hand-over:
+//!
+//! - the destination keeps the VM running: a vCPU that touches a missing
+//!   page sleeps in the fault, its fault thread keeps collecting faults,
+//!   requests it cannot send are dropped (they are asked again below). Its
+//!   set of missing pages and blocks is the authority. It waits for a new
+//!   connection naming the migration, up to its recovery timeout;
+//! - the source never resumes its VM (the ownership rule below) and keeps
+//!   its RAM file and disk as they were at the switch; it connects again,
+//!   with backoff, up to the same timeout. Only the source dials: it is
+//!   the side that knows where the other is.
+//!
+//! ```text
+//!  source agent (new connection)                     destination agent
+//!       │── hello ⇄ hello ────────────────────────────────│
+//!       │── ResumeRequest (migration id) ────────────────▶│  AwaitingResume: its
+//!       │◀──── ResumeAccept (pages, blocks still missing) ─│  post-copy, found by id
+//!       │◀────────── PageRequest, BlockRequest (awaited) ──│  Postcopy
+//!       │── Page/BlockBatch (only what is named) ───────▶│    installed
+//!       │◀────────────────────────── PostcopyComplete ─────│  AwaitingRelease
+//!       │── Ack ────────────────────────────────────────▶│  Released
+//! ```
+//!
+//! Nothing is lost: whatever was in flight when the link failed either
+//! arrived (and is not named in `ResumeAccept`) or did not (and is); the
+//! source owes exactly what is named, whatever it handed out before. The
+//! destination asks again first for the pages and blocks its guest waits
+//! on. Nothing is counted twice: a page installed already is skipped (its
+//! second copy, or `EEXIST`, changes nothing). Batches start afresh on the
+//! new connection on both sides (compression state, acknowledgements).
+//!
+//! The destination registers its post-copy for resumption only once it has
+//! the hand-over: before it there is no running VM to serve, and a resume
+//! is refused (`MigrationReject`), as it is for an unknown id or after the
+//! destination gave up. One that finished answers a late resume with an
+//! empty `ResumeAccept` and its receipt, so a source that lost the receipt
+//! with the link still lets go. A newer resume of the same migration shuts
+//! the connection the destination still serves, which may look alive to it
+//! while the source knows it dead.
+//!
+//! After the recovery timeout each side says so plainly and touches
+//! nothing: the destination that the guest cannot continue because N pages
+//! and M blocks are only on the source host, unreachable for T (its VM is
+//! left running, stalled on them); the source that the destination is
+//! unreachable and that it still holds every such page (its VM stays
+//! paused). An operator decides; neither side can tell alone whether the
+//! other is gone for good.
+//!
 //! # Ownership
 //!
 //! One frame moves the VM: `HandOver`, the last of the switch. The rule:
@@ -67,16 +121,20 @@
 //! | destination fails after `HandOver`, tells the source (`Abort`)      | resumed | never ran, killed |
 //! | link cut after `HandOver` arrived (pre-copy)                        | stays paused | runs |
 //! | link cut after the source sent `HandOver`, before it arrived        | stays paused | never runs |
-//! | link cut after `HandOver` in post-copy                              | stays paused, holds the missing pages | fails on the first missing page |
+//! | link cut after `HandOver` in post-copy, back within the recovery timeout | stays paused, holds the missing pages until the receipt | runs; the post-copy resumes |
+//! | link cut after `HandOver` in post-copy, for longer, or the peer agent gone | stays paused, holds the missing pages | runs, stalled on the first missing page |
 //!
 //! The fourth row is the window no protocol over one link can close (two
 //! generals): its length is one frame's one-way trip. The source then
 //! reports that it cannot tell whether the destination runs, and stays
 //! paused: an operator, who can ask the destination, decides. Nothing is
 //! lost either way: the paused source still holds the whole guest. In the
-//! last row the guest's memory since the switch exists only at the
-//! destination and the missing pages only at the source; recovering it needs
-//! the agents to reconnect (not built yet).
+//! last two rows the guest's memory since the switch exists only at the
+//! destination and the missing pages only at the source: the agents
+//! reconnect ("Resuming a post-copy" above), and past the recovery timeout
+//! both say what is where. A restarted source agent does not re-serve a
+//! post-copy yet: its pages stay in the RAM file, untouched, but no agent
+//! resumes from them.
 //!
 //! # Phases
 //!
@@ -104,8 +162,13 @@
 //!                                            ▼
 //!                                      AwaitingRelease
 //!
+//!  AwaitingRequest ─ResumeRequest→ AwaitingResume ─MigrationReject→ Ended
+//!                                        │ResumeAccept
+//!                                        ▼
+//!                                     Postcopy (as above, on the new connection)
+//!
 //!  any phase but Released, Ended ─Abort (destination)→ Ended
-//!  any phase before AwaitingRunning ─Abort (source)→ Ended
+//!  any phase before AwaitingRunning but AwaitingResume ─Abort (source)→ Ended
 //! ```
 //!
 //! Acknowledgements of batches trail the batches, so the destination's `Ack`
