@@ -434,7 +434,7 @@ mod tests {
             M::ResumeRequest => ResumeRequest { migration_id: 7 }.into(),
             M::ResumeAccept => ResumeAccept {
                 pages: vec![],
-                disks: vec![],
+                blocks: vec![],
             }
             .into(),
             M::MigrationAccept => MigrationAccept.into(),

@@ -195,14 +195,15 @@ pub struct ResumeRequest {
 }
 
 /// The destination resumes the post-copy: its VM runs, and these are the
-/// pages, and for each disk (in the request's order) the blocks, it still
-/// lacks. Its view is the truth: whatever the source sent before the link
+/// pages, and the blocks of each disk (by its index in the request's
+/// `disk_bytes`), it still lacks. Its view is the truth: whatever the source sent before the link
 /// failed and is not named here arrived; whatever is named did not. A
 /// destination that has no such post-copy answers [`MigrationReject`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResumeAccept {
     pub pages: Vec<PageRange>,
-    pub disks: Vec<Vec<PageRange>>,
+    /// Flat, so that no entry decodes from fewer bytes than it takes.
+    pub blocks: Vec<(u16, PageRange)>,
 }
 
 /// Generates `MessageType`, `Message` and their conversions from one table, so a
@@ -339,7 +340,7 @@ impl Message {
             Message::ResumeAccept(missing) => missing
                 .pages
                 .iter()
-                .chain(missing.disks.iter().flatten())
+                .chain(missing.blocks.iter().map(|(_, range)| range))
                 .collect(),
             _ => return Ok(()),
         };

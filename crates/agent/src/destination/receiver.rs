@@ -515,10 +515,13 @@ impl<'a> Receiver<'a> {
     fn answer_resume(&self, postcopy: &Postcopy) -> Result<()> {
         self.outbox.send(&Message::ResumeAccept(ResumeAccept {
             pages: postcopy.missing_ranges(),
-            disks: self
-                .disks
-                .iter()
-                .map(|disk| disk.missing_block_ranges())
+            blocks: (0..)
+                .zip(self.disks)
+                .flat_map(|(index, disk)| {
+                    disk.missing_block_ranges()
+                        .into_iter()
+                        .map(move |range| (index, range))
+                })
                 .collect(),
         }))?;
         for pages in postcopy.awaited().chunks(ITEMS_PER_REQUEST) {

@@ -112,7 +112,7 @@ impl PostcopyResumes {
             vec![
                 Message::ResumeAccept(ResumeAccept {
                     pages: vec![],
-                    disks: vec![],
+                    blocks: vec![],
                 }),
                 Message::PostcopyComplete(PostcopyComplete),
             ]
@@ -186,5 +186,92 @@ impl Drop for Registration {
         if self.finished {
             registry.finished.insert(self.id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use mllm_wire::{
+        handshake, Capabilities, FrameReader, FrameWriter, Hello, ResumeRequest, Role,
+    };
+
+    use super::*;
+    use crate::destination::{accept_incoming, DestinationSettings, Incoming};
+
+    /// A source that asks to resume `id`; returns the destination's answers
+    /// until it closes the link, and what the destination made of it.
+    fn resume(
+        settings: &DestinationSettings,
+        id: u128,
+    ) -> (Vec<Message>, Result<Incoming, MigrationError>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let source = std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(address).unwrap();
+            let hello = Hello {
+                role: Role::Source,
+                capabilities: Capabilities::all(),
+            };
+            handshake(&mut stream, &hello).unwrap();
+            FrameWriter::new(&stream)
+                .send(&ResumeRequest { migration_id: id }.into())
+                .unwrap();
+            let mut reader = FrameReader::new(&stream);
+            std::iter::from_fn(|| reader.recv().ok()).collect::<Vec<_>>()
+        });
+        let (stream, _) = listener.accept().unwrap();
+        // The link closes once whoever took it is done: the source then
+        // has every answer.
+        let incoming = accept_incoming(stream, settings);
+        (source.join().unwrap(), incoming)
+    }
+
+    #[test]
+    fn a_resume_goes_to_its_post_copy_and_an_unknown_or_finished_one_is_answered() {
+        let settings = DestinationSettings::default();
+        let (answers, incoming) = resume(&settings, 7);
+        assert!(
+            matches!(answers.as_slice(), [Message::MigrationReject(reject)] if reject.reason.contains("no post-copy with id")),
+            "{answers:?}"
+        );
+        assert!(incoming.is_err());
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let current = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut old_peer, _) = listener.accept().unwrap();
+        let mut registration = settings.resumes.register(7, "web", current);
+        let waiting = std::thread::spawn(move || {
+            let resumed = registration.wait(Duration::from_secs(10));
+            registration.finished();
+            resumed.map(|resumed| resumed.conversation.phase())
+        });
+        let (answers, incoming) = resume(&settings, 7);
+        assert!(answers.is_empty(), "{answers:?}");
+        assert!(
+            matches!(incoming, Ok(Incoming::Resumed { vm_name: Some(ref name) }) if name == "web")
+        );
+        assert_eq!(
+            waiting.join().unwrap(),
+            Some(mllm_wire::conversation::Phase::AwaitingResume)
+        );
+        let mut rest = Vec::new();
+        assert_eq!(
+            std::io::Read::read_to_end(&mut old_peer, &mut rest).unwrap(),
+            0,
+            "the connection it served before is shut down"
+        );
+
+        let (answers, incoming) = resume(&settings, 7);
+        assert!(
+            matches!(
+                answers.as_slice(),
+                [Message::ResumeAccept(missing), Message::PostcopyComplete(_)]
+                    if missing.pages.is_empty() && missing.blocks.is_empty()
+            ),
+            "{answers:?}"
+        );
+        assert!(matches!(incoming, Ok(Incoming::Resumed { vm_name: None })));
     }
 }

@@ -206,18 +206,18 @@ fn owe_what_is_missing(
     missing: &ResumeAccept,
 ) -> Result<(), MigrationError> {
     resumption.owed.owe_exactly(&missing.pages)?;
-    let disks = usize::from(resumption.disk.is_some());
-    let blocks = match missing.disks.as_slice() {
-        [] => &[][..],
-        [blocks] if disks == 1 => blocks,
-        _ => {
+    let mut blocks = Vec::with_capacity(missing.blocks.len());
+    for &(disk, range) in &missing.blocks {
+        // The one disk a migration moves is disk 0.
+        if disk != 0 || resumption.disk.is_none() {
             return Err(MigrationError::Invalid(format!(
-                "the destination names missing blocks of {} disks, but the VM has {disks}",
-                missing.disks.len()
-            )))
+                "the destination says it lacks blocks of disk {disk}, which this migration \
+                 does not move"
+            )));
         }
-    };
-    resumption.owed_blocks.owe_exactly(blocks)
+        blocks.push(range);
+    }
+    resumption.owed_blocks.owe_exactly(&blocks)
 }
 
 /// Pushes what is owed over one resumed connection, serving the faults

@@ -111,7 +111,7 @@ fn a_reversed_page_range_is_malformed() {
     // A resumed post-copy's missing blocks are ranges too.
     let frame = encode(&[ResumeAccept {
         pages: vec![],
-        disks: vec![vec![PageRange::new(0, 1), reversed]],
+        blocks: vec![(0, PageRange::new(0, 1)), (1, reversed)],
     }
     .into()]);
     let error = decode_one(&frame).unwrap_err();

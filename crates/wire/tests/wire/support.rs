@@ -101,7 +101,7 @@ pub fn sample_messages() -> Vec<Message> {
         .into(),
         ResumeAccept {
             pages: vec![PageRange::new(0, 2), PageRange::new(70, 71)],
-            disks: vec![vec![], vec![PageRange::new(5, 9)]],
+            blocks: vec![(0, PageRange::new(5, 9)), (2, PageRange::new(0, 1))],
         }
         .into(),
     ]
