@@ -62,6 +62,33 @@ pub enum MigrationError {
     #[error("post-copy page faults")]
     Faults(#[from] FaultError),
 
+    /// The destination found no post-copy to resume under the source's id.
+    #[error("the destination refused to resume the post-copy: {reason}")]
+    ResumeRefused { reason: String },
+
+    /// Destination, post-copy: the source stayed unreachable for the
+    /// recovery timeout. The VM keeps running here, but any vCPU that
+    /// touches one of the missing pages (and any disk request on a missing
+    /// block) waits for good.
+    #[error("the guest cannot continue: {missing_pages} memory pages and {missing_blocks} disk blocks it has not received are only on the source host {source_host}, unreachable for {unreachable_for:.1?}; vCPUs touching them stay paused and disk requests on them fail; the VM is left as it is")]
+    SourceUnreachable {
+        missing_pages: u64,
+        missing_blocks: u64,
+        source_host: String,
+        unreachable_for: Duration,
+        #[source]
+        last_failure: Box<MigrationError>,
+    },
+
+    /// Source, post-copy: the destination stayed unreachable for the
+    /// recovery timeout.
+    #[error("the destination agent has been unreachable for {unreachable_for:.1?} during post-copy: the guest there cannot continue once it touches a page it has not received, and this host still holds every such page in the VM's RAM file (and disk)")]
+    DestinationUnreachable {
+        unreachable_for: Duration,
+        #[source]
+        last_failure: Box<MigrationError>,
+    },
+
     /// Test mode: the destination's memory is not the source's.
     #[error("{0}")]
     MemoryMismatch(String),
@@ -140,6 +167,12 @@ impl MigrationError {
             what: what.into(),
             source,
         }
+    }
+
+    /// Whether this failure is the link's (cut, closed, silent), which a
+    /// post-copy survives by reconnecting, rather than either agent's.
+    pub(crate) fn is_link_failure(&self) -> bool {
+        matches!(self.root(), MigrationError::Link(_))
     }
 
     /// Wraps a failure of the agent link as what it means to the migration.

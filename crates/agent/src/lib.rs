@@ -40,7 +40,10 @@ mod source;
 mod tracking;
 mod vm_setup;
 
-pub use destination::{receive_migration, DestinationSettings, IncomingAbort, IncomingMigration};
+pub use destination::{
+    accept_incoming, receive_migration, DestinationSettings, Incoming, IncomingAbort,
+    IncomingMigration, PostcopyResumes,
+};
 pub use disk::{write_disk_trace, DiskActivity, DiskServer, TrackedDisk, BLOCK_SIZE};
 pub use error::{LinkError, LinkFailure, MigrationError, Recovery, SourceError};
 pub use guest_ram::GuestRam;
@@ -55,7 +58,7 @@ pub use settings::{
     parse_compression, BoundAction, DedupSettings, DiskMove, EstimatorKind, MigrationPolicy,
     SourceSettings, SourceStrategy, UnknownCompression,
 };
-pub use source::migrate_source;
+pub use source::{migrate_source, migrate_source_with_reconnect};
 pub use vm_setup::{
     find_hook_library, hook_socket_of, make_migratable, ram_file_of, HOOK_LIBRARY_ENV,
     HOOK_SOCKET_ENV,

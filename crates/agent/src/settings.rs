@@ -70,6 +70,10 @@ pub struct SourceSettings {
     pub verify: bool,
     /// Silence from the peer for this long means the link is dead.
     pub link_timeout: Duration,
+    /// Post-copy, after the link failed: how long the source keeps trying
+    /// to reach the destination again (when it was given a way to
+    /// reconnect). The destination waits as long, set alike.
+    pub recovery_timeout: Duration,
     /// Record the guest's memory writes, from when tracking starts until
     /// the VM stops, into this file (mllm-core's binary memory trace): one
     /// interval per tracker scan. If writing it fails, the migration goes on
@@ -132,6 +136,7 @@ impl Default for SourceSettings {
             on_bound: BoundAction::Switch,
             verify: false,
             link_timeout: Duration::from_secs(30),
+            recovery_timeout: DEFAULT_RECOVERY_TIMEOUT,
             trace_file: None,
             trace_interval: Duration::from_millis(100),
             mllm_disk: DiskMove::Precopy,
@@ -206,6 +211,12 @@ impl SourceSettings {
         Ok(())
     }
 }
+
+/// How long either agent waits for the other after the link failed in
+/// post-copy: long enough to ride out a routing change or an agent
+/// restart, short enough that an operator hears of a lost peer the same
+/// day the guest starts to hang on its missing pages.
+pub const DEFAULT_RECOVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How far ahead, in scan intervals, the learning estimators (improved,
 /// hierarchical) train their prediction to look: the simulator's default.

@@ -19,6 +19,9 @@ pub enum Phase {
     /// Post-copy: the destination runs the VM; the pages it still lacks are
     /// pushed, those it touches first sent on demand.
     Postcopy,
+    /// Post-copy: the link failed; the source reconnects to the destination
+    /// to go on sending the pages it still lacks (the VM runs there).
+    Reconnecting,
     /// The destination runs the VM; the source's copy is released.
     Completed,
 }

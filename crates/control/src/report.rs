@@ -56,6 +56,19 @@ pub struct PostcopyReport {
     /// Disk blocks sent because the destination's guest needed them first.
     #[serde(default)]
     pub blocks_on_demand: u64,
+    /// Times the link failed and a new connection resumed the post-copy.
+    #[serde(default)]
+    pub resumes: u32,
+    /// The longest of those recoveries: from the source seeing the link
+    /// fail to the destination's answer on a new connection.
+    #[serde(default)]
+    pub longest_recovery_ms: u64,
+    /// What the destination still lacked at the last resume: only these
+    /// were sent after it.
+    #[serde(default)]
+    pub pages_missing_at_resume: u64,
+    #[serde(default)]
+    pub blocks_missing_at_resume: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -93,6 +93,15 @@ impl PageSet {
         self.words.iter().all(|&w| w == 0)
     }
 
+    /// The members as sorted, merged ranges.
+    pub fn ranges(&self) -> Vec<crate::memory::PageRange> {
+        let mut ranges = Vec::new();
+        for item in self.iter() {
+            crate::memory::push_merged(&mut ranges, crate::memory::PageRange::new(item, item + 1));
+        }
+        ranges
+    }
+
     /// Items in increasing order.
     pub fn iter(&self) -> Items<'_> {
         self.iter_from(0)

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use mllm_agent::{
-    migrate_source, parse_compression, record_memory_trace, DestinationSettings, EstimatorKind,
-    IncomingMigration, Recovery, SourceSettings, SourceStrategy,
+    accept_incoming, migrate_source_with_reconnect, parse_compression, record_memory_trace,
+    DestinationSettings, EstimatorKind, Incoming, IncomingMigration, MigrationError, Recovery,
+    SourceSettings, SourceStrategy,
 };
 use mllm_control::{
     ControlReply, ControlRequest, DestinationReport, MigrateRequest, Phase, Progress,
@@ -155,6 +156,9 @@ fn accept_migrations(
 ) {
     let handshakes = Slots::new(limits.max_handshakes);
     let receiving = Slots::new(limits.max_incoming);
+    // One for every connection: a post-copy resumed on a new connection
+    // is found in it.
+    let settings = DestinationSettings::default();
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -176,13 +180,17 @@ fn accept_migrations(
         let links = Arc::clone(links);
         let receiving = Arc::clone(&receiving);
         let timeout = limits.handshake_timeout;
+        let settings = settings.clone();
         std::thread::spawn(move || {
-            match receive(&host, &links, stream, handshake, &receiving, timeout) {
-                Ok(report) => tracing::info!(
+            match receive(
+                &host, &links, stream, handshake, &receiving, &settings, timeout,
+            ) {
+                Ok(Some(report)) => tracing::info!(
                     vm = %report.vm_name,
                     pages = report.pages_received,
                     "migration received; the VM runs here"
                 ),
+                Ok(None) => tracing::info!("a source resumed its post-copy"),
                 Err(error) => tracing::warn!("incoming migration failed: {error:#}"),
             }
         });
@@ -190,29 +198,34 @@ fn accept_migrations(
 }
 
 /// Receives a VM into a fresh QEMU launched from its spec; on failure the
-/// QEMU is killed and its RAM file removed (dropping it does both). The
-/// TLS handshake, the agents' handshake and the request must come within
-/// `handshake_timeout`.
+/// QEMU is killed and its RAM file removed (dropping it does both), unless
+/// it ran here and lost its source in post-copy: then it stays, stalled on
+/// the pages it lacks, for an operator. The TLS handshake, the agents'
+/// handshake and the request must come within `handshake_timeout`. A connection that resumes a post-copy
+/// goes to the migration in progress: `None`.
 fn receive(
     host: &VmHost,
     links: &PeerLinks,
     stream: TcpStream,
     handshake: Slot,
     receiving: &Arc<Slots>,
+    settings: &DestinationSettings,
     handshake_timeout: Duration,
-) -> Result<DestinationReport> {
+) -> Result<Option<DestinationReport>> {
     let deadline = Deadline::arm(
         stream.try_clone()?,
         handshake_timeout,
         "the handshake and migration request",
     );
-    let incoming = links.accept(stream).and_then(|stream| {
-        IncomingMigration::accept(stream, &DestinationSettings::default())
-            .map_err(anyhow::Error::from)
-    });
+    let incoming = links
+        .accept(stream)
+        .and_then(|stream| accept_incoming(stream, settings).map_err(anyhow::Error::from));
     deadline.disarm();
     drop(handshake);
-    let incoming = incoming?;
+    let incoming = match incoming? {
+        Incoming::Migration(incoming) => *incoming,
+        Incoming::Resumed { .. } => return Ok(None),
+    };
     let name = incoming.request().vm_name.clone();
     let refuse = |incoming: IncomingMigration, error: anyhow::Error| {
         let _ = incoming.reject(&format!("{error:#}"));
@@ -244,10 +257,19 @@ fn receive(
         Ok(vm) => vm,
         Err(error) => return refuse(incoming, error),
     };
-    let report = incoming.receive(&vm.qemu, &vm.ram_file, &vm.disks())?;
+    let report = match incoming.receive(&vm.qemu, &vm.ram_file, &vm.disks()) {
+        Ok(report) => report,
+        Err(error) if matches!(error.root(), MigrationError::SourceUnreachable { .. }) => {
+            // The guest's memory since the switch exists only here.
+            vm.set_phase(VmPhase::Owned)?;
+            host.register(&name, vm)?;
+            return Err(error.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
     vm.set_phase(VmPhase::Owned)?;
     host.register(&name, vm)?;
-    Ok(report)
+    Ok(Some(report))
 }
 
 fn serve_control(host: &VmHost, links: &PeerLinks, client: UnixStream) -> Result<()> {
@@ -327,11 +349,16 @@ fn migrate(
         // The TCP socket, under TLS too: shutting it down ends the link.
         abort.connected(tcp.try_clone()?);
         let stream = links.secure(tcp, &request.to)?;
-        migrate_source(
+        migrate_source_with_reconnect(
             &vm.qemu,
             &vm.ram_file,
             &vm.disks(),
             stream,
+            &|| {
+                connect_to_peer(split_target(&request.to).1)
+                    .and_then(|tcp| links.secure(tcp, &request.to))
+                    .map_err(std::io::Error::other)
+            },
             &settings,
             &|progress| {
                 if progress.phase == Phase::DeviceState && vm.phase() == VmPhase::Sending {

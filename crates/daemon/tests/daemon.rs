@@ -748,6 +748,7 @@ mod fake_source {
                 page_size: PAGE_SIZE_U32,
                 disk_bytes: vec![],
                 policy: MigrationPolicy::Precopy,
+                migration_id: 1,
             }))
             .unwrap();
         let mut reader = FrameReader::new(BufReader::new(socket.try_clone().unwrap()));

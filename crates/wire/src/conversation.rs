@@ -76,6 +76,60 @@
 //! conversation then ends and the source keeps the VM, resuming it if it
 //! paused it.
 //!
+//! # Resuming a post-copy
+//!
+//! In post-copy, after the hand-over, the destination runs the only guest
+//! and the source holds the only copy of the pages (and blocks) it still
+//! lacks: a failed link must not end the migration. The request carries a
+//! random 128-bit `migration_id` for this. When the link fails (cut,
+//! closed, or silent for the link timeout) after the hand-over:
+//!
+//! - the destination keeps the VM running: a vCPU that touches a missing
+//!   page sleeps in the fault, its fault thread keeps collecting faults,
+//!   requests it cannot send are dropped (they are asked again below). Its
+//!   set of missing pages and blocks is the authority. It waits for a new
+//!   connection naming the migration, up to its recovery timeout;
+//! - the source never resumes its VM (the ownership rule below) and keeps
+//!   its RAM file and disk as they were at the switch; it connects again,
+//!   with backoff, up to the same timeout. Only the source dials: it is
+//!   the side that knows where the other is.
+//!
+//! ```text
+//!  source agent (new connection)                     destination agent
+//!       │── hello ⇄ hello ────────────────────────────────│
+//!       │── ResumeRequest (migration id) ────────────────▶│  AwaitingResume: its
+//!       │◀──── ResumeAccept (pages, blocks still missing) ─│  post-copy, found by id
+//!       │◀────────── PageRequest, BlockRequest (awaited) ──│  Postcopy
+//!       │── Page/BlockBatch (only what is named) ───────▶│    installed
+//!       │◀────────────────────────── PostcopyComplete ─────│  AwaitingRelease
+//!       │── Ack ────────────────────────────────────────▶│  Released
+//! ```
+//!
+//! Nothing is lost: whatever was in flight when the link failed either
+//! arrived (and is not named in `ResumeAccept`) or did not (and is); the
+//! source owes exactly what is named, whatever it handed out before. The
+//! destination asks again first for the pages and blocks its guest waits
+//! on. Nothing is counted twice: a page installed already is skipped (its
+//! second copy, or `EEXIST`, changes nothing). Batches start afresh on the
+//! new connection on both sides (compression state, acknowledgements).
+//!
+//! The destination registers its post-copy for resumption only once it has
+//! the hand-over: before it there is no running VM to serve, and a resume
+//! is refused (`MigrationReject`), as it is for an unknown id or after the
+//! destination gave up. One that finished answers a late resume with an
+//! empty `ResumeAccept` and its receipt, so a source that lost the receipt
+//! with the link still lets go. A newer resume of the same migration shuts
+//! the connection the destination still serves, which may look alive to it
+//! while the source knows it dead.
+//!
+//! After the recovery timeout each side says so plainly and touches
+//! nothing: the destination that the guest cannot continue because N pages
+//! and M blocks are only on the source host, unreachable for T (its VM is
+//! left running, stalled on them); the source that the destination is
+//! unreachable and that it still holds every such page (its VM stays
+//! paused). An operator decides; neither side can tell alone whether the
+//! other is gone for good.
+//!
 //! # Ownership
 //!
 //! One frame moves the VM: `HandOver`, the last of the switch. The rule:
@@ -99,16 +153,20 @@
 //! | destination fails after `HandOver`, tells the source (`Abort`)      | resumed | never ran, killed |
 //! | link cut after `HandOver` arrived (pre-copy)                        | stays paused | runs |
 //! | link cut after the source sent `HandOver`, before it arrived        | stays paused | never runs |
-//! | link cut after `HandOver` in post-copy                              | stays paused, holds the missing pages | fails on the first missing page |
+//! | link cut after `HandOver` in post-copy, back within the recovery timeout | stays paused, holds the missing pages until the receipt | runs; the post-copy resumes |
+//! | link cut after `HandOver` in post-copy, for longer, or the peer agent gone | stays paused, holds the missing pages | runs, stalled on the first missing page |
 //!
 //! The fourth row is the window no protocol over one link can close (two
 //! generals): its length is one frame's one-way trip. The source then
 //! reports that it cannot tell whether the destination runs, and stays
 //! paused: an operator, who can ask the destination, decides. Nothing is
 //! lost either way: the paused source still holds the whole guest. In the
-//! last row the guest's memory since the switch exists only at the
-//! destination and the missing pages only at the source; recovering it needs
-//! the agents to reconnect (not built yet).
+//! last two rows the guest's memory since the switch exists only at the
+//! destination and the missing pages only at the source: the agents
+//! reconnect ("Resuming a post-copy" above), and past the recovery timeout
+//! both say what is where. A restarted source agent does not re-serve a
+//! post-copy yet: its pages stay in the RAM file, untouched, but no agent
+//! resumes from them.
 //!
 //! # Phases
 //!
@@ -137,8 +195,13 @@
 //!                                            ▼
 //!                                      AwaitingRelease
 //!
+//!  AwaitingRequest ─ResumeRequest→ AwaitingResume ─MigrationReject→ Ended
+//!                                        │ResumeAccept
+//!                                        ▼
+//!                                     Postcopy (as above, on the new connection)
+//!
 //!  any phase but Released, Ended ─Abort (destination)→ Ended
-//!  any phase before AwaitingRunning ─Abort (source)→ Ended
+//!  any phase before AwaitingRunning but AwaitingResume ─Abort (source)→ Ended
 //! ```
 //!
 //! Acknowledgements of batches trail the batches, so the destination's `Ack`
@@ -168,6 +231,9 @@ pub enum Phase {
     AwaitingRequest,
     /// The destination checks the request and accepts or refuses it.
     AwaitingAnswer,
+    /// On a new connection: the destination looks for the post-copy the
+    /// source asks to resume, and names what it still lacks or refuses.
+    AwaitingResume,
     /// Rounds of pages while the source VM runs.
     Precopy,
     /// The source VM is paused; its final round (and digest) follow.
@@ -191,6 +257,7 @@ impl fmt::Display for Phase {
         f.write_str(match self {
             Phase::AwaitingRequest => "awaiting the migration request",
             Phase::AwaitingAnswer => "awaiting the answer to the migration request",
+            Phase::AwaitingResume => "awaiting the answer to a request to resume post-copy",
             Phase::Precopy => "in pre-copy",
             Phase::Switching => "switching over (source VM paused, final round)",
             Phase::DeviceState => "relaying device state",
@@ -254,8 +321,13 @@ impl Conversation {
                 from,
                 phase: self.phase,
             })?;
-        if let Message::MigrationRequest(request) = message {
-            self.postcopy = request.policy.moves_pages_after_switch();
+        match message {
+            Message::MigrationRequest(request) => {
+                self.postcopy = request.policy.moves_pages_after_switch();
+            }
+            // Only a post-copy is ever resumed.
+            Message::ResumeRequest(_) => self.postcopy = true,
+            _ => {}
         }
         self.phase = next;
         Ok(next)
@@ -277,9 +349,16 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
     Some(match (phase, from, message) {
         (P::Released | P::Ended, _, _) => return None,
         // Handed over: the source cannot take the VM back.
-        (P::AwaitingRunning | P::Postcopy | P::AwaitingRelease, S, M::Abort) => return None,
+        (
+            P::AwaitingRunning | P::AwaitingResume | P::Postcopy | P::AwaitingRelease,
+            S,
+            M::Abort,
+        ) => return None,
         (_, _, M::Abort) => P::Ended,
         (P::AwaitingRequest, S, M::MigrationRequest) => P::AwaitingAnswer,
+        (P::AwaitingRequest, S, M::ResumeRequest) => P::AwaitingResume,
+        (P::AwaitingResume, D, M::ResumeAccept) => P::Postcopy,
+        (P::AwaitingResume, D, M::MigrationReject) => P::Ended,
         (P::AwaitingAnswer, D, M::MigrationAccept) => P::Precopy,
         (P::AwaitingAnswer, D, M::MigrationReject) => P::Ended,
         (P::Precopy | P::Switching | P::DeviceState | P::AwaitingRunning, D, M::Ack) => phase,
@@ -386,6 +465,13 @@ mod tests {
                 page_size: 4096,
                 disk_bytes: vec![],
                 policy,
+                migration_id: 7,
+            }
+            .into(),
+            M::ResumeRequest => ResumeRequest { migration_id: 7 }.into(),
+            M::ResumeAccept => ResumeAccept {
+                pages: vec![],
+                blocks: vec![],
             }
             .into(),
             M::MigrationAccept => MigrationAccept.into(),
@@ -483,6 +569,57 @@ mod tests {
         assert_eq!(
             play_with(MigrationPolicy::Postcopy, POSTCOPY_PATH).unwrap(),
             Phase::Released
+        );
+    }
+
+    /// A post-copy resumed on a new connection after the link failed.
+    const RESUMED_PATH: &[(Role, MessageType)] = &[
+        (Role::Source, M::ResumeRequest),
+        (Role::Destination, M::ResumeAccept),
+        (Role::Destination, M::PageRequest),
+        (Role::Source, M::PageBatch),
+        (Role::Destination, M::Ack),
+        (Role::Source, M::BlockBatch),
+        (Role::Destination, M::Ack),
+        (Role::Destination, M::PostcopyComplete),
+        (Role::Source, M::Ack),
+    ];
+
+    #[test]
+    fn a_resumed_post_copy_ends_released_and_never_gives_the_vm_back() {
+        // Whatever the policy of the connection it replaces.
+        assert_eq!(
+            play_with(MigrationPolicy::Precopy, RESUMED_PATH).unwrap(),
+            Phase::Released
+        );
+        let refused = [
+            (Role::Source, M::ResumeRequest),
+            (Role::Destination, M::MigrationReject),
+        ];
+        assert_eq!(play(&refused).unwrap(), Phase::Ended);
+        for cut in 1..RESUMED_PATH.len() {
+            let mut messages = RESUMED_PATH[..cut].to_vec();
+            messages.push((Role::Source, M::Abort));
+            let error = play(&messages).unwrap_err().to_string();
+            assert!(error.contains("the source sent Abort"), "{error}");
+        }
+        // A resume is no new migration, and a migration resumes nothing.
+        let error = play(&[
+            (Role::Source, M::ResumeRequest),
+            (Role::Source, M::MigrationRequest),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("resume post-copy"), "{error}");
+        let error = play(&[
+            (Role::Source, M::MigrationRequest),
+            (Role::Destination, M::ResumeAccept),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("the destination sent ResumeAccept"),
+            "{error}"
         );
     }
 

@@ -32,7 +32,7 @@ pub use message::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, DestinationRunning, DeviceState,
     DiskDigest, FrameType, HandOver, Message, MessageType, MigrationAccept, MigrationPolicy,
     MigrationReject, MigrationRequest, PageDigests, PageRequest, PendingBlocks, PendingPages,
-    PostcopyComplete, ResendContent, RoundEnd, SourceStopped,
+    PostcopyComplete, ResendContent, ResumeAccept, ResumeRequest, RoundEnd, SourceStopped,
 };
 /// What a reference names, defined by `mllm-core`'s content index.
 pub use mllm_core::dedup::{ContentHash, Location};

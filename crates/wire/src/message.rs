@@ -25,6 +25,9 @@ pub struct MigrationRequest {
     /// Size of each guest disk, in the order the VM attaches them.
     pub disk_bytes: Vec<u64>,
     pub policy: MigrationPolicy,
+    /// Random, chosen by the source: names this migration when a new
+    /// connection resumes its post-copy ([`ResumeRequest`]).
+    pub migration_id: u128,
 }
 
 /// How the source intends to move the guest's memory: the destination
@@ -194,6 +197,27 @@ pub struct Abort {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack;
 
+/// Post-copy, on a new connection after the link failed: the source asks
+/// to go on serving the post-copy of migration `migration_id` (the id of
+/// its [`MigrationRequest`]). Sent instead of a request, right after the
+/// handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    pub migration_id: u128,
+}
+
+/// The destination resumes the post-copy: its VM runs, and these are the
+/// pages, and the blocks of each disk (by its index in the request's
+/// `disk_bytes`), it still lacks. Its view is the truth: whatever the source sent before the link
+/// failed and is not named here arrived; whatever is named did not. A
+/// destination that has no such post-copy answers [`MigrationReject`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeAccept {
+    pub pages: Vec<PageRange>,
+    /// Flat, so that no entry decodes from fewer bytes than it takes.
+    pub blocks: Vec<(u16, PageRange)>,
+}
+
 /// Generates `MessageType`, `Message` and their conversions from one table, so a
 /// message cannot be added to one without the others.
 macro_rules! message_table {
@@ -312,6 +336,10 @@ message_table! {
     22 => BlockRequest: Disk,
     23 => BlockDigests: Verification,
     24 => ResendContent: Control,
+    // Post-copy recovery (version 6), numbered apart from the rest so that
+    // messages added alongside it elsewhere do not collide.
+    40 => ResumeRequest: Control,
+    41 => ResumeAccept: Control,
 }
 
 impl Message {
@@ -319,12 +347,17 @@ impl Message {
     /// field, and one that ends before it starts would underflow every
     /// length computed from it.
     fn check(&self) -> Result<(), String> {
-        let ranges = match self {
-            Message::PendingPages(pending) => &pending.ranges,
-            Message::PendingBlocks(pending) => &pending.ranges,
+        let ranges: Vec<&PageRange> = match self {
+            Message::PendingPages(pending) => pending.ranges.iter().collect(),
+            Message::PendingBlocks(pending) => pending.ranges.iter().collect(),
+            Message::ResumeAccept(missing) => missing
+                .pages
+                .iter()
+                .chain(missing.blocks.iter().map(|(_, range)| range))
+                .collect(),
             _ => return Ok(()),
         };
-        match ranges.iter().find(|r| r.start > r.end) {
+        match ranges.into_iter().find(|r| r.start > r.end) {
             Some(range) => Err(format!(
                 "range {}..{} ends before it starts",
                 range.start, range.end

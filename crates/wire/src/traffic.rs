@@ -40,6 +40,16 @@ impl Traffic {
         entry.bytes += frame_bytes;
     }
 
+    /// Adds what crossed another connection of the same migration (a
+    /// resumed post-copy's).
+    pub fn add(&mut self, other: &Traffic) {
+        for (&message_type, traffic) in &other.per_type {
+            let entry = self.per_type.entry(message_type).or_default();
+            entry.frames += traffic.frames;
+            entry.bytes += traffic.bytes;
+        }
+    }
+
     pub fn of_type(&self, message_type: MessageType) -> TypeTraffic {
         self.per_type
             .get(&message_type)

@@ -6,8 +6,10 @@ mod abort;
 mod postcopy;
 mod receiver;
 mod references;
+mod resumes;
 
 pub use abort::IncomingAbort;
+pub use resumes::PostcopyResumes;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,21 +29,89 @@ use crate::disk::TrackedDisk;
 use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
 use crate::peer::PeerLink;
+use crate::settings::DEFAULT_RECOVERY_TIMEOUT;
 use crate::vm_setup::hook_socket_of;
+use resumes::ResumedLink;
 
 /// Settings of the destination agent.
 #[derive(Debug, Clone)]
 pub struct DestinationSettings {
     /// Silence from the source for this long means the link is dead.
     pub link_timeout: Duration,
+    /// Post-copy, after the link failed: how long the destination waits
+    /// for the source to resume before it says the guest cannot continue.
+    pub recovery_timeout: Duration,
+    /// Where a resumed connection finds its post-copy: shared by every
+    /// connection this agent accepts ([`accept_incoming`]).
+    pub resumes: PostcopyResumes,
 }
 
 impl Default for DestinationSettings {
     fn default() -> Self {
         DestinationSettings {
             link_timeout: Duration::from_secs(30),
+            recovery_timeout: DEFAULT_RECOVERY_TIMEOUT,
+            resumes: PostcopyResumes::default(),
         }
     }
+}
+
+/// What a connection from a source agent brought.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A new migration, its request read (boxed: it holds the link).
+    Migration(Box<IncomingMigration>),
+    /// A source resumed the post-copy of `vm_name` on this connection after
+    /// the link failed; the migration's receiver goes on with it. `None`:
+    /// that post-copy had finished, and the source was told so.
+    Resumed { vm_name: Option<String> },
+}
+
+/// Handshake, then the source's first message: a new migration's request,
+/// or a request to resume a post-copy in progress, which is handed to its
+/// receiver through `settings.resumes`.
+pub fn accept_incoming(
+    stream: impl Into<PeerStream>,
+    settings: &DestinationSettings,
+) -> Result<Incoming, MigrationError> {
+    let started_us = wall_clock_us();
+    let timeout = settings.link_timeout;
+    let mut link = PeerLink::establish(stream.into(), Role::Destination, timeout)?;
+    let mut conversation = Conversation::new(Role::Destination);
+    let first = link
+        .reader
+        .recv()
+        .map_err(|e| link.failure(e))
+        .during("waiting for the migration request")?;
+    conversation.received(&first)?;
+    let request = match first {
+        Message::MigrationRequest(request) => request,
+        Message::ResumeRequest(resume) => {
+            let vm_name = settings
+                .resumes
+                .route(resume.migration_id, ResumedLink { link, conversation })?;
+            return Ok(Incoming::Resumed { vm_name });
+        }
+        other => unreachable!(
+            "the conversation admits only a request first, not {}",
+            other.message_type()
+        ),
+    };
+    let abort = IncomingAbort::new(
+        link.socket
+            .try_clone()
+            .map_err(|e| MigrationError::io("setting up the agent link's socket", e))?,
+    );
+    Ok(Incoming::Migration(Box::new(IncomingMigration {
+        link,
+        conversation,
+        request,
+        timeout,
+        recovery_timeout: settings.recovery_timeout,
+        resumes: settings.resumes.clone(),
+        started_us,
+        abort,
+    })))
 }
 
 /// Receives a migration into `vm`, a QEMU started with `-incoming defer`
@@ -70,42 +140,27 @@ pub struct IncomingMigration {
     conversation: Conversation,
     request: MigrationRequest,
     timeout: Duration,
+    recovery_timeout: Duration,
+    resumes: PostcopyResumes,
     started_us: u64,
     abort: IncomingAbort,
 }
 
 impl IncomingMigration {
-    /// Handshake, then the source's request.
+    /// Handshake, then the source's request. A connection that resumes a
+    /// post-copy instead is handed to it (see [`accept_incoming`]) and
+    /// reported as an error here: it is no new migration.
     pub fn accept(
         stream: impl Into<PeerStream>,
         settings: &DestinationSettings,
     ) -> Result<IncomingMigration, MigrationError> {
-        let started_us = wall_clock_us();
-        let timeout = settings.link_timeout;
-        let mut link = PeerLink::establish(stream.into(), Role::Destination, timeout)?;
-        let mut conversation = Conversation::new(Role::Destination);
-        let first = link
-            .reader
-            .recv()
-            .map_err(|e| link.failure(e))
-            .during("waiting for the migration request")?;
-        conversation.received(&first)?;
-        let Message::MigrationRequest(request) = first else {
-            unreachable!("the conversation admits only a request first")
-        };
-        let abort = IncomingAbort::new(
-            link.socket
-                .try_clone()
-                .map_err(|e| MigrationError::io("setting up the agent link's socket", e))?,
-        );
-        Ok(IncomingMigration {
-            link,
-            conversation,
-            request,
-            timeout,
-            started_us,
-            abort,
-        })
+        match accept_incoming(stream, settings)? {
+            Incoming::Migration(incoming) => Ok(*incoming),
+            Incoming::Resumed { vm_name } => Err(MigrationError::Invalid(format!(
+                "the connection resumed the post-copy of VM {}; it brought no new migration",
+                vm_name.as_deref().unwrap_or("(finished)")
+            ))),
+        }
     }
 
     pub fn request(&self) -> &MigrationRequest {
@@ -157,7 +212,15 @@ impl IncomingMigration {
             .map_err(|e| accepted.link.failure(e))?;
         receiver::Receiver::new(vm, ram, disks, device_state, accepted)
             .run()
-            .during_with(|| format!("receiving VM {vm_name} failed; the destination VM never ran"))
+            .map_err(|error| {
+                let what = match error.root() {
+                    MigrationError::SourceUnreachable { .. } => {
+                        format!("receiving VM {vm_name} failed after it started here")
+                    }
+                    _ => format!("receiving VM {vm_name} failed; the destination VM never ran"),
+                };
+                error.during(what)
+            })
     }
 
     /// Everything that can be checked before a page moves.

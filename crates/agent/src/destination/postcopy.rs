@@ -133,6 +133,41 @@ impl Postcopy {
         page < state.missing.universe() && state.missing.contains(page)
     }
 
+    /// Pending pages not installed yet.
+    pub fn missing_count(&self) -> u64 {
+        self.lock().missing_count
+    }
+
+    /// Pending pages not installed yet, as ranges: what a resumed source
+    /// must send.
+    pub fn missing_ranges(&self) -> Vec<PageRange> {
+        self.lock().missing.ranges()
+    }
+
+    /// Pages faulted on and still missing: asked for again first on a
+    /// resumed link, since the requests may have been lost with the old one.
+    pub fn awaited(&self) -> Vec<PageIndex> {
+        let state = self.lock();
+        let mut pages: Vec<PageIndex> = state
+            .asked_at
+            .keys()
+            .copied()
+            .filter(|&page| state.missing.contains(page))
+            .collect();
+        pages.sort_unstable();
+        pages
+    }
+
+    /// Whether the receipt went to the source (on some connection).
+    pub fn receipt_sent(&self) -> bool {
+        self.lock().receipt_sent
+    }
+
+    /// The receipt could not be sent: it is due again once a link is back.
+    pub fn receipt_lost(&self) {
+        self.lock().receipt_sent = false;
+    }
+
     /// The VM runs here; the caller then asks whether the receipt is due.
     pub fn vm_started(&self) {
         self.lock().vm_started = true;

@@ -6,6 +6,7 @@
 //! and resumes on a thread of its own (it may fault while it loads).
 
 use std::io::BufReader;
+use std::net::Shutdown;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,12 +20,13 @@ use mllm_tls::PeerStream;
 use mllm_wire::{
     Abort, Ack, BlockBatch, BlockRequest, Conversation, DestinationRunning, DiskDigest,
     FrameReader, FrameWriter, Location, Message, PageBatch, PageBatchDecoder, PageContent,
-    PendingBlocks, PostcopyComplete, RamDigest, Role, TrafficClass,
+    PageRequest, PendingBlocks, PostcopyComplete, RamDigest, ResumeAccept, Role, TrafficClass,
 };
 use serde_json::json;
 
 use super::postcopy::Postcopy;
 use super::references::References;
+use super::resumes::{PostcopyResumes, Registration, ResumedLink};
 use super::IncomingAbort;
 use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
@@ -44,13 +46,21 @@ const MISMATCHES_SHOWN: usize = 8;
 /// How long an aborting destination keeps draining the link so its `Abort`
 /// reaches the source (which stops sending once it reads it).
 const ABORT_LINGER: Duration = Duration::from_secs(3);
+/// Pages or blocks per request when a resumed link asks again for those
+/// the guest waits for.
+const ITEMS_PER_REQUEST: usize = 64;
 
 /// The sending half of the link, shared with the post-copy threads; every
-/// message in and out is checked against the conversation it holds.
+/// message in and out is checked against the conversation it holds. In
+/// post-copy the link may be replaced by a resumed one.
 #[derive(Debug)]
 struct Outbox {
     state: Mutex<OutboxState>,
-    socket: PeerStream,
+    /// The current connection, to shut down without waiting for a writer
+    /// stuck on it.
+    socket: Mutex<PeerStream>,
+    /// False from a link failure until a resumed link replaces it.
+    connected: AtomicBool,
     timeout: Duration,
 }
 
@@ -68,10 +78,51 @@ impl Outbox {
     fn send(&self, message: &Message) -> Result<()> {
         let mut state = self.lock();
         state.conversation.sending(message)?;
-        state
-            .writer
-            .send(message)
-            .map_err(|e| MigrationError::link(e, Role::Source, self.timeout))
+        let sent = state.writer.send(message);
+        drop(state);
+        sent.map_err(|e| {
+            // Whoever reads the link learns of it too.
+            self.disconnect();
+            MigrationError::link(e, Role::Source, self.timeout)
+        })
+    }
+
+    /// Sends `message` unless the link is down or goes down now; returns
+    /// whether it went. A lost request or receipt is made up for once the
+    /// source resumes (see `Receiver::resume`).
+    fn send_unless_down(&self, message: &Message) -> Result<bool> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        match self.send(message) {
+            Ok(()) => Ok(true),
+            Err(error) if error.is_link_failure() => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The link failed: nothing more goes out on it.
+    fn disconnect(&self) {
+        self.connected.store(false, Ordering::Relaxed);
+        let _ = self.socket().shutdown(Shutdown::Both);
+    }
+
+    /// A resumed link replaces the failed one.
+    fn reconnect(
+        &self,
+        writer: FrameWriter<PeerStream>,
+        conversation: Conversation,
+        socket: PeerStream,
+    ) {
+        let mut state = self.lock();
+        state.writer = writer;
+        state.conversation = conversation;
+        *self.socket() = socket;
+        self.connected.store(true, Ordering::Relaxed);
+    }
+
+    fn socket(&self) -> MutexGuard<'_, PeerStream> {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn received(&self, message: &Message) -> Result<()> {
@@ -114,6 +165,14 @@ pub(super) struct Receiver<'a> {
     device_state_bytes: u64,
     verified: bool,
     qemu_checked: Instant,
+    /// Names this migration when the source resumes its post-copy.
+    migration_id: u128,
+    /// Where the source agent connected from, for an operator's error.
+    source_host: String,
+    recovery_timeout: Duration,
+    resumes: PostcopyResumes,
+    /// Post-copy after the hand-over: where a resumed link arrives.
+    registration: Option<Registration>,
 }
 
 impl<'a> Receiver<'a> {
@@ -131,6 +190,8 @@ impl<'a> Receiver<'a> {
             conversation,
             request,
             timeout,
+            recovery_timeout,
+            resumes,
             started_us,
             abort,
         } = accepted;
@@ -140,6 +201,7 @@ impl<'a> Receiver<'a> {
             socket,
             ..
         } = link;
+        let source_host = socket.describe_peer();
         Receiver {
             vm,
             ram,
@@ -152,7 +214,8 @@ impl<'a> Receiver<'a> {
                     writer,
                     conversation,
                 }),
-                socket,
+                socket: Mutex::new(socket),
+                connected: AtomicBool::new(true),
                 timeout,
             }),
             abort,
@@ -168,6 +231,11 @@ impl<'a> Receiver<'a> {
             device_state_bytes: 0,
             verified: false,
             qemu_checked: Instant::now(),
+            migration_id: request.migration_id,
+            source_host,
+            recovery_timeout,
+            resumes,
+            registration: None,
         }
     }
 
@@ -186,7 +254,7 @@ impl<'a> Receiver<'a> {
                 // After the source's own abort there is nobody to tell; the
                 // source learns of a broken link by itself.
                 if self.outbox.send(&abort).is_ok() {
-                    close_gracefully(&self.outbox.socket, ABORT_LINGER);
+                    close_gracefully(&self.outbox.socket(), ABORT_LINGER);
                 }
                 Err(error)
             }
@@ -252,7 +320,9 @@ impl<'a> Receiver<'a> {
         let stop = AtomicBool::new(false);
         let outbox = Arc::clone(&self.outbox);
         std::thread::scope(|scope| {
-            let faults = scope.spawn(|| postcopy.serve_faults(&stop, |ask| outbox.send(&ask)));
+            let faults = scope.spawn(|| {
+                postcopy.serve_faults(&stop, |ask| outbox.send_unless_down(&ask).map(drop))
+            });
             let received = self.receive_after_switch(&postcopy, scope);
             stop.store(true, Ordering::Relaxed);
             let served = faults.join().expect("the fault thread panicked");
@@ -280,63 +350,198 @@ impl<'a> Receiver<'a> {
     {
         let mut starting = None;
         loop {
-            match self.next_message()? {
-                Message::PageBatch(batch) => {
-                    self.install_pages(&batch, postcopy)?;
-                    self.send_receipt_if_due(postcopy)?;
+            let handled = self
+                .next_message()
+                .and_then(|message| self.after_switch(message, postcopy, scope, &mut starting));
+            match handled {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Released) => break,
+                // The VM runs here (or is starting) and the pages it lacks
+                // are on the source: the link's failure is waited out.
+                Err(error) if self.registration.is_some() && error.is_link_failure() => {
+                    if postcopy.receipt_sent() {
+                        tracing::warn!(
+                            error = %error.chain(),
+                            "the source's release did not arrive; every page is here"
+                        );
+                        break;
+                    }
+                    self.resume(postcopy, error)?;
                 }
-                Message::BlockBatch(blocks) => {
-                    self.install_blocks(&blocks)?;
-                    self.send_receipt_if_due(postcopy)?;
-                }
-                Message::RamDigest(digest) => {
-                    let ours = postcopy.digest_present(&self.ram);
-                    self.compare(&digest, &ours)?;
-                }
-                Message::PageDigests(digests) => postcopy.expect(&digests)?,
-                Message::DiskDigest(digest) => self.verify_disk(&digest)?,
-                Message::BlockDigests(digests) => {
-                    self.disk(digests.disk)?.expect_blocks(&digests.blocks)?
-                }
-                Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
-                Message::HandOver(end) => {
-                    self.take_hand_over()?;
-                    let (vm, outbox, started_us, disks) = (
-                        self.vm,
-                        Arc::clone(&self.outbox),
-                        self.started_us,
-                        self.disks,
-                    );
-                    let device_state = self.take_device_state()?;
-                    starting = Some(scope.spawn(move || {
-                        let started = start_vm(
-                            vm,
-                            device_state,
-                            end.device_state_bytes,
-                            &outbox,
-                            started_us,
-                        )?;
-                        // The last page or block may have come before the start.
-                        postcopy.vm_started();
-                        if postcopy.receipt_due(blocks_done(disks)) {
-                            outbox.send(&Message::PostcopyComplete(PostcopyComplete))?;
-                        }
-                        Ok(started)
-                    }));
-                }
-                // The source's release, once it has read our receipt.
-                Message::Ack(_) => break,
-                Message::Abort(abort) => return Err(aborted(abort)),
-                other => unreachable!(
-                    "the conversation admitted {} from the source in post-copy",
-                    other.message_type()
-                ),
+                Err(error) => return Err(error),
             }
+        }
+        if let Some(registration) = &mut self.registration {
+            registration.finished();
         }
         starting
             .expect("the release comes after the VM started")
             .join()
             .expect("the thread starting the VM panicked")
+    }
+
+    /// One message of the post-copy phase.
+    fn after_switch<'scope>(
+        &mut self,
+        message: Message,
+        postcopy: &'scope Postcopy,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        starting: &mut Option<std::thread::ScopedJoinHandle<'scope, Result<Started>>>,
+    ) -> Result<Flow>
+    where
+        'a: 'scope,
+    {
+        match message {
+            Message::PageBatch(batch) => {
+                self.install_pages(&batch, postcopy)?;
+                self.send_receipt_if_due(postcopy)?;
+            }
+            Message::BlockBatch(blocks) => {
+                self.install_blocks(&blocks)?;
+                self.send_receipt_if_due(postcopy)?;
+            }
+            Message::RamDigest(digest) => {
+                let ours = postcopy.digest_present(&self.ram);
+                self.compare(&digest, &ours)?;
+            }
+            Message::PageDigests(digests) => postcopy.expect(&digests)?,
+            Message::DiskDigest(digest) => self.verify_disk(&digest)?,
+            Message::BlockDigests(digests) => {
+                self.disk(digests.disk)?.expect_blocks(&digests.blocks)?
+            }
+            Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
+            Message::HandOver(end) => {
+                self.take_hand_over()?;
+                // From here the VM runs here whatever becomes of the link,
+                // so a source that lost it may come back to finish.
+                let current = self
+                    .outbox
+                    .socket()
+                    .try_clone()
+                    .map_err(|e| MigrationError::io("setting up the agent link's socket", e))?;
+                self.registration = Some(self.resumes.register(
+                    self.migration_id,
+                    &self.vm_name,
+                    current,
+                ));
+                let (vm, outbox, started_us, disks) = (
+                    self.vm,
+                    Arc::clone(&self.outbox),
+                    self.started_us,
+                    self.disks,
+                );
+                let device_state = self.take_device_state()?;
+                *starting = Some(scope.spawn(move || {
+                    let started = start_vm(
+                        vm,
+                        device_state,
+                        end.device_state_bytes,
+                        &outbox,
+                        started_us,
+                    )?;
+                    // The last page or block may have come before the start.
+                    postcopy.vm_started();
+                    send_receipt_if_due(&outbox, postcopy, disks)?;
+                    Ok(started)
+                }));
+            }
+            // The source's release, once it has read our receipt.
+            Message::Ack(_) => return Ok(Flow::Released),
+            Message::Abort(abort) => return Err(aborted(abort)),
+            other => unreachable!(
+                "the conversation admitted {} from the source in post-copy",
+                other.message_type()
+            ),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The link failed in post-copy: waits for the source to resume on a
+    /// new connection, tells it what is still missing and asks again for
+    /// what the guest waits for. Fails, saying the guest cannot continue,
+    /// when no source comes back within the recovery timeout.
+    fn resume(&mut self, postcopy: &Postcopy, failure: MigrationError) -> Result<()> {
+        let lost_at = Instant::now();
+        let mut failure = failure;
+        loop {
+            self.outbox.disconnect();
+            tracing::warn!(
+                error = %failure.chain(),
+                missing_pages = postcopy.missing_count(),
+                "the link to the source failed in post-copy; waiting for it to resume"
+            );
+            let registration = self
+                .registration
+                .as_ref()
+                .expect("only a registered post-copy resumes");
+            let Some(ResumedLink { link, conversation }) =
+                registration.wait(self.recovery_timeout.saturating_sub(lost_at.elapsed()))
+            else {
+                return Err(MigrationError::SourceUnreachable {
+                    missing_pages: postcopy.missing_count(),
+                    missing_blocks: self.disks.iter().map(|disk| disk.missing_blocks()).sum(),
+                    source_host: self.source_host.clone(),
+                    unreachable_for: lost_at.elapsed(),
+                    last_failure: Box::new(failure),
+                });
+            };
+            let PeerLink {
+                reader,
+                writer,
+                socket,
+                ..
+            } = link;
+            if let Ok(current) = socket.try_clone() {
+                registration.serving_on(current);
+            }
+            self.reader = reader;
+            // Batches on the new link start afresh, as the source's do.
+            self.decoder = PageBatchDecoder::new();
+            self.outbox.reconnect(writer, conversation, socket);
+            match self.answer_resume(postcopy) {
+                Ok(()) => {
+                    tracing::info!(
+                        after = ?lost_at.elapsed(),
+                        missing_pages = postcopy.missing_count(),
+                        "the source resumed the post-copy"
+                    );
+                    return Ok(());
+                }
+                Err(error) if error.is_link_failure() => failure = error,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// What a resumed source must send: every page and block still missing
+    /// (the truth, whatever was in flight), those the guest waits for
+    /// first; and the receipt if nothing is missing.
+    fn answer_resume(&self, postcopy: &Postcopy) -> Result<()> {
+        self.outbox.send(&Message::ResumeAccept(ResumeAccept {
+            pages: postcopy.missing_ranges(),
+            blocks: (0..)
+                .zip(self.disks)
+                .flat_map(|(index, disk)| {
+                    disk.missing_block_ranges()
+                        .into_iter()
+                        .map(move |range| (index, range))
+                })
+                .collect(),
+        }))?;
+        for pages in postcopy.awaited().chunks(ITEMS_PER_REQUEST) {
+            self.outbox.send(&Message::PageRequest(PageRequest {
+                pages: pages.to_vec(),
+            }))?;
+        }
+        for (index, disk) in (0..).zip(self.disks) {
+            for blocks in disk.awaited_blocks().chunks(ITEMS_PER_REQUEST) {
+                self.outbox.send(&Message::BlockRequest(BlockRequest {
+                    disk: index,
+                    blocks: blocks.to_vec(),
+                }))?;
+            }
+        }
+        self.send_receipt_if_due(postcopy)
     }
 
     /// The next message, checked against the conversation.
@@ -429,10 +634,12 @@ impl<'a> Receiver<'a> {
         disk.arm_remote(
             &pending.ranges,
             Arc::new(move |blocks| {
-                outbox.send(&Message::BlockRequest(BlockRequest {
-                    disk: index,
-                    blocks,
-                }))
+                outbox
+                    .send_unless_down(&Message::BlockRequest(BlockRequest {
+                        disk: index,
+                        blocks,
+                    }))
+                    .map(drop)
             }),
         )?;
         self.disk_postcopy = true;
@@ -457,11 +664,7 @@ impl<'a> Receiver<'a> {
     }
 
     fn send_receipt_if_due(&self, postcopy: &Postcopy) -> Result<()> {
-        if postcopy.receipt_due(blocks_done(self.disks)) {
-            self.outbox
-                .send(&Message::PostcopyComplete(PostcopyComplete))?;
-        }
-        Ok(())
+        send_receipt_if_due(&self.outbox, postcopy, self.disks)
     }
 
     fn write_blocks(&mut self, blocks: &BlockBatch) -> Result<()> {
@@ -664,6 +867,28 @@ fn start_vm(
         device_state_loaded_us,
         running_us,
     })
+}
+
+/// Whether the post-copy phase goes on after a message.
+enum Flow {
+    Continue,
+    /// The source let the VM go.
+    Released,
+}
+
+/// Sends the receipt once it is due; on a link that is down it is due
+/// again once a resumed link is up.
+fn send_receipt_if_due(
+    outbox: &Outbox,
+    postcopy: &Postcopy,
+    disks: &[Arc<TrackedDisk>],
+) -> Result<()> {
+    if postcopy.receipt_due(blocks_done(disks))
+        && !outbox.send_unless_down(&Message::PostcopyComplete(PostcopyComplete))?
+    {
+        postcopy.receipt_lost();
+    }
+    Ok(())
 }
 
 /// A page or block of zeros.

@@ -113,6 +113,20 @@ impl RemoteBlocks {
         self.lock().missing.clone()
     }
 
+    /// Blocks a guest request waits for: asked for again first on a
+    /// resumed link, since the requests may have been lost with the old one.
+    pub fn awaited(&self) -> Vec<u32> {
+        let state = self.lock();
+        let mut blocks: Vec<u32> = state
+            .asked_at
+            .keys()
+            .copied()
+            .filter(|&block| state.missing.contains(block))
+            .collect();
+        blocks.sort_unstable();
+        blocks
+    }
+
     /// Before a guest request on `blocks`: returns once none of them is
     /// missing. `whole` are the blocks the request overwrites entirely:
     /// those become present at once, since nothing of the source's copy

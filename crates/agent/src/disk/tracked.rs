@@ -267,6 +267,16 @@ impl TrackedDisk {
         self.remote.missing_count()
     }
 
+    /// Blocks still on the source, as ranges.
+    pub fn missing_block_ranges(&self) -> Vec<PageRange> {
+        self.remote.missing().ranges()
+    }
+
+    /// Blocks guest requests wait for, still on the source.
+    pub fn awaited_blocks(&self) -> Vec<u32> {
+        self.remote.awaited()
+    }
+
     /// Test mode at a post-copy destination: the digest of the blocks
     /// here, the pending ones (stale here) left out.
     pub fn digest_present(&self) -> Result<RamDigest, MigrationError> {

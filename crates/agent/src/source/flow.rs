@@ -305,6 +305,7 @@ mod tests {
             page_size: 4096,
             disk_bytes: vec![],
             policy: mllm_wire::MigrationPolicy::Precopy,
+            migration_id: 1,
         };
         conversation.sending(&request.into()).unwrap();
         conversation

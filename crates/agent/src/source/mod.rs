@@ -9,6 +9,7 @@ mod postcopy;
 mod precopy;
 mod rate;
 mod reporter;
+mod resume;
 mod switchover;
 mod threads;
 mod writes;
@@ -84,13 +85,54 @@ pub fn migrate_source(
     settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
 ) -> Result<SourceReport, SourceError> {
+    migrate(vm, ram_file, disks, stream.into(), None, settings, progress)
+}
+
+/// [`migrate_source`], surviving a link failure in post-copy: `reconnect`
+/// opens a new connection to the same destination agent, and is called
+/// (with backoff) until the destination answers or
+/// [`SourceSettings::recovery_timeout`] passes since the failure. The new
+/// connection resumes the post-copy where the destination stands: it names
+/// the pages and blocks it still lacks, and only those are sent. Should
+/// the destination stay unreachable, the error says so
+/// ([`MigrationError::DestinationUnreachable`]); the source VM then stays
+/// paused with every page the destination lacks.
+pub fn migrate_source_with_reconnect(
+    vm: &QemuProcess,
+    ram_file: &Path,
+    disks: &[Arc<TrackedDisk>],
+    stream: impl Into<PeerStream>,
+    reconnect: &dyn Fn() -> std::io::Result<PeerStream>,
+    settings: &SourceSettings,
+    progress: &dyn Fn(&Progress),
+) -> Result<SourceReport, SourceError> {
+    migrate(
+        vm,
+        ram_file,
+        disks,
+        stream.into(),
+        Some(reconnect),
+        settings,
+        progress,
+    )
+}
+
+fn migrate(
+    vm: &QemuProcess,
+    ram_file: &Path,
+    disks: &[Arc<TrackedDisk>],
+    stream: PeerStream,
+    reconnect: Option<&dyn Fn() -> std::io::Result<PeerStream>>,
+    settings: &SourceSettings,
+    progress: &dyn Fn(&Progress),
+) -> Result<SourceReport, SourceError> {
     let mut vm_state = VmState::default();
     let local = LocalVm {
         vm,
         ram_file,
         disks,
     };
-    run(local, stream.into(), settings, progress, &mut vm_state).map_err(|cause| SourceError {
+    run(local, stream, reconnect, settings, progress, &mut vm_state).map_err(|cause| SourceError {
         vm: vm.config.name.clone(),
         recovery: recover(vm, &vm_state),
         cause: Box::new(cause),
@@ -153,6 +195,9 @@ struct SourceContext<'a> {
     dedup: Option<&'a Dedup>,
     /// The handshake's round trip: how much in flight keeps the link busy.
     rtt: Duration,
+    /// A link failure after the hand-over in post-copy is worth a new
+    /// connection: the caller gave a way to open one.
+    can_resume: bool,
     compression: CompressionSetting,
     writes: WriteLog,
     pipeline: Pipeline<'a>,
@@ -163,7 +208,23 @@ struct SourceContext<'a> {
     started: Instant,
 }
 
-impl SourceContext<'_> {
+impl<'a> SourceContext<'a> {
+    /// What pushing pages after the switch needs, on this connection.
+    fn push_link(&mut self) -> switchover::PushLink<'_, 'a> {
+        switchover::PushLink {
+            round: self.pipeline.round() - 1,
+            pipeline: &mut self.pipeline,
+            flow: self.flow,
+            owed: self.owed,
+            owed_blocks: self.owed_blocks,
+            ram: self.ram,
+            disk: self.disk,
+            rtt: self.rtt,
+            compression: self.compression,
+            reporter: &mut self.reporter,
+        }
+    }
+
     fn measure(&self) -> Measured {
         let flow = self.flow.snapshot();
         Measured {
@@ -256,6 +317,7 @@ impl SourceContext<'_> {
 fn run(
     local: LocalVm<'_>,
     stream: PeerStream,
+    reconnect: Option<&dyn Fn() -> std::io::Result<PeerStream>>,
     settings: &SourceSettings,
     progress: &dyn Fn(&Progress),
     vm_state: &mut VmState,
@@ -299,12 +361,14 @@ fn run(
     };
     let mut link = PeerLink::establish(stream, Role::Source, settings.link_timeout)?;
     let mut conversation = Conversation::new(Role::Source);
+    let migration_id: u128 = rand::random();
     request_migration(
         &mut link,
         &mut conversation,
         local,
         &ram,
         settings.strategy.policy(),
+        migration_id,
         settings.link_timeout,
     )?;
     let compression = usable_compression(settings.compression, &link.negotiated);
@@ -364,6 +428,7 @@ fn run(
                 owed_blocks: &owed_blocks,
                 dedup: dedup.as_ref(),
                 rtt,
+                can_resume: reconnect.is_some(),
                 compression,
                 writes,
                 pipeline: Pipeline::new(
@@ -396,7 +461,9 @@ fn run(
                 ctx.writes.finish_trace(),
             ))
         })();
-        if outcome.is_err() {
+        let interrupted =
+            matches!(&outcome, Ok((_, switched, ..)) if switched.interrupted.is_some());
+        if outcome.is_err() || interrupted {
             // Unblocks both threads; the closed queue ends the sender too.
             let _ = socket.shutdown(Shutdown::Both);
         }
@@ -410,7 +477,32 @@ fn run(
     } else {
         vm_state.destination_declined = flow.destination_aborted();
     }
-    let (precopy, switched, (compression, compression_batches), rounds, memory_trace) = outcome?;
+    let (precopy, mut switched, (compression_used, compression_batches), rounds, memory_trace) =
+        outcome?;
+    let mut sent = sent;
+    let mut received = received;
+    let mut resumes = Vec::new();
+    if let (Some(interrupted), Some(reconnect)) = (switched.interrupted.take(), reconnect) {
+        let resumption = resume::Resumption {
+            reconnect,
+            migration_id,
+            ram: &ram,
+            disk,
+            owed: &owed,
+            owed_blocks: &owed_blocks,
+            compression,
+            settings,
+            progress,
+            started,
+            round: rounds.len().try_into().unwrap_or(u32::MAX),
+            vm_state,
+        };
+        let resumed = resume::serve(resumption, interrupted)?;
+        switched.released_us = resumed.released_us;
+        sent.add(&resumed.sent);
+        received.add(&resumed.received);
+        resumes = resumed.resumes;
+    }
     let postcopy = owed.counts();
 
     let pages_sent = rounds.iter().map(|round| round.pages).sum::<u64>()
@@ -424,7 +516,7 @@ fn run(
         vm_name: vm.config.name.clone(),
         ram_bytes: ram.len_bytes(),
         tracking_method,
-        compression,
+        compression: compression_used,
         compression_batches,
         switch_reason: precopy.reason,
         pages_sent,
@@ -445,6 +537,14 @@ fn run(
             requests: postcopy.requests + postcopy_blocks.requests,
             blocks_pushed: postcopy_blocks.pushed,
             blocks_on_demand: postcopy_blocks.sent_on_demand,
+            resumes: resumes.len().try_into().unwrap_or(u32::MAX),
+            longest_recovery_ms: resumes
+                .iter()
+                .map(|resume| saturating_u64(resume.recovered.as_secs_f64() * 1000.0))
+                .max()
+                .unwrap_or(0),
+            pages_missing_at_resume: resumes.last().map_or(0, |resume| resume.pages_missing),
+            blocks_missing_at_resume: resumes.last().map_or(0, |resume| resume.blocks_missing),
         }),
         verified: settings.verify,
         memory_trace,
@@ -453,7 +553,9 @@ fn run(
             started_us,
             stopped_us: switched.stopped_us,
             device_state_sent_us: switched.device_state_sent_us,
-            destination_running_us: switched.destination_running_us,
+            destination_running_us: switched
+                .destination_running_us
+                .unwrap_or(switched.released_us),
             released_us: switched.released_us,
         },
     })
@@ -477,6 +579,7 @@ fn request_migration(
     local: LocalVm<'_>,
     ram: &GuestRam,
     policy: MigrationPolicy,
+    migration_id: u128,
     timeout: Duration,
 ) -> Result<(), MigrationError> {
     let failure = |error| MigrationError::link(error, Role::Destination, timeout);
@@ -486,6 +589,7 @@ fn request_migration(
         page_size: PAGE_SIZE_U32,
         disk_bytes: local.disks.iter().map(|disk| disk.size()).collect(),
         policy,
+        migration_id,
     });
     conversation.sending(&request)?;
     link.writer

@@ -8,8 +8,10 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
-use mllm_core::memory::PageIndex;
+use mllm_core::memory::{PageIndex, PageRange};
 use mllm_core::PageSet;
+
+use crate::error::MigrationError;
 
 #[derive(Debug)]
 pub(crate) struct Owed {
@@ -58,6 +60,30 @@ impl Owed {
         self.lock().owed.insert_all(pages);
     }
 
+    /// After a resume: the destination lacks exactly `missing` (its word is
+    /// the truth: what was handed out and lost with the link is owed again,
+    /// what arrived is not), and has asked for nothing on this connection.
+    pub fn owe_exactly(&self, missing: &[PageRange]) -> Result<(), MigrationError> {
+        let mut state = self.lock();
+        let mut owed = PageSet::new(state.owed.universe());
+        for range in missing {
+            if range.end > owed.universe() {
+                return Err(MigrationError::Invalid(format!(
+                    "the destination says it lacks items {}..{}, beyond the {} there are",
+                    range.start,
+                    range.end,
+                    owed.universe()
+                )));
+            }
+            for item in range.pages() {
+                owed.insert(item);
+            }
+        }
+        state.owed = owed;
+        state.asked.clear();
+        Ok(())
+    }
+
     /// The destination asked for `pages`; false when none is still owed
     /// (already on its way), so nobody needs waking.
     pub fn ask(&self, pages: &[PageIndex]) -> bool {
@@ -101,6 +127,11 @@ impl Owed {
         owed
     }
 
+    /// Pages (or blocks) the destination lacks and nobody took yet.
+    pub fn owed_count(&self) -> u64 {
+        self.lock().owed.count()
+    }
+
     pub fn counts(&self) -> OwedCounts {
         let state = self.lock();
         OwedCounts {
@@ -133,5 +164,22 @@ mod tests {
             (counts.pushed, counts.sent_on_demand, counts.requests),
             (1, 2, 3)
         );
+    }
+
+    #[test]
+    fn a_resume_owes_exactly_what_the_destination_still_lacks() {
+        let owed = Owed::new(100);
+        owed.owe(&[1, 2, 3, 4]);
+        assert!(owed.take_for_push(1), "handed out, then lost with the link");
+        assert!(owed.take_for_push(2), "handed out and arrived");
+        assert!(owed.ask(&[3]));
+        owed.owe_exactly(&[PageRange::new(1, 2), PageRange::new(3, 5)])
+            .unwrap();
+        assert!(owed.take_asked(10).is_empty(), "asked on the old link");
+        assert!(!owed.take_for_push(2));
+        for page in [1, 3, 4] {
+            assert!(owed.take_for_push(page), "page {page} is owed again");
+        }
+        assert!(owed.owe_exactly(&[PageRange::new(99, 101)]).is_err());
     }
 }

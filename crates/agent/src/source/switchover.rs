@@ -13,16 +13,21 @@ use mllm_core::strategy::{SendQueue, Space};
 use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{
-    Ack, BlockDigests, DeviceState, DiskDigest, HandOver, Message, PendingBlocks, PendingPages,
-    SourceStopped,
+    Ack, BlockDigests, CompressionSetting, DeviceState, DiskDigest, HandOver, Message,
+    PendingBlocks, PendingPages, SourceStopped,
 };
 use serde_json::json;
 
-use super::flow::FlowSnapshot;
+use super::flow::{Flow, FlowSnapshot};
+use super::pipeline::Pipeline;
+use super::postcopy::Owed;
 use super::precopy::send_round;
+use super::reporter::Reporter;
 use super::{SourceContext, SourceVmPhase};
 use crate::device_state::OutgoingDeviceState;
+use crate::disk::TrackedDisk;
 use crate::error::{Context, MigrationError};
+use crate::guest_ram::GuestRam;
 use mllm_control::Phase;
 use mllm_core::convert::saturating_u64;
 
@@ -44,8 +49,47 @@ pub(super) struct Switched {
     pub stopped_us: u64,
     pub device_state_bytes: u64,
     pub device_state_sent_us: u64,
-    pub destination_running_us: u64,
+    /// When the destination said it runs the VM, if that arrived.
+    pub destination_running_us: Option<u64>,
     pub released_us: u64,
+    /// Post-copy: the link failed after the hand-over, before the
+    /// destination had every page; a new connection must finish the job.
+    pub interrupted: Option<Interrupted>,
+}
+
+/// A post-copy whose link failed.
+pub(super) struct Interrupted {
+    pub cause: MigrationError,
+    /// Every page and block moved after the switch, in the strategy's
+    /// order: a resumed push follows it, skipping what arrived.
+    pub order: Vec<(Space, u32)>,
+}
+
+/// What pushing pages after the switch works with: the current
+/// connection's pipeline and flow, and what the source still owes.
+pub(super) struct PushLink<'p, 'a> {
+    pub pipeline: &'p mut Pipeline<'a>,
+    pub flow: &'a Flow,
+    pub owed: &'a Owed,
+    pub owed_blocks: &'a Owed,
+    pub ram: &'a GuestRam,
+    pub disk: Option<&'a TrackedDisk>,
+    pub rtt: Duration,
+    pub compression: CompressionSetting,
+    pub reporter: &'p mut Reporter<'a>,
+    /// The round the progress reports name.
+    pub round: u32,
+}
+
+impl PushLink<'_, '_> {
+    fn report(&mut self, pending_bytes: f64) {
+        self.reporter.report(
+            Phase::Postcopy,
+            self.round,
+            self.flow.snapshot(),
+            saturating_u64(pending_bytes),
+        );
+    }
 }
 
 /// Called once the strategy decided to switch.
@@ -148,41 +192,54 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     // Recorded before it can arrive: from here the source never resumes the
     // VM on its own (see `mllm_wire::conversation`, "Ownership").
     ctx.vm_state.phase = SourceVmPhase::HandedOver;
-    ctx.pipeline
-        .send(Message::HandOver(HandOver { device_state_bytes }))?;
-    let device_state_sent_us = wall_clock_us();
-
-    if postcopy {
-        push(ctx, &after_switch)?;
-    } else {
-        // Silence on the link is caught by the receiver's timeout, so waiting
-        // for the last batches needs no bound of its own however many there are.
-        while ctx
-            .flow
-            .wait_until(REPORT_INTERVAL, |flow| flow.unacked_bytes == 0)?
-            .is_none()
-        {
-            ctx.report(Phase::WaitingForDestination, 0.0);
+    let mut device_state_sent_us = wall_clock_us();
+    let handed_over = (|| {
+        ctx.pipeline
+            .send(Message::HandOver(HandOver { device_state_bytes }))?;
+        device_state_sent_us = wall_clock_us();
+        if postcopy {
+            push(&mut ctx.push_link(), &after_switch)?;
+        } else {
+            // Silence on the link is caught by the receiver's timeout, so
+            // waiting for the last batches needs no bound of its own however
+            // many there are.
+            while ctx
+                .flow
+                .wait_until(REPORT_INTERVAL, |flow| flow.unacked_bytes == 0)?
+                .is_none()
+            {
+                ctx.report(Phase::WaitingForDestination, 0.0);
+            }
         }
+        ctx.report(Phase::WaitingForDestination, 0.0);
+        ctx.flow.wait_for_outcome(ctx.settings.link_timeout)
+    })();
+    let interrupted = match handed_over {
+        Ok(()) => None,
+        // The destination may run the VM and lacks pages only this host
+        // has: the link's failure is worth a reconnection (`resume.rs`).
+        Err(error) if postcopy && ctx.can_resume && error.is_link_failure() => Some(Interrupted {
+            cause: error,
+            order: after_switch,
+        }),
+        Err(error) => return Err(error),
+    };
+    let destination_running_us = ctx.flow.destination_running_us();
+    if interrupted.is_none() {
+        // Tells the destination the source let go. The VM is the
+        // destination's since the hand-over, so a failure to send changes
+        // nothing: ignored.
+        let _ = ctx.pipeline.send(Message::Ack(Ack));
+        ctx.report(Phase::Completed, 0.0);
     }
-    ctx.report(Phase::WaitingForDestination, 0.0);
-    ctx.flow.wait_for_outcome(ctx.settings.link_timeout)?;
-    let destination_running_us = ctx
-        .flow
-        .destination_running_us()
-        .unwrap_or_else(wall_clock_us);
-    // Tells the destination the source let go. The VM is the destination's
-    // since the hand-over, so a failure to send changes nothing: ignored.
-    let _ = ctx.pipeline.send(Message::Ack(Ack));
-    let released_us = wall_clock_us();
-    ctx.report(Phase::Completed, 0.0);
     Ok(Switched {
         postcopy,
         stopped_us,
         device_state_bytes,
         device_state_sent_us,
         destination_running_us,
-        released_us,
+        released_us: wall_clock_us(),
+        interrupted,
     })
 }
 
@@ -246,10 +303,13 @@ fn as_ranges(pages: &[PageIndex]) -> Vec<PageRange> {
 /// to fill the link, little enough that a page the guest asks for does not
 /// queue behind seconds of pushed ones. Stops early once the destination
 /// has them all.
-fn push(ctx: &mut SourceContext<'_>, items: &[(Space, u32)]) -> Result<(), MigrationError> {
-    ctx.pipeline
-        .set_batch_pages(ctx.compression, PUSH_BATCH_PAGES)?;
-    let window = (ctx.rtt + PUSH_SLACK).as_secs_f64();
+pub(super) fn push(
+    link: &mut PushLink<'_, '_>,
+    items: &[(Space, u32)],
+) -> Result<(), MigrationError> {
+    link.pipeline
+        .set_batch_pages(link.compression, PUSH_BATCH_PAGES)?;
+    let window = (link.rtt + PUSH_SLACK).as_secs_f64();
     let room = |flow: &FlowSnapshot| {
         let limit = flow
             .rate
@@ -260,27 +320,25 @@ fn push(ctx: &mut SourceContext<'_>, items: &[(Space, u32)]) -> Result<(), Migra
     let mut left = items.len();
     for &(space, item) in items {
         left -= 1;
-        if ctx.pipeline.batch_is_empty() {
-            if ctx.flow.has_ended() {
+        if link.pipeline.batch_is_empty() {
+            if link.flow.has_ended() {
                 break;
             }
-            while ctx.flow.wait_until(REPORT_INTERVAL, room)?.is_none() {
-                ctx.report(Phase::Postcopy, 0.0);
+            while link.flow.wait_until(REPORT_INTERVAL, room)?.is_none() {
+                link.report(0.0);
             }
-            ctx.report(
-                Phase::Postcopy,
-                left as f64 * ctx.pipeline.bytes_per_written_page(),
-            );
+            let pending = left as f64 * link.pipeline.bytes_per_written_page();
+            link.report(pending);
         }
-        match (space, ctx.disk) {
-            (Space::Memory, _) if ctx.owed.take_for_push(item) => {
-                ctx.pipeline.send_page(ctx.ram, item)?
+        match (space, link.disk) {
+            (Space::Memory, _) if link.owed.take_for_push(item) => {
+                link.pipeline.send_page(link.ram, item)?
             }
-            (Space::Disk, Some(disk)) if ctx.owed_blocks.take_for_push(item) => {
-                ctx.pipeline.send_block(disk, item)?
+            (Space::Disk, Some(disk)) if link.owed_blocks.take_for_push(item) => {
+                link.pipeline.send_block(disk, item)?
             }
             _ => {}
         }
     }
-    ctx.pipeline.flush()
+    link.pipeline.flush()
 }

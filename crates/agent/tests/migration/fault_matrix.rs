@@ -33,6 +33,7 @@ use mllm_wire::{
     MigrationAccept, Role,
 };
 
+use crate::postcopy_recovery;
 use crate::protocol::{accept_frame_with_bad_checksum, hello_of_version};
 use crate::support::{link_config, migrate_through, one_vm_pair_at_a_time, Storage, Vm, GUEST_MIB};
 
@@ -228,6 +229,11 @@ fn every_fault_ends_with_exactly_one_running_guest_and_its_data_intact() {
     drop(source);
 
     rows.push(cut_after_the_hand_over());
+    if full {
+        // Their own tests run them too (`postcopy_recovery`).
+        rows.push(partition_in_post_copy());
+        rows.push(destination_gone_in_post_copy());
+    }
 
     if full {
         let source = Vm::boot_memload_on(
@@ -745,6 +751,33 @@ fn cut_after_the_hand_over() -> Row {
         guest_after: "destination (source stays paused: undecided)".into(),
         data: "destination RAM digest equals the source's at the switch; guest memory check passes",
         resolved_in,
+    }
+}
+
+fn partition_in_post_copy() -> Row {
+    let (_, after_heal) = postcopy_recovery::partition_in_post_copy_then_recovery();
+    Row {
+        case: "link goes silent for 8 s, then comes back",
+        phase: "post-copy (destination runs, pages missing)",
+        guest_after: "destination (post-copy resumed; source stays paused)".into(),
+        data: "every pending page checked as installed; guest memory check passes",
+        resolved_in: after_heal,
+    }
+}
+
+fn destination_gone_in_post_copy() -> Row {
+    let interrupted = postcopy_recovery::destination_agent_gone_in_post_copy();
+    Row {
+        case: "destination agent gone for good (connections reset, then refused)",
+        phase: "post-copy (destination runs, pages missing)",
+        guest_after: "destination, stalled on missing pages (both agents say so after the \
+                      recovery timeout); source stays paused"
+            .into(),
+        data: "source RAM file digest unchanged: it holds every missing page",
+        resolved_in: interrupted
+            .outcome
+            .source_answered_at
+            .saturating_duration_since(interrupted.fault_at),
     }
 }
 

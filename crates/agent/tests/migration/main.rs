@@ -3,6 +3,7 @@
 
 mod dedup;
 mod fault_matrix;
+mod postcopy_recovery;
 mod protocol;
 mod real_guest;
 mod support;

@@ -118,6 +118,7 @@ fn accepted_source_then(after_accept: Vec<Message>) -> (String, String) {
                     page_size: PAGE_SIZE_U32,
                     disk_bytes: vec![],
                     policy: MigrationPolicy::Precopy,
+                    migration_id: 1,
                 }
                 .into(),
             )
@@ -168,6 +169,7 @@ fn a_second_request_and_pages_after_the_switch_are_protocol_errors_naming_the_ph
         page_size: PAGE_SIZE_U32,
         disk_bytes: vec![],
         policy: MigrationPolicy::Precopy,
+        migration_id: 1,
     };
     let (error, told_source) = accepted_source_then(vec![second_request.into()]);
     for text in [&error, &told_source] {

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use mllm_agent::{
-    make_migratable, migrate_source, receive_migration, DestinationReport, DestinationSettings,
-    DiskServer, MigrationError, Progress, SourceError, SourceReport, SourceSettings, TrackedDisk,
+    accept_incoming, make_migratable, migrate_source, migrate_source_with_reconnect,
+    receive_migration, DestinationReport, DestinationSettings, DiskServer, Incoming,
+    MigrationError, PostcopyResumes, Progress, SourceError, SourceReport, SourceSettings,
+    TrackedDisk,
 };
 use mllm_lab::image::{GuestImage, ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 use mllm_link::{Link, LinkConfig};
 use mllm_qemu::{Accelerator, Boot, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
+use mllm_tls::PeerStream;
 use serde_json::json;
 
 pub const GUEST_MIB: u64 = 256;
@@ -349,10 +352,7 @@ pub fn migrate_through(
                 &destination.ram_file,
                 &destination.disks(),
                 stream,
-                // Both agents configured alike.
-                &DestinationSettings {
-                    link_timeout: settings.link_timeout,
-                },
+                &destination_settings(settings),
             )
         });
         let stream = TcpStream::connect(via_link).unwrap();
@@ -369,6 +369,88 @@ pub fn migrate_through(
             (source_result, answered_at),
             receiver.join().expect("destination agent panicked"),
         )
+    });
+    let (source_result, source_answered_at) = source_result;
+    Outcome {
+        source: source_result,
+        source_answered_at,
+        destination: destination_result,
+        progress: progress.into_inner().unwrap(),
+    }
+}
+
+/// Both agents configured alike.
+fn destination_settings(settings: &SourceSettings) -> DestinationSettings {
+    DestinationSettings {
+        link_timeout: settings.link_timeout,
+        recovery_timeout: settings.recovery_timeout,
+        resumes: PostcopyResumes::default(),
+    }
+}
+
+/// Like [`migrate_through`], with agents that survive a link failure in
+/// post-copy: the source reconnects through the same `link` (which must
+/// let it: a partition heals, a cut link refuses for good), and the
+/// destination agent accepts every connection, as the daemon does, routing
+/// a resumed one to the migration it belongs to. `on_progress` sees every
+/// report, as it comes.
+pub fn migrate_resumably(
+    source: &Vm,
+    destination: &Vm,
+    link: &Link,
+    settings: &SourceSettings,
+    on_progress: impl Fn(&Progress),
+) -> Outcome {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let via_link = link.forward(listener.local_addr().unwrap()).unwrap();
+    let destination_settings = destination_settings(settings);
+    let progress = Mutex::new(Vec::new());
+    let report = |update: &Progress| {
+        progress.lock().unwrap().push(update.clone());
+        on_progress(update);
+    };
+    let done = AtomicBool::new(false);
+    let (source_result, destination_result) = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            let stream = accept_within(&listener, Duration::from_secs(20))
+                .map_err(|e| MigrationError::Invalid(format!("{e:#}")))?;
+            // Every later connection, once the first is taken.
+            scope.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    let Ok(stream) = accept_within(&listener, Duration::from_millis(200)) else {
+                        continue;
+                    };
+                    match accept_incoming(stream, &destination_settings) {
+                        Ok(Incoming::Resumed { vm_name }) => println!("resumed: {vm_name:?}"),
+                        Ok(Incoming::Migration(_)) => println!("a second migration: dropped"),
+                        Err(error) => println!("a connection failed: {}", error.chain()),
+                    }
+                }
+            });
+            let Incoming::Migration(incoming) = accept_incoming(stream, &destination_settings)?
+            else {
+                return Err(MigrationError::Invalid("a resume came first".into()));
+            };
+            incoming.receive(
+                &destination.qemu,
+                &destination.ram_file,
+                &destination.disks(),
+            )
+        });
+        let stream = TcpStream::connect(via_link).unwrap();
+        let source_result = migrate_source_with_reconnect(
+            &source.qemu,
+            &source.ram_file,
+            &source.disks(),
+            stream,
+            &|| TcpStream::connect(via_link).map(PeerStream::from),
+            settings,
+            &report,
+        );
+        let answered_at = Instant::now();
+        let destination_result = receiver.join().expect("destination agent panicked");
+        done.store(true, Ordering::Relaxed);
+        ((source_result, answered_at), destination_result)
     });
     let (source_result, source_answered_at) = source_result;
     Outcome {

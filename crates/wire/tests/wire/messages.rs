@@ -1,7 +1,8 @@
 use std::collections::BTreeSet;
 
 use mllm_wire::{
-    FrameReader, Message, MessageType, PageRange, PendingBlocks, PendingPages, RoundEnd, WireError,
+    FrameReader, Message, MessageType, PageRange, PendingBlocks, PendingPages, ResumeAccept,
+    RoundEnd, WireError,
 };
 
 use crate::support::{decode_one, encode, raw_frame, sample_messages};
@@ -105,6 +106,17 @@ fn a_reversed_page_range_is_malformed() {
     let error = decode_one(&frame).unwrap_err();
     assert!(
         matches!(error, WireError::Malformed { message_type: MessageType::PendingBlocks, ref reason } if reason.contains("9..3")),
+        "{error}"
+    );
+    // A resumed post-copy's missing blocks are ranges too.
+    let frame = encode(&[ResumeAccept {
+        pages: vec![],
+        blocks: vec![(0, PageRange::new(0, 1)), (1, reversed)],
+    }
+    .into()]);
+    let error = decode_one(&frame).unwrap_err();
+    assert!(
+        matches!(error, WireError::Malformed { message_type: MessageType::ResumeAccept, ref reason } if reason.contains("9..3")),
         "{error}"
     );
 }

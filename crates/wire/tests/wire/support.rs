@@ -4,8 +4,8 @@ use mllm_wire::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, CompressionSetting, DestinationRunning,
     DeviceState, DiskDigest, FrameReader, FrameWriter, HandOver, Message, MigrationAccept,
     MigrationPolicy, MigrationReject, MigrationRequest, PageBatchBuilder, PageDigests, PageRange,
-    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, ResendContent, RoundEnd,
-    SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
+    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, ResendContent,
+    ResumeAccept, ResumeRequest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
 };
 use mllm_wire::{ContentHash, ContentRef, Location};
 
@@ -36,6 +36,7 @@ pub fn sample_messages() -> Vec<Message> {
             page_size: PAGE_SIZE_U32,
             disk_bytes: vec![8 << 30, 1 << 20],
             policy: MigrationPolicy::Precopy,
+            migration_id: u128::MAX - 5,
         }
         .into(),
         MigrationAccept.into(),
@@ -107,6 +108,15 @@ pub fn sample_messages() -> Vec<Message> {
         .into(),
         ResendContent {
             locations: vec![Location::Page(3), Location::Block { disk: 1, block: 8 }],
+        }
+        .into(),
+        ResumeRequest {
+            migration_id: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+        }
+        .into(),
+        ResumeAccept {
+            pages: vec![PageRange::new(0, 2), PageRange::new(70, 71)],
+            blocks: vec![(0, PageRange::new(5, 9)), (2, PageRange::new(0, 1))],
         }
         .into(),
     ]
