@@ -1,5 +1,5 @@
 //! `mllm lab`: guest images, scenarios, baselines.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -159,7 +159,8 @@ fn build_image() -> anyhow::Result<mllm_lab::image::GuestImage> {
         .context("building the guest image")
 }
 
-/// `path` itself if it is a file, else every result.json up to two levels below it.
+/// `path` itself if it is a file, else every result.json up to three levels
+/// below it (a suite's `SCENARIO/METHOD/result.json`), in path order.
 fn find_results(path: &PathBuf) -> anyhow::Result<Vec<RunResult>> {
     if path.is_file() {
         return Ok(vec![RunResult::read(path)?]);
@@ -167,22 +168,27 @@ fn find_results(path: &PathBuf) -> anyhow::Result<Vec<RunResult>> {
     if !path.is_dir() {
         bail!("{} does not exist", path.display());
     }
-    let mut found = Vec::new();
-    let direct = path.join("result.json");
+    let mut files = Vec::new();
+    collect_results(path, 3, &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        bail!("no result.json in {} or below it", path.display());
+    }
+    files.iter().map(|file| RunResult::read(file)).collect()
+}
+
+fn collect_results(dir: &Path, depth: u32, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let direct = dir.join("result.json");
     if direct.is_file() {
-        found.push(RunResult::read(&direct)?);
+        found.push(direct);
     }
-    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(path)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("result.json").is_file())
-        .collect();
-    subdirs.sort();
-    for dir in subdirs {
-        found.push(RunResult::read(&dir.join("result.json"))?);
+    if depth == 0 {
+        return Ok(());
     }
-    if found.is_empty() {
-        bail!("no result.json in {} or its subdirectories", path.display());
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.path().is_dir() {
+            collect_results(&entry.path(), depth - 1, found)?;
+        }
     }
-    Ok(found)
+    Ok(())
 }
