@@ -161,7 +161,7 @@ fn build_image() -> anyhow::Result<mllm_lab::image::GuestImage> {
 
 /// `path` itself if it is a file, else every result.json up to three levels
 /// below it (a suite's `SCENARIO/METHOD/result.json`), in path order.
-fn find_results(path: &PathBuf) -> anyhow::Result<Vec<RunResult>> {
+fn find_results(path: &Path) -> anyhow::Result<Vec<RunResult>> {
     if path.is_file() {
         return Ok(vec![RunResult::read(path)?]);
     }
