@@ -16,18 +16,5 @@ trap 'rm -f "$table"' EXIT
 MLLM_FAULT_MATRIX=full MLLM_FAULT_MATRIX_OUT="$table" \
     cargo test --release -p mllm-agent --test migration fault_matrix -- --nocapture
 
-doc=docs/reliability.md
-start='<!-- fault-matrix:start -->'
-end='<!-- fault-matrix:end -->'
-grep -q "$start" "$doc" || { echo "$doc has no '$start' marker" >&2; exit 1; }
-{
-    sed "/$start/q" "$doc"
-    echo
-    echo "Recorded $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD) with \`scripts/fault-matrix.sh\`:"
-    echo
-    cat "$table"
-    echo
-    sed -n "/$end/,\$p" "$doc"
-} > "$doc.new"
-mv "$doc.new" "$doc"
-echo "fault matrix written to $doc"
+source scripts/lib/splice-doc.sh
+splice_table docs/reliability.md fault-matrix "Recorded $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD) with \`scripts/fault-matrix.sh\`:" "$table"

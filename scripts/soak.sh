@@ -16,18 +16,5 @@ trap 'rm -f "$table"' EXIT
 MLLM_SOAK_MOVES="$moves" MLLM_SOAK_OUT="$table" \
     cargo test --release -p mllm-daemon --test daemon a_guest_moves_back_and_forth -- --nocapture
 
-doc=docs/reliability.md
-start='<!-- soak:start -->'
-end='<!-- soak:end -->'
-grep -q "$start" "$doc" || { echo "$doc has no '$start' marker" >&2; exit 1; }
-{
-    sed "/$start/q" "$doc"
-    echo
-    echo "Recorded $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD) with \`scripts/soak.sh\` ($moves moves):"
-    echo
-    cat "$table"
-    echo
-    sed -n "/$end/,\$p" "$doc"
-} > "$doc.new"
-mv "$doc.new" "$doc"
-echo "soak written to $doc"
+source scripts/lib/splice-doc.sh
+splice_table docs/reliability.md soak "Recorded $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD) with \`scripts/soak.sh\` ($moves moves):" "$table"

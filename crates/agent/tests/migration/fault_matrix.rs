@@ -238,10 +238,7 @@ fn every_fault_ends_with_exactly_one_running_guest_and_its_data_intact() {
     if full {
         let source = Vm::boot_memload_on(
             "source",
-            Storage {
-                disk_image: Some(disk_with_data(&scratch().join("source.img"))),
-                ..Storage::default()
-            },
+            Storage::with_disk(disk_with_data(&scratch().join("source.img"))),
         );
         let disk = &source.disks()[0];
         let before = disk.digest().unwrap();
@@ -398,10 +395,7 @@ fn version_mismatch(source: &Vm) -> Failed {
         stream.write_all(&hello_of_version(7)).unwrap();
     });
     assert!(error.contains("protocol version mismatch"), "{error}");
-    assert!(
-        matches!(error.kind(), MigrationError::Protocol(_)),
-        "{error}"
-    );
+    error.assert_kind("Protocol");
     error
 }
 
@@ -421,7 +415,7 @@ fn truncated_frame(source: &Vm) -> Failed {
         stream.write_all(&frame[..frame.len() / 2]).unwrap();
         stream.shutdown(std::net::Shutdown::Both).unwrap();
     });
-    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    error.assert_kind("Link");
     error
 }
 
@@ -436,10 +430,7 @@ fn running_out_of_order(source: &Vm) -> Failed {
         error.contains("the destination sent DestinationRunning") && error.contains("in pre-copy"),
         "{error}"
     );
-    assert!(
-        matches!(error.kind(), MigrationError::Protocol(_)),
-        "{error}"
-    );
+    error.assert_kind("Protocol");
     error
 }
 
@@ -457,7 +448,7 @@ fn destination_agent_dies(source: &Vm) -> Failed {
         }
         stream.shutdown(std::net::Shutdown::Both).unwrap();
     });
-    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    error.assert_kind("Link");
     error
 }
 
@@ -468,10 +459,7 @@ fn ram_size_mismatch(source: &Vm) -> Failed {
         error.contains("256 MiB") && error.contains("128 MiB"),
         "{error}"
     );
-    assert!(
-        matches!(error.kind(), MigrationError::Refused { .. }),
-        "{error}"
-    );
+    error.assert_kind("Refused");
     error
 }
 
@@ -479,7 +467,7 @@ fn cut_in_round_1(source: &Vm) -> Failed {
     let error = migrate_to_new_destination(source, GUEST_MIB, 1000, |p| {
         p.phase == Phase::Precopy && p.round == 1 && p.bytes_acknowledged > 1 << 20
     });
-    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    error.assert_kind("Link");
     error
 }
 
@@ -502,7 +490,7 @@ fn partition_in_round_1(source: &Vm) -> Failed {
             }
         },
     );
-    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    error.assert_kind("Link");
     assert!(error.contains("silent"), "{error}");
     assert!(
         error.resolved_in < PARTITION_TIMEOUT * 2,
@@ -531,7 +519,7 @@ fn cut_during_device_state(source: &Vm) -> Failed {
         migrate_to_new_destination(source, GUEST_MIB, 1000, |p| p.phase == Phase::DeviceState);
     assert!(error.contains("was resumed"), "{error}");
     // The cause, not a note that some other step saw it.
-    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    error.assert_kind("Link");
     error
 }
 
@@ -553,10 +541,7 @@ fn destination_qemu_killed_after_hand_over(source: &Vm) -> Failed {
             Fault::NotYet
         },
     );
-    assert!(
-        matches!(error.kind(), MigrationError::PeerAborted { .. }),
-        "{error}"
-    );
+    error.assert_kind("PeerAborted");
     error
 }
 
@@ -576,10 +561,7 @@ fn destination_qemu_killed(source: &Vm) -> Failed {
         },
     );
     assert!(error.contains("destination QEMU failed"), "{error}");
-    assert!(
-        matches!(error.kind(), MigrationError::PeerAborted { .. }),
-        "{error}"
-    );
+    error.assert_kind("PeerAborted");
     error
 }
 
@@ -623,10 +605,7 @@ fn no_room_for_ram(source: &Vm) -> Failed {
         error.contains("reserving 256 MiB for guest RAM") && error.contains("No space left"),
         "{error}"
     );
-    assert!(
-        matches!(error.kind(), MigrationError::Refused { .. }),
-        "{error}"
-    );
+    error.assert_kind("Refused");
     error
 }
 
@@ -638,10 +617,7 @@ fn disk_size_mismatch(source: &Vm) -> Failed {
         GUEST_MIB,
         1000,
         RTT_MS,
-        Storage {
-            disk_image: Some(image),
-            ..Storage::default()
-        },
+        Storage::with_disk(image),
         |_, _| Fault::NotYet,
     );
     assert!(error.contains("disks differ"), "{error}");
@@ -660,10 +636,7 @@ fn cut_with_disk(source: &Vm) -> Failed {
         GUEST_MIB,
         1000,
         RTT_MS,
-        Storage {
-            disk_image: Some(image),
-            ..Storage::default()
-        },
+        Storage::with_disk(image),
         |_, p| {
             if p.phase == Phase::Precopy && p.bytes_acknowledged > 4 << 20 {
                 Fault::CutLink
@@ -672,7 +645,7 @@ fn cut_with_disk(source: &Vm) -> Failed {
             }
         },
     );
-    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    error.assert_kind("Link");
     error
 }
 
@@ -687,10 +660,7 @@ fn no_room_for_disk(source: &Vm) -> Failed {
         GUEST_MIB,
         1000,
         RTT_MS,
-        Storage {
-            disk_image: Some(image),
-            ..Storage::default()
-        },
+        Storage::with_disk(image),
         |_, _| Fault::NotYet,
     );
     assert!(error.contains("No space left"), "{error}");
@@ -736,7 +706,7 @@ fn cut_after_the_hand_over() -> Row {
     println!("source: {error}");
     assert_eq!(error.recovery(), Recovery::Undecided, "{error}");
     assert!(error.contains("never confirmed it runs there"), "{error}");
-    assert!(matches!(error.kind(), MigrationError::Link(_)), "{error}");
+    error.assert_kind("Link");
     let received = outcome
         .destination
         .expect("the destination runs the VM it was handed");
@@ -1039,6 +1009,18 @@ impl Failed {
 
     fn contains(&self, text: &str) -> bool {
         self.text.contains(text)
+    }
+
+    /// Fails unless the error is of the kind `MigrationError::<kind>`.
+    fn assert_kind(&self, kind: &str) {
+        let found = match self.kind() {
+            MigrationError::Link(_) => "Link",
+            MigrationError::Protocol(_) => "Protocol",
+            MigrationError::Refused { .. } => "Refused",
+            MigrationError::PeerAborted { .. } => "PeerAborted",
+            _ => "another kind",
+        };
+        assert_eq!(found, kind, "{self}");
     }
 
     fn kind(&self) -> &MigrationError {

@@ -79,6 +79,16 @@ pub struct Storage<'a> {
     pub new_disk: Option<TestDisk<'a>>,
 }
 
+impl Storage<'_> {
+    /// RAM in /dev/shm, the disk `image` served over NBD.
+    pub fn with_disk(image: PathBuf) -> Self {
+        Storage {
+            disk_image: Some(image),
+            ..Storage::default()
+        }
+    }
+}
+
 /// A disk for a test VM: its size, and what the image holds before QEMU
 /// starts.
 pub struct TestDisk<'a> {
