@@ -29,7 +29,8 @@ const PANIC_MARKERS: &[&str] = &[
 ];
 
 impl GuestOutput {
-    /// `heartbeat`, `workload` and `console` are the three serial ports' lines.
+    /// `heartbeat`, `workload` and `console` are the three serial ports'
+    /// lines; a line the guest has not ended yet is left out.
     pub fn parse(
         heartbeat: &[SerialLine],
         workload: &[SerialLine],
@@ -42,7 +43,7 @@ impl GuestOutput {
             corruption: Vec::new(),
             console_problems: Vec::new(),
         };
-        for line in heartbeat.iter().chain(workload) {
+        for line in heartbeat.iter().chain(workload).filter(|l| l.complete) {
             match mllm_guest::parse_line(&line.text) {
                 Some(GuestEvent::Heartbeat { seq }) => out.heartbeats.push((seq, line.at_us)),
                 Some(GuestEvent::Ops { ops, .. }) => out.ops.push((line.at_us, ops)),
@@ -187,20 +188,14 @@ mod tests {
     fn lines(texts: &[(u64, &str)]) -> Vec<SerialLine> {
         texts
             .iter()
-            .map(|(at_us, text)| SerialLine {
-                at_us: *at_us,
-                text: text.to_string(),
-            })
+            .map(|(at_us, text)| SerialLine::complete(*at_us, *text))
             .collect()
     }
 
     fn heartbeats(range: std::ops::Range<u64>, start_us: u64) -> Vec<SerialLine> {
         range
             .enumerate()
-            .map(|(i, seq)| SerialLine {
-                at_us: start_us + i as u64 * 10_000,
-                text: format!("HB {seq}"),
-            })
+            .map(|(i, seq)| SerialLine::complete(start_us + i as u64 * 10_000, format!("HB {seq}")))
             .collect()
     }
 

@@ -250,8 +250,8 @@ fn run_in(
     let timeline = link.timeline();
     link.shutdown();
 
-    let source_output = output_of(&source);
-    let destination_output = output_of(&destination);
+    let source_output = output_of(&source, None);
+    let destination_output = output_of(&destination, Some(&source));
     let start = outcome.started_us;
     let end = outcome
         .completed_us
@@ -377,12 +377,17 @@ fn wait_until_booted(vm: &QemuProcess, workload: &Workload) -> Result<()> {
     Ok(())
 }
 
-fn output_of(vm: &QemuProcess) -> GuestOutput {
-    GuestOutput::parse(
-        &vm.serial("heartbeat").lines(),
-        &vm.serial("workload").lines(),
-        &vm.serial("console").lines(),
-    )
+/// What `vm` printed; for a destination, the lines the switch cut in two
+/// are completed with their beginnings on the `source`.
+fn output_of(vm: &QemuProcess, source: Option<&QemuProcess>) -> GuestOutput {
+    let port = |name: &str| match source {
+        Some(source) => mllm_qemu::continue_across_switch(
+            &source.serial(name).lines(),
+            &vm.serial(name).lines(),
+        ),
+        None => vm.serial(name).lines(),
+    };
+    GuestOutput::parse(&port("heartbeat"), &port("workload"), &port("console"))
 }
 
 fn is_running(vm: &QemuProcess) -> bool {

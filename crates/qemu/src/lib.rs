@@ -10,4 +10,4 @@ pub mod serial;
 pub use error::QemuError;
 pub use launch::{Accelerator, Boot, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
 pub use qmp::{QmpClient, QmpEvent};
-pub use serial::{SerialCapture, SerialLine};
+pub use serial::{continue_across_switch, SerialCapture, SerialLine};

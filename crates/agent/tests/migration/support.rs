@@ -246,17 +246,25 @@ impl Vm {
 
     /// Heartbeat sequence numbers printed so far, in order.
     pub fn heartbeats(&self) -> Vec<u64> {
-        self.lines("heartbeat")
-            .iter()
-            .filter_map(|line| line.strip_prefix("HB ")?.trim().parse().ok())
-            .collect()
+        heartbeat_numbers(&self.qemu.serial("heartbeat").lines())
     }
 
+    /// [`Vm::heartbeats`] of a destination, with the line the switch cut in
+    /// two completed by its beginning on `source`.
+    pub fn heartbeats_continuing(&self, source: &Vm) -> Vec<u64> {
+        heartbeat_numbers(&mllm_qemu::continue_across_switch(
+            &source.qemu.serial("heartbeat").lines(),
+            &self.qemu.serial("heartbeat").lines(),
+        ))
+    }
+
+    /// Complete lines printed so far on `port`.
     pub fn lines(&self, port: &str) -> Vec<String> {
         self.qemu
             .serial(port)
             .lines()
             .into_iter()
+            .filter(|line| line.complete)
             .map(|line| line.text)
             .collect()
     }
@@ -294,6 +302,14 @@ impl Vm {
             .filter(|line| line.starts_with(prefix))
             .count()
     }
+}
+
+fn heartbeat_numbers(lines: &[mllm_qemu::SerialLine]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter(|line| line.complete)
+        .filter_map(|line| line.text.strip_prefix("HB ")?.trim().parse().ok())
+        .collect()
 }
 
 pub fn link_config(megabits: u64, rtt_ms: u64) -> LinkConfig {
