@@ -15,6 +15,10 @@ table=$(mktemp)
 trap 'rm -f "$table"' EXIT
 MLLM_FAULT_MATRIX=full MLLM_FAULT_MATRIX_OUT="$table" \
     cargo test --release -p mllm-agent --test migration fault_matrix -- --nocapture
+# Faults that need real agent processes (a killed and restarted agent) are
+# the daemon's tests; each appends its row.
+MLLM_FAULT_MATRIX_ROWS="$table" \
+    cargo test --release -p mllm-daemon --test daemon a_source_agent_killed -- --nocapture
 
 source scripts/lib/splice-doc.sh
 splice_table docs/reliability.md fault-matrix "Recorded $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD) with \`scripts/fault-matrix.sh\`:" "$table"

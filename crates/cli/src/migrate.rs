@@ -79,10 +79,12 @@ pub fn run(args: MigrateArgs) -> Result<()> {
     };
     let mut display = ProgressDisplay::new(args.json);
     let mut failure = None;
+    let mut answered = false;
     send_request(&args.control, &request, |reply| {
         if args.json {
             println!("{}", serde_json::to_string(&reply)?);
         }
+        answered |= !matches!(reply, ControlReply::Progress(_));
         match reply {
             ControlReply::Progress(progress) => display.show(&progress),
             ControlReply::Migrated(report) => display.finish(&report),
@@ -102,6 +104,11 @@ pub fn run(args: MigrateArgs) -> Result<()> {
     })?;
     match failure {
         Some(message) => bail!("{message}"),
+        None if !answered => bail!(
+            "the agent closed the control connection without an answer: it stopped or \
+             crashed (its log says why). Restart it with the same --state directory: it \
+             adopts the VMs it left and logs where each one runs"
+        ),
         None => Ok(()),
     }
 }

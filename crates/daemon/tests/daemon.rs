@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use mllm_control::{ControlReply, Phase, Progress, SourceReport, VmInfo};
 use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
+use mllm_link::{Link, LinkConfig};
 
 // Shared with the agent's migration tests, which build the hook the same way.
 #[path = "../../agent/tests/common/workspace_build.rs"]
@@ -154,10 +155,15 @@ impl Agent {
 
     /// Runs `mllm migrate ARGS --control <this agent's socket>`.
     fn client(&self, args: &[&str]) -> ClientRun {
+        self.client_in_background(args).finish()
+    }
+
+    /// Starts `mllm migrate ARGS --control <this agent's socket>`.
+    fn client_in_background(&self, args: &[&str]) -> BackgroundClient {
         let dir = tempfile::tempdir().unwrap();
         let stdout = dir.path().join("stdout");
         let stderr = dir.path().join("stderr");
-        let mut child = Command::new(&artifacts().mllm)
+        let child = Command::new(&artifacts().mllm)
             .arg("migrate")
             .args(args)
             .arg("--control")
@@ -167,22 +173,12 @@ impl Agent {
             .stderr(File::create(&stderr).unwrap())
             .spawn()
             .expect("running mllm migrate");
-        let deadline = Instant::now() + CLIENT_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("mllm migrate {args:?} took more than {CLIENT_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        ClientRun {
-            status,
-            stdout: std::fs::read_to_string(stdout).unwrap(),
-            stderr: std::fs::read_to_string(stderr).unwrap(),
+        BackgroundClient {
+            child,
+            args: args.iter().map(ToString::to_string).collect(),
+            _dir: dir,
+            stdout,
+            stderr,
         }
     }
 
@@ -247,6 +243,46 @@ impl Drop for Agent {
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             eprintln!("--- log of agent {} ---\n{log}", self.name);
+        }
+    }
+}
+
+/// A `mllm migrate` still running.
+struct BackgroundClient {
+    child: Child,
+    args: Vec<String>,
+    _dir: tempfile::TempDir,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl BackgroundClient {
+    /// What it printed so far.
+    fn stdout_so_far(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Waits for it to exit (at most [`CLIENT_TIMEOUT`]).
+    fn finish(mut self) -> ClientRun {
+        let deadline = Instant::now() + CLIENT_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "mllm migrate {:?} took more than {CLIENT_TIMEOUT:?}",
+                    self.args
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        ClientRun {
+            status,
+            stdout: std::fs::read_to_string(&self.stdout).unwrap(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap(),
         }
     }
 }
@@ -954,6 +990,142 @@ fn a_restarted_agent_adopts_the_vm_it_left_running() {
     drop(first);
 }
 
+/// A disk workload: 4 MiB at the start of `/dev/vda` (before the test
+/// data) written 50 times a second with direct I/O and read back by the
+/// guest itself every two seconds.
+const DISK_WORKLOAD: &str =
+    "mllm.workload=diskload mllm.args=--device=/dev/vda,--length=4194304,--write-rate=50";
+
+/// The source agent killed (SIGKILL) in the middle of sending a VM with a
+/// disk, then restarted: QEMU runs on untouched (the kernel tracks writes
+/// without the agent), the guest's disk requests wait while the agent's NBD
+/// server is gone and go on once QEMU's NBD client reconnects to the
+/// restarted agent, which adopts the VM; the destination discards what it
+/// had received. Then the VM moves, digests compared. A row of the fault
+/// matrix (`MLLM_FAULT_MATRIX_ROWS` appends it: scripts/fault-matrix.sh).
+#[test]
+fn a_source_agent_killed_mid_migration_restarts_and_its_vm_runs_on_with_its_disk() {
+    let started = Instant::now();
+    artifacts();
+    let dir = tempfile::Builder::new()
+        .prefix("mllm-daemon-")
+        .tempdir()
+        .unwrap();
+    let image_a = dir.path().join("a-vm3.raw");
+    let image = File::create(&image_a).unwrap();
+    image.set_len(DISK_MIB << 20).unwrap();
+    image.write_all_at(&disk_data(), DISK_DATA_OFFSET).unwrap();
+    drop(image);
+    let (specs_a, specs_b) = (dir.path().join("specs-a"), dir.path().join("specs-b"));
+    write_spec_running(&specs_a, "vm3", DISK_WORKLOAD, &disk_table(&image_a));
+    let image_b = dir.path().join("b-vm3.raw");
+    write_spec_running(&specs_b, "vm3", DISK_WORKLOAD, &disk_table(&image_b));
+    let b = Agent::start("B", dir.path(), &specs_b, &[]);
+    // Kept to the end: its guard kills the process group of the VM's QEMU.
+    let mut first = Agent::start("A", dir.path(), &specs_a, &["vm3"]);
+    first.wait_for_heartbeats("vm3", 50, BOOT_TIMEOUT, "boot on A");
+    first.assert_workload_intact("vm3", "boot on A");
+    let qemu = first.recorded_qemu_pid("vm3");
+
+    // A thin link keeps the migration in its first round until the kill.
+    let bandwidth_bits_per_s = 8_000_000;
+    let rtt = Duration::from_millis(20);
+    let link = Link::new(LinkConfig {
+        bandwidth_bits_per_s,
+        rtt,
+        queue_bytes: LinkConfig::default_queue_bytes(bandwidth_bits_per_s, rtt),
+        ..LinkConfig::default()
+    })
+    .unwrap();
+    let through_link = format!("b@{}", link.forward(b.listen).unwrap());
+    let client = first.client_in_background(&["vm3", "--to", &through_link, "--json"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client.stdout_so_far().lines().any(|line| {
+        matches!(
+            serde_json::from_str(line),
+            Ok(ControlReply::Progress(Progress { phase: Phase::Precopy, bytes_sent, .. })) if bytes_sent > 0
+        )
+    }) {
+        assert!(Instant::now() < deadline, "the migration never started sending");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Instant::now();
+    first.kill_agent_only();
+    let run = client.finish();
+    assert!(!run.status.success(), "{run:?}");
+    assert!(process_alive(qemu), "QEMU died with the killed agent");
+    println!(
+        "{:.1} s: agent A killed in pre-copy; mllm migrate said: {}",
+        started.elapsed().as_secs_f64(),
+        run.stderr.trim()
+    );
+
+    // The destination lets go of what it received.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !b.list().is_empty() || !processes_mentioning(&b.state.join("vm3")).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "B still holds vm3: {:?}",
+            b.list()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!b.state.join("vm3.json").exists(), "B kept a record of vm3");
+    let discarded_in = killed.elapsed();
+
+    let a = Agent::start("A", dir.path(), &specs_a, &[]);
+    assert!(
+        a.log_text()
+            .contains("an outgoing migration was cut short before the hand-over: the VM runs here"),
+        "{}",
+        a.log_text()
+    );
+    assert_eq!(a.recorded_qemu_pid("vm3"), qemu);
+    assert_eq!(status_of(&a.list(), "vm3").as_deref(), Some("running"));
+    a.wait_for_heartbeats("vm3", 20, Duration::from_secs(30), "after the restart");
+    // Its disk requests went through QEMU's reconnected NBD client.
+    a.assert_workload_intact("vm3", "after the restart");
+    let resolved_in = killed.elapsed();
+    println!(
+        "{:.1} s: B discarded vm3 in {:.1} s; A adopted it, guest disk check passes {:.1} s after the kill",
+        started.elapsed().as_secs_f64(),
+        discarded_in.as_secs_f64(),
+        resolved_in.as_secs_f64()
+    );
+
+    let run = a.client(&["vm3", "--to", &b.listen.to_string(), "--verify", "--json"]);
+    assert!(run.status.success(), "{run:?}");
+    let (_, report) = run.migration();
+    assert!(report.verified, "digests were not compared");
+    assert!(report.disk_bytes > 0, "{report:?}");
+    assert_heartbeat_moved(&a, &b, "vm3");
+    b.assert_workload_intact("vm3", "moved after the restart");
+    println!(
+        "{:.1} s: vm3 moved to B after the restart",
+        started.elapsed().as_secs_f64()
+    );
+
+    if let Ok(path) = std::env::var("MLLM_FAULT_MATRIX_ROWS") {
+        let guest_after =
+            "source (adopted by the restarted agent; the destination discarded its copy)";
+        let data = "guest's disk self-check passes after the restart; then migrated with RAM and disk digests equal";
+        let row = format!(
+            "| source agent killed (SIGKILL) and restarted; QEMU's NBD client loses the disk server with it and reconnects | pre-copy, round 1, VM with a disk | {guest_after} | {data} | {:.1} s |\n",
+            resolved_in.as_secs_f64()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        std::io::Write::write_all(&mut file, row.as_bytes()).unwrap();
+    }
+    drop(b);
+    drop(a);
+    drop(first);
+    link.shutdown();
+}
+
 /// The memory workload the soak runs: 32 MiB written at 500 pages per
 /// second, verified by the guest itself every two seconds.
 const SOAK_WORKLOAD: &str = "mllm.workload=memload mllm.args=--size=33554432,--write-rate=500";
@@ -987,19 +1159,20 @@ impl Agent {
             .count()
     }
 
-    /// Waits for one more passing self-check of the guest's memory here,
-    /// and fails on any report of corrupted memory.
-    fn assert_memory_intact(&self, vm: &str, what: &str) {
+    /// Waits for one more passing self-check of the guest's workload here
+    /// (of its memory, or of what it wrote on its disk), and fails on any
+    /// report of corrupted data.
+    fn assert_workload_intact(&self, vm: &str, what: &str) {
         let verified = self.workload_lines(vm, "VERIFY OK");
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.workload_lines(vm, "VERIFY OK") <= verified {
-            assert!(Instant::now() < deadline, "{what}: no memory self-check");
+            assert!(Instant::now() < deadline, "{what}: no workload self-check");
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_eq!(
             self.workload_lines(vm, "CORRUPT"),
             0,
-            "{what}: the guest found its memory corrupted"
+            "{what}: the guest found its data corrupted"
         );
     }
 }
@@ -1026,7 +1199,7 @@ fn a_guest_moves_back_and_forth_without_the_agents_growing() {
     let b = Agent::start("B", dir.path(), &specs, &[]);
     let a = Agent::start("A", dir.path(), &specs, &["vm1"]);
     a.wait_for_heartbeats("vm1", 50, BOOT_TIMEOUT, "boot on A");
-    a.assert_memory_intact("vm1", "boot on A");
+    a.assert_workload_intact("vm1", "boot on A");
 
     let agents = [&a, &b];
     let mut table = String::from(
@@ -1042,7 +1215,7 @@ fn a_guest_moves_back_and_forth_without_the_agents_growing() {
         let (_, report) = run.migration();
         assert!(report.verified, "{what}: digests not compared");
         assert_heartbeat_moved(from, to, "vm1");
-        to.assert_memory_intact("vm1", &what);
+        to.assert_workload_intact("vm1", &what);
         assert_eq!(status_of(&to.list(), "vm1").as_deref(), Some("running"));
         assert_eq!(from.list(), [], "{what}: the source still lists the VM");
         let now = [a.footprint(), b.footprint()];
