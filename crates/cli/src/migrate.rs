@@ -175,6 +175,14 @@ impl ProgressDisplay {
             report.downtime_upper_bound_ms(),
             report.tracking_method
         );
+        if let Some(dedup) = report.dedup.as_ref().filter(|dedup| dedup.references > 0) {
+            println!(
+                "{} pages and blocks the destination already held went as references, {} saved ({} refused and sent again)",
+                dedup.references,
+                mebibytes(dedup.bytes_saved),
+                dedup.fallbacks
+            );
+        }
         if let Some(trace) = &report.memory_trace {
             println!("{}", describe_trace(trace));
         }

@@ -27,6 +27,7 @@ use mllm_control::{ControlReply, Phase, Progress, SourceReport, VmInfo};
 use mllm_lab::image::{ImageBuilder, SERIAL_PORTS};
 use mllm_lab::paths;
 use mllm_link::{Link, LinkConfig};
+use rand::{RngCore, SeedableRng};
 
 // Shared with the agent's migration tests, which build the hook the same way.
 #[path = "../../agent/tests/common/workspace_build.rs"]
@@ -416,15 +417,14 @@ fn write_spec_running(specs: &Path, name: &str, workload: &str, extra: &str) {
     .unwrap();
 }
 
-/// Recognizable, and different in every block.
+/// Recognizable, different in every block, and incompressible like most
+/// data on real disks (so what crosses the link shows what was sent).
 fn disk_data() -> Vec<u8> {
     let mut data = vec![0u8; DISK_DATA_BYTES];
+    rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut data);
     for (block, bytes) in data.chunks_exact_mut(4096).enumerate() {
         let label = format!("mllm daemon test, disk block {block}\n");
         bytes[..label.len()].copy_from_slice(label.as_bytes());
-        for (i, byte) in bytes.iter_mut().enumerate().skip(label.len()) {
-            *byte = (block.wrapping_mul(31) ^ i.wrapping_mul(7)).to_le_bytes()[0];
-        }
     }
     data
 }
@@ -657,7 +657,8 @@ fn a_vm_with_a_disk_moves_with_it() {
     assert_eq!(a.list(), []);
     assert_heartbeat_moved(&a, &b, "vm2");
 
-    // And back into A's image, which exists: emptied, then filled again.
+    // And back into A's image, which still holds what B got: the blocks
+    // go as references to it.
     let back = b.client(&["vm2", "--to", &a.listen.to_string()]);
     assert!(back.status.success(), "{back:?}");
     println!(
@@ -668,6 +669,18 @@ fn a_vm_with_a_disk_moves_with_it() {
     assert!(
         back.stdout.contains(" disk blocks (") && back.stdout.contains(" MiB of disk and "),
         "{back:?}"
+    );
+    assert!(back.stdout.contains(" went as references, "), "{back:?}");
+    let back_disk_mib: f64 = back
+        .stdout
+        .split(" MiB of disk and ")
+        .next()
+        .and_then(|before| before.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no disk bytes in {back:?}"));
+    assert!(
+        back_disk_mib * f64::from(1u32 << 20) < report.disk_bytes as f64 / 4.0,
+        "{back_disk_mib} MiB of disk back, {} bytes there",
+        report.disk_bytes
     );
     assert!(
         std::fs::read(&image_a).unwrap() == original,

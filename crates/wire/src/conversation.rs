@@ -19,6 +19,7 @@
 //!       │◀───────────────────────────────────── hello ────│  then read: no deadlock
 //!       │                                                 │  AwaitingRequest
 //!       │── MigrationRequest (VM, RAM size, policy) ─────▶│  AwaitingAnswer
+//!       │◀──────────────────── HeldContent (0 or more) ───│  its disks' old content
 //!       │◀──────────── MigrationAccept | MigrationReject ──│  Precopy | Ended
 //!       │── PageBatch, BlockBatch (disks) ──────────────▶│  round 1: every page,
 //!       │                                                 │  every used block;
@@ -71,6 +72,14 @@
 //!       │── PageBatch (M, content) ─────────────────────▶│  M written
 //!       │── SourceStopped ──────────────────────────────▶│  nothing owed
 //! ```
+//!
+//! A destination whose disk image already holds data (the VM lived here
+//! before) names it before its answer: `HeldContent`, block and content
+//! hash, as many frames as it takes. The source may refer to those blocks
+//! like to anything it sent itself, so a VM moving back sends only the
+//! blocks that changed. The destination keeps its image until the source
+//! stops, and then empties every block it held that the migration did not
+//! write: what the source does not send must read as zeros.
 //!
 //! Either side may send `Abort` (with its reason) before the hand-over; the
 //! conversation then ends and the source keeps the VM, resuming it if it
@@ -359,6 +368,7 @@ fn next_phase(phase: Phase, from: Role, message: MessageType, postcopy: bool) ->
         (P::AwaitingRequest, S, M::ResumeRequest) => P::AwaitingResume,
         (P::AwaitingResume, D, M::ResumeAccept) => P::Postcopy,
         (P::AwaitingResume, D, M::MigrationReject) => P::Ended,
+        (P::AwaitingAnswer, D, M::HeldContent) => P::AwaitingAnswer,
         (P::AwaitingAnswer, D, M::MigrationAccept) => P::Precopy,
         (P::AwaitingAnswer, D, M::MigrationReject) => P::Ended,
         (P::Precopy | P::Switching | P::DeviceState | P::AwaitingRunning, D, M::Ack) => phase,
@@ -471,6 +481,11 @@ mod tests {
             M::ResumeRequest => ResumeRequest { migration_id: 7 }.into(),
             M::ResumeAccept => ResumeAccept {
                 pages: vec![],
+                blocks: vec![],
+            }
+            .into(),
+            M::HeldContent => HeldContent {
+                disk: 0,
                 blocks: vec![],
             }
             .into(),

@@ -30,9 +30,10 @@ pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEA
 pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};
 pub use message::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, DestinationRunning, DeviceState,
-    DiskDigest, FrameType, HandOver, Message, MessageType, MigrationAccept, MigrationPolicy,
-    MigrationReject, MigrationRequest, PageDigests, PageRequest, PendingBlocks, PendingPages,
-    PostcopyComplete, ResendContent, ResumeAccept, ResumeRequest, RoundEnd, SourceStopped,
+    DiskDigest, FrameType, HandOver, HeldContent, Message, MessageType, MigrationAccept,
+    MigrationPolicy, MigrationReject, MigrationRequest, PageDigests, PageRequest, PendingBlocks,
+    PendingPages, PostcopyComplete, ResendContent, ResumeAccept, ResumeRequest, RoundEnd,
+    SourceStopped, HELD_BLOCKS_PER_FRAME,
 };
 /// What a reference names, defined by `mllm-core`'s content index.
 pub use mllm_core::dedup::{ContentHash, Location};

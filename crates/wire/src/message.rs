@@ -7,7 +7,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use mllm_core::dedup::Location;
+use mllm_core::dedup::{ContentHash, Location};
 use mllm_core::memory::{PageIndex, PageRange};
 
 use crate::digest::RamDigest;
@@ -182,6 +182,23 @@ pub struct ResendContent {
     pub locations: Vec<Location>,
 }
 
+/// Before its answer to a request: content the destination's disk `disk`
+/// already holds (a VM moving back to a host it left keeps its old image
+/// there), so the source can send references to it instead of the blocks.
+/// Several frames for a large disk, each at most [`HELD_BLOCKS_PER_FRAME`].
+/// Advice only: every reference is checked against what is held when it
+/// arrives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldContent {
+    pub disk: u16,
+    /// (block, hash of its content).
+    pub blocks: Vec<(u32, ContentHash)>,
+}
+
+/// How many held blocks one [`HeldContent`] frame names at most: 64 Ki
+/// entries of about 21 bytes, well under a frame's payload limit.
+pub const HELD_BLOCKS_PER_FRAME: usize = 1 << 16;
+
 /// Destination's VM runs: the source may release its copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRunning;
@@ -336,6 +353,8 @@ message_table! {
     22 => BlockRequest: Disk,
     23 => BlockDigests: Verification,
     24 => ResendContent: Control,
+    // Held content (version 7).
+    25 => HeldContent: Control,
     // Post-copy recovery (version 6), numbered apart from the rest so that
     // messages added alongside it elsewhere do not collide.
     40 => ResumeRequest: Control,
@@ -348,6 +367,12 @@ impl Message {
     /// length computed from it.
     fn check(&self) -> Result<(), String> {
         let ranges: Vec<&PageRange> = match self {
+            Message::HeldContent(held) if held.blocks.len() > HELD_BLOCKS_PER_FRAME => {
+                return Err(format!(
+                    "{} held blocks in one frame, more than {HELD_BLOCKS_PER_FRAME}",
+                    held.blocks.len()
+                ))
+            }
             Message::PendingPages(pending) => pending.ranges.iter().collect(),
             Message::PendingBlocks(pending) => pending.ranges.iter().collect(),
             Message::ResumeAccept(missing) => missing

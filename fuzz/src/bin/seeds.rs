@@ -11,10 +11,14 @@ use mllm_core::trace::{
 };
 use mllm_hook_protocol::{Reply, Request, UffdFeatures};
 use mllm_wire::{
-    handshake, Abort, Capabilities, CompressionSetting, FrameWriter, Hello, Message, MessageType,
-    MigrationPolicy, MigrationRequest, PageBatchBuilder, PageDigests, PageRange, PageRequest,
-    PendingPages, RamDigest, Role, RoundEnd, PAGE_SIZE,
+    handshake, Capabilities, CompressionSetting, FrameWriter, Hello, Message, MessageType,
+    PageBatchBuilder, Role, PAGE_SIZE,
 };
+
+// The wire tests' helpers: their samples cover every message type.
+#[allow(dead_code)]
+#[path = "../../../crates/wire/tests/wire/support.rs"]
+mod wire_samples;
 
 fn main() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
@@ -162,7 +166,8 @@ fn main() {
     write("trace", traces);
 }
 
-/// One message of every type, page batches in every compression.
+/// One message of every type (the wire tests' samples, which must cover
+/// every type), and page batches in every compression.
 fn messages() -> Vec<Message> {
     let mut messages: Vec<Message> = [
         CompressionSetting::None,
@@ -180,54 +185,6 @@ fn messages() -> Vec<Message> {
         builder.finish().unwrap().into()
     })
     .collect();
-    let ram: Vec<u8> = (0..8 * PAGE_SIZE)
-        .map(|i| u8::try_from(i % 251).unwrap())
-        .collect();
-    messages.extend([
-        MigrationRequest {
-            vm_name: "web".into(),
-            ram_bytes: 512 << 20,
-            page_size: 4096,
-            disk_bytes: vec![8 << 30],
-            policy: MigrationPolicy::Postcopy,
-        }
-        .into(),
-        mllm_wire::MigrationAccept.into(),
-        mllm_wire::MigrationReject {
-            reason: "no room".into(),
-        }
-        .into(),
-        RoundEnd {
-            round: 3,
-            pages: 131_072,
-        }
-        .into(),
-        mllm_wire::DeviceState {
-            chunk: vec![1, 2, 3, 4],
-        }
-        .into(),
-        mllm_wire::DeviceStateEnd { total_bytes: 4 }.into(),
-        mllm_wire::SourceStopped.into(),
-        PendingPages {
-            ranges: vec![PageRange::new(3, 9), PageRange::new(4000, 4001)],
-        }
-        .into(),
-        PageRequest {
-            pages: vec![0, 77, u32::MAX],
-        }
-        .into(),
-        mllm_wire::PostcopyComplete.into(),
-        PageDigests {
-            pages: vec![(1024, 1), (7, u64::MAX)],
-        }
-        .into(),
-        mllm_wire::DestinationRunning.into(),
-        Abort {
-            reason: "QEMU exited".into(),
-        }
-        .into(),
-        RamDigest::compute(&ram, 3).into(),
-        mllm_wire::Ack.into(),
-    ]);
+    messages.extend(wire_samples::sample_messages());
     messages
 }

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mllm_control::DestinationReport;
+use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_tls::PeerStream;
 use mllm_wire::{
-    Conversation, Message, MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest,
-    Role, PAGE_SIZE, PAGE_SIZE_U32,
+    ContentHash, Conversation, HeldContent, Message, MigrationAccept, MigrationPolicy,
+    MigrationReject, MigrationRequest, Role, HELD_BLOCKS_PER_FRAME, PAGE_SIZE, PAGE_SIZE_U32,
 };
 
 use crate::device_state::IncomingDeviceState;
@@ -194,7 +195,7 @@ impl IncomingMigration {
     ) -> Result<DestinationReport, MigrationError> {
         let vm_name = self.request.vm_name.clone();
         let prepared = self.prepare(vm, ram_file, disks);
-        let (ram, device_state) = match prepared {
+        let (ram, device_state, held) = match prepared {
             Ok(ready) => ready,
             Err(error) => {
                 // The refusal is the error; failing to deliver it adds nothing.
@@ -203,14 +204,26 @@ impl IncomingMigration {
             }
         };
         let mut accepted = self;
-        let accept = Message::MigrationAccept(MigrationAccept);
-        accepted.conversation.sending(&accept)?;
-        accepted
-            .link
-            .writer
-            .send(&accept)
-            .map_err(|e| accepted.link.failure(e))?;
-        receiver::Receiver::new(vm, ram, disks, device_state, accepted)
+        let mut answer: Vec<Message> = Vec::new();
+        for (disk, held) in (0u16..).zip(&held) {
+            answer.extend(held.hashes.chunks(HELD_BLOCKS_PER_FRAME).map(|blocks| {
+                Message::HeldContent(HeldContent {
+                    disk,
+                    blocks: blocks.to_vec(),
+                })
+            }));
+        }
+        answer.push(Message::MigrationAccept(MigrationAccept));
+        for message in &answer {
+            accepted.conversation.sending(message)?;
+            accepted
+                .link
+                .writer
+                .send(message)
+                .map_err(|e| accepted.link.failure(e))?;
+        }
+        let held = held.into_iter().map(|held| held.blocks).collect();
+        receiver::Receiver::new(vm, ram, disks, held, device_state, accepted)
             .run()
             .map_err(|error| {
                 let what = match error.root() {
@@ -229,7 +242,7 @@ impl IncomingMigration {
         vm: &QemuProcess,
         ram_file: &Path,
         disks: &[Arc<TrackedDisk>],
-    ) -> Result<(GuestRam, IncomingDeviceState), MigrationError> {
+    ) -> Result<(GuestRam, IncomingDeviceState, Vec<Held>), MigrationError> {
         let request = &self.request;
         // Policies this agent cannot serve do not decode; the match is the
         // place a policy with its own needs gets them checked.
@@ -268,14 +281,33 @@ impl IncomingMigration {
                 describe_disks(&sizes)
             )));
         }
+        // Kept until the source stops: the source may refer to it. Then
+        // what the source did not write must read as zeros (the receiver).
+        let mut budget = MAX_HELD_BLOCKS;
+        let mut held = Vec::with_capacity(disks.len());
         for disk in disks {
-            // Blocks the source does not send must read as zeros here.
-            disk.clear()?;
+            let (blocks, hashes) = disk.held_content(budget)?;
+            budget -= hashes.len();
+            held.push(Held { blocks, hashes });
         }
         let device_state = IncomingDeviceState::listen(vm)
             .during("the destination QEMU cannot receive device state")?;
-        Ok((ram, device_state))
+        Ok((ram, device_state, held))
     }
+}
+
+/// How many held blocks a destination names to the source at most: 1 GiB
+/// of content, about 5.5 MiB of `HeldContent` frames. The source's index
+/// keeps them among its own entries (256 Ki by default).
+const MAX_HELD_BLOCKS: usize = 1 << 18;
+
+/// What one of the destination's disks held before the migration.
+#[derive(Debug)]
+struct Held {
+    /// Every used block: zeroed at the switch unless the migration wrote it.
+    blocks: PageSet,
+    /// Those named to the source, with their content hash.
+    hashes: Vec<(u32, ContentHash)>,
 }
 
 /// "no disk", or the sizes in MiB: "2 disks (1024 MiB, 64 MiB)".

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use mllm_control::{DestinationPostcopyReport, DestinationReport};
 use mllm_core::memory::PageRange;
+use mllm_core::PageSet;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_tls::PeerStream;
@@ -144,9 +145,12 @@ struct Started {
 pub(super) struct Receiver<'a> {
     vm: &'a QemuProcess,
     ram: GuestRam,
-    /// The VM's disks here, in the request's order; emptied before the
-    /// first block arrives.
+    /// The VM's disks here, in the request's order.
     disks: &'a [Arc<TrackedDisk>],
+    /// Per disk, the blocks it held before the migration that nothing has
+    /// written since: zeroed when the source stops (see `mllm_wire`'s
+    /// conversation, "References").
+    held: Vec<PageSet>,
     hook_socket: Option<PathBuf>,
     device_state: Option<IncomingDeviceState>,
     reader: FrameReader<BufReader<PeerStream>>,
@@ -182,6 +186,7 @@ impl<'a> Receiver<'a> {
         vm: &'a QemuProcess,
         ram: GuestRam,
         disks: &'a [Arc<TrackedDisk>],
+        held: Vec<PageSet>,
         device_state: IncomingDeviceState,
         accepted: IncomingMigration,
     ) -> Receiver<'a> {
@@ -206,6 +211,7 @@ impl<'a> Receiver<'a> {
             vm,
             ram,
             disks,
+            held,
             hook_socket: hook_socket_of(&vm.config),
             device_state: Some(device_state),
             reader,
@@ -273,6 +279,7 @@ impl<'a> Receiver<'a> {
                 }
                 Message::SourceStopped(_) => {
                     self.references.source_stopped()?;
+                    self.drop_held_content()?;
                     tracing::info!("source VM paused: final round");
                 }
                 Message::RamDigest(digest) => self.verify(&digest)?,
@@ -695,9 +702,30 @@ impl<'a> Receiver<'a> {
                 }
             }
             self.references.written(target);
+            if let Some(held) = self.held.get_mut(usize::from(blocks.disk)) {
+                held.remove(index);
+            }
         }
         self.blocks += blocks.batch.pages.len() as u64;
         self.acknowledge()
+    }
+
+    /// The source stopped, and with it its references: a block held from
+    /// before that the migration did not write is not the source's, and
+    /// must read as zeros like every block the source does not send.
+    fn drop_held_content(&mut self) -> Result<()> {
+        for (disk, held) in self.disks.iter().zip(&mut self.held) {
+            if !held.is_empty() {
+                tracing::info!(
+                    disk = %disk.path().display(),
+                    blocks = held.count(),
+                    "zeroing the blocks held from before that the source did not send"
+                );
+                disk.zero_blocks(held)?;
+                *held = PageSet::new(held.universe());
+            }
+        }
+        Ok(())
     }
 
     /// Test mode: the disk must equal the source's at the switch.

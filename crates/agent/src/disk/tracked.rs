@@ -13,7 +13,7 @@ use mllm_core::memory::{pages_in, PageRange};
 use mllm_core::trace::{DiskAccess, DiskOp};
 use mllm_core::PageSet;
 use mllm_nbd::{BlockStore, RawFile, Zeroing};
-use mllm_wire::{page_digest, RamDigest};
+use mllm_wire::{page_digest, ContentHash, RamDigest};
 
 use super::activity::{blocks_covering, Activity, DiskActivity};
 use super::mapping::ReadOnlyMapping;
@@ -133,6 +133,28 @@ impl TrackedDisk {
     /// be counted either way: take the dirty blocks just before the scan,
     /// and the next [`TrackedDisk::take_dirty`] names every such block.
     pub fn used_blocks(&self) -> Result<PageSet, MigrationError> {
+        self.scan_used(|_, _| {})
+    }
+
+    /// What this image holds before a migration writes into it: its used
+    /// blocks, and the content hash of the first `max_hashed` of them. A
+    /// VM that moves back to a host it left finds its old image there, and
+    /// the source refers to these blocks instead of sending them again.
+    pub fn held_content(
+        &self,
+        max_hashed: usize,
+    ) -> Result<(PageSet, Vec<(u32, ContentHash)>), MigrationError> {
+        let mut hashes = Vec::new();
+        let used = self.scan_used(|block, content| {
+            if hashes.len() < max_hashed {
+                hashes.push((block, ContentHash::of(content)));
+            }
+        })?;
+        Ok((used, hashes))
+    }
+
+    /// [`TrackedDisk::used_blocks`], showing each used block to `each`.
+    fn scan_used(&self, mut each: impl FnMut(u32, &[u8])) -> Result<PageSet, MigrationError> {
         let failed = |error| {
             MigrationError::io(
                 format!("finding the used blocks of disk {}", self.path.display()),
@@ -154,6 +176,7 @@ impl TrackedDisk {
                 for (block, content) in (first..).zip(bytes.chunks_exact(BLOCK_SIZE)) {
                     if content.iter().any(|&byte| byte != 0) {
                         used.insert(block);
+                        each(block, content);
                     }
                 }
                 first += count;
@@ -187,17 +210,17 @@ impl TrackedDisk {
             .map_err(|error| self.block_failed("zeroing", block, error))
     }
 
-    /// Empties the image: every block a hole, the size unchanged. The
-    /// destination does this before a migration writes into it.
-    pub fn clear(&self) -> Result<(), MigrationError> {
-        self.image
-            .write_zeroes(0, self.size, Zeroing::MayTrim, false)
-            .map_err(|error| {
-                MigrationError::io(
-                    format!("emptying disk image {}", self.path.display()),
-                    error,
-                )
-            })
+    /// Makes every block of `blocks` read as zeros, range by range, behind
+    /// the NBD server's back.
+    pub fn zero_blocks(&self, blocks: &PageSet) -> Result<(), MigrationError> {
+        for range in blocks.ranges() {
+            let offset = self.offset_of(range.start, "zeroing")?;
+            let len = u64::from(range.end - range.start) * BLOCK_SIZE_U64;
+            self.image
+                .write_zeroes(offset, len, Zeroing::MayTrim, false)
+                .map_err(|error| self.block_failed("zeroing", range.start, error))?;
+        }
+        Ok(())
     }
 
     /// Makes every write so far durable (`fdatasync`).
@@ -537,13 +560,21 @@ mod tests {
     }
 
     #[test]
-    fn clear_leaves_a_hole_of_the_same_size() {
+    fn held_content_names_used_blocks_and_zeroing_them_leaves_holes_of_the_same_size() {
         let file = image(600);
         let disk = TrackedDisk::open(file.path()).unwrap();
+        let content = |block: u32| [u8::try_from(block % 251 + 1).unwrap(); BLOCK_SIZE];
         for block in [0, 255, 256, 599] {
-            disk.write_block(block, &[9; BLOCK_SIZE]).unwrap();
+            disk.write_block(block, &content(block)).unwrap();
         }
-        disk.clear().unwrap();
+        let (used, hashes) = disk.held_content(3).unwrap();
+        assert_eq!(used.iter().collect::<Vec<_>>(), [0, 255, 256, 599]);
+        let expected: Vec<(u32, ContentHash)> = [0, 255, 256]
+            .into_iter()
+            .map(|block| (block, ContentHash::of(&content(block))))
+            .collect();
+        assert_eq!(hashes, expected, "the first three, by block");
+        disk.zero_blocks(&used).unwrap();
         assert!(disk.used_blocks().unwrap().is_empty());
         assert_eq!(
             file.as_file().metadata().unwrap().len(),

@@ -109,6 +109,16 @@ impl Dedup {
         Some(ContentRef { from, hash })
     }
 
+    /// Disk `disk` at the destination held `blocks` (block, content hash)
+    /// before the migration: the oldest entries, so the index evicts them
+    /// first.
+    pub fn destination_holds(&self, disk: u16, blocks: &[(u32, ContentHash)]) {
+        let mut state = self.lock();
+        for &(block, hash) in blocks {
+            state.index.record(Location::Block { disk, block }, hash);
+        }
+    }
+
     /// `target` gets content the index does not keep (a zero page).
     pub fn overwritten(&self, target: Location) {
         self.lock().index.forget(target);

@@ -28,8 +28,8 @@ use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_tls::PeerStream;
 use mllm_wire::{
-    CompressionSetting, Conversation, Message, MigrationPolicy, MigrationRequest, Negotiated, Role,
-    TrafficClass, PAGE_SIZE_U32,
+    CompressionSetting, Conversation, Message, MigrationRequest, Negotiated, Role, TrafficClass,
+    PAGE_SIZE_U32,
 };
 use serde_json::json;
 
@@ -362,14 +362,23 @@ fn run(
     let mut link = PeerLink::establish(stream, Role::Source, settings.link_timeout)?;
     let mut conversation = Conversation::new(Role::Source);
     let migration_id: u128 = rand::random();
+    let dedup = (settings.dedup.entries > 0)
+        .then(|| Dedup::new(settings.dedup.entries, settings.dedup.misdirect_every));
+    let request = MigrationRequest {
+        vm_name: vm.config.name.clone(),
+        ram_bytes: ram.len_bytes(),
+        page_size: PAGE_SIZE_U32,
+        disk_bytes: local.disks.iter().map(|disk| disk.size()).collect(),
+        policy: settings.strategy.policy(),
+        migration_id,
+    };
     request_migration(
         &mut link,
         &mut conversation,
-        local,
-        &ram,
-        settings.strategy.policy(),
-        migration_id,
+        request,
+        local.disks,
         settings.link_timeout,
+        dedup.as_ref(),
     )?;
     let compression = usable_compression(settings.compression, &link.negotiated);
     let negotiated = link.negotiated.clone();
@@ -392,8 +401,6 @@ fn run(
     let flow = Flow::new(conversation);
     let owed = Owed::new(ram.pages());
     let owed_blocks = Owed::new(disk.map_or(0, |disk| disk.blocks()));
-    let dedup = (settings.dedup.entries > 0)
-        .then(|| Dedup::new(settings.dedup.entries, settings.dedup.misdirect_every));
     let PeerLink {
         reader,
         writer,
@@ -573,35 +580,55 @@ fn movable_disk(disks: &[Arc<TrackedDisk>]) -> Result<Option<&TrackedDisk>, Migr
     }
 }
 
+/// Sends `request` and waits for the answer, telling `dedup` what the
+/// destination's disks (the VM's `disks` there) already hold.
 fn request_migration(
     link: &mut PeerLink,
     conversation: &mut Conversation,
-    local: LocalVm<'_>,
-    ram: &GuestRam,
-    policy: MigrationPolicy,
-    migration_id: u128,
+    request: MigrationRequest,
+    disks: &[Arc<TrackedDisk>],
     timeout: Duration,
+    dedup: Option<&Dedup>,
 ) -> Result<(), MigrationError> {
     let failure = |error| MigrationError::link(error, Role::Destination, timeout);
-    let request = Message::MigrationRequest(MigrationRequest {
-        vm_name: local.vm.config.name.clone(),
-        ram_bytes: ram.len_bytes(),
-        page_size: PAGE_SIZE_U32,
-        disk_bytes: local.disks.iter().map(|disk| disk.size()).collect(),
-        policy,
-        migration_id,
-    });
+    let request = Message::MigrationRequest(request);
     conversation.sending(&request)?;
     link.writer
         .send(&request)
         .map_err(failure)
         .during("sending the migration request")?;
-    let answer = link
-        .reader
-        .recv()
-        .map_err(failure)
-        .during("waiting for the answer to the migration request")?;
-    conversation.received(&answer)?;
+    let answer = loop {
+        let answer = link
+            .reader
+            .recv()
+            .map_err(failure)
+            .during("waiting for the answer to the migration request")?;
+        conversation.received(&answer)?;
+        let Message::HeldContent(held) = answer else {
+            break answer;
+        };
+        let Some(disk) = disks.get(usize::from(held.disk)) else {
+            return Err(MigrationError::Invalid(format!(
+                "the destination named content it holds on disk {}, but the VM has {} disks",
+                held.disk,
+                disks.len()
+            )));
+        };
+        if let Some(&(block, _)) = held
+            .blocks
+            .iter()
+            .find(|(block, _)| *block >= disk.blocks())
+        {
+            return Err(MigrationError::Invalid(format!(
+                "the destination named content it holds at block {block} of disk {}, beyond its {} blocks",
+                held.disk,
+                disk.blocks()
+            )));
+        }
+        if let Some(dedup) = dedup {
+            dedup.destination_holds(held.disk, &held.blocks);
+        }
+    };
     match answer {
         Message::MigrationAccept(_) => Ok(()),
         Message::MigrationReject(reject) => Err(MigrationError::Refused {

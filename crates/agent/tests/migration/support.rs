@@ -201,22 +201,6 @@ impl Vm {
         Vm::incoming_on(name, memory_mib, Storage::default())
     }
 
-    /// The same with an empty disk of `disk_bytes`.
-    pub fn incoming_with(name: &str, memory_mib: u64, disk_bytes: Option<u64>) -> Vm {
-        let new_disk = disk_bytes.map(|bytes| TestDisk {
-            bytes,
-            fill: &|_| {},
-        });
-        Vm::incoming_on(
-            name,
-            memory_mib,
-            Storage {
-                new_disk,
-                ..Storage::default()
-            },
-        )
-    }
-
     /// [`Vm::incoming`] with its RAM and disk where `storage` says.
     pub fn incoming_on(name: &str, memory_mib: u64, storage: Storage<'_>) -> Vm {
         Vm::start(name, memory_mib, true, MEMLOAD, storage)

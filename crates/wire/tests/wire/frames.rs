@@ -129,7 +129,11 @@ fn traffic_counts_every_byte_by_message_type_on_both_ends() {
     for message in &messages {
         writer.send(message).unwrap();
     }
-    writer.send(&messages[3]).unwrap();
+    let batch = messages
+        .iter()
+        .find(|message| message.message_type() == MessageType::PageBatch)
+        .unwrap();
+    writer.send(batch).unwrap();
     let sent = writer.traffic().clone();
     let bytes = writer.into_inner();
 

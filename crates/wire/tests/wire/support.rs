@@ -2,10 +2,11 @@
 
 use mllm_wire::{
     Abort, Ack, BlockBatch, BlockDigests, BlockRequest, CompressionSetting, DestinationRunning,
-    DeviceState, DiskDigest, FrameReader, FrameWriter, HandOver, Message, MigrationAccept,
-    MigrationPolicy, MigrationReject, MigrationRequest, PageBatchBuilder, PageDigests, PageRange,
-    PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest, ResendContent,
-    ResumeAccept, ResumeRequest, RoundEnd, SourceStopped, WireError, PAGE_SIZE, PAGE_SIZE_U32,
+    DeviceState, DiskDigest, FrameReader, FrameWriter, HandOver, HeldContent, Message,
+    MigrationAccept, MigrationPolicy, MigrationReject, MigrationRequest, PageBatchBuilder,
+    PageDigests, PageRange, PageRequest, PendingBlocks, PendingPages, PostcopyComplete, RamDigest,
+    ResendContent, ResumeAccept, ResumeRequest, RoundEnd, SourceStopped, WireError, PAGE_SIZE,
+    PAGE_SIZE_U32,
 };
 use mllm_wire::{ContentHash, ContentRef, Location};
 
@@ -37,6 +38,14 @@ pub fn sample_messages() -> Vec<Message> {
             disk_bytes: vec![8 << 30, 1 << 20],
             policy: MigrationPolicy::Precopy,
             migration_id: u128::MAX - 5,
+        }
+        .into(),
+        HeldContent {
+            disk: 1,
+            blocks: vec![
+                (0, ContentHash::of(&[7; PAGE_SIZE])),
+                (u32::MAX, ContentHash::of(&[9; PAGE_SIZE])),
+            ],
         }
         .into(),
         MigrationAccept.into(),
