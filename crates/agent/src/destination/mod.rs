@@ -120,7 +120,8 @@ pub fn accept_incoming(
 /// at the other end of `stream` (a TCP connection, or a TLS session of
 /// `mllm-tls`). Returns once the VM runs here. `disks` are
 /// the VM's disks as this agent serves them to QEMU, in the source's order:
-/// they are emptied, then filled with the source's blocks.
+/// what they hold is named to the source (which may refer to it), and when
+/// the source stops, every block the migration did not write is zeroed.
 ///
 /// On failure the destination VM never ran; the caller discards it (kills
 /// the QEMU, removes the RAM file). The source is told why.
