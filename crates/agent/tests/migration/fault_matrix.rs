@@ -30,7 +30,7 @@ use mllm_link::Link;
 use mllm_tls::{CertificateAuthority, HostCertificate, TlsContext, Validity};
 use mllm_wire::{
     handshake, Capabilities, DestinationRunning, FrameReader, FrameWriter, Hello, Message,
-    MigrationAccept, Role,
+    MigrationAccept, Role, PROTOCOL_VERSION,
 };
 
 use crate::postcopy_recovery;
@@ -259,6 +259,8 @@ fn every_fault_ends_with_exactly_one_running_guest_and_its_data_intact() {
                 resolved_in: failed.resolved_in,
             });
         }
+        // Last: the source hands its guest over.
+        rows.push(nbd_client_reconnects_mid_migration(&source));
         drop(source);
         let _ = std::fs::remove_dir_all(scratch());
     }
@@ -328,7 +330,7 @@ fn refused_by_tls(deployment: &Deployment, certificate: Option<HostCertificate>)
                 // A plaintext agent answers the TLS hello with its own hello.
                 None => {
                     let mut tcp = tcp;
-                    let _ = tcp.write_all(&hello_of_version(mllm_wire::PROTOCOL_VERSION));
+                    let _ = tcp.write_all(&hello_of_version(PROTOCOL_VERSION));
                     let _ = tcp.read(&mut [0; 1024]);
                 }
             }
@@ -392,7 +394,9 @@ fn peer_without_tls(_source: &Vm) -> Failed {
 
 fn version_mismatch(source: &Vm) -> Failed {
     let error = against_fake_destination(source, |mut stream| {
-        stream.write_all(&hello_of_version(7)).unwrap();
+        stream
+            .write_all(&hello_of_version(PROTOCOL_VERSION + 1))
+            .unwrap();
     });
     assert!(error.contains("protocol version mismatch"), "{error}");
     error.assert_kind("Protocol");
@@ -665,6 +669,61 @@ fn no_room_for_disk(source: &Vm) -> Failed {
     );
     assert!(error.contains("No space left"), "{error}");
     error
+}
+
+/// QEMU's NBD client loses its connection to the source agent's disk server
+/// in the middle of pre-copy (the server stops, and serves the disk again on
+/// the same socket a second later): QEMU reconnects, the migration goes on
+/// and completes, and the destination's RAM and disk equal the source's at
+/// the switch.
+fn nbd_client_reconnects_mid_migration(source: &Vm) -> Row {
+    let image = scratch().join("destination-after-reconnect.img");
+    sparse_image(&image, DISK_MIB);
+    let destination = Vm::incoming_on("destination", GUEST_MIB, Storage::with_disk(image));
+    let link = Link::new(link_config(100, RTT_MS)).unwrap();
+    let settings = SourceSettings {
+        verify: true,
+        ..SourceSettings::default()
+    };
+    let in_precopy = AtomicBool::new(false);
+    let finished = AtomicBool::new(false);
+    let restarted_at = Mutex::new(None);
+    let outcome = thread::scope(|scope| {
+        scope.spawn(|| {
+            while !finished.load(Ordering::Relaxed) {
+                if in_precopy.load(Ordering::Relaxed) {
+                    *restarted_at.lock().unwrap() = Some(Instant::now());
+                    source.restart_disk_server(Duration::from_secs(1));
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let outcome = migrate_through(source, &destination, &link, &settings, |p| {
+            if p.phase == Phase::Precopy && p.bytes_acknowledged > 4 << 20 {
+                in_precopy.store(true, Ordering::Relaxed);
+            }
+            false
+        });
+        finished.store(true, Ordering::Relaxed);
+        outcome
+    });
+    let restarted_at = restarted_at
+        .into_inner()
+        .unwrap()
+        .expect("the disk server restarted during pre-copy");
+    let report = outcome.source.expect("the migration completes");
+    let received = outcome.destination.expect("the destination runs the VM");
+    assert!(report.verified && received.verified, "digests not compared");
+    assert!(report.blocks_sent > 0, "{report:?}");
+    destination.assert_alive_and_intact("after the NBD client reconnected during the migration");
+    Row {
+        case: "NBD client disconnect (the source's disk server stops; it serves again 1 s later and QEMU reconnects)",
+        phase: "pre-copy, round 1",
+        guest_after: "destination (migration completed)".into(),
+        data: "RAM and disk digests equal at the switch; guest memory check passes",
+        resolved_in: outcome.source_answered_at.saturating_duration_since(restarted_at),
+    }
 }
 
 /// A cut after the hand-over arrived: the destination runs the VM, the

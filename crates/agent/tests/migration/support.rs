@@ -64,7 +64,8 @@ fn unique(what: &str) -> String {
 pub struct Vm {
     pub qemu: QemuProcess,
     pub ram_file: PathBuf,
-    pub disk: Option<DiskServer>,
+    /// Behind a lock: a test may restart the server under a running VM.
+    disk: Mutex<Option<DiskServer>>,
     _run_dir: tempfile::TempDir,
 }
 
@@ -167,7 +168,7 @@ impl Vm {
         Vm {
             qemu,
             ram_file,
-            disk,
+            disk: Mutex::new(disk),
             _run_dir: run_dir,
         }
     }
@@ -209,9 +210,24 @@ impl Vm {
     /// The disks its agent serves (none or one).
     pub fn disks(&self) -> Vec<Arc<TrackedDisk>> {
         self.disk
+            .lock()
+            .unwrap()
             .iter()
             .map(|server| Arc::clone(server.disk()))
             .collect()
+    }
+
+    /// Stops its disk's NBD server, which ends QEMU's connection, and
+    /// after `down` serves the same disk on the same socket again, for
+    /// QEMU's client to reconnect (`reconnect-delay`).
+    pub fn restart_disk_server(&self, down: Duration) {
+        let mut server = self.disk.lock().unwrap();
+        let stopped = server.take().expect("a VM with a disk");
+        let (disk, socket) = (Arc::clone(stopped.disk()), stopped.socket().to_owned());
+        drop(stopped);
+        std::thread::sleep(down);
+        *server =
+            Some(DiskServer::start(disk, &socket, DISK_EXPORT).expect("serving the disk again"));
     }
 
     pub fn wait_for(&self, port: &str, what: &str, timeout: Duration, prefix: &str) {
