@@ -43,6 +43,14 @@ pub struct MigrateArgs {
     /// Pre-copy rounds before switching over regardless.
     #[arg(long, default_value_t = 30)]
     max_rounds: u32,
+    /// With `--policy mllm`, how the disk's blocks besides its read
+    /// workingset (which goes first) move: `precopy` (in every round, the
+    /// default), `after-switch` (pushed after the switch, fetched when the
+    /// guest reads one first) or `precopy-then-after-switch` (all in the
+    /// first round; those rewritten after it, after the switch). Without
+    /// it, the VM spec's `[disk] move`.
+    #[arg(long, value_name = "MODE", value_parser = ["precopy", "after-switch", "precopy-then-after-switch"])]
+    disk_move: Option<String>,
     /// Test mode: compare digests of all guest RAM (and the disk) at the switch.
     #[arg(long)]
     verify: bool,
@@ -74,6 +82,7 @@ pub fn run(args: MigrateArgs) -> Result<()> {
             max_rounds: args.max_rounds,
             verify: args.verify,
             trace_file: args.trace.as_deref().map(std::path::absolute).transpose()?,
+            disk_move: args.disk_move,
         }),
         _ => bail!("name a VM and --to HOST:PORT, or use --list"),
     };

@@ -81,6 +81,11 @@ pub struct MigrateRequest {
     /// written by the agent: an absolute path on the agent's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_file: Option<PathBuf>,
+    /// With the `mllm` policy: how the disk's blocks besides its read
+    /// workingset move (`precopy`, `after-switch`,
+    /// `precopy-then-after-switch`); the VM spec's `[disk] move` if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_move: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +135,7 @@ mod tests {
             max_rounds: 30,
             verify: false,
             trace_file: None,
+            disk_move: Some("precopy-then-after-switch".into()),
         });
         let line = serde_json::to_string(&request).unwrap();
         assert!(line.contains(r#""request":"migrate""#), "{line}");

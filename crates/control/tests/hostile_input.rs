@@ -55,9 +55,20 @@ fn request() -> impl Strategy<Value = ControlRequest> {
         any::<u32>(),
         any::<bool>(),
         proptest::option::of("/[a-z/]{0,30}"),
+        proptest::option::of("[a-z-]{0,30}"),
     )
         .prop_map(
-            |(vm, to, policy, downtime_ms, compression, max_rounds, verify, trace_file)| {
+            |(
+                vm,
+                to,
+                policy,
+                downtime_ms,
+                compression,
+                max_rounds,
+                verify,
+                trace_file,
+                disk_move,
+            )| {
                 ControlRequest::Migrate(MigrateRequest {
                     vm,
                     to,
@@ -67,6 +78,7 @@ fn request() -> impl Strategy<Value = ControlRequest> {
                     max_rounds,
                     verify,
                     trace_file: trace_file.map(Into::into),
+                    disk_move,
                 })
             },
         );

@@ -69,6 +69,7 @@ mod tests {
         DiskSpec {
             image: dir.path().join("web.raw"),
             size: size.map(ByteSize::b),
+            moved_by: None,
         }
     }
 

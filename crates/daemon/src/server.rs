@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use mllm_agent::{
     accept_incoming, migrate_source_with_reconnect, parse_compression, record_memory_trace,
-    DestinationSettings, EstimatorKind, Incoming, IncomingMigration, MigrationError, Recovery,
-    SourceSettings, SourceStrategy,
+    DestinationSettings, DiskMove, EstimatorKind, Incoming, IncomingMigration, MigrationError,
+    Recovery, SourceSettings, SourceStrategy,
 };
 use mllm_control::{
     ControlReply, ControlRequest, DestinationReport, MigrateRequest, Phase, Progress,
@@ -323,6 +323,14 @@ fn migrate(
     if let Some(path) = &request.trace_file {
         ensure_absolute(path)?;
     }
+    let requested_disk_move = match &request.disk_move {
+        Some(_) if request.policy != "mllm" => bail!(
+            "a disk move applies to the mllm policy; with {} the disk moves by pre-copy",
+            request.policy
+        ),
+        Some(text) => Some(text.parse::<DiskMove>().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let settings = SourceSettings {
         strategy,
         downtime_target: Duration::from_millis(request.downtime_ms),
@@ -335,6 +343,12 @@ fn migrate(
     let name = &request.vm;
     let in_flight = host.inflight.begin(name, Direction::Outgoing)?;
     let vm = host.get(name)?;
+    let settings = SourceSettings {
+        mllm_disk: requested_disk_move
+            .or(vm.disk_move)
+            .unwrap_or(settings.mllm_disk),
+        ..settings
+    };
     if vm.phase() == VmPhase::HandingOver {
         bail!(
             "VM {name} was handed over to another host by a migration the previous agent left \

@@ -14,12 +14,17 @@
 //! [disk]                            # optional
 //! image = "/var/lib/mllm/web.img"   # raw, sparse
 //! size = "20 GiB"                   # creates the image for an incoming VM
+//! move = "precopy"                  # optional, with `--policy mllm`: how
+//!                                   # blocks besides the read workingset
+//!                                   # move (precopy, after-switch,
+//!                                   # precopy-then-after-switch)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
+use mllm_agent::DiskMove;
 use mllm_qemu::{Accelerator, Boot, DiskAttachment, QemuConfig, RamBackend};
 use serde::Deserialize;
 
@@ -54,6 +59,10 @@ pub struct DiskSpec {
     /// incoming VM gets an empty image of this size. Where the image exists,
     /// it must be this size.
     pub size: Option<ByteSize>,
+    /// How the MLLM policy moves the blocks besides the disk's read
+    /// workingset; `mllm migrate --disk-move` overrides it.
+    #[serde(default, rename = "move")]
+    pub moved_by: Option<DiskMove>,
 }
 
 /// The file as written; [`VmSpec`] is what it means.
@@ -110,6 +119,7 @@ impl TryFrom<SpecFile> for VmSpec {
         if let Some(DiskSpec {
             image,
             size: Some(size),
+            ..
         }) = &disk
         {
             let bytes = size.as_u64();
@@ -257,6 +267,7 @@ mod tests {
             Some(DiskSpec {
                 image: "/img/web.raw".into(),
                 size: Some(ByteSize::mib(64)),
+                moved_by: None,
             })
         );
         let served = DiskAttachment::Nbd {
@@ -277,6 +288,22 @@ mod tests {
             )),
             "{args:?}"
         );
+    }
+
+    #[test]
+    fn a_disk_names_how_the_mllm_policy_moves_it() {
+        let disk = |line: &str| {
+            parse(&format!(
+                "memory_mib = 512\nkernel = \"/k\"\n[disk]\nimage = \"/a.raw\"\n{line}\n"
+            ))
+        };
+        let spec = disk("move = \"precopy-then-after-switch\"").unwrap();
+        assert_eq!(
+            spec.disk.and_then(|d| d.moved_by),
+            Some(DiskMove::PrecopyThenAfterSwitch)
+        );
+        let refused = format!("{:#}", disk("move = \"later\"").unwrap_err());
+        assert!(refused.contains("after-switch"), "{refused}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
-use mllm_agent::{make_migratable, DiskServer, TrackedDisk};
+use mllm_agent::{make_migratable, DiskMove, DiskServer, TrackedDisk};
 use mllm_control::{Progress, VmInfo};
 use mllm_qemu::{DiskAttachment, QemuConfig, QemuProcess};
 use serde_json::json;
@@ -33,6 +33,8 @@ pub struct OwnedVm {
     pub tracker: TrackerSlot,
     /// The latest progress of the outgoing migration.
     pub migration: Mutex<Option<Progress>>,
+    /// How its spec asks the MLLM policy to move its disk.
+    pub disk_move: Option<DiskMove>,
     record: Mutex<VmRecord>,
     records: StateDir,
     /// The agent shuts down and leaves the VM to its successor: nothing of
@@ -207,7 +209,7 @@ impl VmHost {
                 VmPhase::Owned
             },
         };
-        let vm = self.own(qemu, ram_file, disk, record);
+        let vm = self.own(qemu, ram_file, disk, &spec, record);
         vm.records.write(&vm.record())?;
         Ok(vm)
     }
@@ -242,6 +244,7 @@ impl VmHost {
         qemu: QemuProcess,
         ram_file: PathBuf,
         disk: Option<DiskServer>,
+        spec: &VmSpec,
         record: VmRecord,
     ) -> OwnedVm {
         OwnedVm {
@@ -250,6 +253,7 @@ impl VmHost {
             disk,
             tracker: TrackerSlot::default(),
             migration: Mutex::new(None),
+            disk_move: spec.disk.as_ref().and_then(|disk| disk.moved_by),
             record: Mutex::new(record),
             records: self.records.clone(),
             left_running: AtomicBool::new(false),
@@ -301,7 +305,7 @@ impl VmHost {
         );
         let qemu = QemuProcess::adopt(config, record.pid)
             .with_context(|| format!("reconnecting to the QEMU of VM {name}"))?;
-        let vm = self.own(qemu, record.ram_file.clone(), disk, record);
+        let vm = self.own(qemu, record.ram_file.clone(), disk, &spec, record);
         let status = vm.status();
         match vm.phase() {
             VmPhase::Owned => tracing::info!(vm = %name, status, "VM adopted"),

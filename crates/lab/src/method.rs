@@ -36,6 +36,9 @@ pub enum Method {
     /// `Mllm` with the disk's other blocks moved after the switch, pushed
     /// and fetched on demand: the published design, kept to compare.
     MllmDiskPostcopy,
+    /// `Mllm` with every used block in the first pass and the blocks the
+    /// guest writes after it moved after the switch, not re-sent in rounds.
+    MllmDiskPrecopyThenPostcopy,
     /// `MllmPrecopy` without de-duplication: every page and block travels
     /// as content, to measure what the hot-data cache saves.
     MllmPrecopyNodedup,
@@ -59,6 +62,7 @@ impl Method {
             Method::MllmPostcopy => "mllm-postcopy",
             Method::Mllm => "mllm",
             Method::MllmDiskPostcopy => "mllm-disk-postcopy",
+            Method::MllmDiskPrecopyThenPostcopy => "mllm-disk-precopy-then-postcopy",
             Method::MllmPrecopyNodedup => "mllm-precopy-nodedup",
             Method::MllmNodedup => "mllm-nodedup",
             Method::MllmPlaintext => "mllm-plaintext",
@@ -77,6 +81,7 @@ impl Method {
             Method::MllmPostcopy => Some(SourceStrategy::Postcopy),
             Method::Mllm
             | Method::MllmDiskPostcopy
+            | Method::MllmDiskPrecopyThenPostcopy
             | Method::MllmNodedup
             | Method::MllmPlaintext => Some(SourceStrategy::Mllm {
                 estimator: EstimatorKind::Improved,
@@ -104,6 +109,7 @@ impl Method {
     pub fn mllm_disk(self) -> DiskMove {
         match self {
             Method::MllmDiskPostcopy => DiskMove::AfterSwitch,
+            Method::MllmDiskPrecopyThenPostcopy => DiskMove::PrecopyThenAfterSwitch,
             _ => DiskMove::Precopy,
         }
     }

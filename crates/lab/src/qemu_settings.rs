@@ -77,6 +77,7 @@ impl QemuSettings {
             | Method::MllmPostcopy
             | Method::Mllm
             | Method::MllmDiskPostcopy
+            | Method::MllmDiskPrecopyThenPostcopy
             | Method::MllmPrecopyNodedup
             | Method::MllmNodedup
             | Method::MllmPlaintext => return Ok(None),

@@ -84,6 +84,7 @@ fn main() {
             max_rounds: 30,
             verify: true,
             trace_file: Some("/tmp/web.trace".into()),
+            disk_move: Some("after-switch".into()),
         }),
         ControlRequest::RecordTrace(RecordTraceRequest {
             vm: "web".into(),

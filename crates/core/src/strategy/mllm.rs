@@ -23,7 +23,8 @@ pub struct Mllm {
 
 /// How MLLM moves the disk's blocks besides the read workingset, which
 /// always goes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DiskMove {
     /// After the switch, pushed in predicted-read order and fetched when the
     /// guest needs one first: the published design.
@@ -34,6 +35,38 @@ pub enum DiskMove {
     /// guest is paused. What measured better live on a disk with random
     /// reads (docs/disk.md): a fetched block costs the guest two round trips.
     Precopy,
+    /// Every used block in the first pass, like pre-copy; what the guest
+    /// writes after it is not sent again round after round but after the
+    /// switch: the disk's write workingset crosses once.
+    PrecopyThenAfterSwitch,
+}
+
+impl DiskMove {
+    /// Every name [`DiskMove::from_str`] accepts, for error messages.
+    pub const NAMES: &'static str = "precopy, after-switch, precopy-then-after-switch";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskMove::AfterSwitch => "after-switch",
+            DiskMove::Precopy => "precopy",
+            DiskMove::PrecopyThenAfterSwitch => "precopy-then-after-switch",
+        }
+    }
+}
+
+impl std::str::FromStr for DiskMove {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            DiskMove::AfterSwitch,
+            DiskMove::Precopy,
+            DiskMove::PrecopyThenAfterSwitch,
+        ]
+        .into_iter()
+        .find(|mode| mode.name() == text)
+        .ok_or_else(|| format!("unknown disk move {text:?}: one of {}", Self::NAMES))
+    }
 }
 
 impl fmt::Debug for Mllm {
@@ -133,7 +166,7 @@ impl Strategy for Mllm {
             self.rounds = 1;
             self.last_pass_bytes = state.pages_bytes(&plan.memory_precopy);
             let mut disk = plan.disk_first;
-            if self.disk == DiskMove::Precopy {
+            if self.disk != DiskMove::AfterSwitch {
                 disk.extend(plan.disk_after_switch);
             }
             return Pass::Send(
@@ -176,7 +209,9 @@ impl Strategy for Mllm {
             state.pending_blocks().as_ref(),
         );
         let (blocks_now, blocks_after) = match self.disk {
-            DiskMove::AfterSwitch => (Vec::new(), plan.postcopy_blocks),
+            DiskMove::AfterSwitch | DiskMove::PrecopyThenAfterSwitch => {
+                (Vec::new(), plan.postcopy_blocks)
+            }
             DiskMove::Precopy => (plan.postcopy_blocks, Vec::new()),
         };
         Switch {
@@ -327,7 +362,7 @@ mod tests {
         valid.remove(100);
         at.memory_valid = PageSet::full(PAGES);
         at.disk_valid = Some(match disk {
-            DiskMove::Precopy => valid,
+            DiskMove::Precopy | DiskMove::PrecopyThenAfterSwitch => valid,
             DiskMove::AfterSwitch => {
                 let mut held = used.complement();
                 first.iter().for_each(|&block| held.insert(block));
@@ -371,5 +406,32 @@ mod tests {
         again.sort_unstable();
         assert_eq!(again, [3, 100]);
         assert!(after.is_empty(), "nothing after the switch: {after:?}");
+    }
+
+    #[test]
+    fn a_disk_moved_by_precopy_then_after_the_switch_sends_rewritten_blocks_once() {
+        let [first, later, paused, mut after] =
+            disk_blocks_by_phase(DiskMove::PrecopyThenAfterSwitch);
+        assert_eq!(first[..8], (0..8).collect::<Vec<_>>()[..]);
+        assert_eq!(first.len(), 128, "every used block in the first pass");
+        assert!(
+            later.is_empty() && paused.is_empty(),
+            "{later:?} {paused:?}"
+        );
+        after.sort_unstable();
+        assert_eq!(after, [3, 100], "the rewritten blocks, after the switch");
+    }
+
+    #[test]
+    fn disk_moves_are_named_as_operators_write_them() {
+        for mode in [
+            DiskMove::AfterSwitch,
+            DiskMove::Precopy,
+            DiskMove::PrecopyThenAfterSwitch,
+        ] {
+            assert_eq!(mode.name().parse::<DiskMove>(), Ok(mode));
+        }
+        let error = "postcopy".parse::<DiskMove>().unwrap_err();
+        assert!(error.contains("precopy-then-after-switch"), "{error}");
     }
 }
