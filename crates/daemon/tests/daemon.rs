@@ -417,6 +417,22 @@ fn write_spec_running(specs: &Path, name: &str, workload: &str, extra: &str) {
     .unwrap();
 }
 
+/// A directory for one test's agents, in /tmp: unix socket paths are short.
+fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("mllm-daemon-")
+        .tempdir()
+        .unwrap()
+}
+
+/// A sparse image of [`DISK_MIB`] at `path` holding [`disk_data`] at
+/// [`DISK_DATA_OFFSET`].
+fn write_image_with_data(path: &Path) {
+    let image = File::create(path).unwrap();
+    image.set_len(DISK_MIB << 20).unwrap();
+    image.write_all_at(&disk_data(), DISK_DATA_OFFSET).unwrap();
+}
+
 /// Recognizable, different in every block, and incompressible like most
 /// data on real disks (so what crosses the link shows what was sent).
 fn disk_data() -> Vec<u8> {
@@ -447,11 +463,7 @@ fn status_of(vms: &[VmInfo], name: &str) -> Option<String> {
 fn a_vm_moves_between_two_agents_through_mllm_migrate() {
     let started = Instant::now();
     artifacts();
-    // Unix socket paths are short: everything goes to a directory in /tmp.
-    let dir = tempfile::Builder::new()
-        .prefix("mllm-daemon-")
-        .tempdir()
-        .unwrap();
+    let dir = test_dir();
     let specs = dir.path().join("specs");
     write_spec(&specs, "vm1", "");
     // Guards drop in reverse order: A (the guest's first home) first.
@@ -601,18 +613,12 @@ fn assert_heartbeat_moved(from: &Agent, to: &Agent, vm: &str) -> (u64, u64) {
 fn a_vm_with_a_disk_moves_with_it() {
     let started = Instant::now();
     artifacts();
-    let dir = tempfile::Builder::new()
-        .prefix("mllm-daemon-")
-        .tempdir()
-        .unwrap();
+    let dir = test_dir();
     // The same VM on both hosts, with its image at another path on each:
     // B has none yet and creates it.
     let image_a = dir.path().join("a-vm2.raw");
     let image_b = dir.path().join("b-vm2.raw");
-    let image = File::create(&image_a).unwrap();
-    image.set_len(DISK_MIB << 20).unwrap();
-    image.write_all_at(&disk_data(), DISK_DATA_OFFSET).unwrap();
-    drop(image);
+    write_image_with_data(&image_a);
     let original = std::fs::read(&image_a).unwrap();
     let (specs_a, specs_b) = (dir.path().join("specs-a"), dir.path().join("specs-b"));
     write_spec(&specs_a, "vm2", &disk_table(&image_a));
@@ -823,10 +829,7 @@ fn rejection(answer: &mllm_wire::Message) -> String {
 #[test]
 fn limits_one_migration_per_vm_and_sigterm_while_receiving() {
     artifacts();
-    let dir = tempfile::Builder::new()
-        .prefix("mllm-daemon-")
-        .tempdir()
-        .unwrap();
+    let dir = test_dir();
     let specs = dir.path().join("specs");
     write_spec(&specs, "x", "");
     write_spec(&specs, "y", "");
@@ -949,10 +952,7 @@ fn limits_one_migration_per_vm_and_sigterm_while_receiving() {
 fn a_restarted_agent_adopts_the_vm_it_left_running() {
     let started = Instant::now();
     artifacts();
-    let dir = tempfile::Builder::new()
-        .prefix("mllm-daemon-")
-        .tempdir()
-        .unwrap();
+    let dir = test_dir();
     let specs = dir.path().join("specs");
     write_spec(&specs, "vm1", "");
     // Kept to the end: its guard kills the process group the VM's QEMU
@@ -1020,15 +1020,9 @@ const DISK_WORKLOAD: &str =
 fn a_source_agent_killed_mid_migration_restarts_and_its_vm_runs_on_with_its_disk() {
     let started = Instant::now();
     artifacts();
-    let dir = tempfile::Builder::new()
-        .prefix("mllm-daemon-")
-        .tempdir()
-        .unwrap();
+    let dir = test_dir();
     let image_a = dir.path().join("a-vm3.raw");
-    let image = File::create(&image_a).unwrap();
-    image.set_len(DISK_MIB << 20).unwrap();
-    image.write_all_at(&disk_data(), DISK_DATA_OFFSET).unwrap();
-    drop(image);
+    write_image_with_data(&image_a);
     let (specs_a, specs_b) = (dir.path().join("specs-a"), dir.path().join("specs-b"));
     write_spec_running(&specs_a, "vm3", DISK_WORKLOAD, &disk_table(&image_a));
     let image_b = dir.path().join("b-vm3.raw");
