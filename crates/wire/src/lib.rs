@@ -33,7 +33,7 @@ pub use message::{
     DiskDigest, FrameType, HandOver, HeldContent, Message, MessageType, MigrationAccept,
     MigrationPolicy, MigrationReject, MigrationRequest, PageDigests, PageRequest, PendingBlocks,
     PendingPages, PostcopyComplete, ResendContent, ResumeAccept, ResumeRequest, RoundEnd,
-    SourceStopped, HELD_BLOCKS_PER_FRAME,
+    SourceStopped, HELD_BLOCKS_PER_FRAME, MAX_HELD_BLOCKS,
 };
 /// What a reference names, defined by `mllm-core`'s content index.
 pub use mllm_core::dedup::{ContentHash, Location};

@@ -199,6 +199,11 @@ pub struct HeldContent {
 /// entries of about 21 bytes, well under a frame's payload limit.
 pub const HELD_BLOCKS_PER_FRAME: usize = 1 << 16;
 
+/// How many held blocks a destination names in all, at most: 1 GiB of
+/// content, about 5.5 MiB of frames. A source refuses more, so a peer
+/// cannot keep it reading them forever.
+pub const MAX_HELD_BLOCKS: usize = 1 << 18;
+
 /// Destination's VM runs: the source may release its copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DestinationRunning;

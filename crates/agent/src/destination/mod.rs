@@ -22,7 +22,8 @@ use mllm_qemu::QemuProcess;
 use mllm_tls::PeerStream;
 use mllm_wire::{
     ContentHash, Conversation, HeldContent, Message, MigrationAccept, MigrationPolicy,
-    MigrationReject, MigrationRequest, Role, HELD_BLOCKS_PER_FRAME, PAGE_SIZE, PAGE_SIZE_U32,
+    MigrationReject, MigrationRequest, Role, HELD_BLOCKS_PER_FRAME, MAX_HELD_BLOCKS, PAGE_SIZE,
+    PAGE_SIZE_U32,
 };
 
 use crate::device_state::IncomingDeviceState;
@@ -296,11 +297,6 @@ impl IncomingMigration {
         Ok((ram, device_state, held))
     }
 }
-
-/// How many held blocks a destination names to the source at most: 1 GiB
-/// of content, about 5.5 MiB of `HeldContent` frames. The source's index
-/// keeps them among its own entries (256 Ki by default).
-const MAX_HELD_BLOCKS: usize = 1 << 18;
 
 /// What one of the destination's disks held before the migration.
 #[derive(Debug)]

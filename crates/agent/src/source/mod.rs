@@ -29,7 +29,7 @@ use mllm_qemu::QemuProcess;
 use mllm_tls::PeerStream;
 use mllm_wire::{
     CompressionSetting, Conversation, Message, MigrationRequest, Negotiated, Role, TrafficClass,
-    PAGE_SIZE_U32,
+    MAX_HELD_BLOCKS, PAGE_SIZE_U32,
 };
 use serde_json::json;
 
@@ -597,6 +597,7 @@ fn request_migration(
         .send(&request)
         .map_err(failure)
         .during("sending the migration request")?;
+    let mut held_blocks = 0usize;
     let answer = loop {
         let answer = link
             .reader
@@ -623,6 +624,12 @@ fn request_migration(
                 "the destination named content it holds at block {block} of disk {}, beyond its {} blocks",
                 held.disk,
                 disk.blocks()
+            )));
+        }
+        held_blocks += held.blocks.len();
+        if held_blocks > MAX_HELD_BLOCKS {
+            return Err(MigrationError::Invalid(format!(
+                "the destination named more than {MAX_HELD_BLOCKS} blocks it holds"
             )));
         }
         if let Some(dedup) = dedup {
