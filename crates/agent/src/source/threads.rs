@@ -99,20 +99,13 @@ pub(crate) fn send_frames(
             if pages.is_empty() && blocks.is_empty() {
                 break;
             }
-            let batch = match asked_batch(&asked, &pages, &blocks) {
-                Ok(batch) => batch,
-                Err(error) => {
-                    flow.end(PeerOutcome::Failed(error));
-                    let _ = socket.shutdown(Shutdown::Both);
-                    return writer.traffic().clone();
-                }
-            };
-            if !send(batch, true) {
-                return writer.traffic().clone();
-            }
-            if !pages.is_empty() && !blocks.is_empty() {
-                // Refused references of both spaces: the blocks' batch.
-                let batch = match asked_batch(&asked, &[], &blocks) {
+            // One batch per space: refused references may name both.
+            let spaces = [(&pages[..], &[][..]), (&[][..], &blocks[..])];
+            for (pages, blocks) in spaces
+                .into_iter()
+                .filter(|(pages, blocks)| !pages.is_empty() || !blocks.is_empty())
+            {
+                let batch = match asked_batch(&asked, pages, blocks) {
                     Ok(batch) => batch,
                     Err(error) => {
                         flow.end(PeerOutcome::Failed(error));
