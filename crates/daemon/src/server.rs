@@ -331,23 +331,22 @@ fn migrate(
         Some(text) => Some(text.parse::<DiskMove>().map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let settings = SourceSettings {
-        strategy,
-        downtime_target: Duration::from_millis(request.downtime_ms),
-        compression: parse_compression(&request.compression)?,
-        max_rounds: request.max_rounds,
-        verify: request.verify,
-        trace_file: request.trace_file.clone(),
-        ..SourceSettings::default()
-    };
+    let compression = parse_compression(&request.compression)?;
     let name = &request.vm;
     let in_flight = host.inflight.begin(name, Direction::Outgoing)?;
     let vm = host.get(name)?;
+    let defaults = SourceSettings::default();
     let settings = SourceSettings {
+        strategy,
+        downtime_target: Duration::from_millis(request.downtime_ms),
+        compression,
+        max_rounds: request.max_rounds,
+        verify: request.verify,
+        trace_file: request.trace_file.clone(),
         mllm_disk: requested_disk_move
             .or(vm.disk_move)
-            .unwrap_or(settings.mllm_disk),
-        ..settings
+            .unwrap_or(defaults.mllm_disk),
+        ..defaults
     };
     if vm.phase() == VmPhase::HandingOver {
         bail!(

@@ -28,8 +28,8 @@ use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_tls::PeerStream;
 use mllm_wire::{
-    CompressionSetting, Conversation, Message, MigrationRequest, Negotiated, Role, TrafficClass,
-    MAX_HELD_BLOCKS, PAGE_SIZE_U32,
+    CompressionSetting, Conversation, HeldContent, Message, MigrationRequest, Negotiated, Role,
+    TrafficClass, MAX_HELD_BLOCKS, PAGE_SIZE_U32,
 };
 use serde_json::json;
 
@@ -608,30 +608,8 @@ fn request_migration(
         let Message::HeldContent(held) = answer else {
             break answer;
         };
-        let Some(disk) = disks.get(usize::from(held.disk)) else {
-            return Err(MigrationError::Invalid(format!(
-                "the destination named content it holds on disk {}, but the VM has {} disks",
-                held.disk,
-                disks.len()
-            )));
-        };
-        if let Some(&(block, _)) = held
-            .blocks
-            .iter()
-            .find(|(block, _)| *block >= disk.blocks())
-        {
-            return Err(MigrationError::Invalid(format!(
-                "the destination named content it holds at block {block} of disk {}, beyond its {} blocks",
-                held.disk,
-                disk.blocks()
-            )));
-        }
         held_blocks += held.blocks.len();
-        if held_blocks > MAX_HELD_BLOCKS {
-            return Err(MigrationError::Invalid(format!(
-                "the destination named more than {MAX_HELD_BLOCKS} blocks it holds"
-            )));
-        }
+        check_held_content(&held, disks, held_blocks)?;
         if let Some(dedup) = dedup {
             dedup.destination_holds(held.disk, &held.blocks);
         }
@@ -650,6 +628,39 @@ fn request_migration(
             other.message_type()
         ),
     }
+}
+
+/// `held` names blocks of a disk the VM has, and with the frames before it
+/// (`held_blocks` in all) no more than the protocol allows.
+fn check_held_content(
+    held: &HeldContent,
+    disks: &[Arc<TrackedDisk>],
+    held_blocks: usize,
+) -> Result<(), MigrationError> {
+    let Some(disk) = disks.get(usize::from(held.disk)) else {
+        return Err(MigrationError::Invalid(format!(
+            "the destination named content it holds on disk {}, but the VM has {} disks",
+            held.disk,
+            disks.len()
+        )));
+    };
+    if let Some(&(block, _)) = held
+        .blocks
+        .iter()
+        .find(|(block, _)| *block >= disk.blocks())
+    {
+        return Err(MigrationError::Invalid(format!(
+            "the destination named content it holds at block {block} of disk {}, beyond its {} blocks",
+            held.disk,
+            disk.blocks()
+        )));
+    }
+    if held_blocks > MAX_HELD_BLOCKS {
+        return Err(MigrationError::Invalid(format!(
+            "the destination named more than {MAX_HELD_BLOCKS} blocks it holds"
+        )));
+    }
+    Ok(())
 }
 
 /// The configured compression if the destination decodes it, else none.
