@@ -176,7 +176,7 @@ impl GuestRam {
     /// destination lacks, which must not be read (reading a missing page
     /// through this mapping would fill it with zeros behind the fault
     /// mechanism). Meaningful while nothing writes the other pages.
-    pub fn digest_without(&self, skip: impl Fn(PageIndex) -> bool) -> RamDigest {
+    pub fn digest_without(&self, skip: impl Fn(PageIndex) -> bool + Sync) -> RamDigest {
         // SAFETY: as in `digest`; the skipped pages are never read, only
         // their place in the range is passed over.
         let bytes = unsafe { std::slice::from_raw_parts(self.base, self.len) };

@@ -58,7 +58,7 @@ pub use settings::{
     parse_compression, BoundAction, DedupSettings, DiskMove, EstimatorKind, MigrationPolicy,
     SourceSettings, SourceStrategy, UnknownCompression,
 };
-pub use source::{migrate_source, migrate_source_with_reconnect};
+pub use source::{migrate_source, migrate_source_with_reconnect, resume_postcopy_after_restart};
 pub use vm_setup::{
     find_hook_library, hook_socket_of, make_migratable, ram_file_of, HOOK_LIBRARY_ENV,
     HOOK_SOCKET_ENV,

@@ -90,6 +90,11 @@ pub struct SourceSettings {
     pub mllm_disk: DiskMove,
     /// De-duplication of content the destination already holds.
     pub dedup: DedupSettings,
+    /// Names the migration to the destination, so that a post-copy can be
+    /// resumed on a new connection, by this agent or by one that restarts
+    /// and finds the id in its records ([`crate::resume_postcopy_after_restart`]).
+    /// Random when `None`.
+    pub migration_id: Option<u128>,
 }
 
 /// The source's hot-data cache (`mllm_core::dedup`, docs/dedup.md).
@@ -141,6 +146,7 @@ impl Default for SourceSettings {
             trace_interval: Duration::from_millis(100),
             mllm_disk: DiskMove::Precopy,
             dedup: DedupSettings::default(),
+            migration_id: None,
         }
     }
 }

@@ -138,12 +138,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
 
 /// When, at which commit and on what the scoreboard's results were made.
 fn provenance(command: &str) -> Provenance {
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let commit = paths::source_commit();
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     Provenance {
         command: command.to_owned(),

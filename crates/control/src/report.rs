@@ -152,6 +152,10 @@ pub struct SourceReport {
     pub postcopy: Option<PostcopyReport>,
     /// Whether the destination compared RAM digests (test mode) and found them equal.
     pub verified: bool,
+    /// Test mode: how long the paused VM waited for this side's digests.
+    /// Part of the downtime; a migration without `--verify` never spends it.
+    #[serde(default)]
+    pub verify_ms: f64,
     /// The memory write trace recorded during pre-copy, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_trace: Option<TraceSummary>,
@@ -196,6 +200,10 @@ pub struct DestinationReport {
     pub link_bytes_sent: u64,
     /// Whether the source sent a RAM digest (test mode) and it matched.
     pub verified: bool,
+    /// Test mode: how long the VM, paused until it started here, waited for
+    /// this side's digests.
+    #[serde(default)]
+    pub verify_ms: f64,
     /// References resolved by copying content held here.
     #[serde(default)]
     pub references_copied: u64,

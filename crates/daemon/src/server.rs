@@ -12,19 +12,19 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use mllm_agent::{
     accept_incoming, migrate_source_with_reconnect, parse_compression, record_memory_trace,
-    DestinationSettings, DiskMove, EstimatorKind, Incoming, IncomingMigration, MigrationError,
-    Recovery, SourceSettings, SourceStrategy,
+    resume_postcopy_after_restart, DestinationSettings, DiskMove, EstimatorKind, Incoming,
+    IncomingMigration, MigrationError, Recovery, SourceSettings, SourceStrategy,
 };
 use mllm_control::{
-    ControlReply, ControlRequest, DestinationReport, MigrateRequest, Phase, Progress,
-    RecordTraceRequest, SourceReport, TraceSummary,
+    ControlReply, ControlRequest, DestinationReport, MigrateRequest, Phase, PostcopyReport,
+    Progress, RecordTraceRequest, SourceReport, TraceSummary,
 };
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::inflight::{Direction, OutgoingAbort, Stopper};
 use crate::limits::{Deadline, Limits, Slot, Slots};
-use crate::state::VmPhase;
+use crate::state::{HandOverRecord, VmPhase};
 
 use crate::peers::{split_target, PeerLinks, PeerSecurity};
 use crate::vms::{TrackerUser, VmHost};
@@ -74,6 +74,12 @@ pub fn run(options: &DaemonOptions) -> Result<()> {
     )?);
     for name in host.adopt_recorded()? {
         tracing::info!(vm = %name, "VM adopted from the state directory");
+        if host.get(&name)?.handed_to().is_some() {
+            let (host, links) = (Arc::clone(&host), Arc::clone(&links));
+            std::thread::Builder::new()
+                .name(format!("resume {name}"))
+                .spawn(move || finish_post_copy_after_restart(&host, &links, &name))?;
+        }
     }
     for name in &options.start {
         if host.owns(name) {
@@ -336,7 +342,11 @@ fn migrate(
     let in_flight = host.inflight.begin(name, Direction::Outgoing)?;
     let vm = host.get(name)?;
     let defaults = SourceSettings::default();
+    // Chosen here to be recorded with the hand-over: a restarted agent
+    // names the migration by it to finish a post-copy.
+    let migration_id: u128 = rand::random();
     let settings = SourceSettings {
+        migration_id: Some(migration_id),
         strategy,
         downtime_target: Duration::from_millis(request.downtime_ms),
         compression,
@@ -378,7 +388,8 @@ fn migrate(
                     // Before the device state, hence before the hand-over
                     // it ends with: an agent that dies from here on must
                     // not resume the VM (see `crate::state`).
-                    if let Err(error) = vm.set_phase(VmPhase::HandingOver) {
+                    let migration = HandOverRecord::new(&request.to, migration_id);
+                    if let Err(error) = vm.hand_over(migration) {
                         tracing::error!("{error:#}");
                     }
                 }
@@ -410,6 +421,58 @@ fn migrate(
         host.release(name);
     }
     result
+}
+
+/// VM `name` was handed over by a migration the previous agent left
+/// unfinished. If it was a post-copy, the destination runs the VM, stalled
+/// on what only this host holds: resume the post-copy, and release the VM
+/// here once the destination has everything. Otherwise (the destination
+/// refuses: it finished before the agent died, or never ran the VM; or it
+/// stays unreachable) the VM stays paused here, as the log says.
+fn finish_post_copy_after_restart(host: &VmHost, links: &PeerLinks, name: &str) {
+    let finished = (|| -> Result<PostcopyReport> {
+        let vm = host.get(name)?;
+        let handed_to = vm
+            .handed_to()
+            .context("the VM's record says no more where it went")?;
+        let migration_id = handed_to.migration_id()?;
+        let _in_flight = host.inflight.begin(name, Direction::Outgoing)?;
+        let destination = &handed_to.destination;
+        tracing::info!(vm = %name, destination, "asking the destination to finish the post-copy");
+        let report = resume_postcopy_after_restart(
+            &vm.ram_file,
+            &vm.disks(),
+            &|| {
+                connect_to_peer(split_target(destination).1)
+                    .and_then(|tcp| links.secure(tcp, destination))
+                    .map_err(std::io::Error::other)
+            },
+            migration_id,
+            &SourceSettings::default(),
+            &|progress| {
+                *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = Some(progress.clone());
+            },
+        );
+        *vm.migration.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(report?)
+    })();
+    match finished {
+        Ok(report) => {
+            tracing::info!(
+                vm = %name,
+                pages = report.pages_pushed + report.pages_on_demand,
+                blocks = report.blocks_pushed + report.blocks_on_demand,
+                "the post-copy the previous agent left is finished: the VM runs at the \
+                 destination with every page, and is released here"
+            );
+            host.release(name);
+        }
+        Err(error) => tracing::error!(
+            vm = %name,
+            "the VM stays paused here: {error:#}. If the destination runs it (`mllm migrate \
+             --list` there), quit it here; if not, resume it here"
+        ),
+    }
 }
 
 fn record_trace(host: &VmHost, request: &RecordTraceRequest) -> Result<TraceSummary> {

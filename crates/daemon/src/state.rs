@@ -42,6 +42,38 @@ pub struct VmRecord {
     /// migration does not complete.
     pub created_image: bool,
     pub phase: VmPhase,
+    /// In `HandingOver`: where the VM went and by which migration, so that
+    /// a restarted agent can finish a post-copy the destination waits on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_to: Option<HandOverRecord>,
+}
+
+/// The migration a VM was handed over by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandOverRecord {
+    /// The destination agent, as the migration request named it.
+    pub destination: String,
+    /// The migration's id, 32 hexadecimal digits (JSON numbers are not
+    /// exact above 2^53).
+    pub migration_id: String,
+}
+
+impl HandOverRecord {
+    pub fn new(destination: &str, migration_id: u128) -> HandOverRecord {
+        HandOverRecord {
+            destination: destination.to_owned(),
+            migration_id: format!("{migration_id:032x}"),
+        }
+    }
+
+    pub fn migration_id(&self) -> Result<u128> {
+        u128::from_str_radix(&self.migration_id, 16).with_context(|| {
+            format!(
+                "the recorded migration id {:?} is not 32 hexadecimal digits",
+                self.migration_id
+            )
+        })
+    }
 }
 
 /// The directory of records.
@@ -140,6 +172,7 @@ mod tests {
             incoming: false,
             created_image: false,
             phase: VmPhase::Owned,
+            handed_to: None,
         }
     }
 
@@ -151,6 +184,7 @@ mod tests {
         state.write(&web).unwrap();
         state.write(&record("db")).unwrap();
         web.phase = VmPhase::HandingOver;
+        web.handed_to = Some(HandOverRecord::new("b.example:7800", u128::MAX - 1));
         state.write(&web).unwrap();
         std::fs::write(dir.path().join("broken.json"), "{").unwrap();
         std::fs::create_dir(dir.path().join("web")).unwrap();
@@ -167,6 +201,9 @@ mod tests {
                 ("web".into(), VmPhase::HandingOver)
             ]
         );
+        let handed_to = state.load_all().unwrap()[1].handed_to.clone().unwrap();
+        assert_eq!(handed_to.destination, "b.example:7800");
+        assert_eq!(handed_to.migration_id().unwrap(), u128::MAX - 1);
         state.remove("db");
         state.remove("db");
         assert_eq!(state.load_all().unwrap().len(), 1);

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::inflight::InFlight;
 use crate::spec::VmSpec;
-use crate::state::{start_ticks, StateDir, VmPhase, VmRecord};
+use crate::state::{start_ticks, HandOverRecord, StateDir, VmPhase, VmRecord};
 
 /// The NBD export name of a VM's disk, on its own socket.
 const DISK_EXPORT: &str = "disk0";
@@ -105,7 +105,26 @@ impl OwnedVm {
     pub fn set_phase(&self, phase: VmPhase) -> Result<()> {
         let mut record = self.record();
         record.phase = phase;
+        if phase != VmPhase::HandingOver {
+            record.handed_to = None;
+        }
         self.records.write(&record)
+    }
+
+    /// Records, durably, that the VM is being handed over by `migration`.
+    pub fn hand_over(&self, migration: HandOverRecord) -> Result<()> {
+        let mut record = self.record();
+        record.phase = VmPhase::HandingOver;
+        record.handed_to = Some(migration);
+        self.records.write(&record)
+    }
+
+    /// Where the VM was handed over to, if it is being handed over.
+    pub fn handed_to(&self) -> Option<HandOverRecord> {
+        let record = self.record();
+        (record.phase == VmPhase::HandingOver)
+            .then(|| record.handed_to.clone())
+            .flatten()
     }
 
     /// Leaves QEMU, its RAM file and the record for the next agent.
@@ -208,6 +227,7 @@ impl VmHost {
             } else {
                 VmPhase::Owned
             },
+            handed_to: None,
         };
         let vm = self.own(qemu, ram_file, disk, &spec, record);
         vm.records.write(&vm.record())?;
@@ -338,10 +358,10 @@ impl VmHost {
                     "an outgoing migration was cut short before the hand-over: the VM runs here"
                 );
             }
-            VmPhase::HandingOver => tracing::error!(
+            VmPhase::HandingOver => tracing::warn!(
                 vm = %name,
                 status,
-                "an outgoing migration stopped at its hand-over: the VM may run at the destination, so it stays paused here; resume it only once it is known not to run there"
+                "an outgoing migration stopped at its hand-over: the VM may run at the destination, so it stays paused here; this agent asks the destination to finish its post-copy"
             ),
         }
         Ok(Some(vm))

@@ -1112,21 +1112,170 @@ fn a_source_agent_killed_mid_migration_restarts_and_its_vm_runs_on_with_its_disk
         started.elapsed().as_secs_f64()
     );
 
-    if let Ok(path) = std::env::var("MLLM_FAULT_MATRIX_ROWS") {
-        let guest_after =
-            "source (adopted by the restarted agent; the destination discarded its copy)";
-        let data = "guest's disk self-check passes after the restart; then migrated with RAM and disk digests equal";
-        let row = format!(
-            "| source agent killed (SIGKILL) and restarted; QEMU's NBD client loses the disk server with it and reconnects | pre-copy, round 1, VM with a disk | {guest_after} | {data} | {:.1} s |\n",
-            resolved_in.as_secs_f64()
+    add_fault_matrix_row(
+        "source agent killed (SIGKILL) and restarted; QEMU's NBD client loses the disk server with it and reconnects",
+        "pre-copy, round 1, VM with a disk",
+        "source (adopted by the restarted agent; the destination discarded its copy)",
+        "guest's disk self-check passes after the restart; then migrated with RAM and disk digests equal",
+        resolved_in,
+    );
+    drop(b);
+    drop(a);
+    drop(first);
+    link.shutdown();
+}
+
+/// Adds a row to the fault matrix's table when `scripts/fault-matrix.sh`
+/// runs this test (it names the file in `MLLM_FAULT_MATRIX_ROWS`).
+fn add_fault_matrix_row(fault: &str, when: &str, guest_after: &str, data: &str, took: Duration) {
+    let Ok(path) = std::env::var("MLLM_FAULT_MATRIX_ROWS") else {
+        return;
+    };
+    let row = format!(
+        "| {fault} | {when} | {guest_after} | {data} | {:.1} s |\n",
+        took.as_secs_f64()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    std::io::Write::write_all(&mut file, row.as_bytes()).unwrap();
+}
+
+/// Memory written fast enough that one pre-copy round leaves thousands of
+/// pages for after the switch, checked by the guest itself.
+const POSTCOPY_WORKLOAD: &str = "mllm.workload=memload mllm.args=--size=33554432,--write-rate=4000";
+
+#[test]
+fn a_source_agent_killed_in_post_copy_restarts_and_finishes_the_move() {
+    let started = Instant::now();
+    artifacts();
+    let dir = test_dir();
+    let (specs_a, specs_b) = (dir.path().join("specs-a"), dir.path().join("specs-b"));
+    write_spec_running(&specs_a, "vm4", POSTCOPY_WORKLOAD, "");
+    write_spec_running(&specs_b, "vm4", POSTCOPY_WORKLOAD, "");
+    let b = Agent::start("B", dir.path(), &specs_b, &[]);
+    // Kept to the end: its guard kills the process group of the VM's QEMU.
+    let mut first = Agent::start("A", dir.path(), &specs_a, &["vm4"]);
+    first.wait_for_heartbeats("vm4", 50, BOOT_TIMEOUT, "boot on A");
+    first.assert_workload_intact("vm4", "boot on A");
+    let qemu = first.recorded_qemu_pid("vm4");
+
+    // Slow enough that the pages left for after the switch take seconds.
+    let bandwidth_bits_per_s = 20_000_000;
+    let rtt = Duration::from_millis(20);
+    let link = Link::new(LinkConfig {
+        bandwidth_bits_per_s,
+        rtt,
+        queue_bytes: LinkConfig::default_queue_bytes(bandwidth_bits_per_s, rtt),
+        ..LinkConfig::default()
+    })
+    .unwrap();
+    let through_link = format!("b@{}", link.forward(b.listen).unwrap());
+    let client = first.client_in_background(&[
+        "vm4",
+        "--to",
+        &through_link,
+        "--policy",
+        "postcopy",
+        "--verify",
+        "--json",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !client.stdout_so_far().lines().any(|line| {
+        matches!(
+            serde_json::from_str(line),
+            Ok(ControlReply::Progress(Progress {
+                phase: Phase::Postcopy,
+                ..
+            }))
+        )
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the migration never reached post-copy: {}",
+            client.stdout_so_far()
         );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        std::io::Write::write_all(&mut file, row.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
     }
+    let killed = Instant::now();
+    first.kill_agent_only();
+    let run = client.finish();
+    assert!(!run.status.success(), "{run:?}");
+    assert!(process_alive(qemu), "QEMU died with the killed agent");
+    // The destination runs the VM, and waits for the pages it lacks.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b
+        .log_text()
+        .contains("failed in post-copy; waiting for it to resume")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B did not wait for the source:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "{:.1} s: agent A killed in post-copy; mllm migrate said: {}",
+        started.elapsed().as_secs_f64(),
+        run.stderr.trim()
+    );
+
+    let a = Agent::start("A", dir.path(), &specs_a, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !a
+        .log_text()
+        .contains("the post-copy the previous agent left is finished")
+    {
+        assert!(
+            Instant::now() < deadline && !a.log_text().contains("the VM stays paused here"),
+            "the restarted agent did not finish the post-copy:\n{}\n--- B:\n{}",
+            a.log_text(),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let finished_in = killed.elapsed();
+    assert!(
+        a.list().is_empty(),
+        "A still holds the VM it released: {:?}",
+        a.list()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process_alive(qemu) {
+        assert!(Instant::now() < deadline, "the source QEMU was not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every page installed after the switch was checked against the
+    // source's digest of it, taken before the kill.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b
+        .log_text()
+        .contains("migration received; the VM runs here")
+    {
+        assert!(
+            Instant::now() < deadline && !b.log_text().contains("incoming migration failed"),
+            "B did not complete the migration:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    b.wait_for_heartbeats("vm4", 20, Duration::from_secs(30), "after the post-copy");
+    b.assert_workload_intact("vm4", "after the post-copy");
+    println!(
+        "{:.1} s: the restarted agent finished the post-copy {:.1} s after the kill",
+        started.elapsed().as_secs_f64(),
+        finished_in.as_secs_f64()
+    );
+    add_fault_matrix_row(
+        "source agent killed (SIGKILL) in post-copy and restarted",
+        "post-copy (destination runs, pages missing)",
+        "destination (stalled on missing pages until the restarted agent resumed the post-copy from its record)",
+        "every page installed after the switch equals the source's digest of it at the switch; guest memory check passes",
+        finished_in,
+    );
     drop(b);
     drop(a);
     drop(first);

@@ -87,6 +87,7 @@ pub fn migrate(
             memory_bytes: report.memory_bytes,
             disk_bytes: report.disk_bytes,
             rounds: report.rounds.len() as u64,
+            verify_ms: Some(report.verify_ms + received.verify_ms),
             reported_downtime_ms: Some(saturating_u64(report.downtime_upper_bound_ms())),
             retransmitted_pages: Some(report.retransmitted_pages),
             retransmitted_blocks: Some(report.retransmitted_blocks),

@@ -17,6 +17,8 @@ pub struct MigrationOutcome {
     pub memory_bytes: u64,
     pub disk_bytes: u64,
     pub rounds: u64,
+    /// mllm's test mode: the paused VM's wait for digests, both agents.
+    pub verify_ms: Option<f64>,
     /// Downtime as the engine itself reports it (QEMU's `downtime`).
     pub reported_downtime_ms: Option<u64>,
     /// Pages sent more than once, where the engine counts them.

@@ -76,6 +76,12 @@ pub fn summary(r: &RunResult) -> String {
         ms(r.guest_gap_ms),
         r.rounds
     );
+    if let Some(verify) = r.verify_ms.filter(|&verify| verify >= 1.0) {
+        let _ = writeln!(
+            s,
+            "  of the downtime, {verify:.0} ms went to test mode's RAM and disk digests"
+        );
+    }
     if let Some(limit) = &r.physical_limit {
         let _ = writeln!(
             s,

@@ -21,6 +21,11 @@ pub struct RunResult {
     pub total_time_ms: Option<f64>,
     /// Source paused (QMP `STOP`) to destination running (QMP `RESUME`).
     pub downtime_ms: Option<f64>,
+    /// mllm in test mode: of the downtime, how long the paused VM waited
+    /// for the agents' digests of RAM and disk (both sides added up). QEMU's
+    /// methods compare nothing at the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_ms: Option<f64>,
     /// Largest gap between consecutive heartbeats seen by the host.
     pub guest_gap_ms: Option<f64>,
     /// Bytes the link carried, both directions.
@@ -107,6 +112,9 @@ pub struct Environment {
     /// The guest's disk, if it has one.
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// The mllm commit that measured it (`-dirty`: with uncommitted changes).
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 impl RunResult {

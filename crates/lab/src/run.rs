@@ -17,6 +17,7 @@ use crate::disk;
 use crate::image::{GuestImage, SERIAL_PORTS};
 use crate::method::Method;
 use crate::mllm_migration::{self, GuestFiles};
+use crate::paths;
 use crate::physical_limit::ContentSnapshot;
 use crate::plot;
 use crate::qemu_migration;
@@ -300,6 +301,7 @@ fn run_in(
             (Some(stop), Some(resume)) => Some(resume.saturating_sub(stop) as f64 / 1000.0),
             _ => None,
         },
+        verify_ms: outcome.verify_ms,
         guest_gap_ms: analysis::largest_heartbeat_gap_ms(
             &source_output,
             &destination_output,
@@ -340,6 +342,7 @@ fn run_in(
             link_rtt_ms: scenario.link.rtt.as_secs_f64() * 1000.0,
             memory_mib: scenario.vm.memory.as_u64() >> 20,
             disk_mib: scenario.vm.disk.as_ref().map(|d| d.size.as_u64() >> 20),
+            commit: paths::source_commit(),
         },
     };
     let phases = plot::Phases {

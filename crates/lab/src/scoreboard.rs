@@ -277,6 +277,16 @@ fn millis(ms: Option<f64>) -> String {
     ms.map_or("-".into(), |ms| format!("{ms:.0}"))
 }
 
+/// The downtime, and what of it test mode's digests took where they ran.
+fn downtime(r: &RunResult) -> String {
+    match r.verify_ms {
+        Some(verify) if verify >= 1.0 && r.downtime_ms.is_some() => {
+            format!("{} (digests {verify:.0})", millis(r.downtime_ms))
+        }
+        _ => millis(r.downtime_ms),
+    }
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / f64::from(1u32 << 20))
 }
@@ -343,7 +353,9 @@ pub fn render(results: &[RunResult], provenance: &Provenance) -> String {
          (expert settings, listed under each scenario); the downtime to beat is \
          the least of any QEMU method. `x limit`: total time as a multiple of the \
          run's physical limit (distinct non-zero content after zstd at the link's \
-         rate plus one RTT).\n",
+         rate plus one RTT). mllm's downtime includes the lab's test-mode digests of \
+         RAM and disk, compared while the VM is paused (shown as `digests`); it is \
+         judged with them.\n",
         KEEPS_GUEST * 100.0
     );
     summary(&mut out, &scores);
@@ -415,15 +427,27 @@ fn summary(out: &mut String, scores: &[ScenarioScore<'_>]) {
 fn scenario_section(out: &mut String, score: &ScenarioScore<'_>) {
     let _ = writeln!(out, "## {}\n", score.scenario);
     if let Some(first) = score.runs.first() {
+        let mut commits: Vec<&str> = score
+            .runs
+            .iter()
+            .filter_map(|r| r.environment.commit.as_deref())
+            .collect();
+        commits.sort_unstable();
+        commits.dedup();
         let _ = writeln!(
             out,
-            "{} MiB guest, {}{}.\n",
+            "{} MiB guest, {}{}. Measured at {}.\n",
             first.environment.memory_mib,
             link_of(first),
             if score.has_disk() {
                 ", with a disk"
             } else {
                 ""
+            },
+            match commits.as_slice() {
+                [] => "an unrecorded commit".to_owned(),
+                [one] => format!("commit {one}"),
+                several => format!("commits {} (not one run)", several.join(", ")),
             }
         );
     }
@@ -437,7 +461,7 @@ fn scenario_section(out: &mut String, score: &ScenarioScore<'_>) {
                 if r.success { "yes".into() } else { "NO".into() },
                 seconds(r.total_time_ms),
                 ratio(r.times_limit()),
-                millis(r.downtime_ms),
+                downtime(r),
                 millis(r.guest_gap_ms),
                 mib(r.link_bytes),
                 match resent(r) {
@@ -595,6 +619,30 @@ mod tests {
         );
         assert!(
             board.contains("No QEMU method kept the guest at 85%"),
+            "{board}"
+        );
+    }
+
+    #[test]
+    fn a_section_names_its_commits_and_the_digests_in_mllms_downtime() {
+        let mut results = vec![
+            run("m", "qemu-precopy", 9000.0, 400.0, 0.90),
+            run("m", "mllm", 3000.0, 300.0, 0.90),
+        ];
+        results[0].environment.commit = Some("abc1234".into());
+        results[1].environment.commit = Some("abc1234".into());
+        results[1].verify_ms = Some(120.4);
+        let board = render(&results, &Provenance::default());
+        assert!(board.contains("Measured at commit abc1234."), "{board}");
+        assert!(board.contains("| 300 (digests 120) |"), "{board}");
+        assert!(
+            board.contains("| 400 |"),
+            "QEMU runs show no digests: {board}"
+        );
+        results[0].environment.commit = Some("0ld0000".into());
+        let board = render(&results, &Provenance::default());
+        assert!(
+            board.contains("Measured at commits 0ld0000, abc1234 (not one run)."),
             "{board}"
         );
     }

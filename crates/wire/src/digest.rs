@@ -8,6 +8,12 @@ use xxhash_rust::xxh3::Xxh3;
 
 use mllm_core::memory::{PageIndex, PAGE_SIZE};
 
+/// Threads that hash one digest at most.
+const MAX_DIGEST_THREADS: usize = 8;
+/// Below this many pages (64 MiB) a digest takes a few milliseconds: not
+/// worth starting threads.
+const PAGES_WORTH_A_THREAD: PageIndex = 16 * 1024;
+
 /// Digest of one page, as [`crate::PageDigests`] carries it: xxh3-64, for
 /// the same reason as the ranges' xxh3-128 (bugs, not adversaries).
 pub fn page_digest(page: &[u8; PAGE_SIZE]) -> u64 {
@@ -45,7 +51,6 @@ impl RamDigest {
     /// If `pages_per_range` is zero, or `ram` holds more pages than a
     /// [`PageIndex`] numbers.
     pub fn compute(ram: &[u8], pages_per_range: PageIndex) -> Self {
-        // Streaming xxh3 over a range's pages equals xxh3 of the range.
         Self::compute_without(ram, pages_per_range, |_| false)
     }
 
@@ -55,34 +60,68 @@ impl RamDigest {
     pub fn compute_without(
         ram: &[u8],
         pages_per_range: PageIndex,
-        skip: impl Fn(PageIndex) -> bool,
+        skip: impl Fn(PageIndex) -> bool + Sync,
+    ) -> Self {
+        let page_count =
+            PageIndex::try_from(ram.len().div_ceil(PAGE_SIZE)).expect("guest RAM fits PageIndex");
+        Self::compute_pages(page_count, pages_per_range, |page| {
+            let start = page as usize * PAGE_SIZE;
+            (!skip(page)).then(|| &ram[start..(start + PAGE_SIZE).min(ram.len())])
+        })
+    }
+
+    /// The digest of `page_count` pages whose content `content` gives page
+    /// by page (`None`: left out, as [`RamDigest::compute_without`] leaves
+    /// pages out). Lets a caller hash a disk image's holes from a page of
+    /// zeros instead of reading them: the same digest as the bytes. The
+    /// ranges are hashed on every core: the paused VM waits for this.
+    ///
+    /// # Panics
+    /// If `pages_per_range` is zero.
+    pub fn compute_pages<'a>(
+        page_count: PageIndex,
+        pages_per_range: PageIndex,
+        content: impl Fn(PageIndex) -> Option<&'a [u8]> + Sync,
     ) -> Self {
         assert!(
             pages_per_range > 0,
             "a digest range holds at least one page"
         );
-        let pages_of = |bytes: usize| {
-            PageIndex::try_from(bytes.div_ceil(PAGE_SIZE)).expect("guest RAM fits PageIndex")
+        let starts: Vec<PageIndex> = (0..page_count).step_by(pages_per_range as usize).collect();
+        let digest_range = |&first_page: &PageIndex| {
+            let end = first_page.saturating_add(pages_per_range).min(page_count);
+            // Streaming xxh3 over a range's pages equals xxh3 of the range.
+            let mut hasher = Xxh3::new();
+            for page in first_page..end {
+                if let Some(bytes) = content(page) {
+                    hasher.update(bytes);
+                }
+            }
+            PageRangeDigest {
+                first_page,
+                page_count: end - first_page,
+                digest: hasher.digest128(),
+            }
         };
-        let range_bytes = pages_per_range as usize * PAGE_SIZE;
-        let ranges = ram
-            .chunks(range_bytes)
-            .enumerate()
-            .map(|(range, bytes)| {
-                let first_page = pages_of(range * range_bytes);
-                let mut hasher = Xxh3::new();
-                for (page, content) in (first_page..).zip(bytes.chunks(PAGE_SIZE)) {
-                    if !skip(page) {
-                        hasher.update(content);
-                    }
-                }
-                PageRangeDigest {
-                    first_page,
-                    page_count: pages_of(bytes.len()),
-                    digest: hasher.digest128(),
-                }
-            })
-            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_DIGEST_THREADS);
+        if threads == 1 || page_count < PAGES_WORTH_A_THREAD {
+            return RamDigest {
+                ranges: starts.iter().map(digest_range).collect(),
+            };
+        }
+        let per_thread = starts.len().div_ceil(threads);
+        let ranges = std::thread::scope(|scope| {
+            let parts: Vec<_> = starts
+                .chunks(per_thread)
+                .map(|part| scope.spawn(|| part.iter().map(digest_range).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|part| part.join().expect("a digest thread panicked"))
+                .collect()
+        });
         RamDigest { ranges }
     }
 

@@ -31,7 +31,7 @@ use super::resumes::{PostcopyResumes, Registration, ResumedLink};
 use super::IncomingAbort;
 use super::IncomingMigration;
 use crate::device_state::IncomingDeviceState;
-use crate::disk::TrackedDisk;
+use crate::disk::{TrackedDisk, ZERO_BLOCK};
 use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
 use crate::peer::{close_gracefully, PeerLink};
@@ -168,6 +168,8 @@ pub(super) struct Receiver<'a> {
     disk_postcopy: bool,
     device_state_bytes: u64,
     verified: bool,
+    /// Test mode: time spent on digests before the VM ran here.
+    verifying: Duration,
     qemu_checked: Instant,
     /// Names this migration when the source resumes its post-copy.
     migration_id: u128,
@@ -236,6 +238,7 @@ impl<'a> Receiver<'a> {
             disk_postcopy: false,
             device_state_bytes: 0,
             verified: false,
+            verifying: Duration::ZERO,
             qemu_checked: Instant::now(),
             migration_id: request.migration_id,
             source_host,
@@ -272,7 +275,7 @@ impl<'a> Receiver<'a> {
             match self.next_message()? {
                 Message::PageBatch(batch) => self.write_pages(&batch)?,
                 Message::BlockBatch(blocks) => self.write_blocks(&blocks)?,
-                Message::DiskDigest(digest) => self.verify_disk(&digest)?,
+                Message::DiskDigest(digest) => self.timed(|this| this.verify_disk(&digest))?,
                 Message::RoundEnd(end) => {
                     self.rounds = end.round;
                     tracing::info!(round = end.round, pages = end.pages, "round received");
@@ -282,10 +285,10 @@ impl<'a> Receiver<'a> {
                     self.drop_held_content()?;
                     tracing::info!("source VM paused: final round");
                 }
-                Message::RamDigest(digest) => self.verify(&digest)?,
+                Message::RamDigest(digest) => self.timed(|this| this.verify(&digest))?,
                 Message::PendingBlocks(pending) => self.arm_disk(&pending)?,
                 Message::BlockDigests(digests) => {
-                    self.disk(digests.disk)?.expect_blocks(&digests.blocks)?
+                    self.timed(|this| this.disk(digests.disk)?.expect_blocks(&digests.blocks))?
                 }
                 Message::PendingPages(pending) => return self.receive_postcopy(&pending.ranges),
                 Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
@@ -407,14 +410,14 @@ impl<'a> Receiver<'a> {
                 self.install_blocks(&blocks)?;
                 self.send_receipt_if_due(postcopy)?;
             }
-            Message::RamDigest(digest) => {
-                let ours = postcopy.digest_present(&self.ram);
-                self.compare(&digest, &ours)?;
-            }
-            Message::PageDigests(digests) => postcopy.expect(&digests)?,
-            Message::DiskDigest(digest) => self.verify_disk(&digest)?,
+            Message::RamDigest(digest) => self.timed(|this| {
+                let ours = postcopy.digest_present(&this.ram);
+                this.compare(&digest, &ours)
+            })?,
+            Message::PageDigests(digests) => self.timed(|_| postcopy.expect(&digests))?,
+            Message::DiskDigest(digest) => self.timed(|this| this.verify_disk(&digest))?,
             Message::BlockDigests(digests) => {
-                self.disk(digests.disk)?.expect_blocks(&digests.blocks)?
+                self.timed(|this| this.disk(digests.disk)?.expect_blocks(&digests.blocks))?
             }
             Message::DeviceState(state) => self.write_device_state(&state.chunk)?,
             Message::HandOver(end) => {
@@ -778,6 +781,18 @@ impl<'a> Receiver<'a> {
         self.outbox.send(&Message::Ack(Ack))
     }
 
+    /// Runs a test-mode check, which the paused VM waits for, timed.
+    fn timed(&mut self, check: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
+        let started = Instant::now();
+        let checked = check(self);
+        self.verifying += started.elapsed();
+        tracing::debug!(
+            took_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "test-mode check while the VM is paused"
+        );
+        checked
+    }
+
     /// Test mode: every page here must equal the source's at the switch.
     fn verify(&mut self, theirs: &RamDigest) -> Result<()> {
         let ours = self.ram.digest();
@@ -849,6 +864,7 @@ impl<'a> Receiver<'a> {
             link_bytes_received: received.total_bytes(),
             link_bytes_sent: self.outbox.bytes_sent(),
             verified: self.verified,
+            verify_ms: self.verifying.as_secs_f64() * 1000.0,
             references_copied: self.references.copied(),
             references_refused: self.references.refused(),
             started_us: self.started_us,
@@ -918,9 +934,6 @@ fn send_receipt_if_due(
     }
     Ok(())
 }
-
-/// A page or block of zeros.
-const ZERO_BLOCK: [u8; mllm_core::memory::PAGE_SIZE] = [0; mllm_core::memory::PAGE_SIZE];
 
 /// Whether no disk waits for blocks from the source.
 fn blocks_done(disks: &[Arc<TrackedDisk>]) -> bool {

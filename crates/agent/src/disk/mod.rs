@@ -29,3 +29,5 @@ pub use tracked::TrackedDisk;
 pub const BLOCK_SIZE: usize = mllm_core::memory::PAGE_SIZE;
 
 const BLOCK_SIZE_U64: u64 = BLOCK_SIZE as u64;
+/// A page or block of zeros.
+pub(crate) const ZERO_BLOCK: [u8; BLOCK_SIZE] = [0; BLOCK_SIZE];

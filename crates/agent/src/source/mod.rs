@@ -14,6 +14,8 @@ mod switchover;
 mod threads;
 mod writes;
 
+pub use resume::resume_postcopy_after_restart;
+
 use std::net::Shutdown;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
@@ -51,7 +53,7 @@ use crate::peer::PeerLink;
 use crate::settings::SourceSettings;
 use crate::tracking::start_tracking;
 use mllm_control::{Phase, Progress};
-use mllm_control::{PostcopyReport, SourceReport, SourceTimings};
+use mllm_control::{SourceReport, SourceTimings};
 
 /// Frames queued for the sender thread beyond the one it is writing: enough
 /// to cover compressing the next batch, small next to the link's queue.
@@ -361,7 +363,7 @@ fn run(
     };
     let mut link = PeerLink::establish(stream, Role::Source, settings.link_timeout)?;
     let mut conversation = Conversation::new(Role::Source);
-    let migration_id: u128 = rand::random();
+    let migration_id = settings.migration_id.unwrap_or_else(rand::random);
     let dedup = (settings.dedup.entries > 0)
         .then(|| Dedup::new(settings.dedup.entries, settings.dedup.misdirect_every));
     let request = MigrationRequest {
@@ -538,22 +540,11 @@ fn run(
         link_bytes_sent: sent.total_bytes(),
         link_bytes_received: received.total_bytes(),
         rate_bytes_per_s: precopy.rate,
-        postcopy: switched.postcopy.then_some(PostcopyReport {
-            pages_pushed: postcopy.pushed,
-            pages_on_demand: postcopy.sent_on_demand,
-            requests: postcopy.requests + postcopy_blocks.requests,
-            blocks_pushed: postcopy_blocks.pushed,
-            blocks_on_demand: postcopy_blocks.sent_on_demand,
-            resumes: resumes.len().try_into().unwrap_or(u32::MAX),
-            longest_recovery_ms: resumes
-                .iter()
-                .map(|resume| saturating_u64(resume.recovered.as_secs_f64() * 1000.0))
-                .max()
-                .unwrap_or(0),
-            pages_missing_at_resume: resumes.last().map_or(0, |resume| resume.pages_missing),
-            blocks_missing_at_resume: resumes.last().map_or(0, |resume| resume.blocks_missing),
-        }),
+        postcopy: switched
+            .postcopy
+            .then(|| resume::postcopy_report(&owed, &owed_blocks, &resumes)),
         verified: settings.verify,
+        verify_ms: switched.verify_ms,
         memory_trace,
         dedup: dedup.as_ref().map(Dedup::report),
         timings: SourceTimings {

@@ -10,15 +10,24 @@
 //! past it the source says the destination is unreachable. Either way the
 //! source VM stays paused: the guest is the destination's since the
 //! hand-over (`mllm_wire::conversation`, "Ownership").
+//!
+//! The source agent itself may die in post-copy too: the pages the
+//! destination lacks stay in the paused VM's RAM file (and disk image),
+//! which outlive the agent, so a restarted agent that recorded the
+//! migration's id resumes it the same way ([`resume_postcopy_after_restart`]).
 
 use std::io;
 use std::net::Shutdown;
+use std::path::Path;
+use std::sync::Arc;
 
 use mllm_tls::PeerStream;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use mllm_control::{Phase, Progress};
+use mllm_control::{Phase, PostcopyReport, Progress};
+use mllm_core::convert::saturating_u64;
+use mllm_core::strategy::Space;
 use mllm_qemu::qmp::wall_clock_us;
 use mllm_wire::{
     Ack, CompressionSetting, Conversation, Message, ResumeAccept, ResumeRequest, Role, Traffic,
@@ -31,7 +40,7 @@ use super::postcopy::Owed;
 use super::reporter::Reporter;
 use super::switchover::{push, Interrupted, PushLink};
 use super::threads::{self, AskedPages};
-use super::{SourceVmPhase, VmState, QUEUED_FRAMES};
+use super::{movable_disk, usable_compression, SourceVmPhase, VmState, QUEUED_FRAMES};
 use crate::disk::TrackedDisk;
 use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
@@ -80,6 +89,91 @@ pub(super) struct ResumeOutcome {
     pub blocks_missing: u64,
 }
 
+/// Finishes a post-copy that a previous agent on this host left when it
+/// stopped or crashed after the hand-over: the destination runs the VM,
+/// stalled on the pages only `ram_file` (and the blocks only `disks`) hold.
+/// Connects through `reconnect` as after a link failure, names migration
+/// `migration_id` (which the previous agent recorded), and sends exactly
+/// what the destination says it lacks, in page order (the strategy's order
+/// died with the previous agent) while its guest's faults go first.
+///
+/// A destination that does not know the migration refuses
+/// ([`MigrationError::ResumeRefused`]): it finished the post-copy before
+/// the agent died, or it never ran the VM; the source VM must then stay
+/// paused until an operator knows which. Whatever the outcome, this never
+/// resumes the source VM.
+pub fn resume_postcopy_after_restart(
+    ram_file: &Path,
+    disks: &[Arc<TrackedDisk>],
+    reconnect: &dyn Fn() -> io::Result<PeerStream>,
+    migration_id: u128,
+    settings: &SourceSettings,
+    progress: &dyn Fn(&Progress),
+) -> Result<PostcopyReport, MigrationError> {
+    let ram = GuestRam::open(ram_file)?;
+    let disk = movable_disk(disks)?;
+    let owed = Owed::new(ram.pages());
+    let owed_blocks = Owed::new(disk.map_or(0, TrackedDisk::blocks));
+    let mut vm_state = VmState {
+        was_running: true,
+        phase: SourceVmPhase::HandedOver,
+        destination_declined: false,
+    };
+    // Every page, then every block: only what the destination names as
+    // missing is owed, and only what is owed is pushed.
+    let order: Vec<(Space, u32)> = (0..ram.pages())
+        .map(|page| (Space::Memory, page))
+        .chain((0..disk.map_or(0, TrackedDisk::blocks)).map(|block| (Space::Disk, block)))
+        .collect();
+    let resumption = Resumption {
+        reconnect,
+        migration_id,
+        ram: &ram,
+        disk,
+        owed: &owed,
+        owed_blocks: &owed_blocks,
+        compression: settings.compression,
+        settings,
+        progress,
+        started: Instant::now(),
+        round: 0,
+        vm_state: &mut vm_state,
+    };
+    let restarted = Interrupted {
+        cause: MigrationError::Invalid(
+            "the source agent restarted after the hand-over, in post-copy".into(),
+        ),
+        order,
+    };
+    let resumed = serve(resumption, restarted)?;
+    Ok(postcopy_report(&owed, &owed_blocks, &resumed.resumes))
+}
+
+/// What a post-copy moved from the source, over every connection.
+pub(super) fn postcopy_report(
+    owed: &Owed,
+    owed_blocks: &Owed,
+    resumes: &[ResumeOutcome],
+) -> PostcopyReport {
+    let pages = owed.counts();
+    let blocks = owed_blocks.counts();
+    PostcopyReport {
+        pages_pushed: pages.pushed,
+        pages_on_demand: pages.sent_on_demand,
+        requests: pages.requests + blocks.requests,
+        blocks_pushed: blocks.pushed,
+        blocks_on_demand: blocks.sent_on_demand,
+        resumes: resumes.len().try_into().unwrap_or(u32::MAX),
+        longest_recovery_ms: resumes
+            .iter()
+            .map(|resume| saturating_u64(resume.recovered.as_secs_f64() * 1000.0))
+            .max()
+            .unwrap_or(0),
+        pages_missing_at_resume: resumes.last().map_or(0, |resume| resume.pages_missing),
+        blocks_missing_at_resume: resumes.last().map_or(0, |resume| resume.blocks_missing),
+    }
+}
+
 /// Reconnects and serves until the destination holds every page, across
 /// as many link failures as come, each survived within the recovery
 /// timeout.
@@ -94,8 +188,8 @@ pub(super) fn serve(
     loop {
         let lost_at = Instant::now();
         tracing::warn!(
-            error = %cause.chain(),
-            "the link failed in post-copy; reconnecting to the destination"
+            cause = %cause.chain(),
+            "post-copy interrupted; reconnecting to the destination"
         );
         let (link, conversation, missing) = reconnect(&resumption, lost_at)?;
         // The destination runs the VM: it resumed this post-copy.
@@ -231,7 +325,7 @@ fn serve_connection(
     resumption: &Resumption<'_>,
     link: PeerLink,
     conversation: Conversation,
-    order: &[(mllm_core::strategy::Space, u32)],
+    order: &[(Space, u32)],
 ) -> (Result<u64, MigrationError>, Traffic, Traffic) {
     let flow = Flow::new(conversation);
     let PeerLink {
@@ -243,6 +337,7 @@ fn serve_connection(
         ..
     } = link;
     let timeout = resumption.settings.link_timeout;
+    let compression = usable_compression(resumption.compression, &negotiated);
     let (queue, outbox) = sync_channel(QUEUED_FRAMES);
     let wake = queue.clone();
     let asked = AskedPages {
@@ -252,7 +347,7 @@ fn serve_connection(
         ram: resumption.ram,
         // References end at the switch: none to refuse after it.
         dedup: None,
-        compression: resumption.compression,
+        compression,
     };
     std::thread::scope(|scope| {
         let sender =
@@ -265,7 +360,7 @@ fn serve_connection(
                 &flow,
                 None,
                 CodecTuner::new(
-                    resumption.compression,
+                    compression,
                     resumption.settings.adaptive_compression,
                     &negotiated,
                     std::thread::available_parallelism().map_or(1, usize::from),
@@ -282,7 +377,7 @@ fn serve_connection(
                     ram: resumption.ram,
                     disk: resumption.disk,
                     rtt,
-                    compression: resumption.compression,
+                    compression,
                     reporter: &mut reporter,
                     round: resumption.round,
                 },

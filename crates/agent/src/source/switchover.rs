@@ -49,6 +49,8 @@ pub(super) struct Switched {
     pub stopped_us: u64,
     pub device_state_bytes: u64,
     pub device_state_sent_us: u64,
+    /// Test mode: milliseconds the paused VM waited for this side's digests.
+    pub verify_ms: f64,
     /// When the destination said it runs the VM, if that arrived.
     pub destination_running_us: Option<u64>,
     pub released_us: u64,
@@ -128,56 +130,50 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
                 .into(),
         ));
     }
-    send_round(ctx, Phase::FinalRound, switch.downtime, true)?;
+    // Test mode: the paused VM's RAM and disk no longer change, so their
+    // digests are taken while the final round crosses the link; the switch
+    // waits only for what hashing takes beyond it, timed as `verify_ms`.
+    let (ram, disk) = (ctx.ram, ctx.disk);
+    let (mut digests, verify_wait) = std::thread::scope(|scope| {
+        let hashing = ctx
+            .settings
+            .verify
+            .then(|| scope.spawn(|| SwitchDigests::take(ram, disk, &pending, &pending_blocks)));
+        send_round(ctx, Phase::FinalRound, switch.downtime, true)?;
+        let waiting = std::time::Instant::now();
+        let digests = hashing
+            .map(|thread| thread.join().expect("the digest thread panicked"))
+            .transpose()?
+            .unwrap_or_default();
+        Ok::<_, MigrationError>((digests, waiting.elapsed()))
+    })?;
+    if ctx.settings.verify {
+        tracing::info!(
+            waited_ms = verify_wait.as_secs_f64() * 1000.0,
+            "test mode: digests taken after the final round"
+        );
+    }
     if postcopy {
         // Owed before the destination hears of them: it may ask at once.
         // Blocks first: the pages' announcement starts the destination's
         // post-copy, which then expects no more announcements.
-        if let Some(disk) = ctx.disk {
+        if ctx.disk.is_some() {
             ctx.owed_blocks.owe(&pending_blocks);
             ctx.pipeline.send(Message::PendingBlocks(PendingBlocks {
                 disk: 0,
                 ranges: as_ranges(&pending_blocks),
             }))?;
-            if ctx.settings.verify {
-                let mut pending_set = PageSet::new(disk.blocks());
-                pending_set.insert_all(&pending_blocks);
-                let digest = disk.digest_without(|block| pending_set.contains(block))?;
-                ctx.pipeline
-                    .send(Message::DiskDigest(DiskDigest { disk: 0, digest }))?;
-                for blocks in pending_blocks.chunks(DIGESTS_PER_FRAME) {
-                    ctx.pipeline.send(Message::BlockDigests(BlockDigests {
-                        disk: 0,
-                        blocks: disk.block_digests(blocks)?,
-                    }))?;
-                }
+            for digest in std::mem::take(&mut digests.disk) {
+                ctx.pipeline.send(digest)?;
             }
         }
         ctx.owed.owe(&pending);
         ctx.pipeline.send(Message::PendingPages(PendingPages {
             ranges: as_ranges(&pending),
         }))?;
-        if ctx.settings.verify {
-            // The pending pages one by one, as the destination installs
-            // them; the others by ranges that leave the pending ones out.
-            let mut pending_set = PageSet::new(ctx.ram.pages());
-            pending_set.insert_all(&pending);
-            let digest = ctx.ram.digest_without(|page| pending_set.contains(page));
-            ctx.pipeline.send(Message::RamDigest(digest))?;
-            for pages in pending.chunks(DIGESTS_PER_FRAME) {
-                ctx.pipeline
-                    .send(Message::PageDigests(ctx.ram.page_digests(pages)))?;
-            }
-        }
-    } else if ctx.settings.verify {
-        // The sender is still busy with the final pages while this hashes.
-        let digest = ctx.ram.digest();
-        ctx.pipeline.send(Message::RamDigest(digest))?;
     }
-    if let (Some(disk), true, false) = (ctx.disk, ctx.settings.verify, postcopy) {
-        let digest = disk.digest()?;
-        ctx.pipeline
-            .send(Message::DiskDigest(DiskDigest { disk: 0, digest }))?;
+    for digest in digests.ram.into_iter().chain(digests.disk) {
+        ctx.pipeline.send(digest)?;
     }
 
     ctx.report(Phase::DeviceState, 0.0);
@@ -237,6 +233,7 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
         stopped_us,
         device_state_bytes,
         device_state_sent_us,
+        verify_ms: verify_wait.as_secs_f64() * 1000.0,
         destination_running_us,
         released_us: wall_clock_us(),
         interrupted,
@@ -275,6 +272,55 @@ fn items_in_order(mut queue: SendQueue) -> Vec<(Space, u32)> {
 }
 
 /// Pages and blocks of `items`, each in the items' order.
+/// Test mode: the digests the destination compares at the switch, in the
+/// order they go out. Pages and blocks left for after the switch are left
+/// out of the ranges' digests (the destination lacks them) and digested one
+/// by one, for the destination to check each as it arrives.
+#[derive(Default)]
+struct SwitchDigests {
+    ram: Vec<Message>,
+    disk: Vec<Message>,
+}
+
+impl SwitchDigests {
+    /// Only meaningful while the VM is stopped.
+    fn take(
+        ram: &GuestRam,
+        disk: Option<&TrackedDisk>,
+        pending: &[PageIndex],
+        pending_blocks: &[u32],
+    ) -> Result<SwitchDigests, MigrationError> {
+        let mut pending_set = PageSet::new(ram.pages());
+        pending_set.insert_all(pending);
+        let mut digests = SwitchDigests {
+            ram: vec![Message::RamDigest(
+                ram.digest_without(|page| pending_set.contains(page)),
+            )],
+            disk: Vec::new(),
+        };
+        digests.ram.extend(
+            pending
+                .chunks(DIGESTS_PER_FRAME)
+                .map(|pages| Message::PageDigests(ram.page_digests(pages))),
+        );
+        if let Some(disk) = disk {
+            let mut pending_set = PageSet::new(disk.blocks());
+            pending_set.insert_all(pending_blocks);
+            let digest = disk.digest_without(|block| pending_set.contains(block))?;
+            digests
+                .disk
+                .push(Message::DiskDigest(DiskDigest { disk: 0, digest }));
+            for blocks in pending_blocks.chunks(DIGESTS_PER_FRAME) {
+                digests.disk.push(Message::BlockDigests(BlockDigests {
+                    disk: 0,
+                    blocks: disk.block_digests(blocks)?,
+                }));
+            }
+        }
+        Ok(digests)
+    }
+}
+
 fn split_by_space(items: &[(Space, u32)]) -> (Vec<PageIndex>, Vec<u32>) {
     let of = |wanted: Space| {
         items

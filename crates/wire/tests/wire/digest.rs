@@ -51,6 +51,25 @@ fn skipped_pages_do_not_count_and_the_others_still_do() {
 }
 
 #[test]
+fn a_large_ram_hashed_on_several_threads_digests_each_range_in_order() {
+    // 100 000 pages: past the size worth threads, with a short last range.
+    let ram = ram(100_000);
+    let digest = RamDigest::compute(&ram, 512);
+    assert_eq!(digest.ranges.len(), 196);
+    for (index, range) in digest.ranges.iter().enumerate() {
+        let first = index * 512;
+        let end = (first + 512).min(100_000);
+        assert_eq!(range.first_page as usize, first);
+        assert_eq!(range.page_count as usize, end - first);
+        assert_eq!(
+            range.digest,
+            xxhash_rust::xxh3::xxh3_128(&ram[first * PAGE_SIZE..end * PAGE_SIZE]),
+            "range {index}"
+        );
+    }
+}
+
+#[test]
 fn a_range_from_the_peer_displays_even_past_the_last_page_index() {
     let range = PageRangeDigest {
         first_page: u32::MAX,
