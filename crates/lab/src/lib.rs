@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod build;
 pub mod disk;
+pub mod fsck;
 pub mod image;
 pub mod method;
 pub mod mllm_migration;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use mllm_agent::DedupReport;
 
+use crate::fsck::FsckResult;
 use crate::outcome::PostcopyResult;
 use crate::physical_limit::PhysicalLimit;
 use crate::qemu_settings::QemuSettings;
@@ -77,6 +78,10 @@ pub struct RunResult {
     pub physical_limit: Option<PhysicalLimit>,
     pub workload: WorkloadResult,
     pub destination: DestinationCheck,
+    /// A Debian root disk's file system on the destination, checked by
+    /// `e2fsck` once its QEMU stopped; absent for other disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsck: Option<FsckResult>,
     /// For a failed migration: was the source VM still running afterwards?
     pub source_running_after: Option<bool>,
     pub environment: Environment,

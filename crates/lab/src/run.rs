@@ -14,6 +14,7 @@ use mllm_qemu::{Boot, DiskAttachment, QemuConfig, QemuProcess, RamBackend};
 use crate::analysis::{self, GuestOutput};
 use crate::build;
 use crate::disk;
+use crate::fsck;
 use crate::image::{GuestImage, SERIAL_PORTS};
 use crate::method::Method;
 use crate::mllm_migration::{self, GuestFiles};
@@ -23,7 +24,7 @@ use crate::plot;
 use crate::qemu_migration;
 use crate::qemu_settings::QemuSettings;
 use crate::result::{Environment, RunResult};
-use crate::scenario::{Scenario, Workload};
+use crate::scenario::{DiskContent, Scenario, Workload};
 use mllm_agent::{make_migratable, write_disk_trace, DiskServer, TrackedDisk};
 use mllm_core::trace::Encoding;
 
@@ -272,6 +273,12 @@ fn run_in(
     let source_running_after = (!success_so_far).then(|| is_running(&source));
     source.shutdown();
     destination.shutdown();
+    let fsck = match (&scenario.vm.disk, &destination_disk) {
+        (Some(spec), Some(image)) if success_so_far && spec.content == DiskContent::Debian => {
+            Some(fsck::check_ext4(image, sockets)?)
+        }
+        _ => None,
+    };
     // Once the VMs are gone: the compression takes a core for a while.
     let physical_limit = content.limit(scenario.link.bandwidth_bits_per_s, scenario.link.rtt)?;
 
@@ -280,6 +287,12 @@ fn run_in(
         error = Some(format!(
             "destination guest is broken: {}",
             destination_check.problems.join("; ")
+        ));
+    }
+    if let Some(check) = fsck.as_ref().filter(|check| !check.clean) {
+        error = Some(format!(
+            "the destination's file system has errors (e2fsck exit {}): {}",
+            check.exit_code, check.report
         ));
     }
     let baseline_from = start
@@ -334,6 +347,7 @@ fn run_in(
             finished_us,
         ),
         destination: destination_check,
+        fsck,
         source_running_after,
         environment: Environment {
             guest_image: image.description.clone(),
