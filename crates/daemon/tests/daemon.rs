@@ -263,6 +263,26 @@ impl BackgroundClient {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Waits until a progress line (`--json`) satisfies `reached`.
+    fn wait_for_progress(
+        &self,
+        what: &str,
+        timeout: Duration,
+        reached: impl Fn(&Progress) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !self.stdout_so_far().lines().any(|line| {
+            matches!(serde_json::from_str(line), Ok(ControlReply::Progress(progress)) if reached(&progress))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the migration never {what}: {}",
+                self.stdout_so_far()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for it to exit (at most [`CLIENT_TIMEOUT`]).
     fn finish(mut self) -> ClientRun {
         let deadline = Instant::now() + CLIENT_TIMEOUT;
@@ -1035,27 +1055,11 @@ fn a_source_agent_killed_mid_migration_restarts_and_its_vm_runs_on_with_its_disk
     let qemu = first.recorded_qemu_pid("vm3");
 
     // A thin link keeps the migration in its first round until the kill.
-    let bandwidth_bits_per_s = 8_000_000;
-    let rtt = Duration::from_millis(20);
-    let link = Link::new(LinkConfig {
-        bandwidth_bits_per_s,
-        rtt,
-        queue_bytes: LinkConfig::default_queue_bytes(bandwidth_bits_per_s, rtt),
-        ..LinkConfig::default()
-    })
-    .unwrap();
-    let through_link = format!("b@{}", link.forward(b.listen).unwrap());
+    let (link, through_link) = thin_link_to(&b, 8_000_000);
     let client = first.client_in_background(&["vm3", "--to", &through_link, "--json"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client.stdout_so_far().lines().any(|line| {
-        matches!(
-            serde_json::from_str(line),
-            Ok(ControlReply::Progress(Progress { phase: Phase::Precopy, bytes_sent, .. })) if bytes_sent > 0
-        )
-    }) {
-        assert!(Instant::now() < deadline, "the migration never started sending");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    client.wait_for_progress("started sending", Duration::from_secs(60), |progress| {
+        progress.phase == Phase::Precopy && progress.bytes_sent > 0
+    });
     let killed = Instant::now();
     first.kill_agent_only();
     let run = client.finish();
@@ -1125,6 +1129,25 @@ fn a_source_agent_killed_mid_migration_restarts_and_its_vm_runs_on_with_its_disk
     link.shutdown();
 }
 
+/// An emulated link of `bandwidth_bits_per_s` and 20 ms RTT to agent `to`,
+/// and the `--to` target that goes through it.
+fn thin_link_to(to: &Agent, bandwidth_bits_per_s: u64) -> (Link, String) {
+    let rtt = Duration::from_millis(20);
+    let link = Link::new(LinkConfig {
+        bandwidth_bits_per_s,
+        rtt,
+        queue_bytes: LinkConfig::default_queue_bytes(bandwidth_bits_per_s, rtt),
+        ..LinkConfig::default()
+    })
+    .unwrap();
+    let target = format!(
+        "{}@{}",
+        to.name.to_lowercase(),
+        link.forward(to.listen).unwrap()
+    );
+    (link, target)
+}
+
 /// Adds a row to the fault matrix's table when `scripts/fault-matrix.sh`
 /// runs this test (it names the file in `MLLM_FAULT_MATRIX_ROWS`).
 fn add_fault_matrix_row(fault: &str, when: &str, guest_after: &str, data: &str, took: Duration) {
@@ -1163,16 +1186,7 @@ fn a_source_agent_killed_in_post_copy_restarts_and_finishes_the_move() {
     let qemu = first.recorded_qemu_pid("vm4");
 
     // Slow enough that the pages left for after the switch take seconds.
-    let bandwidth_bits_per_s = 20_000_000;
-    let rtt = Duration::from_millis(20);
-    let link = Link::new(LinkConfig {
-        bandwidth_bits_per_s,
-        rtt,
-        queue_bytes: LinkConfig::default_queue_bytes(bandwidth_bits_per_s, rtt),
-        ..LinkConfig::default()
-    })
-    .unwrap();
-    let through_link = format!("b@{}", link.forward(b.listen).unwrap());
+    let (link, through_link) = thin_link_to(&b, 20_000_000);
     let client = first.client_in_background(&[
         "vm4",
         "--to",
@@ -1182,23 +1196,9 @@ fn a_source_agent_killed_in_post_copy_restarts_and_finishes_the_move() {
         "--verify",
         "--json",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !client.stdout_so_far().lines().any(|line| {
-        matches!(
-            serde_json::from_str(line),
-            Ok(ControlReply::Progress(Progress {
-                phase: Phase::Postcopy,
-                ..
-            }))
-        )
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "the migration never reached post-copy: {}",
-            client.stdout_so_far()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    client.wait_for_progress("reached post-copy", Duration::from_secs(120), |progress| {
+        progress.phase == Phase::Postcopy
+    });
     let killed = Instant::now();
     first.kill_agent_only();
     let run = client.finish();
