@@ -78,6 +78,9 @@ pub enum LabCommand {
         /// Requests fio keeps in flight.
         #[arg(long, default_value_t = 16)]
         iodepth: u32,
+        /// Boots each way, alternating; the report takes the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Where to write the markdown report; standard output if not given.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -149,6 +152,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             runtime,
             file_size,
             iodepth,
+            rounds,
             out,
         } => {
             let image = build_image()?;
@@ -156,10 +160,11 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
                 runtime,
                 file_size: file_size as u64,
                 io_depth: iodepth,
+                rounds,
             };
             let comparison = disk_io::compare(&image, &settings)?;
             let mut command = format!(
-                "mllm lab disk-io --runtime {} --file-size {}MiB --iodepth {iodepth}",
+                "mllm lab disk-io --runtime {} --file-size {}MiB --iodepth {iodepth} --rounds {rounds}",
                 humantime::format_duration(runtime),
                 file_size >> 20
             );

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use mllm_lab::disk_io::{self, Comparison, Settings, JOBS};
+use mllm_lab::disk_io::{self, Comparison, DiskPath, Settings, JOBS};
 use mllm_lab::image::ImageBuilder;
 use mllm_lab::paths;
 use mllm_lab::scoreboard::Provenance;
@@ -22,6 +22,7 @@ fn compare() -> Comparison {
         runtime: RUNTIME,
         file_size: FILE_SIZE,
         io_depth: 4,
+        rounds: 1,
     };
     disk_io::compare(&image, &settings).unwrap_or_else(|error| panic!("{error:#}"))
 }
@@ -29,7 +30,12 @@ fn compare() -> Comparison {
 #[test]
 fn fio_runs_on_both_disk_paths_and_the_agent_serves_every_byte_of_it() {
     let comparison = compare();
-    for (path, run) in [("direct", &comparison.direct), ("agent", &comparison.agent)] {
+    let [round] = comparison.rounds.as_slice() else {
+        panic!("{} rounds instead of one", comparison.rounds.len());
+    };
+    for path in [DiskPath::Direct, DiskPath::Agent] {
+        let run = round.through(path);
+        let path = path.name();
         assert_eq!(run.jobs.len(), JOBS.len(), "{path}");
         for (job, throughput) in JOBS.iter().zip(&run.jobs) {
             assert!(
@@ -60,9 +66,9 @@ fn fio_runs_on_both_disk_paths_and_the_agent_serves_every_byte_of_it() {
         );
     }
 
-    assert!(comparison.direct.served.is_none());
-    let served = comparison.agent.served.expect("the agent's counts");
-    let agent = &comparison.agent;
+    assert!(round.direct.served.is_none());
+    let agent = &round.agent;
+    let served = agent.served.expect("the agent's counts");
     // Direct I/O: every byte fio moved crossed the agent's NBD server, and
     // every block the layout wrote is marked for a migration to send.
     assert!(
