@@ -44,7 +44,9 @@ pub use destination::{
     accept_incoming, receive_migration, DestinationSettings, Incoming, IncomingAbort,
     IncomingMigration, PostcopyResumes,
 };
-pub use disk::{write_disk_trace, DiskActivity, DiskServer, TrackedDisk, BLOCK_SIZE};
+pub use disk::{
+    write_disk_trace, DiskActivity, DiskServer, RequestTotals, TrackedDisk, BLOCK_SIZE,
+};
 pub use error::{LinkError, LinkFailure, MigrationError, Recovery, SourceError};
 pub use guest_ram::GuestRam;
 pub use memory_trace::record_memory_trace;

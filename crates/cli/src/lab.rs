@@ -1,5 +1,6 @@
 //! `mllm lab`: guest images, scenarios, baselines.
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -8,7 +9,8 @@ use mllm_lab::result::RunResult;
 use mllm_lab::scenario::Scenario;
 use mllm_lab::scoreboard::{self, Provenance};
 use mllm_lab::suite::{self, Suite};
-use mllm_lab::{paths, report, run};
+use mllm_lab::{disk_io, paths, report, run};
+use mllm_link::{parse_duration, parse_size};
 
 #[derive(Subcommand)]
 pub enum LabCommand {
@@ -62,6 +64,27 @@ pub enum LabCommand {
         #[arg(required = true)]
         results: Vec<PathBuf>,
     },
+    /// Guest disk throughput through the agent's NBD server against the
+    /// image attached directly to QEMU: fio in the Debian root disk guest
+    /// (random 4 KiB read, random 4 KiB write, sequential 1 MiB read).
+    /// Needs `mllm lab setup --rootfs`.
+    DiskIo {
+        /// How long each fio job runs.
+        #[arg(long, value_parser = parse_duration, default_value = "20s")]
+        runtime: Duration,
+        /// The file on the root disk the jobs read and write.
+        #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+        file_size: usize,
+        /// Requests fio keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        iodepth: u32,
+        /// Boots each way, alternating; the report takes the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Where to write the markdown report; standard output if not given.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
@@ -100,7 +123,7 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             let image = build_image()?;
             let command = format!("mllm lab suite {} --out {}", suite.display(), out.display());
             let write_board = |results: &[RunResult]| -> anyhow::Result<()> {
-                let board = scoreboard::render(results, &provenance(&command));
+                let board = scoreboard::render(results, &provenance(&command, migration_machine()));
                 std::fs::write(&scoreboard, board)
                     .with_context(|| format!("cannot write {}", scoreboard.display()))
             };
@@ -117,11 +140,47 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
             }
             let sources: Vec<String> = results.iter().map(|p| p.display().to_string()).collect();
             let command = format!("mllm lab scoreboard {}", sources.join(" "));
-            let board = scoreboard::render(&loaded, &provenance(&command));
+            let board = scoreboard::render(&loaded, &provenance(&command, migration_machine()));
             match out {
                 Some(path) => std::fs::write(&path, board)
                     .with_context(|| format!("cannot write {}", path.display()))?,
                 None => print!("{board}"),
+            }
+            Ok(())
+        }
+        LabCommand::DiskIo {
+            runtime,
+            file_size,
+            iodepth,
+            rounds,
+            out,
+        } => {
+            let image = build_image()?;
+            let settings = disk_io::Settings {
+                runtime,
+                file_size: file_size as u64,
+                io_depth: iodepth,
+                rounds,
+            };
+            let comparison = disk_io::compare(&image, &settings)?;
+            let mut command = format!(
+                "mllm lab disk-io --runtime {} --file-size {}MiB --iodepth {iodepth} --rounds {rounds}",
+                humantime::format_duration(runtime),
+                file_size >> 20
+            );
+            if let Some(path) = &out {
+                command.push_str(&format!(" --out {}", path.display()));
+            }
+            let machine = format!(
+                "{} CPUs shared by the guest's {}, QEMU's own threads and the agent's NBD server",
+                cpus(),
+                disk_io::guest_cpus()
+            );
+            let report = disk_io::render(&comparison, &provenance(&command, machine));
+            match out {
+                Some(path) => std::fs::write(&path, report)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{report}"),
             }
             Ok(())
         }
@@ -136,16 +195,27 @@ pub fn run(cmd: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-/// When, at which commit and on what the scoreboard's results were made.
-fn provenance(command: &str) -> Provenance {
+/// When, at which commit and on what (`machine`) results were made.
+fn provenance(command: &str, machine: String) -> Provenance {
     let commit = paths::source_commit();
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     Provenance {
         command: command.to_owned(),
         when: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         commit,
-        machine: format!("{cpus} CPUs shared by both VMs, both agents and the link emulator"),
+        machine,
     }
+}
+
+/// The machine of a migration's results.
+fn migration_machine() -> String {
+    format!(
+        "{} CPUs shared by both VMs, both agents and the link emulator",
+        cpus()
+    )
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
 }
 
 fn build_image() -> anyhow::Result<mllm_lab::image::GuestImage> {

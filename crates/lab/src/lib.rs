@@ -5,11 +5,14 @@
 //! - [`run`] boots, migrates and measures, using [`qemu_migration`] for
 //!   QEMU's own methods;
 //! - [`analysis`] turns guest output into measurements, [`result`],
-//!   [`report`] and [`plot`] present them.
+//!   [`report`] and [`plot`] present them;
+//! - [`disk_io`] measures the guest's disk throughput through the agent's
+//!   NBD server against the image attached directly.
 
 pub mod analysis;
 pub mod build;
 pub mod disk;
+pub mod disk_io;
 pub mod fsck;
 pub mod image;
 pub mod method;

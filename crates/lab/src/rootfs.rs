@@ -20,15 +20,42 @@ pub struct RootDisk {
 }
 
 pub fn build_root_disk(cache: &Path) -> Result<RootDisk> {
-    let inputs = format!("{SUITE} {MIRROR} {}", PACKAGES.join(","));
-    let key = blake3::hash(inputs.as_bytes()).to_hex();
-    let dir = cache.join("rootfs").join(&key[..16]);
+    let dir = cached_dir(cache);
     let image = dir.join("rootfs.img");
     if !image.exists() {
         build(&dir, &image)?;
     }
-    let bytes = std::fs::metadata(&image)?.len();
-    Ok(RootDisk { image, bytes })
+    RootDisk::at(image)
+}
+
+/// The root disk `mllm lab setup --rootfs` built, without building it:
+/// for measurements that would rather stop than spend minutes on it.
+pub fn built_root_disk(cache: &Path) -> Result<RootDisk> {
+    let image = cached_dir(cache).join("rootfs.img");
+    if !image.exists() {
+        bail!(
+            "the Debian root disk is not built ({} is missing): run `mllm lab setup --rootfs` \
+             (debootstrap, about a minute), or set MLLM_LAB_CACHE to a cache that holds it",
+            image.display()
+        );
+    }
+    RootDisk::at(image)
+}
+
+/// Where the root disk of the current inputs is cached.
+fn cached_dir(cache: &Path) -> PathBuf {
+    let inputs = format!("{SUITE} {MIRROR} {}", PACKAGES.join(","));
+    let key = blake3::hash(inputs.as_bytes()).to_hex();
+    cache.join("rootfs").join(&key[..16])
+}
+
+impl RootDisk {
+    fn at(image: PathBuf) -> Result<RootDisk> {
+        let bytes = std::fs::metadata(&image)
+            .with_context(|| format!("cannot read the root disk {}", image.display()))?
+            .len();
+        Ok(RootDisk { image, bytes })
+    }
 }
 
 fn build(dir: &Path, image: &Path) -> Result<()> {

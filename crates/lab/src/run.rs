@@ -24,7 +24,7 @@ use crate::plot;
 use crate::qemu_migration;
 use crate::qemu_settings::QemuSettings;
 use crate::result::{Environment, RunResult};
-use crate::scenario::{DiskContent, Scenario, Workload};
+use crate::scenario::{DiskContent, Scenario, VmSpec, Workload};
 use mllm_agent::{make_migratable, write_disk_trace, DiskServer, TrackedDisk};
 use mllm_core::trace::Encoding;
 
@@ -102,10 +102,9 @@ fn run_in(
     // mllm's agents serve the disk to QEMU over NBD: they see every request.
     let served = |side: &str, image: &Option<PathBuf>| -> Result<Option<DiskServer>> {
         match image {
-            Some(image) if method.is_mllm() => Ok(Some(DiskServer::start(
-                TrackedDisk::open(image)?,
+            Some(image) if method.is_mllm() => Ok(Some(serve_disk(
+                image,
                 &sockets.join(format!("{side}.nbd")),
-                DISK_EXPORT,
             )?)),
             _ => Ok(None),
         }
@@ -113,34 +112,21 @@ fn run_in(
     let source_server = served("source", &source_disk)?;
     let destination_server = served("destination", &destination_disk)?;
     let attachment = |image: &Option<PathBuf>, server: &Option<DiskServer>| match server {
-        Some(server) => Some(DiskAttachment::Nbd {
-            socket: server.socket().to_owned(),
-            export: DISK_EXPORT.into(),
-        }),
+        Some(server) => Some(nbd_attachment(server)),
         None => image.clone().map(DiskAttachment::Image),
     };
     let source_attachment = attachment(&source_disk, &source_server);
     let destination_attachment = attachment(&destination_disk, &destination_server);
     let vm = |name: &str, disk: &Option<DiskAttachment>, incoming: bool| QemuConfig {
-        name: name.to_owned(),
-        binary: "qemu-system-x86_64".into(),
-        accelerator: scenario.vm.accelerator,
-        memory_mib: scenario.vm.memory.as_u64() >> 20,
-        vcpus: scenario.vm.vcpus,
-        ram: RamBackend::Anonymous,
-        boot: Boot::Kernel {
-            kernel: image.kernel.clone(),
-            initrd: Some(image.initrd.clone()),
-            cmdline: format!(
-                "console=ttyS0 panic=-1 loglevel=4 {}",
-                scenario.kernel_params()
-            ),
-        },
-        disk: disk.clone(),
-        serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
         incoming,
-        run_dir: sockets.to_owned(),
-        env: vec![],
+        ..guest_config(
+            &scenario.vm,
+            &scenario.workload,
+            image,
+            name,
+            disk.clone(),
+            sockets,
+        )
     };
 
     let mut source_config = vm("source", &source_attachment, false);
@@ -382,14 +368,77 @@ fn run_in(
     Ok(result)
 }
 
-fn wait_until_booted(vm: &QemuProcess, workload: &Workload) -> Result<()> {
+/// A lab guest booting `image` with the shape of `vm`, running `workload`,
+/// its sockets and logs in `run_dir`; not waiting for a migration.
+pub(crate) fn guest_config(
+    vm: &VmSpec,
+    workload: &Workload,
+    image: &GuestImage,
+    name: &str,
+    disk: Option<DiskAttachment>,
+    run_dir: &Path,
+) -> QemuConfig {
+    QemuConfig {
+        name: name.to_owned(),
+        binary: "qemu-system-x86_64".into(),
+        accelerator: vm.accelerator,
+        memory_mib: vm.memory.as_u64() >> 20,
+        vcpus: vm.vcpus,
+        ram: RamBackend::Anonymous,
+        boot: Boot::Kernel {
+            kernel: image.kernel.clone(),
+            initrd: Some(image.initrd.clone()),
+            cmdline: format!(
+                "console=ttyS0 panic=-1 loglevel=4 {}",
+                vm.kernel_params(workload)
+            ),
+        },
+        disk,
+        serial_ports: SERIAL_PORTS.iter().map(|p| p.to_string()).collect(),
+        incoming: false,
+        run_dir: run_dir.to_owned(),
+        env: vec![],
+    }
+}
+
+/// Serves the raw image at `image` as an agent does: through a
+/// [`TrackedDisk`], over NBD on a new unix socket at `socket`.
+pub(crate) fn serve_disk(image: &Path, socket: &Path) -> Result<DiskServer> {
+    Ok(DiskServer::start(
+        TrackedDisk::open(image)?,
+        socket,
+        DISK_EXPORT,
+    )?)
+}
+
+/// QEMU's side of a disk that `server` serves.
+pub(crate) fn nbd_attachment(server: &DiskServer) -> DiskAttachment {
+    DiskAttachment::Nbd {
+        socket: server.socket().to_owned(),
+        export: DISK_EXPORT.into(),
+    }
+}
+
+/// Waits for the guest's first heartbeat and, unless it is idle, for its
+/// workload to start.
+pub(crate) fn wait_until_booted(vm: &QemuProcess, workload: &Workload) -> Result<()> {
+    // The run's logs are kept under these names.
+    let log = |port: &str| {
+        let path = vm.config.serial_log(port);
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        )
+    };
     vm.serial("heartbeat")
         .wait_for("first heartbeat", BOOT_TIMEOUT, |l| l.starts_with("HB "))
-        .context("the guest did not boot (see console.log next to result.json)")?;
+        .with_context(|| format!("the guest did not boot (see {})", log("console")))?;
     if !matches!(workload, Workload::Idle) {
         vm.serial("workload")
             .wait_for("workload READY", BOOT_TIMEOUT, |l| l.starts_with("READY"))
-            .context("the guest workload did not start (see workload.log)")?;
+            .with_context(|| {
+                format!("the guest workload did not start (see {})", log("workload"))
+            })?;
     }
     Ok(())
 }

@@ -332,13 +332,20 @@ impl Scenario {
     /// The kernel command line parameters that make the guest's init mount
     /// the root disk and start the workload.
     pub fn kernel_params(&self) -> String {
+        self.vm.kernel_params(&self.workload)
+    }
+}
+
+impl VmSpec {
+    /// The kernel command line parameters that make the guest's init mount
+    /// this VM's root disk, if it has one, and start `workload`.
+    pub fn kernel_params(&self, workload: &Workload) -> String {
         let debian_root = self
-            .vm
             .disk
             .as_ref()
             .is_some_and(|d| d.content == DiskContent::Debian);
         let root = if debian_root { "mllm.root=vda " } else { "" };
-        format!("{root}{}", self.workload.kernel_params())
+        format!("{root}{}", workload.kernel_params())
     }
 }
 

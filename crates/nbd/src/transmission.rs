@@ -2,7 +2,7 @@
 //! small pool of workers serves them against the store and writes the
 //! replies, in whatever order they finish.
 
-use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::io::{self, BufWriter, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +22,12 @@ const QUEUE_DEPTH: usize = 64;
 /// hold at once. Two maximal requests: one being served while the next is
 /// read.
 const BYTE_BUDGET: u64 = 2 * MAX_PAYLOAD as u64;
+
+/// A worker reads into the same buffer from one read to the next, up to
+/// this size: a fresh buffer per read cost as much as the copy out of the
+/// page cache (it is zeroed first). A larger read, rare, gets a buffer of
+/// its own, so that it does not stay allocated.
+const KEPT_READ_BUFFER: usize = 4 << 20;
 
 /// What a connection negotiated and is served from.
 pub(crate) struct Session<'a> {
@@ -278,6 +284,7 @@ fn serve_jobs<W: Write, S: NbdStream>(
     stream: &S,
 ) {
     let mut failed = false;
+    let mut read_buffer = Vec::new();
     loop {
         let next = lock(queue).recv();
         let Ok(job) = next else { return };
@@ -286,7 +293,7 @@ fn serve_jobs<W: Write, S: NbdStream>(
         if failed {
             continue;
         }
-        if let Err(failure) = serve(&job, store, replies) {
+        if let Err(failure) = serve(&job, store, replies, &mut read_buffer) {
             replies.record_failure(failure);
             failed = true;
             // The client cannot get replies any more: stop reading requests
@@ -296,15 +303,17 @@ fn serve_jobs<W: Write, S: NbdStream>(
     }
 }
 
+/// `read_buffer`: the worker's buffer for read data, any content.
 fn serve<W: Write>(
     job: &Job<'_>,
     store: &dyn BlockStore,
     replies: &Replies<W>,
+    read_buffer: &mut Vec<u8>,
 ) -> Result<(), NbdError> {
     let fua = job.flags & CMD_FLAG_FUA != 0;
     let len = u64::from(job.len);
     let done = match &job.work {
-        Work::Read => return serve_read(job, store, replies),
+        Work::Read => return serve_read(job, store, replies, read_buffer),
         Work::Write(data) => store.write_at(data, job.offset, fua),
         Work::Flush => store.flush(),
         Work::Trim => store.trim(job.offset, len, fua),
@@ -326,20 +335,33 @@ fn serve<W: Write>(
     }
 }
 
+/// Only bytes the store has just read are sent, so whatever an earlier
+/// read left in `kept_buffer` never leaves.
 fn serve_read<W: Write>(
     job: &Job<'_>,
     store: &dyn BlockStore,
     replies: &Replies<W>,
+    kept_buffer: &mut Vec<u8>,
 ) -> Result<(), NbdError> {
     let range = job.offset..job.offset + u64::from(job.len);
     // `check` bounded the length by MAX_PAYLOAD.
-    let mut data = vec![0u8; usize::try_from(job.len).unwrap_or(0)];
+    let len = usize::try_from(job.len).unwrap_or(0);
+    let mut own_buffer;
+    let data = if len <= KEPT_READ_BUFFER {
+        if kept_buffer.len() < len {
+            kept_buffer.resize(len, 0);
+        }
+        &mut kept_buffer[..len]
+    } else {
+        own_buffer = vec![0u8; len];
+        &mut own_buffer[..]
+    };
     let store_failed =
         |error: std::io::Error| refuse(ErrorCode::from_io(&error), error.to_string());
 
     if !replies.structured {
-        return match store.read_at(&mut data, job.offset) {
-            Ok(()) => replies.simple(job.cookie, 0, &data),
+        return match store.read_at(data, job.offset) {
+            Ok(()) => replies.simple(job.cookie, 0, data),
             Err(error) => replies.refuse(job.cookie, &store_failed(error)),
         };
     }
@@ -492,9 +514,7 @@ impl<W: Write> Replies<W> {
 
     fn send(&self, parts: &[&[u8]]) -> Result<(), NbdError> {
         let mut output = lock(&self.output);
-        parts
-            .iter()
-            .try_for_each(|part| output.write_all(part))
+        write_all_vectored(&mut *output, parts)
             .and_then(|()| output.flush())
             .map_err(|source| NbdError::Send {
                 what: "a reply",
@@ -505,6 +525,25 @@ impl<W: Write> Replies<W> {
     fn record_failure(&self, failure: NbdError) {
         lock(&self.failure).get_or_insert(failure);
     }
+}
+
+/// Writes every byte of `parts`, in order. Through the (emptied) reply
+/// buffer, a reply larger than the buffer leaves in one vectored write,
+/// header and data together, rather than the header alone first.
+fn write_all_vectored(output: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+    let mut remaining = &mut slices[..];
+    // Drops leading empty parts, which a write would report as nothing written.
+    IoSlice::advance_slices(&mut remaining, 0);
+    while !remaining.is_empty() {
+        match output.write_vectored(remaining) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 fn truncate_utf8(text: &str, max: usize) -> &str {

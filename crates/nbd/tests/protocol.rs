@@ -374,6 +374,38 @@ fn store_failures_become_error_replies() {
 }
 
 #[test]
+fn a_worker_reusing_its_read_buffer_sends_only_what_each_read_read() {
+    for structured in [false, true] {
+        // Room for a read above the size a worker keeps its buffer for.
+        let size = 8 << 20;
+        let mut store = MemStore::new(size);
+        store.failing_offset = Some(4096);
+        let (server, store) = mem_server(store);
+        let server = Arc::new(Arc::try_unwrap(server).unwrap().with_workers(1));
+        store.bytes.lock().unwrap()[..64 << 10].copy_from_slice(&pattern(64 << 10, 3));
+        let (stream, thread) = connect(&server);
+        let mut client = Client::go(stream, structured);
+
+        assert_eq!(client.read(0, 64 << 10), pattern(64 << 10, 3));
+        let failed = client.call(CMD_READ, 0, 4096, 8192, &[]);
+        assert_eq!(failed.error, EIO);
+        assert!(failed.data.is_empty(), "a failed read sends no data");
+        assert_eq!(
+            client.read(1 << 20, 32 << 10),
+            vec![0u8; 32 << 10],
+            "a shorter read after a longer one"
+        );
+        let large = 5 << 20;
+        let mut expected = vec![0u8; large];
+        expected[..64 << 10].copy_from_slice(&pattern(64 << 10, 3));
+        assert_eq!(client.read(0, u32::try_from(large).unwrap()), expected);
+        assert_eq!(client.read(8192, 100), pattern(64 << 10, 3)[8192..8292]);
+        client.disconnect();
+        thread.join().unwrap().unwrap();
+    }
+}
+
+#[test]
 fn a_bad_magic_or_unknown_command_ends_the_connection_with_its_name() {
     let (server, _) = mem_server(MemStore::new(SIZE));
 

@@ -22,6 +22,17 @@ pub struct DiskActivity {
     pub writes: Vec<u32>,
 }
 
+/// Every request served through NBD since the disk was opened, unlike the
+/// access ring which keeps only the latest: what a measurement of guest I/O
+/// checks the guest's own counts against. Trims and zeroing count as writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestTotals {
+    pub reads: u64,
+    pub bytes_read: u64,
+    pub writes: u64,
+    pub bytes_written: u64,
+}
+
 pub(super) struct Activity {
     started: Instant,
     dirty: PageSet,
@@ -29,6 +40,7 @@ pub(super) struct Activity {
     writes: PageSet,
     recent: VecDeque<DiskAccess>,
     dropped: u64,
+    totals: RequestTotals,
 }
 
 impl Activity {
@@ -40,6 +52,7 @@ impl Activity {
             writes: PageSet::new(blocks),
             recent: VecDeque::new(),
             dropped: 0,
+            totals: RequestTotals::default(),
         }
     }
 
@@ -60,6 +73,17 @@ impl Activity {
                     self.writes.insert(block);
                     self.dirty.insert(block);
                 }
+            }
+        }
+        let totals = &mut self.totals;
+        match op {
+            DiskOp::Read => {
+                totals.reads += 1;
+                totals.bytes_read += length;
+            }
+            DiskOp::Write => {
+                totals.writes += 1;
+                totals.bytes_written += length;
             }
         }
         // Taken under the lock, so the ring is in time order, as a trace
@@ -104,6 +128,10 @@ impl Activity {
     pub(super) fn dropped(&self) -> u64 {
         self.dropped
     }
+
+    pub(super) fn totals(&self) -> RequestTotals {
+        self.totals
+    }
 }
 
 /// Every block that `offset..offset + length` touches, even in part.
@@ -140,5 +168,25 @@ mod tests {
         assert!(recent
             .windows(2)
             .all(|pair| pair[0].time_us <= pair[1].time_us));
+        let all = RECENT_ACCESSES as u64 + 3;
+        assert_eq!(
+            activity.totals(),
+            RequestTotals {
+                reads: all,
+                bytes_read: all * 512,
+                writes: 0,
+                bytes_written: 0
+            },
+            "the totals count the requests the ring dropped too"
+        );
+    }
+
+    #[test]
+    fn empty_requests_are_not_counted() {
+        let mut activity = Activity::new(16);
+        activity.record(DiskOp::Write, 4096, 0);
+        activity.record(DiskOp::Write, 4096, 8192);
+        let totals = activity.totals();
+        assert_eq!((totals.writes, totals.bytes_written), (1, 8192));
     }
 }

@@ -20,7 +20,7 @@ mod server;
 mod trace_file;
 mod tracked;
 
-pub use activity::DiskActivity;
+pub use activity::{DiskActivity, RequestTotals};
 pub use server::DiskServer;
 pub use trace_file::write_disk_trace;
 pub use tracked::TrackedDisk;

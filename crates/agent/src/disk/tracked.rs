@@ -15,7 +15,7 @@ use mllm_core::PageSet;
 use mllm_nbd::{BlockStore, RawFile, Zeroing};
 use mllm_wire::{page_digest, ContentHash, RamDigest};
 
-use super::activity::{blocks_covering, Activity, DiskActivity};
+use super::activity::{blocks_covering, Activity, DiskActivity, RequestTotals};
 use super::mapping::ReadOnlyMapping;
 use super::remote::{AskForBlocks, RemoteBlocks};
 use super::{BLOCK_SIZE, BLOCK_SIZE_U64, ZERO_BLOCK};
@@ -126,6 +126,11 @@ impl TrackedDisk {
     /// disk was opened.
     pub fn dropped_accesses(&self) -> u64 {
         self.activity().dropped()
+    }
+
+    /// Every NBD request since the disk was opened, counted with its bytes.
+    pub fn request_totals(&self) -> RequestTotals {
+        self.activity().totals()
     }
 
     /// Blocks holding data: allocated in the image and not all zeros. Reads
