@@ -1,14 +1,15 @@
 //! `mllm lab disk-io` with real QEMU under TCG: short fio jobs in the
 //! Debian guest, with the image attached directly and served by the
 //! agent's NBD server. Checked for what can go wrong, not for speed: on two
-//! shared cores TCG's rates are too noisy for the 15 % target. Needs the
-//! Debian root disk (`mllm lab setup --rootfs`).
+//! shared cores TCG's rates are too noisy for the 15 % target. Builds the
+//! Debian root disk first if the cache lacks it, as `mllm lab run` does.
 
 use std::time::Duration;
 
 use mllm_lab::disk_io::{self, Comparison, DiskPath, Settings, JOBS};
 use mllm_lab::image::ImageBuilder;
 use mllm_lab::paths;
+use mllm_lab::rootfs;
 use mllm_lab::scoreboard::Provenance;
 
 const FILE_SIZE: u64 = 64 << 20;
@@ -18,6 +19,8 @@ fn compare() -> Comparison {
     let image = ImageBuilder::new(&paths::cache_dir(), &paths::workspace_root())
         .build()
         .expect("guest image");
+    rootfs::build_root_disk(&paths::cache_dir())
+        .unwrap_or_else(|error| panic!("the Debian root disk: {error:#}"));
     let settings = Settings {
         runtime: RUNTIME,
         file_size: FILE_SIZE,
