@@ -271,7 +271,6 @@ fn items_in_order(mut queue: SendQueue) -> Vec<(Space, u32)> {
     items
 }
 
-/// Pages and blocks of `items`, each in the items' order.
 /// Test mode: the digests the destination compares at the switch, in the
 /// order they go out. Pages and blocks left for after the switch are left
 /// out of the ranges' digests (the destination lacks them) and digested one
@@ -321,6 +320,7 @@ impl SwitchDigests {
     }
 }
 
+/// Pages and blocks of `items`, each in the items' order.
 fn split_by_space(items: &[(Space, u32)]) -> (Vec<PageIndex>, Vec<u32>) {
     let of = |wanted: Space| {
         items
