@@ -377,11 +377,7 @@ fn migrate(
             &vm.ram_file,
             &vm.disks(),
             stream,
-            &|| {
-                connect_to_peer(split_target(&request.to).1)
-                    .and_then(|tcp| links.secure(tcp, &request.to))
-                    .map_err(std::io::Error::other)
-            },
+            &|| reconnect(links, &request.to),
             &settings,
             &|progress| {
                 if progress.phase == Phase::DeviceState && vm.phase() == VmPhase::Sending {
@@ -442,11 +438,7 @@ fn finish_post_copy_after_restart(host: &VmHost, links: &PeerLinks, name: &str) 
         let report = resume_postcopy_after_restart(
             &vm.ram_file,
             &vm.disks(),
-            &|| {
-                connect_to_peer(split_target(destination).1)
-                    .and_then(|tcp| links.secure(tcp, destination))
-                    .map_err(std::io::Error::other)
-            },
+            &|| reconnect(links, destination),
             migration_id,
             &SourceSettings::default(),
             &|progress| {
@@ -501,6 +493,14 @@ fn ensure_absolute(path: &Path) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// A new secured connection to the agent `to` names, for a post-copy
+/// resumed on it.
+fn reconnect(links: &PeerLinks, to: &str) -> std::io::Result<mllm_tls::PeerStream> {
+    connect_to_peer(split_target(to).1)
+        .and_then(|tcp| links.secure(tcp, to))
+        .map_err(std::io::Error::other)
 }
 
 /// Connects with a bound on each address's attempt: a peer behind a firewall
