@@ -3,7 +3,7 @@
 //! strategy's next pass or its decision to switch.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mllm_core::convert::saturating_u32;
 use mllm_core::link::Link;
@@ -22,6 +22,8 @@ use mllm_control::RoundReport;
 /// Pages between two progress reports while a round is read.
 const PAGES_PER_REPORT: u64 = 64;
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a pass being sent asks the strategy what to leave out of it.
+const REVISION_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What the destination holds, in the strategy's terms: pages and blocks
 /// are valid once queued and invalid again when a scan finds them written.
@@ -157,7 +159,12 @@ pub(super) fn send_round(
 ) -> Result<RoundReport> {
     let total = pass.len() as u64;
     let mut sent = 0;
-    while let Some((space, item)) = pass.next(|_, _| true) {
+    let mut held_back: Option<PageSet> = None;
+    let mut next_revision = Instant::now() + REVISION_INTERVAL;
+    let left_out = |held: &Option<PageSet>, space: Space, item: u32| {
+        space == Space::Memory && held.as_ref().is_some_and(|held| held.contains(item))
+    };
+    while let Some((space, item)) = pass.next(|space, item| !left_out(&held_back, space, item)) {
         match (space, ctx.disk) {
             (Space::Memory, _) => ctx.pipeline.send_page(ctx.ram, item)?,
             (Space::Disk, Some(disk)) => ctx.pipeline.send_block(disk, item)?,
@@ -178,7 +185,19 @@ pub(super) fn send_round(
                 phase,
                 (total - sent) as f64 * ctx.pipeline.bytes_per_page_this_round(),
             );
+            if !stopped && Instant::now() >= next_revision {
+                next_revision = Instant::now() + REVISION_INTERVAL;
+                if let Some(held) = revise_pass(ctx) {
+                    held_back = Some(held);
+                }
+            }
         }
+    }
+    if let Some(held) = &held_back {
+        tracing::info!(
+            pages = held.count(),
+            "pages predicted to be written again were left out of the pass"
+        );
     }
     let report = ctx.pipeline.end_round(stopped)?;
     tracing::info!(
@@ -190,6 +209,18 @@ pub(super) fn send_round(
         "round queued"
     );
     Ok(report)
+}
+
+/// Shows the strategy what the guest wrote during the pass so far and asks
+/// which pages the rest of the pass should leave out.
+fn revise_pass(ctx: &mut SourceContext<'_>) -> Option<PageSet> {
+    if !ctx.strategy.learns() {
+        return None;
+    }
+    ctx.observe_writes();
+    let measured = ctx.measure();
+    let state = ctx.transfer.measured(measured);
+    ctx.strategy.held_back(state)
 }
 
 /// Waits until what is still in flight could cross within half the downtime

@@ -4,12 +4,25 @@
 //!
 //! Memory: pages outside the write workingset are pre-copied, never-written
 //! pages first, then the others from coldest to warmest (the warmest go last, so
-//! they have the least time to be dirtied again). The workingset is deferred.
+//! they have the least time to be dirtied again). The workingset is left out
+//! of the first pass: it would cross again anyway. A live migration starts
+//! without a write history: its first pass goes region by region in a
+//! spread order, so what it sends before it has seen writes is an even
+//! sample of the guest, not all of one hot region, and the strategy leaves
+//! out of the rest of the pass the pages it sees written meanwhile
+//! ([`crate::strategy::Mllm`]).
+//!
 //! After each pass the workingset is re-estimated with everything observed so
-//! far, and the [`SwitchRule`] decides between another pass over the pages
-//! dirtied outside it and the switch. At the switch, pending pages go hottest
-//! first: as many as the downtime budget allows while the guest is paused, the
-//! rest by post-copy push, with faults served on demand.
+//! far, over the length of the next pass: a page likely written again before
+//! that pass ends would cross again and still be pending at the switch, so it
+//! waits for the switch; the others, the workingset of the first pass among
+//! them, are pre-copied, hottest last. The [`SwitchRule`] decides between
+//! that pass and the switch. At the switch, pending pages go hottest first:
+//! as many as the downtime budget allows while the guest is paused, the rest
+//! by post-copy push, with faults served on demand. Each page that waits for
+//! the switch beyond the budget risks a fault, a round trip of the guest's
+//! time: the later passes' short horizon keeps that set to the pages
+//! pre-copy could not have moved anyway.
 //!
 //! Disk: the used blocks of the read workingset are sent first, before memory,
 //! so the destination holds what the guest reads when it starts there; the
@@ -20,6 +33,10 @@ mod order;
 mod scores;
 
 pub use forecast::Forecast;
+
+/// Pages per region of the first pass's spread order when no write has been
+/// seen yet: 2 MiB of 4 KiB pages, a huge page.
+const SPREAD_REGION_PAGES: u32 = 512;
 
 use std::fmt;
 
@@ -84,7 +101,7 @@ pub struct MigrationPlan {
     pub disk_first: Vec<u32>,
     /// The first memory pass, in sending order.
     pub memory_precopy: Vec<u32>,
-    /// The write workingset, hottest first: it waits for the switch.
+    /// The write workingset, hottest first: it is left out of the first pass.
     pub memory_deferred: Vec<u32>,
     /// Used blocks pushed after the switch, in order (read-scored ones first).
     pub disk_after_switch: Vec<u32>,
@@ -160,7 +177,11 @@ pub fn plan(input: &PlanInput) -> MigrationPlan {
     let workingset = memory_workingset(input, &all_pages, horizon);
     let mut precopied = all_pages;
     precopied.subtract(&workingset);
-    let memory_precopy = memory_scores.coldest_first(&precopied);
+    let memory_precopy = if memory_scores.is_empty() {
+        order::spread(&precopied, SPREAD_REGION_PAGES)
+    } else {
+        memory_scores.coldest_first(&precopied)
+    };
     let memory_deferred = memory_scores.hottest_first(&workingset);
     let disk_after_switch = match &layout.disk {
         Some(disk) => {
@@ -196,19 +217,22 @@ pub fn plan(input: &PlanInput) -> MigrationPlan {
 }
 
 /// After a pass: re-estimate the workingset with what the estimator has seen
-/// since, over the plan's `horizon`, then another pass over the pending pages
-/// outside it, or the switch. `pending_pages` are the pages the destination
-/// lacks or holds stale. The horizon stays the whole pre-copy's: a page hot at
-/// the migration's time scale stays deferred, rather than being sent again
-/// because the last pass looks short.
+/// since, over the length of the next pass, then another pass over the
+/// pending pages outside it, or the switch. `pending_pages` are the pages the
+/// destination lacks or holds stale. While the link's rate is unknown every
+/// pending page is a candidate for the next pass.
 pub fn next_step(
     input: &PlanInput,
     pending_pages: &PageSet,
-    horizon: f64,
     passes_done: u32,
     last_pass_bytes: u64,
 ) -> Step {
-    let workingset = memory_workingset(input, pending_pages, horizon);
+    let horizon = precopy_horizon(input, pending_pages, 0);
+    let workingset = if horizon.is_finite() {
+        memory_workingset(input, pending_pages, horizon)
+    } else {
+        PageSet::new(pending_pages.universe())
+    };
     let mut outside = pending_pages.clone();
     outside.subtract(&workingset);
     // Pages pending after the first pass were written, or are the deferred

@@ -27,6 +27,11 @@ impl Scores {
         Scores { listed, by_item }
     }
 
+    /// No item has a score: the estimator has seen no access.
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
     pub fn get(&self, item: u32) -> f64 {
         f64::from(self.by_item[item as usize])
     }

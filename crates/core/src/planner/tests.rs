@@ -33,7 +33,7 @@ fn observed(kind: EstimatorKind, items: u32, history: &[Vec<u32>]) -> Box<dyn Es
 }
 
 #[test]
-fn without_writes_everything_is_precopied_once_in_address_order() {
+fn without_writes_everything_is_precopied_once_in_spread_order() {
     let disk = DiskLayout::synthetic(4096, 65536, 0.8, 0.5, 1);
     let used_blocks = disk.used.count();
     let mut vm = layout(Some(disk));
@@ -43,7 +43,10 @@ fn without_writes_everything_is_precopied_once_in_address_order() {
     let memory = Improved::new(PAGES, 10);
     let reads = Improved::new(4096, 10);
     let plan = plan(&input(&vm, link, &memory, Some(&reads)));
-    assert_eq!(plan.memory_precopy, (0..PAGES).collect::<Vec<_>>());
+    assert_eq!(
+        plan.memory_precopy,
+        order::spread(&PageSet::full(PAGES), SPREAD_REGION_PAGES)
+    );
     assert!(plan.memory_deferred.is_empty() && plan.disk_first.is_empty());
     assert_eq!(plan.disk_after_switch.len() as u64, used_blocks);
     let f = plan.forecast;
@@ -191,17 +194,17 @@ fn next_step_continues_while_passes_shrink() {
     let input = input(&vm, Link::from_mbit(100.0, 50.0), &memory, None);
     let pending = PageSet::from_items(PAGES, &(0..3000).collect::<Vec<_>>());
     assert_eq!(
-        next_step(&input, &pending, 10.0, 1, 100 << 20),
+        next_step(&input, &pending, 1, 100 << 20),
         Step::Pass((0..3000).collect())
     );
     let small = PageSet::from_items(PAGES, &[5, 6]);
     assert_eq!(
-        next_step(&input, &small, 10.0, 2, 12 << 20),
+        next_step(&input, &small, 2, 12 << 20),
         Step::Switch,
         "two pages fit the budget"
     );
     assert_eq!(
-        next_step(&input, &pending, 10.0, 2, 13 << 20),
+        next_step(&input, &pending, 2, 13 << 20),
         Step::Switch,
         "not shrinking enough"
     );

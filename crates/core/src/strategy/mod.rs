@@ -183,6 +183,15 @@ pub trait Strategy: Send {
     /// after a scan of the guest's writes.
     fn next_pass(&mut self, state: &TransferState) -> Pass;
 
+    /// Called while a pass is sent, after the strategy has observed the
+    /// intervals so far: the pages the rest of the pass should leave out
+    /// (they stay pending), or `None` to send it as planned. Lets a
+    /// strategy that starts without a write history, as a live migration
+    /// does, use what it learns during its first pass.
+    fn held_back(&mut self, _state: &TransferState) -> Option<PageSet> {
+        None
+    }
+
     /// Called with the guest stopped, once its last writes on the source are
     /// known.
     fn switch(&mut self, state: &TransferState) -> Switch;
