@@ -60,7 +60,8 @@ pub struct SourceSettings {
     /// acknowledged, which is what the link rate is measured from.
     pub batch_pages: usize,
     /// Pre-copy rounds after which `on_bound` applies (the final round,
-    /// sent with the VM stopped, is not counted).
+    /// sent with the VM stopped, is not counted); under the MLLM policy,
+    /// the planner's bound on passes, after which it switches.
     pub max_rounds: u32,
     /// Time after which `on_bound` applies; `None` for no bound.
     pub max_duration: Option<Duration>,
@@ -177,6 +178,7 @@ impl SourceSettings {
                 // state, and QEMU's stop, load and resume.
                 let config = PlannerConfig {
                     downtime_target_s: config.downtime_target_s / 2.0,
+                    max_passes: self.max_rounds,
                     ..config
                 };
                 return Box::new(

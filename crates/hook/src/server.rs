@@ -66,18 +66,23 @@ fn answer(stream: &UnixStream, held: &mut Held) -> io::Result<()> {
         Ok(request) => request,
         Err(error) => return send_reply(stream, &refusal(error.to_string()), None),
     };
-    let (start, len, held_copy, register): (_, _, _, fn(u64, u64) -> _) = match request {
-        Request::WriteProtect { start, len } => {
-            (start, len, &mut held.write_protect, uffd::write_protect)
-        }
-        Request::Missing { start, len } => (start, len, &mut held.missing, uffd::register_missing),
+    let (start, len, register): (_, _, fn(u64, u64) -> _) = match request {
+        Request::WriteProtect { start, len } => (start, len, uffd::write_protect),
+        Request::Missing { start, len } => (start, len, uffd::register_missing),
     };
     if let Err(reason) = check_page_aligned(start, len, page_size()) {
         return send_reply(stream, &refusal(reason), None);
     }
-    // A restarted agent re-arms: the earlier descriptor must go first, or its
-    // registration of the same range makes the new one fail with EBUSY.
-    drop(held_copy.take());
+    // Earlier descriptors of either kind must go first, or their
+    // registration of the same range makes the new one fail with EBUSY: a
+    // restarted agent re-arms, and a VM that arrived by post-copy (missing
+    // mode) is later tracked to leave again (write-protect). Neither is in
+    // use once a new one is asked for.
+    *held = Held::default();
+    let held_copy = match request {
+        Request::WriteProtect { .. } => &mut held.write_protect,
+        Request::Missing { .. } => &mut held.missing,
+    };
     match register(start, len) {
         Ok(registered) => {
             let reply = Reply::Armed {
@@ -152,6 +157,64 @@ fn send_reply(stream: &UnixStream, reply: &Reply, fd: Option<BorrowedFd>) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sends `request` to `answer` as the agent would; the reply that comes
+    /// back (its descriptor, if any, is closed as it is read).
+    fn ask(request: Request, held: &mut Held) -> Reply {
+        let (agent, hook) = UnixStream::pair().unwrap();
+        io::Write::write_all(&mut &agent, request.encode().as_bytes()).unwrap();
+        answer(&hook, held).unwrap();
+        drop(hook);
+        let mut reply = Vec::new();
+        io::Read::read_to_end(&mut &agent, &mut reply).unwrap();
+        Reply::parse(&reply).unwrap()
+    }
+
+    /// A VM that arrived by post-copy (its RAM registered for missing
+    /// pages) is later tracked to leave again (write-protect), and back.
+    #[test]
+    fn a_range_armed_for_one_kind_can_be_armed_for_the_other() {
+        let len: usize = 16 * 4096;
+        // SAFETY: a fresh anonymous shared mapping, unmapped below; nothing
+        // else refers to it.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(start, libc::MAP_FAILED);
+        let range = (start as u64, len as u64);
+        let mut held = Held::default();
+        let requests = [
+            Request::Missing {
+                start: range.0,
+                len: range.1,
+            },
+            Request::WriteProtect {
+                start: range.0,
+                len: range.1,
+            },
+            Request::Missing {
+                start: range.0,
+                len: range.1,
+            },
+        ];
+        for request in requests {
+            let reply = ask(request, &mut held);
+            assert!(
+                matches!(reply, Reply::Armed { .. }),
+                "{request:?}: {reply:?}"
+            );
+        }
+        drop(held);
+        // SAFETY: the mapping made above, no longer registered anywhere.
+        assert_eq!(unsafe { libc::munmap(start, len) }, 0);
+    }
 
     #[test]
     fn empty_and_unaligned_ranges_are_refused() {

@@ -1,15 +1,22 @@
-//! The simulator against the live engine (issue 4): a real mllm-precopy run
-//! in the lab records the guest's memory writes while it migrates; the
-//! simulator's pre-copy, fed that trace, the same link and the same
-//! downtime target, must land within 15 % of the measured total time and
-//! link bytes. Boots real guests under TCG: about a minute.
+//! The simulator against the live engine (issues 4 and 9): real lab runs
+//! record the guest's memory writes while they migrate, and the simulator,
+//! fed each trace, the same link and the same downtime target, must land
+//! near what was measured. An `mllm-precopy` run, replayed with the costs it
+//! measured, within 15 % on total time and link bytes; an `mllm` run,
+//! predicted with the costs measured in the pre-copy run (not its own),
+//! within 15 % on total time and 30 % on downtime. Boots real guests under
+//! TCG: about two minutes.
 //!
 //! The live engine sends a zero page as a 4-byte marker and compresses the
 //! others with zstd; the simulator is given the run's costs: as many zero
-//! pages as the agent's first round found, and the link bytes of a data page
-//! the run measured (docs/sim-validation.md).
+//! pages as the agent's first round found, the link bytes of a data page,
+//! and the device state (docs/sim-validation.md). The switch's fixed costs
+//! (QEMU's stop, device state save and load, the lab's digests) are not
+//! modelled: for `mllm` they are taken as what the pre-copy run's downtime
+//! exceeded its replay's.
 
 use std::fs::File;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use mllm_core::convert::saturating_u32;
@@ -18,7 +25,8 @@ use mllm_core::strategy::PrecopyLimits;
 use mllm_core::trace::binary::read_memory;
 use mllm_core::trace::MemoryTrace;
 use mllm_core::vm::{PageCost, VmLayout, PAGE_HEADER_BYTES};
-use mllm_lab::image::ImageBuilder;
+use mllm_core::workingset::EstimatorKind;
+use mllm_lab::image::{GuestImage, ImageBuilder};
 use mllm_lab::method::Method;
 use mllm_lab::mllm_migration::TRACE_FILE;
 use mllm_lab::paths;
@@ -31,8 +39,10 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata};
 
-/// Issue 4's bound on the simulator's error against a measured run.
+/// Issues 4 and 9's bound on the simulator's error against a measured run.
 const TOLERANCE: f64 = 0.15;
+/// Issue 9's bound on the predicted downtime of `mllm`.
+const DOWNTIME_TOLERANCE: f64 = 0.3;
 /// Resent pages hang on where each scan falls among the guest's writes,
 /// which differs by tens of milliseconds between the run and the replay:
 /// a looser bound (runs so far: within 10 %).
@@ -71,42 +81,61 @@ downtime_target = "300ms"
     .expect("validation scenario")
 }
 
+/// One lab run and what it recorded.
+struct Recorded {
+    result: RunResult,
+    trace: MemoryTrace,
+    rounds: Vec<QueuedRound>,
+}
+
+fn record(scenario: &Scenario, method: Method, image: &GuestImage, out: &Path) -> Recorded {
+    ROUNDS.lock().unwrap().clear();
+    std::fs::create_dir_all(out).expect("a directory for the run");
+    let result = run_method(scenario, method, image, out).expect("lab run");
+    println!("{}", mllm_lab::report::summary(&result));
+    assert!(result.success, "{method} failed: {:?}", result.error);
+    let trace = read_memory(File::open(out.join(TRACE_FILE)).expect("the run wrote its trace"))
+        .expect("a readable memory trace");
+    assert_covers_precopy_finely(&trace, &result);
+    let rounds = ROUNDS.lock().unwrap().clone();
+    println!("rounds queued by the agent: {rounds:?}");
+    assert_eq!(rounds.len() as u64, result.rounds, "a round the log missed");
+    Recorded {
+        result,
+        trace,
+        rounds,
+    }
+}
+
 #[test]
-fn simulated_precopy_of_the_recorded_trace_matches_the_measured_run() {
+fn simulated_migrations_of_recorded_traces_match_the_measured_runs() {
     tracing::subscriber::set_global_default(RoundLog).expect("the only subscriber");
     let scenario = scenario();
     let image = ImageBuilder::new(&paths::cache_dir(), &paths::workspace_root())
         .build()
         .expect("guest image");
     let out = tempfile::tempdir().unwrap();
-    let measured = run_method(&scenario, Method::MllmPrecopy, &image, out.path()).expect("lab run");
-    println!("{}", mllm_lab::report::summary(&measured));
-    assert!(measured.success, "migration failed: {:?}", measured.error);
-    let trace_path = out.path().join(TRACE_FILE);
-    let trace = read_memory(File::open(&trace_path).expect("the run wrote its trace"))
-        .expect("a readable memory trace");
-    assert_covers_precopy_finely(&trace, &measured);
-    let rounds = ROUNDS.lock().unwrap().clone();
-    println!("rounds queued by the agent: {rounds:?}");
-    assert_eq!(
-        rounds.len() as u64,
-        measured.rounds,
-        "a round the log missed"
+
+    let precopy = record(
+        &scenario,
+        Method::MllmPrecopy,
+        &image,
+        &out.path().join("precopy"),
     );
+    let measured = &precopy.result;
     assert_eq!(
-        rounds.iter().map(|r| r.pages).sum::<u64>(),
-        u64::from(trace.header.page_count) + measured.retransmitted_pages.unwrap(),
+        precopy.rounds.iter().map(|r| r.pages).sum::<u64>(),
+        u64::from(precopy.trace.header.page_count) + measured.retransmitted_pages.unwrap(),
         "pages sent, by the rounds and by the result"
     );
-
-    let simulated = simulate_precopy(&scenario, &measured, &rounds, trace);
-    let measured_total_ms = measured.total_time_ms.expect("total time");
+    let costs = Costs::measured(&precopy);
+    let simulated = simulate_run(&scenario, &costs, precopy.trace.clone(), Policy::Precopy);
     // Each quantity with the relative error allowed, if one is asserted:
     // downtime is not (the switch's fixed costs are not modelled).
     let rows = [
         (
             "total time (ms)",
-            measured_total_ms,
+            measured.total_time_ms.expect("total time"),
             simulated.total_time_ms,
             Some(TOLERANCE),
         ),
@@ -135,27 +164,79 @@ fn simulated_precopy_of_the_recorded_trace_matches_the_measured_run() {
             None,
         ),
     ];
-    println!("| quantity | measured | simulated | error |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (name, live, model, _) in rows {
-        let error = relative_error(model, live) * 100.0;
-        println!("| {name} | {live:.0} | {model:.0} | {error:+.1} % |");
-    }
-    assert!(simulated.completed, "the simulation hit its time cap");
-    for (name, live, model, bound) in rows {
-        let error = relative_error(model, live);
-        assert!(
-            bound.is_none_or(|bound| error.abs() <= bound),
-            "simulated {name} {model:.0} is {:+.1} % off the measured {live:.0}",
-            error * 100.0
-        );
-    }
+    compare(
+        "mllm-precopy, replayed with its own costs",
+        &simulated,
+        &rows,
+    );
     // Both count the stopped round.
     let rounds = (measured.rounds, simulated.rounds + 1);
     assert!(
         rounds.0.abs_diff(rounds.1) <= 1,
         "rounds measured and simulated: {rounds:?}"
     );
+    let switch_fixed_ms = measured.downtime_ms.expect("downtime") - simulated.downtime_ms;
+    println!("fixed costs of the switch, from the pre-copy run: {switch_fixed_ms:.0} ms");
+
+    let mllm = record(&scenario, Method::Mllm, &image, &out.path().join("mllm"));
+    let measured = &mllm.result;
+    let predicted = simulate_run(
+        &scenario,
+        &costs,
+        mllm.trace,
+        Policy::Mllm(EstimatorKind::Improved),
+    );
+    let rows = [
+        (
+            "total time (ms)",
+            measured.total_time_ms.expect("total time"),
+            predicted.total_time_ms,
+            Some(TOLERANCE),
+        ),
+        (
+            "downtime (ms), with the fixed costs",
+            measured.downtime_ms.expect("downtime"),
+            predicted.downtime_ms + switch_fixed_ms,
+            Some(DOWNTIME_TOLERANCE),
+        ),
+        (
+            "link bytes to destination",
+            measured.link_bytes_to_destination as f64,
+            predicted.link_bytes as f64,
+            None,
+        ),
+        (
+            "retransmitted pages",
+            measured.retransmitted_pages.unwrap() as f64,
+            predicted.retransmitted_pages as f64,
+            None,
+        ),
+    ];
+    compare(
+        "mllm, predicted with the pre-copy run's costs",
+        &predicted,
+        &rows,
+    );
+}
+
+/// Prints the rows as a table, then checks each bound.
+fn compare(title: &str, simulated: &SimResult, rows: &[(&str, f64, f64, Option<f64>)]) {
+    println!("{title}:");
+    println!("| quantity | measured | simulated | error |");
+    println!("| --- | ---: | ---: | ---: |");
+    for &(name, live, model, _) in rows {
+        let error = relative_error(model, live) * 100.0;
+        println!("| {name} | {live:.0} | {model:.0} | {error:+.1} % |");
+    }
+    assert!(simulated.completed, "the simulation hit its time cap");
+    for &(name, live, model, bound) in rows {
+        let error = relative_error(model, live);
+        assert!(
+            bound.is_none_or(|bound| error.abs() <= bound),
+            "{title}: simulated {name} {model:.0} is {:+.1} % off the measured {live:.0}",
+            error * 100.0
+        );
+    }
 }
 
 /// The trace spans pre-copy, from tracking armed to the VM stopped, in
@@ -199,40 +280,65 @@ fn assert_covers_precopy_finely(trace: &MemoryTrace, measured: &RunResult) {
     );
 }
 
-/// The simulator's pre-copy on the recorded trace, with the run's link,
-/// downtime target and bounds, and the page costs the run measured.
-fn simulate_precopy(
+/// What a run measured that the simulator prices pages and the switch by.
+struct Costs {
+    data_page_bytes: u32,
+    /// Pages zero at the start, as the first round found them.
+    zero_pages: u64,
+    /// QEMU's device state and the agents' own messages: what crossed the
+    /// link besides page batches.
+    device_state_bytes: u64,
+}
+
+impl Costs {
+    fn measured(run: &Recorded) -> Costs {
+        let pages_sent: u64 = run.rounds.iter().map(|r| r.pages).sum();
+        let zero_sent: u64 = run.rounds.iter().map(|r| r.zero_pages).sum();
+        // Zero pages cost their marker; the rest of the memory bytes (batch
+        // framing included) is the data pages'.
+        let zero_bytes = zero_sent * u64::from(PAGE_HEADER_BYTES);
+        let data_bytes =
+            (run.result.memory_bytes - zero_bytes) as f64 / (pages_sent - zero_sent) as f64;
+        Costs {
+            data_page_bytes: saturating_u32(data_bytes.round()),
+            zero_pages: run.rounds[0].zero_pages,
+            device_state_bytes: run.result.link_bytes_to_destination - run.result.memory_bytes,
+        }
+    }
+}
+
+/// The simulator's `policy` on a recorded trace, with the scenario's link,
+/// downtime target and bounds, and `costs`; the planner as the agent
+/// configures it for `mllm`.
+fn simulate_run(
     scenario: &Scenario,
-    measured: &RunResult,
-    rounds: &[QueuedRound],
+    costs: &Costs,
     trace: MemoryTrace,
+    policy: Policy,
 ) -> SimResult {
     let pages = trace.header.page_count;
-    let pages_sent: u64 = rounds.iter().map(|r| r.pages).sum();
-    let zero_sent: u64 = rounds.iter().map(|r| r.zero_pages).sum();
-    // Zero pages cost their marker; the rest of the memory bytes (batch
-    // framing included) is the data pages'.
-    let zero_bytes = zero_sent * u64::from(PAGE_HEADER_BYTES);
-    let data_bytes = (measured.memory_bytes - zero_bytes) as f64 / (pages_sent - zero_sent) as f64;
     let mut layout = VmLayout::uncompressed(
         trace.header.page_size,
         pages,
         None,
-        // QEMU's device state and the agents' own messages: what crossed
-        // the link besides page batches.
-        measured.link_bytes_to_destination - measured.memory_bytes,
+        costs.device_state_bytes,
     );
     layout.page_cost = PageCost {
-        data_bytes: saturating_u32(data_bytes.round()),
+        data_bytes: costs.data_page_bytes,
         zero_bytes: PAGE_HEADER_BYTES,
     };
     // Round 1 reads every page once: its zero pages are those zero at the start.
     layout.zero_pages =
-        zero_pages_outside_writes(&trace, rounds[0].zero_pages).expect("room for the zero pages");
+        zero_pages_outside_writes(&trace, costs.zero_pages).expect("room for the zero pages");
     let bandwidth_bits = scenario.link.bandwidth_bits_per_s as f64;
     let link = ModelLink::from_mbit(bandwidth_bits / 1e6, scenario.link.rtt.as_secs_f64() * 1e3);
     let mut config = SimConfig::new(link);
     config.planner.downtime_target_s = scenario.timing.downtime_target.as_secs_f64();
+    if matches!(policy, Policy::Mllm(_)) {
+        // The agent keeps half of the target for what its budget does not
+        // see (mllm_agent's settings).
+        config.planner.downtime_target_s /= 2.0;
+    }
     config.planner.interval_s = TRACE_INTERVAL_MS / 1e3;
     // The migration starts with the trace: tracking began with it.
     config.warmup_intervals = 0;
@@ -244,13 +350,13 @@ fn simulate_precopy(
     };
     config.max_duration_s = scenario.timing.migration_timeout.as_secs_f64();
     println!(
-        "simulated: {pages} pages, {} zero, a data page {} bytes on the link, {} bytes of device state, {link:?}",
+        "simulated {policy}: {pages} pages, {} zero, a data page {} bytes on the link, {} bytes of device state, {link:?}",
         layout.zero_pages.count(),
         layout.page_cost.data_bytes,
         layout.device_state_bytes
     );
     let source = TraceSource::new(trace, Vec::new()).expect("a replayable trace");
-    simulate(Arc::new(layout), Arc::new(source), Policy::Precopy, &config)
+    simulate(Arc::new(layout), Arc::new(source), policy, &config)
 }
 
 fn relative_error(model: f64, measured: f64) -> f64 {

@@ -196,7 +196,7 @@ pub(super) fn send_round(
     if let Some(held) = &held_back {
         tracing::info!(
             pages = held.count(),
-            "pages predicted to be written again were left out of the pass"
+            "pages the strategy left out of the pass wait for the next"
         );
     }
     let report = ctx.pipeline.end_round(stopped)?;

@@ -10,6 +10,10 @@
 //! seeded hash in proportion to the elapsed share: those before the stop dirty
 //! the source, the others happen on the destination.
 //!
+//! Revisions. After each interval of a pass the strategy is asked which
+//! pages the rest of the pass should leave out, as the live agent asks it
+//! while a pass is sent; those stay pending for the next pass.
+//!
 //! Tracker. A pass is planned from a scan of the dirty-page tracker, which
 //! reports every page written since the previous scan, also those the last
 //! pass sent after the write: a bitmap cannot order a write and a read that
@@ -60,6 +64,9 @@ pub struct Migration {
     sent_pages: PageSet,
     sent_blocks: Option<PageSet>,
     queue: SendQueue,
+    /// Pages the rest of the current pass leaves out, as the strategy last
+    /// revised it.
+    held_back: Option<PageSet>,
     phase: Phase,
     next_interval: u64,
     max_duration_s: f64,
@@ -128,6 +135,7 @@ impl Migration {
             sent_pages: PageSet::new(layout.memory_pages),
             sent_blocks,
             queue: SendQueue::new(),
+            held_back: None,
             phase: Phase::OnSource,
             next_interval: start_interval,
             max_duration_s,
@@ -188,6 +196,7 @@ impl Migration {
         while !self.send_until(end) {
             self.scan();
             self.state.elapsed_s = self.link_free_at.max(start);
+            self.held_back = None;
             match self.strategy.next_pass(&self.state) {
                 Pass::Send(pass) => {
                     self.queue = pass;
@@ -213,6 +222,10 @@ impl Migration {
         self.dirty(&interval);
         self.strategy.observe(&interval);
         self.now = end;
+        self.state.elapsed_s = end;
+        if let Some(held) = self.strategy.held_back(&self.state) {
+            self.held_back = Some(held);
+        }
     }
 
     fn switch(&mut self, stop: f64) {
@@ -225,6 +238,7 @@ impl Migration {
             postcopy,
         } = self.strategy.switch(&self.state);
         self.link_free_at = stop;
+        self.held_back = None;
         while let Some((space, item)) = downtime.next(|space, item| !self.is_valid(space, item)) {
             self.send(space, item);
         }
@@ -280,7 +294,13 @@ impl Migration {
     fn send_until(&mut self, end: f64) -> bool {
         while self.link_free_at < end {
             let state = &self.state;
-            let Some((space, item)) = self.queue.next(|space, item| !is_valid(state, space, item))
+            let held_back = self.held_back.as_ref();
+            let held = |space, item| {
+                space == Space::Memory && held_back.is_some_and(|held| held.contains(item))
+            };
+            let Some((space, item)) = self
+                .queue
+                .next(|space, item| !is_valid(state, space, item) && !held(space, item))
             else {
                 return false;
             };
