@@ -10,8 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mllm_agent::{
-    EstimatorKind, GuestRam, MigrationError, Phase, Progress, Recovery, SourceSettings,
-    SourceStrategy,
+    GuestRam, MigrationError, Phase, Progress, Recovery, SourceSettings, SourceStrategy,
 };
 use mllm_link::Link;
 
@@ -37,14 +36,14 @@ pub struct Interrupted {
     pub source_digest_at_fault: mllm_wire::RamDigest,
 }
 
-/// MLLM's strategy leaves the guest's write workingset (most of memload's
-/// 32 MiB) for after the switch: at 30 Mbit/s its push takes seconds, so
-/// the destination runs with pages missing while the fault comes.
+/// Post-copy after one round leaves every page the guest wrote during it
+/// (most of memload's 32 MiB) for after the switch: at 30 Mbit/s their push
+/// takes seconds, so the destination runs with pages missing while the
+/// fault comes. (The MLLM planner now moves almost all of them before the
+/// switch on a link this long.)
 fn settings(recovery_timeout: Duration) -> SourceSettings {
     SourceSettings {
-        strategy: SourceStrategy::Mllm {
-            estimator: EstimatorKind::Improved,
-        },
+        strategy: SourceStrategy::Postcopy,
         verify: true,
         link_timeout: SILENCE,
         recovery_timeout,
