@@ -56,6 +56,7 @@ pub use mllm_control::{
     DedupReport, DestinationReport, Phase, Progress, RoundReport, SourceReport, SourceTimings,
     SwitchReason, TraceSummary,
 };
+pub use mllm_wire::CompressionSetting;
 pub use settings::{
     parse_compression, BoundAction, DedupSettings, DiskMove, EstimatorKind, MigrationPolicy,
     SourceSettings, SourceStrategy, UnknownCompression,

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use mllm_agent::{
-    migrate_source, receive_migration, BoundAction, DedupSettings, DestinationReport,
-    DestinationSettings, DiskMove, SourceReport, SourceSettings, SourceStrategy, TrackedDisk,
+    migrate_source, receive_migration, BoundAction, CompressionSetting, DedupSettings,
+    DestinationReport, DestinationSettings, DiskMove, SourceReport, SourceSettings, SourceStrategy,
+    TrackedDisk,
 };
 use mllm_link::Link;
 use mllm_qemu::qmp::wall_clock_us;
@@ -53,6 +54,7 @@ pub fn migrate(
     mllm_disk: DiskMove,
     dedup: DedupSettings,
     tls: bool,
+    compression: Option<CompressionSetting>,
     downtime_target: Duration,
     timeout: Duration,
     source: &QemuProcess,
@@ -62,7 +64,10 @@ pub fn migrate(
     trace_file: &Path,
 ) -> MigrationOutcome {
     let started_us = wall_clock_us();
+    let defaults = SourceSettings::default();
     let settings = SourceSettings {
+        compression: compression.unwrap_or(defaults.compression),
+        adaptive_compression: compression.is_none(),
         strategy,
         mllm_disk,
         dedup,
@@ -75,7 +80,7 @@ pub fn migrate(
         // Test mode: every destination page is compared with the source's at the switch.
         verify: true,
         trace_file: Some(trace_file.to_owned()),
-        ..SourceSettings::default()
+        ..defaults
     };
     match run(&settings, tls, source, destination, files, link) {
         Ok((connecting_us, report, received)) => MigrationOutcome {

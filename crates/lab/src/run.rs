@@ -194,6 +194,7 @@ fn run_in(
             method.mllm_disk(),
             method.dedup(),
             method.agents_use_tls(),
+            scenario.agents.compression()?,
             timing.downtime_target,
             timing.migration_timeout,
             &source,

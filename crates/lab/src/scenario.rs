@@ -29,6 +29,32 @@ pub struct Scenario {
     pub methods: Vec<Method>,
     #[serde(default)]
     pub timing: Timing,
+    #[serde(default)]
+    pub agents: AgentSettings,
+}
+
+/// How mllm's agents run in this scenario's mllm methods, where it differs
+/// from their defaults.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// A fixed page compression (`none`, `lz4`, `zstd` or `zstd:LEVEL`)
+    /// instead of the one the source chooses as it measures the link and
+    /// its CPU: for runs whose costs must compare (the simulator's check).
+    pub compression: Option<String>,
+}
+
+impl AgentSettings {
+    /// The fixed compression, if any.
+    pub fn compression(&self) -> Result<Option<mllm_agent::CompressionSetting>> {
+        self.compression
+            .as_deref()
+            .map(|text| {
+                mllm_agent::parse_compression(text)
+                    .map_err(|error| anyhow::anyhow!("agents.compression: {error}"))
+            })
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -189,6 +215,7 @@ impl Scenario {
     }
 
     fn validate(&self) -> Result<()> {
+        self.agents.compression()?;
         let memory = self.vm.memory.as_u64();
         ensure!(
             (64 << 20..=64 << 30).contains(&memory) && memory.is_multiple_of(1 << 20),

@@ -76,6 +76,11 @@ baseline_window = "2s"
 after = "5s"
 migration_timeout = "120s"
 downtime_target = "300ms"
+[agents]
+# One codec for both runs: the agents' own choice follows the CPU they
+# measure, and a run that chose another would price its pages differently
+# from the run whose costs predict it.
+compression = "zstd:3"
 "#,
     )
     .expect("validation scenario")
