@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mllm_core::convert::saturating_u32;
 use mllm_core::link::Link;
 use mllm_core::memory::{PageIndex, PageRange, PAGE_SIZE_U32};
-use mllm_core::strategy::{Pass, SendQueue, Space, SwitchReason, TransferState};
+use mllm_core::strategy::{left_out, Pass, SendQueue, Space, SwitchReason, TransferState};
 use mllm_core::vm::{DiskLayout, VmLayout};
 use mllm_core::PageSet;
 
@@ -161,10 +161,9 @@ pub(super) fn send_round(
     let mut sent = 0;
     let mut held_back: Option<PageSet> = None;
     let mut next_revision = Instant::now() + REVISION_INTERVAL;
-    let left_out = |held: &Option<PageSet>, space: Space, item: u32| {
-        space == Space::Memory && held.as_ref().is_some_and(|held| held.contains(item))
-    };
-    while let Some((space, item)) = pass.next(|space, item| !left_out(&held_back, space, item)) {
+    while let Some((space, item)) =
+        pass.next(|space, item| !left_out(held_back.as_ref(), space, item))
+    {
         match (space, ctx.disk) {
             (Space::Memory, _) => ctx.pipeline.send_page(ctx.ram, item)?,
             (Space::Disk, Some(disk)) => ctx.pipeline.send_block(disk, item)?,

@@ -105,9 +105,6 @@ pub struct MigrationPlan {
     pub memory_deferred: Vec<u32>,
     /// Used blocks pushed after the switch, in order (read-scored ones first).
     pub disk_after_switch: Vec<u32>,
-    /// The expected pre-copy length, in intervals: the horizon over which a
-    /// page counts as hot for this migration, kept for the later passes.
-    pub horizon: f64,
     pub switch: SwitchRule,
     pub forecast: Forecast,
 }
@@ -210,7 +207,6 @@ pub fn plan(input: &PlanInput) -> MigrationPlan {
         memory_precopy,
         memory_deferred,
         disk_after_switch,
-        horizon,
         switch,
         forecast,
     }

@@ -124,6 +124,12 @@ impl TransferState {
     }
 }
 
+/// Whether `item` of `space` is among the pages `held` (the strategy's last
+/// [`Strategy::held_back`]) leaves out of the pass being sent.
+pub fn left_out(held: Option<&PageSet>, space: Space, item: u32) -> bool {
+    space == Space::Memory && held.is_some_and(|held| held.contains(item))
+}
+
 /// The switch: what is sent while the guest is paused, and what is pushed
 /// after it runs on the destination.
 #[derive(Debug)]

@@ -39,7 +39,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use mllm_core::link::Link;
-use mllm_core::strategy::{GuestInterval, Pass, SendQueue, Space, Strategy, Switch, TransferState};
+use mllm_core::strategy::{
+    left_out, GuestInterval, Pass, SendQueue, Space, Strategy, Switch, TransferState,
+};
 use mllm_core::synth::mix;
 use mllm_core::vm::VmLayout;
 use mllm_core::PageSet;
@@ -294,13 +296,10 @@ impl Migration {
     fn send_until(&mut self, end: f64) -> bool {
         while self.link_free_at < end {
             let state = &self.state;
-            let held_back = self.held_back.as_ref();
-            let held = |space, item| {
-                space == Space::Memory && held_back.is_some_and(|held| held.contains(item))
-            };
+            let held = self.held_back.as_ref();
             let Some((space, item)) = self
                 .queue
-                .next(|space, item| !is_valid(state, space, item) && !held(space, item))
+                .next(|space, item| !is_valid(state, space, item) && !left_out(held, space, item))
             else {
                 return false;
             };
