@@ -438,6 +438,26 @@ write_rate = 2000
     }
 
     #[test]
+    fn the_agents_codec_is_checked_when_the_scenario_is_read() {
+        let fixed =
+            Scenario::parse(&format!("{DEMO}[agents]\ncompression = \"zstd:3\"\n")).unwrap();
+        assert!(fixed.agents.compression().unwrap().is_some());
+        assert!(Scenario::parse(DEMO)
+            .unwrap()
+            .agents
+            .compression()
+            .unwrap()
+            .is_none());
+        let err =
+            Scenario::parse(&format!("{DEMO}[agents]\ncompression = \"brotli\"\n")).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("agents.compression") && text.contains("brotli"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn impossible_sizes_are_refused() {
         let err = Scenario::parse(&DEMO.replace("512MiB", "100MiB")).unwrap_err();
         assert!(format!("{err:#}").contains("does not fit"), "{err:#}");
