@@ -22,7 +22,7 @@ use mllm_qemu::qmp::wall_clock_us;
 use mllm_qemu::QemuProcess;
 use mllm_tls::{CertificateAuthority, PeerStream, TlsContext, Validity};
 
-use crate::outcome::{MigrationOutcome, PostcopyResult};
+use crate::outcome::{CompressionResult, MigrationOutcome, PostcopyResult};
 use mllm_core::convert::saturating_u64;
 
 /// The guest's RAM files (on tmpfs) and disks on both sides.
@@ -99,6 +99,10 @@ pub fn migrate(
             pages_sent: Some(report.pages_sent),
             tracking_method: Some(report.tracking_method),
             dedup: report.dedup,
+            compression: Some(CompressionResult {
+                last: report.compression,
+                batches: report.compression_batches,
+            }),
             postcopy: received.postcopy.map(|postcopy| {
                 let disk = received.disk_postcopy.as_ref();
                 PostcopyResult {

@@ -34,10 +34,22 @@ pub struct MigrationOutcome {
     pub postcopy: Option<PostcopyResult>,
     /// mllm's hot-data cache, when it was on.
     pub dedup: Option<DedupReport>,
+    /// mllm's methods: the codecs the source's page batches went with.
+    pub compression: Option<CompressionResult>,
     /// mllm's methods: whether the agents' link ran over TLS.
     pub agents_tls: Option<bool>,
     /// QEMU's methods: the migration settings as QEMU reported them back.
     pub qemu_settings: Option<QemuSettings>,
+}
+
+/// The codecs an mllm source compressed with: the adaptive choice can settle
+/// differently in two runs of the same scenario, and the bytes follow it.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CompressionResult {
+    /// The codec of the last batches (`none`, `lz4`, `zstd:LEVEL`).
+    pub last: String,
+    /// Batches compressed with each codec over the whole migration.
+    pub batches: std::collections::BTreeMap<String, u64>,
 }
 
 /// What moved after the switch, in the lab's result.

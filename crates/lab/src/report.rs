@@ -105,6 +105,19 @@ pub fn summary(r: &RunResult) -> String {
             d.cpu_seconds_per_gib
         );
     }
+    if let Some(c) = &r.compression {
+        let batches: Vec<String> = c
+            .batches
+            .iter()
+            .map(|(codec, count)| format!("{codec} {count}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  compression: last {}; batches {}",
+            c.last,
+            batches.join(", ")
+        );
+    }
     let _ = writeln!(
         s,
         "  link {} MiB (memory {} MiB, disk {} MiB)",

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use mllm_agent::DedupReport;
 
 use crate::fsck::FsckResult;
-use crate::outcome::PostcopyResult;
+use crate::outcome::{CompressionResult, PostcopyResult};
 use crate::physical_limit::PhysicalLimit;
 use crate::qemu_settings::QemuSettings;
 
@@ -63,6 +63,10 @@ pub struct RunResult {
     /// and hashing cost; absent when it was off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup: Option<DedupReport>,
+    /// mllm's methods: the codec of the last page batches and how many
+    /// batches went with each codec; absent for QEMU's methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionResult>,
     /// mllm's methods: whether the agents' link ran over mutual TLS (as in
     /// production; `mllm-plaintext` is the one without). `None` for QEMU's
     /// methods and in results written before TLS.

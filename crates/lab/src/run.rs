@@ -322,6 +322,7 @@ fn run_in(
         tracking_method: outcome.tracking_method.clone(),
         postcopy: outcome.postcopy.clone(),
         dedup: outcome.dedup.clone(),
+        compression: outcome.compression.clone(),
         agents_tls: outcome.agents_tls,
         qemu: outcome.qemu_settings.clone(),
         physical_limit: Some(physical_limit),

@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -15,6 +15,13 @@ pub enum Zeroing {
     /// The range must stay allocated (`NBD_CMD_FLAG_NO_HOLE`): later writes
     /// there must not fail for want of space.
     Allocate,
+}
+
+/// Bytes of an export that lie as they are in a file, at `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct FileRegion<'a> {
+    pub file: BorrowedFd<'a>,
+    pub offset: u64,
 }
 
 /// What an export reads from and writes to. The server calls it from several
@@ -34,6 +41,19 @@ pub trait BlockStore: Send + Sync {
 
     /// Fills `buf` with the bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// Where the bytes of `offset..offset+len` lie in a file, as `read_at`
+    /// would return them, once the store has done what such a read does
+    /// first (wait for missing data, record the request). The server then
+    /// moves them from the file to the client's socket inside the kernel
+    /// (`sendfile`) instead of copying them through a buffer twice; the
+    /// file is read when the reply is sent, so the store must not change
+    /// those bytes itself meanwhile (client writes may: overlapping
+    /// requests in flight are unordered). `None`, the default, makes the
+    /// server call `read_at`.
+    fn read_region(&self, _offset: u64, _len: u64) -> io::Result<Option<FileRegion<'_>>> {
+        Ok(None)
+    }
 
     fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()>;
 
@@ -163,6 +183,13 @@ impl BlockStore for RawFile {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+
+    fn read_region(&self, offset: u64, _len: u64) -> io::Result<Option<FileRegion<'_>>> {
+        Ok(Some(FileRegion {
+            file: self.file.as_fd(),
+            offset,
+        }))
     }
 
     fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {

@@ -5,6 +5,7 @@
 use std::io::{self, BufWriter, ErrorKind, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::ops::Range;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -12,7 +13,7 @@ use std::thread;
 
 use crate::handshake::{drain, field, read_exact};
 use crate::protocol::*;
-use crate::{BlockStore, ConnectionEnd, NbdError, NbdStream, Zeroing};
+use crate::{BlockStore, ConnectionEnd, FileRegion, NbdError, NbdStream, Zeroing};
 
 /// Requests read but not yet picked up by a worker. Small: the byte budget
 /// below is what bounds memory; this only bounds bookkeeping.
@@ -49,11 +50,7 @@ pub(crate) fn transmit<R: Read, S: NbdStream>(
         what: "(cloning the connection for replies)",
         source,
     })?;
-    let replies = Replies {
-        output: Mutex::new(BufWriter::with_capacity(64 << 10, writer)),
-        structured: session.structured_replies,
-        failure: Mutex::new(None),
-    };
+    let replies = Replies::new(writer, session.structured_replies);
     let budget = ByteBudget::new(BYTE_BUDGET);
     let (jobs, queue) = sync_channel::<Job<'_>>(QUEUE_DEPTH);
     let queue = Mutex::new(queue);
@@ -116,7 +113,7 @@ fn refuse(code: ErrorCode, message: String) -> Refusal {
 fn read_requests<'a, R: Read>(
     input: &mut R,
     session: &Session<'_>,
-    replies: &Replies<impl Write>,
+    replies: &Replies<impl NbdStream>,
     budget: &'a ByteBudget,
     jobs: &SyncSender<Job<'a>>,
 ) -> Result<ConnectionEnd, NbdError> {
@@ -277,10 +274,10 @@ fn check(
     }
 }
 
-fn serve_jobs<W: Write, S: NbdStream>(
+fn serve_jobs<S: NbdStream>(
     queue: &Mutex<Receiver<Job<'_>>>,
     store: &dyn BlockStore,
-    replies: &Replies<W>,
+    replies: &Replies<S>,
     stream: &S,
 ) {
     let mut failed = false;
@@ -304,10 +301,10 @@ fn serve_jobs<W: Write, S: NbdStream>(
 }
 
 /// `read_buffer`: the worker's buffer for read data, any content.
-fn serve<W: Write>(
+fn serve<S: NbdStream>(
     job: &Job<'_>,
     store: &dyn BlockStore,
-    replies: &Replies<W>,
+    replies: &Replies<S>,
     read_buffer: &mut Vec<u8>,
 ) -> Result<(), NbdError> {
     let fua = job.flags & CMD_FLAG_FUA != 0;
@@ -327,7 +324,7 @@ fn serve<W: Write>(
         }
     };
     match done {
-        Ok(()) => replies.simple(job.cookie, 0, &[]),
+        Ok(()) => replies.simple(job.cookie, 0, Payload::Bytes(&[])),
         Err(error) => replies.refuse(
             job.cookie,
             &refuse(ErrorCode::from_io(&error), error.to_string()),
@@ -337,36 +334,17 @@ fn serve<W: Write>(
 
 /// Only bytes the store has just read are sent, so whatever an earlier
 /// read left in `kept_buffer` never leaves.
-fn serve_read<W: Write>(
+fn serve_read<S: NbdStream>(
     job: &Job<'_>,
     store: &dyn BlockStore,
-    replies: &Replies<W>,
+    replies: &Replies<S>,
     kept_buffer: &mut Vec<u8>,
 ) -> Result<(), NbdError> {
     let range = job.offset..job.offset + u64::from(job.len);
-    // `check` bounded the length by MAX_PAYLOAD.
-    let len = usize::try_from(job.len).unwrap_or(0);
-    let mut own_buffer;
-    let data = if len <= KEPT_READ_BUFFER {
-        if kept_buffer.len() < len {
-            kept_buffer.resize(len, 0);
-        }
-        &mut kept_buffer[..len]
-    } else {
-        own_buffer = vec![0u8; len];
-        &mut own_buffer[..]
-    };
     let store_failed =
         |error: std::io::Error| refuse(ErrorCode::from_io(&error), error.to_string());
-
-    if !replies.structured {
-        return match store.read_at(data, job.offset) {
-            Ok(()) => replies.simple(job.cookie, 0, data),
-            Err(error) => replies.refuse(job.cookie, &store_failed(error)),
-        };
-    }
     let unfragmented = job.flags & CMD_FLAG_DF != 0;
-    let pieces = if unfragmented || range.is_empty() {
+    let pieces = if !replies.structured || unfragmented || range.is_empty() {
         vec![Piece::Data(range.clone())]
     } else {
         match store.zero_ranges(range.start, u64::from(job.len)) {
@@ -374,20 +352,59 @@ fn serve_read<W: Write>(
             Err(error) => return replies.refuse(job.cookie, &store_failed(error)),
         }
     };
-    for piece in &pieces {
-        if let Piece::Data(part) = piece {
-            let within = buffer_range(&range, part);
-            if let Err(error) = store.read_at(&mut data[within], part.start) {
-                return replies.refuse(job.cookie, &store_failed(error));
-            }
+
+    let region = if replies.sends_files {
+        match store.read_region(range.start, u64::from(job.len)) {
+            Ok(region) => region,
+            Err(error) => return replies.refuse(job.cookie, &store_failed(error)),
         }
+    } else {
+        None
+    };
+    let mut own_buffer;
+    let source = match region {
+        Some(region) => Source::File(region),
+        None => {
+            // `check` bounded the length by MAX_PAYLOAD.
+            let len = usize::try_from(job.len).unwrap_or(0);
+            let data = if len <= KEPT_READ_BUFFER {
+                if kept_buffer.len() < len {
+                    kept_buffer.resize(len, 0);
+                }
+                &mut kept_buffer[..len]
+            } else {
+                own_buffer = vec![0u8; len];
+                &mut own_buffer[..]
+            };
+            for piece in &pieces {
+                if let Piece::Data(part) = piece {
+                    let within = buffer_range(&range, part);
+                    if let Err(error) = store.read_at(&mut data[within], part.start) {
+                        return replies.refuse(job.cookie, &store_failed(error));
+                    }
+                }
+            }
+            Source::Buffer(data)
+        }
+    };
+    let payload = |part: &Range<u64>| source.payload(buffer_range(&range, part));
+
+    if !replies.structured {
+        return replies.simple(job.cookie, 0, payload(&range));
     }
     if range.is_empty() {
-        return replies.chunk(job.cookie, REPLY_FLAG_DONE, REPLY_TYPE_NONE, &[], &[]);
+        return replies.chunk(
+            job.cookie,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_NONE,
+            &[],
+            Payload::Bytes(&[]),
+        );
     }
     for (index, piece) in pieces.iter().enumerate() {
-        // Everything was read before the first chunk, so no error can
-        // follow the last one: it may carry DONE itself.
+        // Everything was read (or the file is at hand) before the first
+        // chunk, so no error reply can follow the last one: it may carry
+        // DONE itself.
         let flags = if index + 1 == pieces.len() {
             REPLY_FLAG_DONE
         } else {
@@ -399,7 +416,7 @@ fn serve_read<W: Write>(
                 flags,
                 REPLY_TYPE_OFFSET_DATA,
                 &part.start.to_be_bytes(),
-                &data[buffer_range(&range, part)],
+                payload(part),
             )?,
             Piece::Hole(part) => {
                 let mut hole = [0u8; 12];
@@ -407,11 +424,56 @@ fn serve_read<W: Write>(
                 // A hole lies inside a request of at most MAX_PAYLOAD bytes.
                 let size = u32::try_from(part.end - part.start).unwrap_or(u32::MAX);
                 hole[8..].copy_from_slice(&size.to_be_bytes());
-                replies.chunk(job.cookie, flags, REPLY_TYPE_OFFSET_HOLE, &hole, &[])?;
+                replies.chunk(
+                    job.cookie,
+                    flags,
+                    REPLY_TYPE_OFFSET_HOLE,
+                    &hole,
+                    Payload::Bytes(&[]),
+                )?;
             }
         }
     }
     Ok(())
+}
+
+/// Where a read's data comes from: the file the store named, or the
+/// buffer `read_at` filled.
+enum Source<'a> {
+    File(FileRegion<'a>),
+    Buffer(&'a [u8]),
+}
+
+impl Source<'_> {
+    /// The part of the read at `within` (bytes from the request's start).
+    fn payload(&self, within: Range<usize>) -> Payload<'_> {
+        match self {
+            Source::File(region) => Payload::File {
+                region: FileRegion {
+                    file: region.file,
+                    offset: region.offset + within.start as u64,
+                },
+                len: within.len(),
+            },
+            Source::Buffer(data) => Payload::Bytes(&data[within]),
+        }
+    }
+}
+
+/// The bytes a reply carries after its header.
+#[derive(Debug, Clone, Copy)]
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    File { region: FileRegion<'a>, len: usize },
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(bytes) => bytes.len(),
+            Payload::File { len, .. } => *len,
+        }
+    }
 }
 
 /// A part of a read: bytes to send, or a range that reads as zeroes.
@@ -454,39 +516,50 @@ fn buffer_range(request: &Range<u64>, part: &Range<u64>) -> Range<usize> {
 
 /// The write side of the connection, shared by the reader (for refusals)
 /// and the workers. Each reply is written whole under the lock.
-struct Replies<W: Write> {
-    output: Mutex<BufWriter<W>>,
+struct Replies<S: NbdStream> {
+    output: Mutex<BufWriter<S>>,
     structured: bool,
+    /// Whether read data may go from a file to the socket by `sendfile`.
+    sends_files: bool,
     failure: Mutex<Option<NbdError>>,
 }
 
-impl<W: Write> Replies<W> {
-    fn simple(&self, cookie: u64, error: u32, data: &[u8]) -> Result<(), NbdError> {
+impl<S: NbdStream> Replies<S> {
+    fn new(stream: S, structured: bool) -> Self {
+        Self {
+            sends_files: stream.socket().is_some(),
+            output: Mutex::new(BufWriter::with_capacity(64 << 10, stream)),
+            structured,
+            failure: Mutex::new(None),
+        }
+    }
+
+    fn simple(&self, cookie: u64, error: u32, payload: Payload<'_>) -> Result<(), NbdError> {
         let mut header = [0u8; 16];
         header[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
         header[4..8].copy_from_slice(&error.to_be_bytes());
         header[8..].copy_from_slice(&cookie.to_be_bytes());
-        self.send(&[&header, data])
+        self.send(&[&header], payload)
     }
 
-    /// A structured reply chunk whose payload is `head` then `data`.
+    /// A structured reply chunk whose payload is `head` then `payload`.
     fn chunk(
         &self,
         cookie: u64,
         flags: u16,
         chunk_type: u16,
         head: &[u8],
-        data: &[u8],
+        payload: Payload<'_>,
     ) -> Result<(), NbdError> {
         // Payloads are a chunk head plus at most MAX_PAYLOAD bytes.
-        let len = u32::try_from(head.len() + data.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(head.len() + payload.len()).unwrap_or(u32::MAX);
         let mut header = [0u8; 20];
         header[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
         header[4..6].copy_from_slice(&flags.to_be_bytes());
         header[6..8].copy_from_slice(&chunk_type.to_be_bytes());
         header[8..16].copy_from_slice(&cookie.to_be_bytes());
         header[16..].copy_from_slice(&len.to_be_bytes());
-        self.send(&[&header, head, data])
+        self.send(&[&header, head], payload)
     }
 
     /// An error reply: a structured error chunk with the message when
@@ -495,7 +568,7 @@ impl<W: Write> Replies<W> {
     fn refuse(&self, cookie: u64, refusal: &Refusal) -> Result<(), NbdError> {
         let code = refusal.code.wire();
         if !self.structured {
-            return self.simple(cookie, code, &[]);
+            return self.simple(cookie, code, Payload::Bytes(&[]));
         }
         // Messages are for people; the protocol caps strings at 4096 bytes.
         let message = truncate_utf8(&refusal.message, 4096);
@@ -508,23 +581,84 @@ impl<W: Write> Replies<W> {
             REPLY_FLAG_DONE,
             REPLY_TYPE_ERROR,
             &head,
-            message.as_bytes(),
+            Payload::Bytes(message.as_bytes()),
         )
     }
 
-    fn send(&self, parts: &[&[u8]]) -> Result<(), NbdError> {
+    /// Sends the headers, then the payload. A file's bytes go after the
+    /// headers have left the buffer; the file is read as they are sent, so
+    /// a failure there (the file shorter than the read, an I/O error) comes
+    /// after a header promised them and can only end the connection.
+    fn send(&self, headers: &[&[u8]], payload: Payload<'_>) -> Result<(), NbdError> {
+        let failed = |source| NbdError::Send {
+            what: "a reply",
+            source,
+        };
         let mut output = lock(&self.output);
-        write_all_vectored(&mut *output, parts)
-            .and_then(|()| output.flush())
-            .map_err(|source| NbdError::Send {
-                what: "a reply",
-                source,
-            })
+        match payload {
+            Payload::Bytes(data) => {
+                let parts: Vec<&[u8]> = headers.iter().copied().chain([data]).collect();
+                write_all_vectored(&mut *output, &parts)
+                    .and_then(|()| output.flush())
+                    .map_err(failed)
+            }
+            Payload::File { region, len } => {
+                write_all_vectored(&mut *output, headers)
+                    .and_then(|()| output.flush())
+                    .map_err(failed)?;
+                let Some(socket) = output.get_ref().socket() else {
+                    unreachable!("file payloads are only made for streams with a socket")
+                };
+                send_file(socket, region, len).map_err(|source| NbdError::Send {
+                    what: "read data from the image",
+                    source,
+                })
+            }
+        }
     }
 
     fn record_failure(&self, failure: NbdError) {
         lock(&self.failure).get_or_insert(failure);
     }
+}
+
+/// Sends `len` bytes of the file at `region` to `socket`, inside the kernel.
+fn send_file(socket: BorrowedFd<'_>, region: FileRegion<'_>, len: usize) -> io::Result<()> {
+    let Ok(mut offset) = libc::off_t::try_from(region.offset) else {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("file offset {} does not fit the file API", region.offset),
+        ));
+    };
+    let mut remaining = len;
+    while remaining > 0 {
+        // SAFETY: both descriptors are borrowed, so open for the call, and
+        // `offset` is a live local the kernel advances by what it sent.
+        let sent = unsafe {
+            libc::sendfile(
+                socket.as_raw_fd(),
+                region.file.as_raw_fd(),
+                &mut offset,
+                remaining,
+            )
+        };
+        match sent {
+            0 => {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!("the file ended {remaining} bytes short of the read"),
+                ))
+            }
+            sent if sent > 0 => remaining -= sent.unsigned_abs(),
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes every byte of `parts`, in order. Through the (emptied) reply

@@ -14,6 +14,24 @@ const MAX_DIGEST_THREADS: usize = 8;
 /// worth starting threads.
 const PAGES_WORTH_A_THREAD: PageIndex = 16 * 1024;
 
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+/// One page's part in a digest.
+#[derive(Debug, Clone, Copy)]
+pub enum PageBytes<'a> {
+    /// Left out of its range's digest.
+    Left,
+    /// A whole page of zeros, known to be so without reading it.
+    Zero,
+    Data(&'a [u8]),
+}
+
+fn hash_zeros(hasher: &mut Xxh3, pages: PageIndex) {
+    for _ in 0..pages {
+        hasher.update(&ZERO_PAGE);
+    }
+}
+
 /// Digest of one page, as [`crate::PageDigests`] carries it: xxh3-64, for
 /// the same reason as the ranges' xxh3-128 (bugs, not adversaries).
 pub fn page_digest(page: &[u8; PAGE_SIZE]) -> u64 {
@@ -65,42 +83,68 @@ impl RamDigest {
         let page_count =
             PageIndex::try_from(ram.len().div_ceil(PAGE_SIZE)).expect("guest RAM fits PageIndex");
         Self::compute_pages(page_count, pages_per_range, |page| {
+            if skip(page) {
+                return PageBytes::Left;
+            }
             let start = page as usize * PAGE_SIZE;
-            (!skip(page)).then(|| &ram[start..(start + PAGE_SIZE).min(ram.len())])
+            PageBytes::Data(&ram[start..(start + PAGE_SIZE).min(ram.len())])
         })
     }
 
     /// The digest of `page_count` pages whose content `content` gives page
-    /// by page (`None`: left out, as [`RamDigest::compute_without`] leaves
-    /// pages out). Lets a caller hash a disk image's holes from a page of
-    /// zeros instead of reading them: the same digest as the bytes. The
-    /// ranges are hashed on every core: the paused VM waits for this.
+    /// by page (see [`PageBytes`]). Pages a caller knows to be zeros (a disk
+    /// image's holes) are not read, and a range of nothing but such pages is
+    /// not even hashed: its digest is that of a range of zeros, computed
+    /// once. The ranges are hashed on every core: the paused VM waits for
+    /// this.
     ///
     /// # Panics
     /// If `pages_per_range` is zero.
     pub fn compute_pages<'a>(
         page_count: PageIndex,
         pages_per_range: PageIndex,
-        content: impl Fn(PageIndex) -> Option<&'a [u8]> + Sync,
+        content: impl Fn(PageIndex) -> PageBytes<'a> + Sync,
     ) -> Self {
         assert!(
             pages_per_range > 0,
             "a digest range holds at least one page"
         );
         let starts: Vec<PageIndex> = (0..page_count).step_by(pages_per_range as usize).collect();
+        let zero_range = std::sync::OnceLock::new();
         let digest_range = |&first_page: &PageIndex| {
             let end = first_page.saturating_add(pages_per_range).min(page_count);
             // Streaming xxh3 over a range's pages equals xxh3 of the range.
             let mut hasher = Xxh3::new();
+            // Zero pages seen but not hashed yet: while the range has shown
+            // nothing else, it may turn out to be all zeros.
+            let mut zeros_pending: PageIndex = 0;
+            let mut only_zeros = true;
             for page in first_page..end {
-                if let Some(bytes) = content(page) {
-                    hasher.update(bytes);
+                match content(page) {
+                    PageBytes::Left => {}
+                    PageBytes::Zero if only_zeros => zeros_pending += 1,
+                    PageBytes::Zero => hasher.update(&ZERO_PAGE),
+                    PageBytes::Data(bytes) => {
+                        only_zeros = false;
+                        hash_zeros(&mut hasher, std::mem::take(&mut zeros_pending));
+                        hasher.update(bytes);
+                    }
                 }
             }
+            let digest = if only_zeros && zeros_pending == pages_per_range {
+                *zero_range.get_or_init(|| {
+                    let mut zeros = Xxh3::new();
+                    hash_zeros(&mut zeros, pages_per_range);
+                    zeros.digest128()
+                })
+            } else {
+                hash_zeros(&mut hasher, zeros_pending);
+                hasher.digest128()
+            };
             PageRangeDigest {
                 first_page,
                 page_count: end - first_page,
-                digest: hasher.digest128(),
+                digest,
             }
         };
         let threads = std::thread::available_parallelism()
