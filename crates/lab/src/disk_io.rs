@@ -625,7 +625,10 @@ pub fn render(comparison: &Comparison, provenance: &Provenance) -> String {
          from a fresh copy of the root disk: **direct**, the image attached to QEMU \
          (`DiskAttachment::Image`, QEMU's `file` driver), and **through the agent**, the \
          image served by the agent's `TrackedDisk` behind its `DiskServer` over NBD on a \
-         unix socket (`DiskAttachment::Nbd`), as in every mllm migration. In each boot, \
+         unix socket (`DiskAttachment::Nbd`), as in every mllm migration. Through the agent, \
+         QEMU's NBD client runs on an I/O thread of its own (`iothread`); the image \
+         file does not (there QEMU 10.0 under TCG hung the guest's disk in 2 of 4 boots, \
+         and ran no faster). In each boot, \
          fio wrote a {} file on the root disk whole, then ran the jobs below one after \
          another for {} s each with direct I/O (libaio, {} requests in flight). \
          The target: through the agent, every job loses at most {:.0} %.\n",

@@ -46,8 +46,9 @@
 //! the socket, and the client's receive is the only copy, as when QEMU
 //! reads an image itself. Reading into a buffer and writing it out cost
 //! two copies more, and in the lab's guest, sequential 1 MiB reads ran at
-//! 0.42 of the direct image's throughput that way (0.76 with `sendfile`,
-//! docs/disk-io.md). Unix sockets also get a send buffer of a few large
+//! 0.42 of the direct image's throughput that way, 0.76 with `sendfile`,
+//! and 1.13 once QEMU's NBD client also ran on an I/O thread of its own
+//! (docs/disk-io.md). Unix sockets also get a send buffer of a few large
 //! replies.
 //!
 //! # Crates checked before writing this
