@@ -361,12 +361,12 @@ fn serve_read<S: NbdStream>(
     } else {
         None
     };
+    // `check` bounded the length by MAX_PAYLOAD.
+    let len = usize::try_from(job.len).unwrap_or(0);
     let mut own_buffer;
-    let source = match region {
-        Some(region) => Source::File(region),
+    let data = match region {
+        Some(region) => Payload::File { region, len },
         None => {
-            // `check` bounded the length by MAX_PAYLOAD.
-            let len = usize::try_from(job.len).unwrap_or(0);
             let data = if len <= KEPT_READ_BUFFER {
                 if kept_buffer.len() < len {
                     kept_buffer.resize(len, 0);
@@ -384,10 +384,10 @@ fn serve_read<S: NbdStream>(
                     }
                 }
             }
-            Source::Buffer(data)
+            Payload::Bytes(data)
         }
     };
-    let payload = |part: &Range<u64>| source.payload(buffer_range(&range, part));
+    let payload = |part: &Range<u64>| data.part(buffer_range(&range, part));
 
     if !replies.structured {
         return replies.simple(job.cookie, 0, payload(&range));
@@ -437,29 +437,6 @@ fn serve_read<S: NbdStream>(
     Ok(())
 }
 
-/// Where a read's data comes from: the file the store named, or the
-/// buffer `read_at` filled.
-enum Source<'a> {
-    File(FileRegion<'a>),
-    Buffer(&'a [u8]),
-}
-
-impl Source<'_> {
-    /// The part of the read at `within` (bytes from the request's start).
-    fn payload(&self, within: Range<usize>) -> Payload<'_> {
-        match self {
-            Source::File(region) => Payload::File {
-                region: FileRegion {
-                    file: region.file,
-                    offset: region.offset + within.start as u64,
-                },
-                len: within.len(),
-            },
-            Source::Buffer(data) => Payload::Bytes(&data[within]),
-        }
-    }
-}
-
 /// The bytes a reply carries after its header.
 #[derive(Debug, Clone, Copy)]
 enum Payload<'a> {
@@ -472,6 +449,20 @@ impl Payload<'_> {
         match self {
             Payload::Bytes(bytes) => bytes.len(),
             Payload::File { len, .. } => *len,
+        }
+    }
+
+    /// The bytes at `within` (counted from the payload's start).
+    fn part(&self, within: Range<usize>) -> Payload<'_> {
+        match self {
+            Payload::Bytes(bytes) => Payload::Bytes(&bytes[within]),
+            Payload::File { region, .. } => Payload::File {
+                region: FileRegion {
+                    file: region.file,
+                    offset: region.offset + within.start as u64,
+                },
+                len: within.len(),
+            },
         }
     }
 }
@@ -597,13 +588,12 @@ impl<S: NbdStream> Replies<S> {
         let mut output = lock(&self.output);
         match payload {
             Payload::Bytes(data) => {
-                let parts: Vec<&[u8]> = headers.iter().copied().chain([data]).collect();
-                write_all_vectored(&mut *output, &parts)
+                write_all_vectored(&mut *output, headers.iter().copied().chain([data]))
                     .and_then(|()| output.flush())
                     .map_err(failed)
             }
             Payload::File { region, len } => {
-                write_all_vectored(&mut *output, headers)
+                write_all_vectored(&mut *output, headers.iter().copied())
                     .and_then(|()| output.flush())
                     .map_err(failed)?;
                 let Some(socket) = output.get_ref().socket() else {
@@ -664,8 +654,11 @@ fn send_file(socket: BorrowedFd<'_>, region: FileRegion<'_>, len: usize) -> io::
 /// Writes every byte of `parts`, in order. Through the (emptied) reply
 /// buffer, a reply larger than the buffer leaves in one vectored write,
 /// header and data together, rather than the header alone first.
-fn write_all_vectored(output: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|part| IoSlice::new(part)).collect();
+fn write_all_vectored<'a>(
+    output: &mut impl Write,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.into_iter().map(IoSlice::new).collect();
     let mut remaining = &mut slices[..];
     // Drops leading empty parts, which a write would report as nothing written.
     IoSlice::advance_slices(&mut remaining, 0);
