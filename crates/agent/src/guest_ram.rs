@@ -9,9 +9,11 @@
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use mllm_core::memory::{pages_in, PageIndex, PAGE_SIZE};
-use mllm_wire::{page_digest, PageDigests, RamDigest};
+use mllm_wire::{page_digest, DigestCache, PageBytes, PageDigests, RamDigest};
 
 use crate::error::MigrationError;
 
@@ -25,6 +27,9 @@ pub struct GuestRam {
     base: *mut u8,
     len: usize,
     pages: PageIndex,
+    /// Test mode at a destination: digests kept while pages arrive (see
+    /// [`GuestRam::keep_digests`]). Every write through this value marks it.
+    digests: Option<Arc<DigestCache>>,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; every access
@@ -84,7 +89,41 @@ impl GuestRam {
             base: base.cast(),
             len,
             pages,
+            digests: None,
         })
+    }
+
+    /// Test mode at a destination: from now on every write through this
+    /// value marks its digest range, so that [`GuestRam::digest`] rehashes
+    /// only the ranges written since a reader's [`GuestRam::hash_quiet`]
+    /// hashed them. Only for RAM that nothing but this value writes: the
+    /// guest's own writes mark nothing.
+    pub fn keep_digests(&mut self) {
+        self.digests = Some(Arc::new(DigestCache::new(
+            self.pages,
+            DIGEST_PAGES_PER_RANGE,
+        )));
+    }
+
+    /// A second mapping of the same file sharing this one's kept digests,
+    /// for a thread that hashes while this value writes.
+    pub fn reader(&self) -> Result<GuestRam, MigrationError> {
+        let mut reader = GuestRam::open(&self.path)?;
+        reader.digests.clone_from(&self.digests);
+        Ok(reader)
+    }
+
+    /// Test mode: hashes the ranges nothing wrote since the previous call
+    /// (see [`DigestCache::hash_quiet`]); nothing without kept digests.
+    pub fn hash_quiet(&self, quiet: &mut Vec<u64>, stop: &AtomicBool) -> usize {
+        let Some(digests) = &self.digests else {
+            return 0;
+        };
+        // SAFETY: the mapping is valid for `len` bytes for the life of self.
+        // Another mapping may write it meanwhile: a range read while written
+        // hashes wrong, and the write's mark discards that digest.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base, self.len) };
+        digests.hash_quiet(quiet, |page| PageBytes::Data(page_bytes(bytes, page)), stop)
     }
 
     pub fn path(&self) -> &Path {
@@ -150,11 +189,20 @@ impl GuestRam {
     pub fn write_page(&mut self, index: PageIndex, data: &[u8; PAGE_SIZE]) {
         // SAFETY: page_ptr checked the bounds; `data` is a separate buffer.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.page_ptr(index), PAGE_SIZE) }
+        self.written(index);
     }
 
     pub fn zero_page(&mut self, index: PageIndex) {
         // SAFETY: page_ptr checked the bounds.
         unsafe { std::ptr::write_bytes(self.page_ptr(index), 0, PAGE_SIZE) }
+        self.written(index);
+    }
+
+    /// After the write, never before (see [`DigestCache`]).
+    fn written(&self, index: PageIndex) {
+        if let Some(digests) = &self.digests {
+            digests.written(index..index + 1);
+        }
     }
 
     /// Digest of each of `pages`. Only meaningful while nothing writes them
@@ -183,15 +231,27 @@ impl GuestRam {
         RamDigest::compute_without(bytes, DIGEST_PAGES_PER_RANGE, skip)
     }
 
-    /// Digest of every page. Only meaningful while nothing writes the RAM:
-    /// the source VM stopped, the destination VM not yet running.
+    /// Digest of every page, from the kept digests where they are fresh.
+    /// Only meaningful while nothing writes the RAM: the source VM stopped,
+    /// the destination VM not yet running.
     pub fn digest(&self) -> RamDigest {
         // SAFETY: the mapping is valid for `len` bytes for the life of self.
         // The caller guarantees no process writes it meanwhile; if one did,
         // the digest would be wrong, never unsound for this process.
         let bytes = unsafe { std::slice::from_raw_parts(self.base, self.len) };
-        RamDigest::compute(bytes, DIGEST_PAGES_PER_RANGE)
+        match &self.digests {
+            Some(digests) => {
+                RamDigest::compute_cached(digests, |page| PageBytes::Data(page_bytes(bytes, page)))
+            }
+            None => RamDigest::compute(bytes, DIGEST_PAGES_PER_RANGE),
+        }
     }
+}
+
+/// Page `page` of a whole RAM mapping.
+fn page_bytes(ram: &[u8], page: PageIndex) -> &[u8] {
+    let start = page as usize * PAGE_SIZE;
+    &ram[start..start + PAGE_SIZE]
 }
 
 impl Drop for GuestRam {
@@ -244,5 +304,24 @@ mod tests {
         file.as_file().set_len(100).unwrap();
         let err = GuestRam::open(file.path()).err().unwrap();
         assert!(err.to_string().contains("multiple"), "{err}");
+    }
+
+    #[test]
+    fn kept_digests_follow_the_writes_of_the_value_that_keeps_them() {
+        let file = ram_file(600);
+        let mut writer = GuestRam::open(file.path()).unwrap();
+        writer.keep_digests();
+        let reader = writer.reader().unwrap();
+        let (mut quiet, never) = (Vec::new(), std::sync::atomic::AtomicBool::new(false));
+        reader.hash_quiet(&mut quiet, &never);
+        assert_eq!(reader.hash_quiet(&mut quiet, &never), 3);
+        writer.write_page(300, &[1; PAGE_SIZE]);
+        let uncached = || GuestRam::open(file.path()).unwrap().digest();
+        assert_eq!(writer.digest(), uncached());
+        writer.zero_page(300);
+        assert_eq!(writer.digest(), uncached());
+        // Without kept digests there is nothing to hash ahead.
+        let plain = GuestRam::open(file.path()).unwrap();
+        assert_eq!(plain.hash_quiet(&mut Vec::new(), &never), 0);
     }
 }

@@ -35,6 +35,7 @@ mod guest_ram;
 mod latency;
 mod memory_trace;
 mod peer;
+mod prehash;
 mod settings;
 mod source;
 mod tracking;

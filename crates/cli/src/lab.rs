@@ -209,7 +209,9 @@ fn provenance(command: &str, machine: String) -> Provenance {
 /// The machine of a migration's results.
 fn migration_machine() -> String {
     format!(
-        "{} CPUs shared by both VMs, both agents and the link emulator",
+        "{} CPUs shared by both VMs, both agents and the link emulator; the vCPUs \
+         pinned to a core of their own unless a scenario says otherwise (`[vm] pin_vcpus`, \
+         each result's `environment.placement`)",
         cpus()
     )
 }

@@ -824,6 +824,7 @@ mod fake_source {
                 disk_bytes: vec![],
                 policy: MigrationPolicy::Precopy,
                 migration_id: 1,
+                verify: false,
             }))
             .unwrap();
         let mut reader = FrameReader::new(BufReader::new(socket.try_clone().unwrap()));

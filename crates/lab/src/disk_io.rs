@@ -46,6 +46,8 @@ fn guest_vm() -> VmSpec {
             content: DiskContent::Debian,
             used: None,
         }),
+        // Booted alone, one attachment at a time: no migration beside it.
+        pin_vcpus: false,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod mllm_migration;
 pub mod outcome;
 pub mod paths;
 pub mod physical_limit;
+pub mod placement;
 pub mod plot;
 pub mod qemu_migration;
 pub mod qemu_settings;

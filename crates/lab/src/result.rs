@@ -124,6 +124,9 @@ pub struct Environment {
     /// The mllm commit that measured it (`-dirty`: with uncommitted changes).
     #[serde(default)]
     pub commit: Option<String>,
+    /// Which cores the vCPUs and the rest ran on; `None`: unpinned.
+    #[serde(default)]
+    pub placement: Option<String>,
 }
 
 impl RunResult {

@@ -20,6 +20,7 @@ use crate::method::Method;
 use crate::mllm_migration::{self, GuestFiles};
 use crate::paths;
 use crate::physical_limit::ContentSnapshot;
+use crate::placement::Placement;
 use crate::plot;
 use crate::qemu_migration;
 use crate::qemu_settings::QemuSettings;
@@ -85,6 +86,13 @@ fn run_in(
     dir: &Path,
     sockets: &Path,
 ) -> Result<RunResult> {
+    // First: the threads started from here (disk servers, QEMU, agents,
+    // link) inherit the host's cores.
+    let placement = match scenario.vm.pin_vcpus {
+        true => Placement::for_vcpus(scenario.vm.vcpus)?,
+        false => None,
+    };
+    let _on_host_cores = placement.as_ref().map(Placement::enter_host).transpose()?;
     let source_disk = match &scenario.vm.disk {
         Some(spec) => Some(disk::create_source_image(
             &sockets.join("source.img"),
@@ -160,11 +168,17 @@ fn run_in(
     }
 
     let source = QemuProcess::start(source_config)?;
+    if let Some(placement) = &placement {
+        placement.pin_vcpus(&source)?;
+    }
     wait_until_booted(&source, &scenario.workload)?;
     let warmup_started = wall_clock_us();
     std::thread::sleep(scenario.timing.warmup);
 
     let destination = QemuProcess::start(destination_config)?;
+    if let Some(placement) = &placement {
+        placement.pin_vcpus(&destination)?;
+    }
     let link = Link::new(scenario.link.clone())?;
     let link_started_us = wall_clock_us();
     let timing = &scenario.timing;
@@ -345,6 +359,7 @@ fn run_in(
             memory_mib: scenario.vm.memory.as_u64() >> 20,
             disk_mib: scenario.vm.disk.as_ref().map(|d| d.size.as_u64() >> 20),
             commit: paths::source_commit(),
+            placement: placement.as_ref().map(Placement::describe),
         },
     };
     let phases = plot::Phases {

@@ -66,10 +66,19 @@ pub struct VmSpec {
     #[serde(default)]
     pub accelerator: mllm_qemu::Accelerator,
     pub disk: Option<DiskSpec>,
+    /// The vCPUs on cores of their own and the rest of the lab on the
+    /// others (`mllm_lab::placement`), for every method alike; ignored
+    /// when the machine has no core to spare.
+    #[serde(default = "yes")]
+    pub pin_vcpus: bool,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -107,7 +107,9 @@ impl QemuConfig {
     pub fn args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "-name".into(),
-            self.name.clone(),
+            // Named threads (`CPU 0/TCG`, `CPU 0/KVM`): what an operator's
+            // pinning and `top -H` go by.
+            format!("{},debug-threads=on", self.name),
             "-accel".into(),
             self.accelerator.as_arg().into(),
             "-nodefaults".into(),
@@ -306,6 +308,26 @@ impl QemuProcess {
             Process::Child(child) => child.id(),
             Process::Adopted(pid) => *pid,
         }
+    }
+
+    /// The host thread ids of the VM's vCPUs (QMP `query-cpus-fast`), for
+    /// pinning them.
+    pub fn vcpu_threads(&self) -> Result<Vec<u32>, QemuError> {
+        let cpus = self.qmp.execute("query-cpus-fast", serde_json::json!({}))?;
+        cpus.as_array()
+            .into_iter()
+            .flatten()
+            .map(|cpu| {
+                cpu["thread-id"]
+                    .as_u64()
+                    .and_then(|id| u32::try_from(id).ok())
+                    .ok_or_else(|| {
+                        QemuError::QmpProtocol(format!(
+                            "query-cpus-fast gave a vCPU without a thread id: {cpu}"
+                        ))
+                    })
+            })
+            .collect()
     }
 
     /// Dropping this no longer kills QEMU: the guest outlives this process

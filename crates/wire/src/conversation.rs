@@ -476,6 +476,7 @@ mod tests {
                 disk_bytes: vec![],
                 policy,
                 migration_id: 7,
+                verify: false,
             }
             .into(),
             M::ResumeRequest => ResumeRequest { migration_id: 7 }.into(),

@@ -15,7 +15,7 @@ use crate::frame::read_until_eof;
 use mllm_core::memory::PAGE_SIZE_U32;
 
 /// See [`crate::conversation`] for what changes it.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 const MAGIC: [u8; 8] = *b"MLLMLINK";
 const VERSION_LEN: usize = 2;

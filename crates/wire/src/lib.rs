@@ -24,7 +24,7 @@ mod traffic;
 
 pub use compression::{compressed_len, Compression, CompressionSetting};
 pub use conversation::Conversation;
-pub use digest::{page_digest, PageBytes, PageRangeDigest, RamDigest};
+pub use digest::{page_digest, DigestCache, PageBytes, PageRangeDigest, RamDigest};
 pub use error::WireError;
 pub use frame::{FrameReader, FrameWriter, CHECKSUM_LEN, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
 pub use handshake::{handshake, Capabilities, Hello, Negotiated, Role, PROTOCOL_VERSION};

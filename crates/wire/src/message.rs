@@ -28,6 +28,10 @@ pub struct MigrationRequest {
     /// Random, chosen by the source: names this migration when a new
     /// connection resumes its post-copy ([`ResumeRequest`]).
     pub migration_id: u128,
+    /// Test mode: the source sends digests of RAM and disks at the switch
+    /// ([`RamDigest`], [`DiskDigest`]), which the destination can prepare
+    /// while pages arrive.
+    pub verify: bool,
 }
 
 /// How the source intends to move the guest's memory: the destination

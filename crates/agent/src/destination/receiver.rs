@@ -35,6 +35,7 @@ use crate::disk::{TrackedDisk, ZERO_BLOCK};
 use crate::error::{Context, MigrationError};
 use crate::guest_ram::GuestRam;
 use crate::peer::{close_gracefully, PeerLink};
+use crate::prehash::Prehasher;
 use crate::vm_setup::hook_socket_of;
 
 type Result<T, E = MigrationError> = std::result::Result<T, E>;
@@ -170,6 +171,8 @@ pub(super) struct Receiver<'a> {
     verified: bool,
     /// Test mode: time spent on digests before the VM ran here.
     verifying: Duration,
+    /// Test mode: hashes what stopped changing until the first check.
+    prehasher: Option<Prehasher>,
     qemu_checked: Instant,
     /// Names this migration when the source resumes its post-copy.
     migration_id: u128,
@@ -186,7 +189,7 @@ impl<'a> Receiver<'a> {
     /// `vm`, its RAM and device-state listener prepared.
     pub fn new(
         vm: &'a QemuProcess,
-        ram: GuestRam,
+        mut ram: GuestRam,
         disks: &'a [Arc<TrackedDisk>],
         held: Vec<PageSet>,
         device_state: IncomingDeviceState,
@@ -209,6 +212,16 @@ impl<'a> Receiver<'a> {
             ..
         } = link;
         let source_host = socket.describe_peer();
+        // The source will send digests: hashing what arrives as it settles
+        // leaves the paused VM less to wait for.
+        let prehasher = request.verify.then(|| {
+            ram.keep_digests();
+            let reader = ram
+                .reader()
+                .map_err(|error| tracing::warn!(error = %error.chain(), "test mode: no second mapping of guest RAM to hash ahead of the switch"))
+                .ok();
+            Prehasher::start(reader, disks.to_vec())
+        });
         Receiver {
             vm,
             ram,
@@ -239,6 +252,7 @@ impl<'a> Receiver<'a> {
             device_state_bytes: 0,
             verified: false,
             verifying: Duration::ZERO,
+            prehasher,
             qemu_checked: Instant::now(),
             migration_id: request.migration_id,
             source_host,
@@ -784,6 +798,9 @@ impl<'a> Receiver<'a> {
     /// Runs a test-mode check, which the paused VM waits for, timed.
     fn timed(&mut self, check: impl FnOnce(&mut Self) -> Result<()>) -> Result<()> {
         let started = Instant::now();
+        if let Some(prehasher) = self.prehasher.take() {
+            prehasher.stop();
+        }
         let checked = check(self);
         self.verifying += started.elapsed();
         tracing::debug!(

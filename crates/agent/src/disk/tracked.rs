@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use mllm_control::DiskPostcopyReport;
@@ -13,7 +14,7 @@ use mllm_core::memory::{pages_in, PageRange};
 use mllm_core::trace::{DiskAccess, DiskOp};
 use mllm_core::PageSet;
 use mllm_nbd::{BlockStore, FileRegion, RawFile, Zeroing};
-use mllm_wire::{page_digest, ContentHash, PageBytes, RamDigest};
+use mllm_wire::{page_digest, ContentHash, DigestCache, PageBytes, RamDigest};
 
 use super::activity::{blocks_covering, Activity, DiskActivity, RequestTotals};
 use super::mapping::ReadOnlyMapping;
@@ -36,6 +37,9 @@ pub struct TrackedDisk {
     activity: Mutex<Activity>,
     /// Post-copy at a destination: blocks still on the source.
     remote: RemoteBlocks,
+    /// Test mode: digests of ranges of blocks, kept while nothing writes
+    /// them. Every write path (NBD requests, the agent's own) marks it.
+    digests: DigestCache,
 }
 
 impl fmt::Debug for TrackedDisk {
@@ -78,6 +82,7 @@ impl TrackedDisk {
             blocks,
             activity: Mutex::new(Activity::new(blocks)),
             remote: RemoteBlocks::new(blocks),
+            digests: DigestCache::new(blocks, DIGEST_PAGES_PER_RANGE),
         }))
     }
 
@@ -201,18 +206,20 @@ impl TrackedDisk {
     /// its image): neither dirty nor traced.
     pub fn write_block(&self, block: u32, data: &[u8; BLOCK_SIZE]) -> Result<(), MigrationError> {
         let offset = self.offset_of(block, "writing")?;
-        self.image
-            .write_at(data, offset, false)
-            .map_err(|error| self.block_failed("writing", block, error))
+        let written = self.image.write_at(data, offset, false);
+        self.digests.written(block..block + 1);
+        written.map_err(|error| self.block_failed("writing", block, error))
     }
 
     /// Makes a block read as zeros by punching it out of the image, like
     /// [`TrackedDisk::write_block`] behind the NBD server's back.
     pub fn zero_block(&self, block: u32) -> Result<(), MigrationError> {
         let offset = self.offset_of(block, "zeroing")?;
-        self.image
-            .write_zeroes(offset, BLOCK_SIZE_U64, Zeroing::MayTrim, false)
-            .map_err(|error| self.block_failed("zeroing", block, error))
+        let zeroed = self
+            .image
+            .write_zeroes(offset, BLOCK_SIZE_U64, Zeroing::MayTrim, false);
+        self.digests.written(block..block + 1);
+        zeroed.map_err(|error| self.block_failed("zeroing", block, error))
     }
 
     /// Makes every block of `blocks` read as zeros, range by range, behind
@@ -221,9 +228,11 @@ impl TrackedDisk {
         for range in blocks.ranges() {
             let offset = self.offset_of(range.start, "zeroing")?;
             let len = u64::from(range.end - range.start) * BLOCK_SIZE_U64;
-            self.image
-                .write_zeroes(offset, len, Zeroing::MayTrim, false)
-                .map_err(|error| self.block_failed("zeroing", range.start, error))?;
+            let zeroed = self
+                .image
+                .write_zeroes(offset, len, Zeroing::MayTrim, false);
+            self.digests.written(range.start..range.end);
+            zeroed.map_err(|error| self.block_failed("zeroing", range.start, error))?;
         }
         Ok(())
     }
@@ -243,15 +252,42 @@ impl TrackedDisk {
 
     /// Test mode: the digest of every block but those `skip` names (a
     /// post-copy destination's pending ones), in the ranges of
-    /// [`TrackedDisk::digest`].
-    ///
-    /// Holes are not read: reading a hole fills the page cache with zeros,
-    /// about 2 s per GiB of holes on a cold cache, and this runs while the
-    /// VM is paused; a range of nothing but holes is not even hashed.
+    /// [`TrackedDisk::digest`]. Ranges hashed by [`TrackedDisk::hash_quiet`]
+    /// and not written since are not hashed again.
     pub fn digest_without(
         &self,
         skip: impl Fn(u32) -> bool + Sync,
     ) -> Result<RamDigest, MigrationError> {
+        self.hashing(skip, |content| {
+            RamDigest::compute_cached(&self.digests, content)
+        })
+    }
+
+    /// Test mode: hashes the ranges of blocks nothing wrote since the
+    /// previous call (see [`DigestCache::hash_quiet`]), so that the digest
+    /// taken at the switch has less to hash.
+    pub fn hash_quiet(
+        &self,
+        quiet: &mut Vec<u64>,
+        stop: &AtomicBool,
+    ) -> Result<usize, MigrationError> {
+        self.hashing(
+            |_| false,
+            |content| self.digests.hash_quiet(quiet, content, stop),
+        )
+    }
+
+    /// Runs `hash` on the image's content block by block, `skip`'s blocks
+    /// left out.
+    ///
+    /// Holes are not read: reading a hole fills the page cache with zeros,
+    /// about 2 s per GiB of holes on a cold cache, and digests run while
+    /// the VM is paused; a range of nothing but holes is not even hashed.
+    fn hashing<R>(
+        &self,
+        skip: impl Fn(u32) -> bool + Sync,
+        hash: impl for<'m> FnOnce(&(dyn Fn(u32) -> PageBytes<'m> + Sync)) -> R,
+    ) -> Result<R, MigrationError> {
         let holes = self.image.zero_ranges(0, self.size).map_err(|error| {
             MigrationError::io(
                 format!("finding the holes of disk image {}", self.path.display()),
@@ -260,28 +296,25 @@ impl TrackedDisk {
         })?;
         let mapping = self.map()?;
         let bytes = mapping.bytes();
-        Ok(RamDigest::compute_pages(
-            self.blocks,
-            DIGEST_PAGES_PER_RANGE,
-            |block| {
-                if skip(block) {
-                    return PageBytes::Left;
-                }
-                // The mapping is the whole image: offsets within it fit usize.
-                let start = block as usize * BLOCK_SIZE;
-                let end = (start + BLOCK_SIZE).min(bytes.len());
-                let (start_at, end_at) = (start as u64, end as u64);
-                // The first hole that ends past the block's start.
-                let hole = holes.partition_point(|hole| hole.end <= start_at);
-                if holes
-                    .get(hole)
-                    .is_some_and(|hole| hole.start <= start_at && end_at <= hole.end)
-                {
-                    return PageBytes::Zero;
-                }
-                PageBytes::Data(&bytes[start..end])
-            },
-        ))
+        let content = |block: u32| {
+            if skip(block) {
+                return PageBytes::Left;
+            }
+            // The mapping is the whole image: offsets within it fit usize.
+            let start = block as usize * BLOCK_SIZE;
+            let end = (start + BLOCK_SIZE).min(bytes.len());
+            let (start_at, end_at) = (start as u64, end as u64);
+            // The first hole that ends past the block's start.
+            let hole = holes.partition_point(|hole| hole.end <= start_at);
+            if holes
+                .get(hole)
+                .is_some_and(|hole| hole.start <= start_at && end_at <= hole.end)
+            {
+                return PageBytes::Zero;
+            }
+            PageBytes::Data(&bytes[start..end])
+        };
+        Ok(hash(&content))
     }
 
     /// Test mode: the digest of each of `blocks`, as a page's.
@@ -408,6 +441,10 @@ impl TrackedDisk {
     }
 
     fn record(&self, op: DiskOp, offset: u64, length: u64) {
+        if op == DiskOp::Write {
+            let blocks = blocks_covering(offset, length);
+            self.digests.written(blocks.start..blocks.end);
+        }
         self.activity().record(op, offset, length);
     }
 }
@@ -682,5 +719,44 @@ mod tests {
             disk.digest_without(pending).unwrap(),
             RamDigest::compute_without(&bytes, DIGEST_PAGES_PER_RANGE, pending)
         );
+    }
+
+    #[test]
+    fn every_write_path_marks_the_digests_kept_ahead_of_the_switch() {
+        let blocks = 3 * DIGEST_PAGES_PER_RANGE;
+        let file = image(u64::from(blocks));
+        let disk = TrackedDisk::open(file.path()).unwrap();
+        let settle = || {
+            let (mut quiet, never) = (Vec::new(), AtomicBool::new(false));
+            disk.hash_quiet(&mut quiet, &never).unwrap();
+            disk.hash_quiet(&mut quiet, &never).unwrap()
+        };
+        // A freshly opened disk keeps no digests: it hashes everything.
+        let uncached = || TrackedDisk::open(file.path()).unwrap().digest().unwrap();
+        let block = |index: u32| u64::from(index) * BLOCK_SIZE_U64;
+        assert_eq!(settle(), 3);
+        let writes: [&dyn Fn(); 6] = [
+            &|| disk.write_at(&[9; 3], block(5) + 1, false).unwrap(),
+            &|| disk.write_block(300, &[8; BLOCK_SIZE]).unwrap(),
+            &|| disk.trim(block(5), BLOCK_SIZE_U64, false).unwrap(),
+            &|| disk.zero_block(300).unwrap(),
+            &|| {
+                disk.write_zeroes(block(700), 10, Zeroing::Allocate, false)
+                    .unwrap()
+            },
+            &|| {
+                let mut some = PageSet::new(blocks);
+                some.insert_all(&[600, 601]);
+                disk.write_block(600, &[7; BLOCK_SIZE]).unwrap();
+                assert_eq!(disk.digest().unwrap(), uncached());
+                settle();
+                disk.zero_blocks(&some).unwrap();
+            },
+        ];
+        for (index, write) in writes.iter().enumerate() {
+            settle();
+            write();
+            assert_eq!(disk.digest().unwrap(), uncached(), "write path {index}");
+        }
     }
 }

@@ -306,6 +306,7 @@ mod tests {
             disk_bytes: vec![],
             policy: mllm_wire::MigrationPolicy::Precopy,
             migration_id: 1,
+            verify: false,
         };
         conversation.sending(&request.into()).unwrap();
         conversation

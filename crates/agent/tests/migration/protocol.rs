@@ -119,6 +119,7 @@ fn accepted_source_then(after_accept: Vec<Message>) -> (String, String) {
                     disk_bytes: vec![],
                     policy: MigrationPolicy::Precopy,
                     migration_id: 1,
+                    verify: false,
                 }
                 .into(),
             )
@@ -170,6 +171,7 @@ fn a_second_request_and_pages_after_the_switch_are_protocol_errors_naming_the_ph
         disk_bytes: vec![],
         policy: MigrationPolicy::Precopy,
         migration_id: 1,
+        verify: false,
     };
     let (error, told_source) = accepted_source_then(vec![second_request.into()]);
     for text in [&error, &told_source] {

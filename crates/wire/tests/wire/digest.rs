@@ -1,4 +1,6 @@
-use mllm_wire::{PageRangeDigest, RamDigest, PAGE_SIZE};
+use std::sync::atomic::AtomicBool;
+
+use mllm_wire::{DigestCache, PageBytes, PageRangeDigest, RamDigest, PAGE_SIZE};
 
 fn ram(pages: usize) -> Vec<u8> {
     (0..pages * PAGE_SIZE)
@@ -77,4 +79,96 @@ fn a_range_from_the_peer_displays_even_past_the_last_page_index() {
         digest: 0,
     };
     assert_eq!(range.to_string(), "pages 4294967295..4294967297");
+}
+
+fn pages_of<'r>(ram: &'r [u8]) -> impl Fn(u32) -> PageBytes<'r> + Sync + 'r {
+    |page| {
+        let start = page as usize * PAGE_SIZE;
+        PageBytes::Data(&ram[start..start + PAGE_SIZE])
+    }
+}
+
+/// Two passes: the first sees every range's generation, the second hashes
+/// the ranges nothing wrote in between.
+fn settle(cache: &DigestCache, ram: &[u8]) -> usize {
+    let mut quiet = Vec::new();
+    let never = AtomicBool::new(false);
+    cache.hash_quiet(&mut quiet, pages_of(ram), &never);
+    cache.hash_quiet(&mut quiet, pages_of(ram), &never)
+}
+
+#[test]
+fn kept_digests_are_used_until_a_write_marks_their_range() {
+    let before = ram(10);
+    let mut ram = before.clone();
+    let cache = DigestCache::new(10, 4);
+    assert_eq!(settle(&cache, &ram), 3);
+    // Changed behind the cache's back: the kept digest is what comes out,
+    // which shows it was not hashed again (and why every writer must mark).
+    ram[5 * PAGE_SIZE] ^= 1;
+    let stale = RamDigest::compute_cached(&cache, pages_of(&ram));
+    assert_eq!(stale, RamDigest::compute(&before, 4));
+    cache.written(5..6);
+    assert_eq!(
+        RamDigest::compute_cached(&cache, pages_of(&ram)),
+        RamDigest::compute(&ram, 4)
+    );
+}
+
+#[test]
+fn a_range_written_between_two_passes_waits_for_the_next_quiet_one() {
+    let ram = ram(12);
+    let cache = DigestCache::new(12, 4);
+    let mut quiet = Vec::new();
+    let never = AtomicBool::new(false);
+    assert_eq!(cache.hash_quiet(&mut quiet, pages_of(&ram), &never), 0);
+    cache.written(9..10);
+    assert_eq!(cache.hash_quiet(&mut quiet, pages_of(&ram), &never), 2);
+    assert_eq!(cache.hash_quiet(&mut quiet, pages_of(&ram), &never), 1);
+    assert_eq!(cache.hash_quiet(&mut quiet, pages_of(&ram), &never), 0);
+    // A write past the end marks nothing and breaks nothing.
+    cache.written(12..40);
+    assert_eq!(cache.hash_quiet(&mut quiet, pages_of(&ram), &never), 0);
+}
+
+#[test]
+fn a_stop_ends_a_pass_before_it_hashes() {
+    let ram = ram(12);
+    let cache = DigestCache::new(12, 4);
+    let mut quiet = Vec::new();
+    let stop = AtomicBool::new(true);
+    cache.hash_quiet(&mut quiet, pages_of(&ram), &stop);
+    assert_eq!(cache.hash_quiet(&mut quiet, pages_of(&ram), &stop), 0);
+}
+
+#[test]
+fn a_range_with_pages_left_out_is_hashed_afresh_and_not_kept() {
+    let ram = ram(12);
+    let cache = DigestCache::new(12, 4);
+    settle(&cache, &ram);
+    let pending = |page: u32| page == 6;
+    let without = |page| {
+        if pending(page) {
+            PageBytes::Left
+        } else {
+            pages_of(&ram)(page)
+        }
+    };
+    let expected = RamDigest::compute_without(&ram, 4, pending);
+    assert_eq!(RamDigest::compute_cached(&cache, without), expected);
+    // The kept digest of the whole range was not replaced by the partial one.
+    assert_eq!(
+        RamDigest::compute_cached(&cache, pages_of(&ram)),
+        RamDigest::compute(&ram, 4)
+    );
+}
+
+#[test]
+fn cached_digests_of_a_large_ram_equal_the_direct_ones() {
+    // Past the size worth threads: the cached path hashes on every core too.
+    let ram = ram(100_000);
+    let cache = DigestCache::new(100_000, 512);
+    let direct = RamDigest::compute(&ram, 512);
+    assert_eq!(RamDigest::compute_cached(&cache, pages_of(&ram)), direct);
+    assert_eq!(RamDigest::compute_cached(&cache, pages_of(&ram)), direct);
 }

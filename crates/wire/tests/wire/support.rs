@@ -38,6 +38,7 @@ pub fn sample_messages() -> Vec<Message> {
             disk_bytes: vec![8 << 30, 1 << 20],
             policy: MigrationPolicy::Precopy,
             migration_id: u128::MAX - 5,
+            verify: true,
         }
         .into(),
         HeldContent {
