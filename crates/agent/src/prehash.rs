@@ -1,12 +1,15 @@
-//! Test mode: while the migration runs, a thread hashes the ranges of RAM
-//! and disk that have stopped changing, so the digests the paused VM waits
-//! for at the switch rehash only what was written since (each range's
-//! digest stays valid until a write marks it: `mllm_wire::DigestCache`).
+//! Test mode at a destination: while pages and blocks arrive, a thread
+//! hashes the ranges of RAM and disk that have stopped changing, so the
+//! digests the paused VM waits for at the switch rehash only what was
+//! written since (each range's digest stays valid until a write marks it:
+//! `mllm_wire::DigestCache`). Before its VM runs, only the agent writes a
+//! destination's RAM and disks, and it marks every write.
 //!
-//! At a destination that is its RAM (which only the agent writes before the
-//! VM runs) and its disks; at a source only its disks, whose every write
-//! passes through the agent's NBD server: the guest writes its RAM behind
-//! the agent's back.
+//! Not at a source: there the marks would have to come from the guest's
+//! write tracking, the very thing the digests check (a write the tracking
+//! missed would leave both the page unsent and its digest stale, and the
+//! check would pass). The source hashes everything while the final round
+//! crosses the link instead (`source/switchover.rs`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

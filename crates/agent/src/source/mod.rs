@@ -50,7 +50,6 @@ use crate::error::{Context, MigrationError, Recovery, SourceError};
 use crate::guest_ram::GuestRam;
 use crate::memory_trace::TraceFile;
 use crate::peer::PeerLink;
-use crate::prehash::Prehasher;
 use crate::settings::SourceSettings;
 use crate::tracking::start_tracking;
 use mllm_control::{Phase, Progress};
@@ -196,8 +195,6 @@ struct SourceContext<'a> {
     owed_blocks: &'a Owed,
     /// De-duplication, unless it is off.
     dedup: Option<&'a Dedup>,
-    /// Test mode: hashes the disk's settled ranges until the switch.
-    prehasher: Option<Prehasher>,
     /// The handshake's round trip: how much in flight keeps the link busy.
     rtt: Duration,
     /// A link failure after the hand-over in post-copy is worth a new
@@ -440,8 +437,6 @@ fn run(
                 owed: &owed,
                 owed_blocks: &owed_blocks,
                 dedup: dedup.as_ref(),
-                prehasher: (settings.verify && !local.disks.is_empty())
-                    .then(|| Prehasher::start(None, local.disks.to_vec())),
                 rtt,
                 can_resume: reconnect.is_some(),
                 compression,

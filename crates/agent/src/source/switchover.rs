@@ -134,9 +134,6 @@ pub(super) fn run(ctx: &mut SourceContext<'_>) -> Result<Switched, MigrationErro
     // digests are taken while the final round crosses the link; the switch
     // waits only for what hashing takes beyond it, timed as `verify_ms`.
     let (ram, disk) = (ctx.ram, ctx.disk);
-    if let Some(prehasher) = ctx.prehasher.take() {
-        prehasher.stop();
-    }
     let (mut digests, verify_wait) = std::thread::scope(|scope| {
         let hashing = ctx
             .settings
