@@ -453,8 +453,7 @@ impl TrackedDisk {
 
     fn record(&self, op: DiskOp, offset: u64, length: u64) {
         if op == DiskOp::Write {
-            let blocks = blocks_covering(offset, length);
-            self.digests.written(blocks.start..blocks.end);
+            self.digests.written(blocks_covering(offset, length));
         }
         self.activity().record(op, offset, length);
     }
